@@ -1,0 +1,51 @@
+"""Evaluation of a trained model on a split: loss, accuracy, confusion matrix, per-class metrics, mistakes."""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from .train import TrainedModel
+
+
+def metrics_from_probs(probs: np.ndarray, labels: np.ndarray, class_names: tuple[str, ...]) -> dict:
+    """All evaluation figures from predicted probabilities and true labels."""
+    labels = np.asarray(labels, dtype=np.int64)
+    num_classes = len(class_names)
+    predicted = probs.argmax(axis=1)
+    true_prob = np.clip(probs[np.arange(len(labels)), labels], 1e-12, 1.0)
+    confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(confusion, (labels, predicted), 1)
+    support = confusion.sum(axis=1)
+    predicted_count = confusion.sum(axis=0)
+    correct = np.diag(confusion)
+    precision = np.divide(correct, predicted_count, out=np.zeros(num_classes), where=predicted_count > 0)
+    recall = np.divide(correct, support, out=np.zeros(num_classes), where=support > 0)
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(num_classes), where=(precision + recall) > 0)
+    per_class = [{"class": class_names[i], "precision": float(precision[i]), "recall": float(recall[i]),
+                  "f1": float(f1[i]), "support": int(support[i])} for i in range(num_classes)]
+    off_diagonal = [(int(confusion[t, p]), t, p) for t in range(num_classes) for p in range(num_classes) if t != p and confusion[t, p]]
+    confused = [{"true": class_names[t], "predicted": class_names[p], "count": c}
+                for c, t, p in sorted(off_diagonal, reverse=True)[:10]]
+    wrong = np.flatnonzero(predicted != labels)
+    confidence = probs[wrong, predicted[wrong]]
+    order = wrong[np.argsort(-confidence, kind="stable")]
+    return {"accuracy": float((predicted == labels).mean()) if len(labels) else float("nan"),
+            "loss": float(-np.log(true_prob).mean()) if len(labels) else float("nan"),
+            "count": int(len(labels)), "confusion_matrix": confusion.tolist(), "per_class": per_class,
+            "most_confused": confused, "mistakes": order.tolist(),
+            "mistake_confidence": probs[order, predicted[order]].tolist(),
+            "predicted": predicted.tolist(), "class_names": list(class_names)}
+
+
+def evaluate_model(model: TrainedModel, images: np.ndarray, labels: np.ndarray,
+                   progress: Callable[[float, str], None] | None = None, batch: int = 1000) -> dict:
+    """Evaluate a trained model on arrays, reporting progress per batch."""
+    progress = progress or (lambda fraction, message: None)
+    parts = []
+    for start in range(0, len(images), batch):
+        parts.append(model.predict_proba(images[start:start + batch], batch=batch))
+        done = min(len(images), start + batch)
+        progress(done / max(1, len(images)), f"Evaluated {done:,} of {len(images):,} images")
+    probs = np.concatenate(parts) if parts else np.zeros((0, model.num_classes))
+    return metrics_from_probs(probs, labels, model.class_names)

@@ -1,0 +1,230 @@
+"""Background training jobs: a thread-safe registry with a queue, stop signals and live metric history.
+
+The Streamlit app keeps one JobRegistry per server process (through st.cache_resource); pages only
+read snapshots. Jobs write their metrics and checkpoints to the run folder as they go, so a refresh,
+a page switch or a server restart loses at most the current chunk.
+"""
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from . import store
+from .config import TrainConfig
+from .data import Splits
+from .evaluate import metrics_from_probs
+from .train import TrainedModel, TrainingError, train
+
+ACTIVE = ("queued", "running")
+MAX_CHUNK_RECORDS = 5000
+
+
+def train_and_test(spec: Any, cfg: TrainConfig, splits: Splits, run_dir: str | Path | None = None,
+                   stop: threading.Event | None = None, resume: bool = False, run_meta: dict | None = None,
+                   eval_test_each_epoch: bool = False) -> Iterator[dict]:
+    """Training records, then one 'test' record with test-set loss and accuracy, then the final 'done'.
+
+    The shared path of the CLI, the background jobs and the benchmarks.
+    """
+    done = None
+    for record in train(spec, cfg, splits, run_dir=run_dir, stop=stop, resume=resume, run_meta=run_meta,
+                        eval_test_each_epoch=eval_test_each_epoch):
+        if record["kind"] == "done":
+            done = record
+            break
+        yield record
+    assert done is not None
+    weights = done.pop("weights", None)
+    if weights is not None and (done["epochs_completed"] > 0 or done["status"] == "stopped"):
+        model = TrainedModel(spec, splits.input_shape, splits.class_names, weights, conv_impl=cfg.conv_impl)
+        probs = model.predict_proba(splits.test_images, batch=cfg.eval_batch_size)
+        metrics = metrics_from_probs(probs, splits.test_labels, splits.class_names)
+        done.update(test_accuracy=metrics["accuracy"], test_loss=metrics["loss"])
+        yield {"kind": "test", "test_accuracy": metrics["accuracy"], "test_loss": metrics["loss"]}
+        if run_dir is not None:
+            record = store.read_json(Path(run_dir) / "run.json")
+            record.pop("schema", None)
+            record.update(test_accuracy=metrics["accuracy"], test_loss=metrics["loss"], finished=time.time())
+            store.atomic_write_json(Path(run_dir) / "run.json", record)
+            store.atomic_write_json(Path(run_dir) / "evaluation-test.json",
+                                    {k: v for k, v in metrics.items() if k != "predicted"})
+    yield done
+
+
+@dataclass
+class Job:
+    """One training request and everything the Training page shows about it."""
+
+    id: int
+    project_id: str
+    run_dir: Path
+    name: str
+    owner: str
+    prepare: Callable[[], tuple[Any, TrainConfig, Splits]] = field(repr=False)
+    resume: bool = False
+    run_meta: dict = field(default_factory=dict)
+    status: str = "queued"
+    created: float = field(default_factory=time.time)
+    started: float | None = None
+    finished: float | None = None
+    start_info: dict = field(default_factory=dict)
+    chunks: list[dict] = field(default_factory=list)
+    epochs: list[dict] = field(default_factory=list)
+    result: dict = field(default_factory=dict)
+    error: str | None = None
+    stop_event: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    def snapshot(self) -> dict:
+        """A copy safe to read from another thread."""
+        return {"id": self.id, "project_id": self.project_id, "run_dir": str(self.run_dir), "name": self.name,
+                "owner": self.owner, "status": self.status, "created": self.created, "started": self.started,
+                "finished": self.finished, "start": dict(self.start_info), "chunks": list(self.chunks),
+                "epochs": list(self.epochs), "result": dict(self.result), "error": self.error,
+                "stop_requested": self.stop_event.is_set(), "resume": self.resume}
+
+
+class JobRegistry:
+    """Queue and run training jobs in background threads, at most `max_running` at a time."""
+
+    def __init__(self, max_running: int = 1, max_queued_per_owner: int | None = None, max_total: int | None = None):
+        self.max_running = max_running
+        self.max_queued_per_owner = max_queued_per_owner
+        self.max_total = max_total
+        self._lock = threading.Lock()
+        self._jobs: dict[int, Job] = {}
+        self._ids = itertools.count(1)
+        self._wake = threading.Condition(self._lock)
+        self._workers = [threading.Thread(target=self._work, name=f"fmnist-train-{i}", daemon=True) for i in range(max_running)]
+        for worker in self._workers:
+            worker.start()
+
+    def submit(self, project_id: str, run_dir: Path, prepare: Callable[[], tuple[Any, TrainConfig, Splits]],
+               name: str | None = None, resume: bool = False, owner: str = "local", run_meta: dict | None = None) -> dict:
+        """Queue a job; ValueError if this project already has one queued or running, or a cap is reached."""
+        with self._lock:
+            active = [j for j in self._jobs.values() if j.status in ACTIVE]
+            if any(j.project_id == project_id and j.owner == owner for j in active):
+                raise ValueError("this project already has a training job queued or running; stop it or wait for it to finish")
+            if self.max_queued_per_owner is not None and sum(j.owner == owner for j in active) >= self.max_queued_per_owner:
+                raise ValueError(f"you already have {self.max_queued_per_owner} training job(s) queued or running; wait for one to finish")
+            if self.max_total is not None and len(active) >= self.max_total:
+                raise ValueError(f"the server is busy ({len(active)} jobs queued or running); try again in a few minutes")
+            job = Job(next(self._ids), project_id, Path(run_dir), name or Path(run_dir).name, owner, prepare,
+                      resume=resume, run_meta=dict(run_meta or {}))
+            self._jobs[job.id] = job
+            self._wake.notify_all()
+            return job.snapshot()
+
+    def stop(self, job_id: int) -> None:
+        """Ask a job to stop (it stops within one chunk); a queued job is cancelled at once."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None:
+                return
+            job.stop_event.set()
+            if job.status == "queued":
+                job.status, job.finished = "cancelled", time.time()
+
+    def get(self, job_id: int) -> dict | None:
+        """Snapshot of one job."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+            return job.snapshot() if job else None
+
+    def for_project(self, project_id: str, owner: str = "local") -> dict | None:
+        """The project's active job, else its most recent one, as a snapshot."""
+        with self._lock:
+            jobs = [j for j in self._jobs.values() if j.project_id == project_id and j.owner == owner]
+            if not jobs:
+                return None
+            active = [j for j in jobs if j.status in ACTIVE]
+            return (active or sorted(jobs, key=lambda j: j.id))[-1].snapshot()
+
+    def queue(self) -> list[dict]:
+        """Queued and running jobs in order (small dicts, no metric history)."""
+        with self._lock:
+            jobs = sorted((j for j in self._jobs.values() if j.status in ACTIVE), key=lambda j: j.id)
+            return [{"id": j.id, "project_id": j.project_id, "name": j.name, "status": j.status, "owner": j.owner,
+                     "position": i} for i, j in enumerate(jobs)]
+
+    def wait(self, job_id: int, timeout: float | None = None) -> dict | None:
+        """Block until a job leaves the queue/running state (for tests and the CLI)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            snap = self.get(job_id)
+            if snap is None or snap["status"] not in ACTIVE:
+                return snap
+            if deadline is not None and time.monotonic() > deadline:
+                return snap
+            time.sleep(0.05)
+
+    # ------------------------------------------------------------------------- worker
+
+    def _next(self) -> Job:
+        with self._lock:
+            while True:
+                queued = sorted((j for j in self._jobs.values() if j.status == "queued"), key=lambda j: j.id)
+                if queued:
+                    job = queued[0]
+                    job.status, job.started = "running", time.time()
+                    return job
+                self._wake.wait()
+
+    def _work(self) -> None:
+        while True:
+            job = self._next()
+            try:
+                spec, cfg, splits = job.prepare()
+                for record in train_and_test(spec, cfg, splits, job.run_dir, job.stop_event, job.resume, job.run_meta):
+                    self._record(job, record)
+            except (ValueError, TrainingError, store.StoreError) as error:
+                self._fail(job, str(error))
+            except Exception as error:  # a crash must not take the registry down
+                self._fail(job, f"{type(error).__name__}: {error}")
+                traceback.print_exc()
+            finally:
+                with self._lock:
+                    job.prepare = _released  # drop references to data and model
+                    if job.status in ACTIVE:
+                        job.status = "failed"
+                    job.finished = job.finished or time.time()
+
+    def _record(self, job: Job, record: dict) -> None:
+        with self._lock:
+            kind = record["kind"]
+            if kind == "start":
+                job.start_info = record
+            elif kind == "chunk":
+                job.chunks.append(record)
+                if len(job.chunks) > MAX_CHUNK_RECORDS:
+                    del job.chunks[: len(job.chunks) - MAX_CHUNK_RECORDS]
+            elif kind == "epoch":
+                job.epochs.append(record)
+            elif kind == "error":
+                job.error = record["message"]
+            elif kind == "test":
+                job.result.update(record)
+            elif kind == "done":
+                job.result.update({k: v for k, v in record.items() if isinstance(v, (int, float, str, type(None)))})
+                job.status, job.finished = record["status"], time.time()
+
+    def _fail(self, job: Job, message: str) -> None:
+        with self._lock:
+            job.status, job.error, job.finished = "failed", message, time.time()
+        try:
+            if (job.run_dir / "run.json").exists():
+                record = store.read_json(job.run_dir / "run.json")
+                record.pop("schema", None)
+                record.update(status="failed", error=message)
+                store.atomic_write_json(job.run_dir / "run.json", record)
+        except store.StoreError:
+            pass
+
+
+def _released() -> tuple[Any, TrainConfig, Splits]:
+    raise RuntimeError("this job has finished")
