@@ -1,0 +1,53 @@
+"""Shared fixtures: an isolated workspace per test, synthetic splits, and the real-data switch."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from fmnist_jax import data
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets its own FMNIST_HOME (the real data folder setting is left as it is)."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("FMNIST_HOME", str(home))
+    return home
+
+
+@pytest.fixture
+def tiny_splits() -> data.Splits:
+    """192 train / 64 validation / 64 test synthetic 28x28x1 images over 10 classes."""
+    dataset = data.synthetic_dataset(num_train=256, num_test=64, seed=0)
+    return data.make_splits(dataset, data.SplitSpec(mode="official", val_fraction=0.25, seed=0))
+
+
+def real_data_dir() -> Path | None:
+    """The folder FMNIST_DATA_DIR names, if it holds Zalando's files."""
+    value = os.environ.get("FMNIST_DATA_DIR")
+    if not value:
+        return None
+    folder = Path(value)
+    return folder if all((folder / f).is_file() for f in data.FASHION_FILES) else None
+
+
+requires_real_data = pytest.mark.skipif(
+    real_data_dir() is None,
+    reason="FMNIST_DATA_DIR is unset or lacks the four Fashion-MNIST *-ubyte.gz files (see README)")
+
+
+@pytest.fixture(scope="session")
+def shared_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One workspace for the real-data tests of a session, so TFDS prepares the data only once."""
+    return tmp_path_factory.mktemp("shared-home")
+
+
+@pytest.fixture
+def real_home(shared_home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Point FMNIST_HOME at the session's shared workspace (real data prepared once)."""
+    monkeypatch.setenv("FMNIST_HOME", str(shared_home))
+    return shared_home
