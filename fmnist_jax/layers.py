@@ -180,9 +180,9 @@ class Conv2D(nnx.Module):
         self.stride, self.padding, self.activation = params["stride"], params["padding"], params["activation"]
 
     def __call__(self, x: jax.Array, ctx: Context) -> jax.Array:
-        y = conv2d_apply(x.astype(ctx.dtype), self.kernel.value.astype(ctx.dtype), self.stride, self.padding, ctx.conv_impl)
+        y = conv2d_apply(x.astype(ctx.dtype), self.kernel[...].astype(ctx.dtype), self.stride, self.padding, ctx.conv_impl)
         if self.bias is not None:
-            y = y + self.bias.value.astype(ctx.dtype)
+            y = y + self.bias[...].astype(ctx.dtype)
         return ACTIVATIONS[self.activation](y)
 
 
@@ -195,9 +195,9 @@ class Dense(nnx.Module):
         self.activation = params["activation"]
 
     def __call__(self, x: jax.Array, ctx: Context) -> jax.Array:
-        y = x.astype(ctx.dtype) @ self.kernel.value.astype(ctx.dtype)
+        y = x.astype(ctx.dtype) @ self.kernel[...].astype(ctx.dtype)
         if self.bias is not None:
-            y = y + self.bias.value.astype(ctx.dtype)
+            y = y + self.bias[...].astype(ctx.dtype)
         return ACTIVATIONS[self.activation](y)
 
 
@@ -219,12 +219,12 @@ class BatchNorm(nnx.Module):
             mean = x32.mean(axes)
             var = jnp.maximum((x32 * x32).mean(axes) - mean * mean, 0.0)
             m = self.momentum
-            self.mean.value = m * self.mean.value + (1 - m) * jax.lax.stop_gradient(mean)
-            self.var.value = m * self.var.value + (1 - m) * jax.lax.stop_gradient(var)
+            self.mean[...] = m * self.mean[...] + (1 - m) * jax.lax.stop_gradient(mean)
+            self.var[...] = m * self.var[...] + (1 - m) * jax.lax.stop_gradient(var)
         else:
-            mean, var = self.mean.value, self.var.value
-        inv = jax.lax.rsqrt(var + self.epsilon) * self.scale.value
-        return (x * inv.astype(x.dtype) + (self.bias.value - mean * inv).astype(x.dtype)).astype(x.dtype)
+            mean, var = self.mean[...], self.var[...]
+        inv = jax.lax.rsqrt(var + self.epsilon) * self.scale[...]
+        return (x * inv.astype(x.dtype) + (self.bias[...] - mean * inv).astype(x.dtype)).astype(x.dtype)
 
 
 class Stateless(nnx.Module):
