@@ -1,18 +1,21 @@
-"""Datasets (TFDS Fashion-MNIST with a local manual-download folder) and train/val/test splits.
+"""Datasets (TFDS image sets with a local manual-download folder; user uploads) and train/val/test splits.
 
 Arrays are uint8 (N, H, W, C) images and int32 labels. The first load lets TFDS prepare the data
 (checksums verified) and caches plain .npy arrays under the workspace; later loads memory-map those.
+Uploaded datasets (see uploads.py) are converted once into the same cache as "upload/<id>".
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import socket
 import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
+from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -25,7 +28,16 @@ FASHION_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
 # TFDS's small image-classification sets offered beside Fashion-MNIST (name -> display label).
 TFDS_DATASETS = {"fashion_mnist": "Fashion-MNIST", "mnist": "MNIST", "kmnist": "Kuzushiji-MNIST",
                  "emnist/letters": "EMNIST letters", "cifar10": "CIFAR-10"}
+# Class names TFDS leaves as numbers (or, for EMNIST letters, numbers 1-26 of 37 slots).
+TFDS_CLASS_NAMES = {
+    "fashion_mnist": CLASS_NAMES,
+    "mnist": tuple(str(d) for d in range(10)),
+    "kmnist": ("o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo"),
+    "emnist/letters": tuple("ABCDEFGHIJKLMNOPQRSTUVWXYZ"),
+    "cifar10": ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
+}
 CACHE_VERSION = 1
+DOWNLOAD_PROBE_SECONDS = 5.0  # how long to wait for a download server before saying the network is unreachable
 
 Progress = Callable[[float, str], None]
 
@@ -44,6 +56,9 @@ class Dataset:
     test_images: np.ndarray
     test_labels: np.ndarray
     class_names: tuple[str, ...]
+    # A validation split the source provides (an upload's val/ folder); None lets make_splits carve one.
+    val_images: np.ndarray | None = None
+    val_labels: np.ndarray | None = None
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -54,6 +69,15 @@ class Dataset:
     def num_classes(self) -> int:
         """Number of classes."""
         return len(self.class_names)
+
+    @property
+    def has_val(self) -> bool:
+        """True when the source gave its own validation split."""
+        return self.val_labels is not None
+
+
+ARRAY_KEYS = ("train_images", "train_labels", "test_images", "test_labels")
+VAL_KEYS = ("val_images", "val_labels")
 
 
 def _cache_dir(name: str, home: str | os.PathLike | None) -> Path:
@@ -69,24 +93,28 @@ def _load_cached(name: str, home: str | os.PathLike | None) -> Dataset | None:
         meta = json.loads(meta_path.read_text())
         if meta.get("version") != CACHE_VERSION:
             return None
-        arrays = {key: np.load(folder / f"{key}.npy", mmap_mode="r", allow_pickle=False)
-                  for key in ("train_images", "train_labels", "test_images", "test_labels")}
+        keys = ARRAY_KEYS + (VAL_KEYS if meta.get("val") is not None else ())
+        arrays = {key: np.load(folder / f"{key}.npy", mmap_mode="r", allow_pickle=False) for key in keys}
     except (OSError, ValueError, json.JSONDecodeError):
         return None
-    return Dataset(name, *(np.asarray(arrays[k]) for k in ("train_images", "train_labels", "test_images", "test_labels")),
-                   tuple(meta["class_names"]))
+    return Dataset(name, *(np.asarray(arrays[k]) for k in ARRAY_KEYS), tuple(meta["class_names"]),
+                   *(np.asarray(arrays[k]) if k in arrays else None for k in VAL_KEYS))
 
 
-def save_cached(dataset: Dataset, home: str | os.PathLike | None = None) -> Path:
-    """Write a dataset's arrays as .npy plus meta.json (atomically per file) into the workspace cache."""
-    folder = _cache_dir(dataset.name, home)
+def save_cached(dataset: Dataset, home: str | os.PathLike | None = None, folder: str | os.PathLike | None = None) -> Path:
+    """Write a dataset's arrays as .npy plus meta.json (atomically per file) into the workspace cache.
+
+    `folder` overrides the cache folder (uploads write into a staging folder, then rename it into place).
+    """
+    folder = Path(folder) if folder is not None else _cache_dir(dataset.name, home)
     folder.mkdir(parents=True, exist_ok=True)
-    for key in ("train_images", "train_labels", "test_images", "test_labels"):
+    for key in ARRAY_KEYS + (VAL_KEYS if dataset.has_val else ()):
         tmp = folder / f".{key}.tmp.npy"
         np.save(tmp, np.ascontiguousarray(getattr(dataset, key)), allow_pickle=False)
         os.replace(tmp, folder / f"{key}.npy")
     meta = {"version": CACHE_VERSION, "name": dataset.name, "class_names": list(dataset.class_names),
             "input_shape": list(dataset.input_shape), "train": int(len(dataset.train_labels)),
+            "val": int(len(dataset.val_labels)) if dataset.has_val else None,
             "test": int(len(dataset.test_labels))}
     tmp = folder / ".meta.json.tmp"
     tmp.write_text(json.dumps(meta, indent=2))
@@ -109,11 +137,45 @@ def check_data_dir(data_dir: str | os.PathLike | None, name: str = "fashion_mnis
     return folder
 
 
+def manual_dir_for(name: str, data_dir: Path | None) -> Path | None:
+    """TFDS's manual folder for a dataset: the data folder itself for Fashion-MNIST, <data folder>/<name> otherwise.
+
+    MNIST and KMNIST use the same file names as Fashion-MNIST, so they need a folder of their own.
+    """
+    if data_dir is None or name == "fashion_mnist":
+        return data_dir
+    folder = data_dir / name.replace("/", "__")
+    return folder if folder.is_dir() else None
+
+
+def _check_download_reachable(name: str, builder: object, manual_dir: Path | None) -> None:
+    """Fail fast (DataUnavailable) when files must be downloaded and their server cannot be reached.
+
+    TFDS retries a failed download with back-off for minutes; offline, the user should hear at once.
+    """
+    url_infos = getattr(builder, "url_infos", None) or {}
+    missing = {url: info for url, info in url_infos.items()
+               if manual_dir is None or not (manual_dir / info.filename).is_file()}
+    for url in missing:
+        parts = urlsplit(url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        try:
+            socket.create_connection((parts.hostname, port), timeout=DOWNLOAD_PROBE_SECONDS).close()
+        except OSError as error:
+            size = sum(float(getattr(info, "size", 0) or 0) for info in missing.values()) / 2**20
+            files = ", ".join(sorted(info.filename for info in missing.values()))
+            raise DataUnavailable(
+                f"{TFDS_DATASETS.get(name, name)} must be downloaded first ({size:.0f} MB from {parts.hostname}) "
+                f"but the network is unreachable ({error.strerror or error}); connect once and load it again, "
+                f"or put {files} in {manual_dir or '$FMNIST_DATA_DIR/' + name.replace('/', '__')}") from None
+
+
 def _prepare_with_tfds(name: str, home: str | os.PathLike | None, manual_dir: Path | None, progress: Progress) -> Dataset:
     import tensorflow_datasets as tfds  # heavy import: only on first preparation
 
     tfds_dir = settings.home_dir(home) / "tfds"
     builder = tfds.builder(name, data_dir=str(tfds_dir))
+    _check_download_reachable(name, builder, manual_dir)
     download_config = tfds.download.DownloadConfig(manual_dir=str(manual_dir) if manual_dir else None)
     done = threading.Event()
     failure: list[BaseException] = []
@@ -143,10 +205,14 @@ def _prepare_with_tfds(name: str, home: str | os.PathLike | None, manual_dir: Pa
     parts = {}
     for split in ("train", "test"):
         data = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1, as_supervised=True))
-        parts[split] = (np.asarray(data[0], dtype=np.uint8), np.asarray(data[1], dtype=np.int32))
-    names = tuple(builder.info.features["label"].names)
-    if name == "fashion_mnist":
-        names = CLASS_NAMES
+        images, labels = np.asarray(data[0], dtype=np.uint8), np.asarray(data[1], dtype=np.int32)
+        if name.startswith("emnist"):
+            # TFDS keeps EMNIST's stored orientation (mirrored and rotated); transpose to upright letters.
+            images = np.ascontiguousarray(images.transpose(0, 2, 1, 3))
+        if name == "emnist/letters":
+            labels = labels - 1  # TFDS numbers the letters 1-26
+        parts[split] = (images, labels)
+    names = TFDS_CLASS_NAMES.get(name) or tuple(builder.info.features["label"].names)
     return Dataset(name, parts["train"][0], parts["train"][1], parts["test"][0], parts["test"][1], names)
 
 
@@ -164,7 +230,7 @@ def load_dataset(name: str = "fashion_mnist", data_dir: str | os.PathLike | None
         raise DataUnavailable(f"uploaded dataset {name[7:]!r} is not in the workspace; upload it again")
     if name not in TFDS_DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(TFDS_DATASETS)}")
-    manual_dir = check_data_dir(data_dir, name)
+    manual_dir = manual_dir_for(name, check_data_dir(data_dir, name))
     dataset = _prepare_with_tfds(name, home, manual_dir, progress)
     save_cached(dataset, home)
     progress(1.0, "Prepared and cached")
@@ -182,8 +248,8 @@ def shared_dataset(name: str = "fashion_mnist", data_dir: str | os.PathLike | No
     with _SHARED_LOCK:
         if key not in _SHARED:
             _SHARED[key] = load_dataset(name, data_dir, home, progress)
-            for array in (_SHARED[key].train_images, _SHARED[key].test_images):
-                if array.flags.writeable:
+            for array in (_SHARED[key].train_images, _SHARED[key].test_images, _SHARED[key].val_images):
+                if array is not None and array.flags.writeable:
                     array.flags.writeable = False
         return _SHARED[key]
 
@@ -258,15 +324,21 @@ class SplitSpec:
                                      f"give it a larger fraction or use more data")
         return self
 
-    def counts(self, total: int, test_total: int | None) -> dict[str, int]:
-        """Split sizes for `total` images (pooled: all images; official: the train part, test kept as given)."""
+    def counts(self, total: int, test_total: int | None, val_total: int | None = None) -> dict[str, int]:
+        """Split sizes for `total` training images plus the source's own test (and validation) images.
+
+        pooled: everything is pooled and cut by fractions. official: the source's splits are kept and what
+        it lacks is carved from its training images by val_fraction (validation; and test when it has none).
+        """
         if self.mode == "pooled":
-            all_count = total + (test_total or 0)
+            all_count = total + (test_total or 0) + (val_total or 0)
             train = int(round(all_count * self.fractions[0]))
             val = int(round(all_count * self.fractions[1]))
             return {"train": train, "validation": val, "test": all_count - train - val}
-        val = int(round(total * self.val_fraction))
-        return {"train": total - val, "validation": val, "test": test_total if test_total is not None else 0}
+        carved = int(round(total * self.val_fraction))
+        val = val_total if val_total is not None else carved
+        test = carved if test_total == 0 else (test_total if test_total is not None else 0)
+        return {"train": total - (val_total is None) * carved - (test_total == 0) * carved, "validation": val, "test": test}
 
     def to_dict(self) -> dict:
         """JSON-ready form."""
@@ -349,28 +421,47 @@ def _cut(labels: np.ndarray, sizes: tuple[int, ...], rng: np.random.Generator, s
     return [np.sort(np.concatenate(p)) for p in parts]
 
 
+def split_counts(dataset: Dataset, spec: SplitSpec) -> dict[str, int]:
+    """The split sizes make_splits will produce for this dataset (given validation/test splits included)."""
+    return spec.counts(len(dataset.train_labels), len(dataset.test_labels),
+                       len(dataset.val_labels) if dataset.has_val else None)
+
+
 def make_splits(dataset: Dataset, spec: SplitSpec | None = None) -> Splits:
-    """Split a dataset according to `spec`; the same seed always gives the same split, bit for bit."""
+    """Split a dataset according to `spec`; the same seed always gives the same split, bit for bit.
+
+    In official mode the splits a source provides are kept (an upload's val/ and test/ folders);
+    validation, and test when the source has none, are carved from the training images.
+    """
     spec = (spec or SplitSpec()).validate()
     rng = np.random.default_rng(spec.seed)
+    counts = split_counts(dataset, spec)
     if spec.mode == "pooled":
-        images = np.concatenate([dataset.train_images, dataset.test_images])
-        labels = np.concatenate([dataset.train_labels, dataset.test_labels])
-        counts = spec.counts(len(dataset.train_labels), len(dataset.test_labels))
+        given_val = (dataset.val_images,) if dataset.has_val else ()
+        images = np.concatenate([dataset.train_images, *given_val, dataset.test_images])
+        labels = np.concatenate([dataset.train_labels, *((dataset.val_labels,) if dataset.has_val else ()), dataset.test_labels])
         sizes = (counts["train"], counts["validation"], counts["test"])
         _check_sizes(sizes, dataset.num_classes)
         train_idx, val_idx, test_idx = _cut(labels, sizes, rng, spec.stratify)
+        val_images, val_labels = images[val_idx], labels[val_idx]
         test_images, test_labels = images[test_idx], labels[test_idx]
     else:
         images, labels = dataset.train_images, dataset.train_labels
-        counts = spec.counts(len(labels), len(dataset.test_labels))
-        sizes = (counts["train"], counts["validation"])
-        _check_sizes(sizes + (counts["test"],), dataset.num_classes)
-        train_idx, val_idx = _cut(labels, sizes, rng, spec.stratify)
+        carve_val, carve_test = not dataset.has_val, len(dataset.test_labels) == 0
+        _check_sizes((counts["train"], counts["validation"], counts["test"]), dataset.num_classes)
+        sizes = (counts["train"],) + ((counts["validation"],) if carve_val else ()) + ((counts["test"],) if carve_test else ())
+        train_idx, *carved = _cut(labels, sizes, rng, spec.stratify)
+        val_images, val_labels = dataset.val_images, dataset.val_labels
         test_images, test_labels = dataset.test_images, dataset.test_labels
+        if carve_val:
+            val_idx = carved.pop(0)
+            val_images, val_labels = images[val_idx], labels[val_idx]
+        if carve_test:
+            test_idx = carved.pop(0)
+            test_images, test_labels = images[test_idx], labels[test_idx]
     # Training order is shuffled every epoch on the device; here we keep index order for reproducibility.
     return Splits(np.ascontiguousarray(images[train_idx]), labels[train_idx].astype(np.int32),
-                  np.ascontiguousarray(images[val_idx]), labels[val_idx].astype(np.int32),
+                  np.ascontiguousarray(val_images), np.asarray(val_labels, dtype=np.int32),
                   np.ascontiguousarray(test_images), np.asarray(test_labels, dtype=np.int32),
                   tuple(dataset.class_names), spec)
 
