@@ -160,13 +160,17 @@ def cmd_train(args: argparse.Namespace) -> int:
         run_dir = Path(args.out) if args.out else settings.home_dir() / "runs" / time.strftime("run-%Y%m%d-%H%M%S")
         if run_dir.exists() and any(run_dir.iterdir()):
             raise CliError(f"output folder {run_dir} is not empty; choose another --out or use --resume {run_dir}")
+    if resume_dir is None:  # check what we can before the (possibly slow) data load
+        if args.model:
+            spec, preset_name = layers.normalize_spec(_read_json_file(args.model, "model spec")), None
+        else:
+            preset_name = args.preset or "fast"
+            layers.preset(preset_name)
+        cfg.validate()
     splits = load_splits_for(dataset, split_spec, args.data_dir, None if args.json else _progress_bar)
     splits = splits.limit_train(limit)
     if resume_dir is None:
-        if args.model:
-            spec, preset_name = _read_json_file(args.model, "model spec"), None
-        else:
-            preset_name = args.preset or "fast"
+        if preset_name is not None:
             spec = layers.preset(preset_name, splits.num_classes)
         layers.describe(spec, splits.input_shape, splits.num_classes)
         cfg.validate(train_size=len(splits.train_labels))
