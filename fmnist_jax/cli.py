@@ -123,6 +123,22 @@ def load_splits_for(dataset: str, split_spec: Any, data_dir: str | None, progres
     return data.make_splits(ds, split_spec)
 
 
+def _import_if_path(args: argparse.Namespace) -> str:
+    """The dataset name to train on: an uploaded file or folder is converted once and named "upload/<id>"."""
+    from . import data
+
+    dataset = args.dataset or "fashion_mnist"
+    if not (Path(dataset).exists() and dataset not in data.TFDS_DATASETS):
+        if args.image_size is not None or args.color is not None:
+            raise CliError("--image-size and --color apply to an uploaded dataset: give --dataset a zip, csv, npz or IDX folder")
+        return dataset
+    from . import uploads
+
+    # The workspace name, not the path, goes into run.json: resume and evaluate load it from the cache.
+    return uploads.load_upload(dataset, image_size=args.image_size, color=args.color,
+                               progress=None if args.json else _progress_bar).name
+
+
 def _progress_bar(fraction: float, message: str) -> None:
     filled = int(30 * min(1.0, fraction))
     sys.stderr.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] {message[:60]:<60}")
@@ -154,7 +170,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         base = _read_json_file(args.config, "config") if args.config else None
         cfg = _build_config(args, base)
-        dataset = args.dataset or "fashion_mnist"
+        dataset = _import_if_path(args)
         split_spec = _split_spec(args, cfg.seed)
         limit = args.limit
         run_dir = Path(args.out) if args.out else settings.home_dir() / "runs" / time.strftime("run-%Y%m%d-%H%M%S")
@@ -176,6 +192,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg.validate(train_size=len(splits.train_labels))
         run_dir.mkdir(parents=True, exist_ok=True)
     meta = {"preset": preset_name, "dataset": dataset, "limit": limit, "source": "cli"}
+    if resume_dir is None and dataset.startswith("upload/"):
+        from . import uploads
+
+        meta["preprocess"] = uploads.preprocess_settings(dataset)  # photos get the resize the images got
     header = f"{'epoch':>5} {'loss':>7} {'acc':>7} {'val_loss':>8} {'val_acc':>7} {'sec':>6} {'img/s':>7}"
     start_info: dict = {}
     final: dict = {}
@@ -289,6 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="train on the first N training examples only")
     p.add_argument("--dataset", help="TFDS dataset name, or a path to an uploaded dataset (zip, csv, npz, IDX folder)")
     p.add_argument("--data-dir", help="folder with the dataset's files (default $FMNIST_DATA_DIR)")
+    p.add_argument("--image-size", type=int, metavar="N",
+                   help="uploaded dataset: resize images to NxN (e.g. 28, 32, 48, 64; default: their own size if small)")
+    p.add_argument("--color", choices=("gray", "rgb"), help="uploaded dataset: grayscale or RGB (default: as the images are)")
     p.add_argument("--out", help="run folder (default $FMNIST_HOME/runs/run-<time>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped or killed run from its last checkpoint")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")

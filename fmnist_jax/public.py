@@ -1,0 +1,185 @@
+"""Public mode (a Hugging Face Space): private per-visitor workspaces, job and size caps, idle clean-up.
+
+A visitor gets a random workspace id (kept in the page URL so they can come back); their projects,
+runs and uploads live under FMNIST_HOME/visitors/<id>/ and nobody can list another visitor's.
+The caps come from the environment (FMNIST_PUBLIC_*), with defaults a 2-core Space can carry.
+Local mode (settings.public_mode() is False) uses none of this.
+"""
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from . import settings
+
+WORKSPACE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{15,63}")
+MARKER = ".last_used"
+LOCAL_COMMAND = "pip install -r requirements.txt && python -m fmnist_jax train --epochs N"
+
+
+@dataclass(frozen=True)
+class PublicLimits:
+    """Caps that keep a shared public Space responsive."""
+
+    max_jobs_per_visitor: int = 1  # queued or running, per workspace
+    max_jobs_total: int = 6  # queued or running, all visitors together
+    max_running: int = 1  # trainings at the same time (the rest wait in the queue)
+    max_epoch_images: int = 600_000  # epochs x training images per job: 10 epochs of Fashion-MNIST's 60,000
+    upload_cap_mb: int = 100  # also STREAMLIT_SERVER_MAX_UPLOAD_SIZE in the Space's Dockerfile
+    idle_hours: float = 24.0  # workspaces untouched this long are deleted
+
+    ENV = {"max_jobs_per_visitor": "FMNIST_PUBLIC_MAX_JOBS_PER_VISITOR", "max_jobs_total": "FMNIST_PUBLIC_MAX_JOBS",
+           "max_running": "FMNIST_PUBLIC_MAX_RUNNING", "max_epoch_images": "FMNIST_PUBLIC_MAX_EPOCH_IMAGES",
+           "upload_cap_mb": "FMNIST_PUBLIC_UPLOAD_MB", "idle_hours": "FMNIST_PUBLIC_IDLE_HOURS"}
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "PublicLimits":
+        """Defaults overridden by FMNIST_PUBLIC_* variables (ValueError naming a bad one)."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for field_name, variable in cls.ENV.items():
+            raw = environ.get(variable)
+            if raw is None or not raw.strip():
+                continue
+            kind = float if field_name == "idle_hours" else int
+            try:
+                value = kind(raw)
+            except ValueError:
+                raise ValueError(f"{variable} must be a number, got {raw!r}") from None
+            if not value > 0 or value != value:
+                raise ValueError(f"{variable} must be above 0, got {raw!r}")
+            values[field_name] = value
+        return cls(**values)
+
+    def to_dict(self) -> dict:
+        """JSON-ready form for the UI."""
+        return asdict(self)
+
+    def describe(self) -> list[str]:
+        """Lines for the app's 'public Space limits' note."""
+        return [f"{self.max_jobs_per_visitor} training job(s) per visitor, {self.max_jobs_total} queued in total, "
+                f"{self.max_running} running at a time",
+                f"at most {self.max_epoch_images:,} training images per job (epochs x training set size)",
+                f"uploads up to {self.upload_cap_mb} MB",
+                f"workspaces idle for {self.idle_hours:g} hours are deleted"]
+
+
+def limits() -> PublicLimits:
+    """The public-mode caps in force (from the environment)."""
+    return PublicLimits.from_env()
+
+
+def upload_cap_bytes() -> int:
+    """The upload size cap of public mode, in bytes."""
+    return int(limits().upload_cap_mb) * 2**20
+
+
+# ----------------------------------------------------------------------------- workspaces
+
+def new_workspace_id() -> str:
+    """A random, URL-safe workspace id (128 bits; starts with a letter or digit)."""
+    while True:
+        candidate = secrets.token_urlsafe(16)  # 22 characters of [A-Za-z0-9_-]
+        if candidate[0].isalnum():
+            return candidate
+
+
+def valid_workspace_id(value: Any) -> bool:
+    """True for strings shaped like ids from new_workspace_id (nothing that could be a path)."""
+    return isinstance(value, str) and WORKSPACE_ID.fullmatch(value) is not None
+
+
+def check_workspace_id(value: Any) -> str:
+    """The id itself, or ValueError for anything that is not a workspace id."""
+    if not valid_workspace_id(value):
+        raise ValueError("invalid workspace id; open the app without one to get a new private workspace")
+    return value
+
+
+def visitors_root(home: str | os.PathLike | None = None) -> Path:
+    """The folder holding every visitor's workspace."""
+    return settings.home_dir(home) / "visitors"
+
+
+def workspace_home(workspace_id: str, home: str | os.PathLike | None = None) -> Path:
+    """A visitor's private FMNIST_HOME (created, and marked as used now)."""
+    folder = visitors_root(home) / check_workspace_id(workspace_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    touch(workspace_id, home)
+    return folder
+
+
+def workspace_for(requested: str | None, home: str | os.PathLike | None = None) -> tuple[str, Path]:
+    """The visitor's (id, workspace folder): the id from their URL if it is valid, else a new one."""
+    workspace_id = requested if valid_workspace_id(requested) else new_workspace_id()
+    return workspace_id, workspace_home(workspace_id, home)  # type: ignore[arg-type]
+
+
+def touch(workspace_id: str, home: str | os.PathLike | None = None) -> None:
+    """Record that a workspace was used now (idle clean-up reads this)."""
+    marker = visitors_root(home) / check_workspace_id(workspace_id) / MARKER
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.touch()
+
+
+def last_used(folder: Path) -> float:
+    """When a workspace folder was last used (its marker's time, else the folder's)."""
+    for path in (folder / MARKER, folder):
+        try:
+            return path.stat().st_mtime
+        except OSError:
+            continue
+    return 0.0
+
+
+def cleanup_idle(home: str | os.PathLike | None = None, idle_seconds: float | None = None,
+                 now: float | None = None, keep: Iterable[str] = ()) -> list[str]:
+    """Delete workspaces idle for longer than idle_seconds (default: the idle_hours cap), except `keep`; returns their ids."""
+    idle_seconds = limits().idle_hours * 3600 if idle_seconds is None else idle_seconds
+    now = time.time() if now is None else now
+    keep = set(keep)
+    root = visitors_root(home)
+    removed = []
+    for folder in sorted(root.iterdir()) if root.is_dir() else []:
+        if not folder.is_dir() or not valid_workspace_id(folder.name) or folder.name in keep:
+            continue
+        if now - last_used(folder) <= idle_seconds:
+            continue
+        trash = root / f".deleted-{folder.name}-{time.monotonic_ns()}"
+        try:
+            os.replace(folder, trash)  # the workspace disappears at once; a visitor arriving now gets a fresh one
+        except OSError:
+            continue
+        shutil.rmtree(trash, ignore_errors=True)
+        removed.append(folder.name)
+    for leftover in root.glob(".deleted-*") if root.is_dir() else []:
+        shutil.rmtree(leftover, ignore_errors=True)  # from a clean-up that was interrupted
+    return removed
+
+
+# ----------------------------------------------------------------------------- job caps
+
+def check_job_size(epochs: int, train_size: int, caps: PublicLimits | None = None) -> None:
+    """ValueError when epochs x training images exceeds the per-job cap, saying how to run it locally."""
+    caps = caps or limits()
+    total = int(epochs) * int(train_size)
+    if total > caps.max_epoch_images:
+        fitting = max(1, caps.max_epoch_images // max(1, int(train_size)))
+        raise ValueError(f"this job would train on {epochs} epochs x {train_size:,} images = {total:,} images; "
+                         f"the public Space allows {caps.max_epoch_images:,} per job. Use at most {fitting} epoch(s) "
+                         f"or a smaller training split, or run it on your own machine without limits: {LOCAL_COMMAND}")
+
+
+def make_job_registry(caps: PublicLimits | None = None) -> Any:
+    """A JobRegistry with the public caps (per visitor, in total, running at once)."""
+    from .jobs import JobRegistry
+
+    caps = caps or limits()
+    return JobRegistry(max_running=caps.max_running, max_queued_per_owner=caps.max_jobs_per_visitor,
+                       max_total=caps.max_jobs_total)
