@@ -1,0 +1,212 @@
+"""Altair chart builders for the studio (class balance, learning curves, confusion matrix, probabilities ...)
+and the DOT text of the network diagram. Inputs are plain lists and dicts, so the CLI and tests can use them.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import altair as alt
+import pandas as pd
+
+SPLIT_COLORS = alt.Scale(domain=["train", "validation", "test"], range=["#4c78a8", "#f58518", "#54a24b"])
+SERIES_COLORS = alt.Scale(domain=["train (live)", "train", "validation"], range=["#9ecae9", "#4c78a8", "#f58518"])
+
+
+def class_balance(rows: Sequence[dict]) -> alt.Chart:
+    """Grouped bars: examples per class in each split (rows of split, class, count)."""
+    frame = pd.DataFrame(rows)
+    order = list(dict.fromkeys(frame["class"]))
+    return alt.Chart(frame).mark_bar().encode(
+        x=alt.X("class:N", sort=order, title=None, axis=alt.Axis(labelAngle=-35, labelOverlap=False)),
+        xOffset=alt.XOffset("split:N", sort=["train", "validation", "test"]),
+        y=alt.Y("count:Q", title="images"),
+        color=alt.Color("split:N", scale=SPLIT_COLORS, legend=alt.Legend(orient="top", title=None)),
+        tooltip=["split", "class", alt.Tooltip("count:Q", format=",")],
+    ).properties(height=280)
+
+
+def pixel_histogram(rows: Sequence[dict]) -> alt.Chart:
+    """Bars of pixel-intensity counts (log scale: most Fashion-MNIST pixels are black background)."""
+    frame = pd.DataFrame(rows)
+    width = float(frame["intensity"].diff().median()) if len(frame) > 1 else 8.0
+    frame["upper"] = frame["intensity"] + width
+    frame["count_plus_one"] = frame["count"] + 1
+    return alt.Chart(frame).mark_bar(color="#4c78a8").encode(
+        x=alt.X("intensity:Q", title="pixel intensity (0 = black, 255 = white)", scale=alt.Scale(domain=[0, 256])),
+        x2="upper:Q",
+        y=alt.Y("count_plus_one:Q", title="pixels (log scale)", scale=alt.Scale(type="log")),
+        y2=alt.datum(1),
+        tooltip=[alt.Tooltip("intensity:Q", title="from"), alt.Tooltip("count:Q", format=",")],
+    ).properties(height=220)
+
+
+def learning_curve_rows(chunks: Sequence[dict], epochs: Sequence[dict]) -> list[dict]:
+    """Long-form rows (x in epochs, series, metric, value) from live chunk records and epoch records."""
+    rows = []
+    for c in chunks:
+        x = c["epoch"] - 1 + c["epoch_progress"]
+        rows.append({"epoch": x, "series": "train (live)", "metric": "loss", "value": c["loss"]})
+        rows.append({"epoch": x, "series": "train (live)", "metric": "accuracy", "value": c["accuracy"]})
+    for e in epochs:
+        for metric, key in (("loss", "loss"), ("accuracy", "accuracy")):
+            rows.append({"epoch": float(e["epoch"]), "series": "train", "metric": metric, "value": e[key]})
+        for metric, key in (("loss", "val_loss"), ("accuracy", "val_accuracy")):
+            if e.get(key) is not None:
+                rows.append({"epoch": float(e["epoch"]), "series": "validation", "metric": metric, "value": e[key]})
+    return rows
+
+
+def learning_curve(rows: Sequence[dict], metric: str, epochs_planned: int | None = None) -> alt.Chart:
+    """Train (live, per chunk), train and validation (per epoch) curves of one metric."""
+    frame = pd.DataFrame([r for r in rows if r["metric"] == metric],
+                         columns=["epoch", "series", "metric", "value"])
+    domain = [0, max(1, epochs_planned or 0, float(frame["epoch"].max()) if len(frame) else 1)]
+    axis_format = ".0%" if metric == "accuracy" else ".3f"
+    base = alt.Chart(frame).encode(
+        x=alt.X("epoch:Q", title="epoch", scale=alt.Scale(domain=domain, nice=False)),
+        y=alt.Y("value:Q", title=metric, scale=alt.Scale(zero=False), axis=alt.Axis(format=axis_format)),
+        color=alt.Color("series:N", scale=SERIES_COLORS, legend=alt.Legend(orient="top", title=None)),
+        tooltip=["series", alt.Tooltip("epoch:Q", format=".2f"), alt.Tooltip("value:Q", format=".4f")],
+    )
+    lines = base.mark_line(strokeWidth=2)
+    points = base.transform_filter(alt.datum.series != "train (live)").mark_point(filled=True, size=50)
+    return (lines + points).properties(height=260, title="Loss" if metric == "loss" else "Accuracy")
+
+
+def runs_overlay(rows: Sequence[dict], metric: str = "val_accuracy") -> alt.Chart:
+    """One line per run of a per-epoch metric (rows of run, epoch, metric, value)."""
+    frame = pd.DataFrame([r for r in rows if r["metric"] == metric], columns=["run", "epoch", "metric", "value"])
+    labels = {"val_accuracy": "validation accuracy", "accuracy": "train accuracy", "val_loss": "validation loss",
+              "loss": "train loss"}
+    axis_format = ".1%" if "accuracy" in metric else ".3f"
+    return alt.Chart(frame).mark_line(point=True).encode(
+        x=alt.X("epoch:Q", title="epoch", axis=alt.Axis(tickMinStep=1)),
+        y=alt.Y("value:Q", title=labels.get(metric, metric), scale=alt.Scale(zero=False), axis=alt.Axis(format=axis_format)),
+        color=alt.Color("run:N", legend=alt.Legend(orient="top", title=None)),
+        tooltip=["run", "epoch", alt.Tooltip("value:Q", format=".4f")],
+    ).properties(height=280, title=labels.get(metric, metric).capitalize())
+
+
+def learning_rate(rows: Sequence[dict]) -> alt.Chart:
+    """The learning-rate schedule over the planned epochs (rows of step, epoch, learning_rate)."""
+    frame = pd.DataFrame(rows)
+    return alt.Chart(frame).mark_area(line={"color": "#4c78a8"}, color="#4c78a833").encode(
+        x=alt.X("epoch:Q", title="epoch"),
+        y=alt.Y("learning_rate:Q", title="learning rate", axis=alt.Axis(format=".1e")),
+        tooltip=[alt.Tooltip("epoch:Q", format=".2f"), "step", alt.Tooltip("learning_rate:Q", format=".3e")],
+    ).properties(height=180)
+
+
+def confusion_matrix(matrix: Sequence[Sequence[int]], class_names: Sequence[str], normalize: bool = False) -> alt.Chart:
+    """Heatmap of true vs predicted class, as counts or as row-normalised rates, with the numbers written in."""
+    rows = []
+    for t, row in enumerate(matrix):
+        total = sum(row) or 1
+        for p, count in enumerate(row):
+            rows.append({"true": class_names[t], "predicted": class_names[p], "count": int(count),
+                         "rate": count / total, "diagonal": t == p})
+    frame = pd.DataFrame(rows)
+    value = "rate" if normalize else "count"
+    frame["label"] = frame["rate"].map(lambda v: f"{v:.0%}" if v >= 0.005 else "") if normalize \
+        else frame["count"].map(lambda v: f"{v:,}" if v else "")
+    limit = float(frame[value].max()) or 1.0
+    order = list(class_names)
+    base = alt.Chart(frame).encode(
+        x=alt.X("predicted:N", sort=order, title="predicted class",
+                axis=alt.Axis(labelAngle=-35, orient="top", labelOverlap=False)),
+        y=alt.Y("true:N", sort=order, title="true class"),
+    )
+    cells = base.mark_rect().encode(
+        color=alt.Color(f"{value}:Q", scale=alt.Scale(scheme="blues", type="sqrt"), legend=None),
+        tooltip=["true", "predicted", alt.Tooltip("count:Q", format=","), alt.Tooltip("rate:Q", format=".1%")],
+    )
+    text = base.mark_text(fontSize=11).encode(
+        text="label:N",
+        color=alt.condition(alt.datum[value] > limit * 0.45, alt.value("white"), alt.value("#222")),
+    )
+    return (cells + text).properties(height=420)
+
+
+def per_class_f1(per_class: Sequence[dict]) -> alt.Chart:
+    """Horizontal bars of per-class precision, recall and F1."""
+    rows = [{"class": r["class"], "metric": m, "value": r[m]} for r in per_class for m in ("precision", "recall", "f1")]
+    frame = pd.DataFrame(rows)
+    return alt.Chart(frame).mark_bar().encode(
+        y=alt.Y("class:N", sort=[r["class"] for r in per_class], title=None),
+        yOffset=alt.YOffset("metric:N"),
+        x=alt.X("value:Q", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format=".0%"), title=None),
+        color=alt.Color("metric:N", legend=alt.Legend(orient="top", title=None)),
+        tooltip=["class", "metric", alt.Tooltip("value:Q", format=".2%")],
+    ).properties(height=420)
+
+
+def probabilities(class_names: Sequence[str], probs: Sequence[float], top: int | None = None) -> alt.Chart:
+    """Horizontal bars of class probabilities, highest first (all classes, or the top `top`)."""
+    pairs = sorted(zip(class_names, (float(p) for p in probs)), key=lambda pair: -pair[1])
+    if top:
+        pairs = pairs[:top]
+    frame = pd.DataFrame(pairs, columns=["class", "probability"])
+    frame["best"] = frame.index == 0
+    bars = alt.Chart(frame).mark_bar().encode(
+        y=alt.Y("class:N", sort=None, title=None),
+        x=alt.X("probability:Q", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format=".0%"), title=None),
+        color=alt.condition(alt.datum.best, alt.value("#f58518"), alt.value("#4c78a8")),
+        tooltip=["class", alt.Tooltip("probability:Q", format=".2%")],
+    )
+    text = bars.mark_text(align="left", dx=3, fontSize=11).encode(text=alt.Text("probability:Q", format=".1%"),
+                                                                   color=alt.value("#333"))
+    return (bars + text).properties(height=max(90, 22 * len(frame)))
+
+
+# ----------------------------------------------------------------------------- network diagram
+
+def _shape_text(shape: Sequence[int]) -> str:
+    return "×".join(str(v) for v in shape)
+
+
+LAYER_COLORS = {"Conv2D": "#dbe9f6", "Dense": "#fde7d2", "MaxPool": "#e4f2df", "AvgPool": "#e4f2df",
+                "GlobalAvgPool": "#e4f2df", "BatchNorm": "#efe6f5", "Dropout": "#f2f2f2", "Flatten": "#fff6cc",
+                "Activation": "#fbe3ea"}
+
+
+def layer_summary(params: dict) -> str:
+    """A short human description of a normalised layer spec, e.g. '32 filters 3×3, same, relu'."""
+    kind = params.get("type")
+    activation = params.get("activation")
+    act = f", {activation}" if activation and activation != "linear" else ""
+    if kind == "conv2d":
+        stride = f", stride {params['stride']}" if params["stride"] != 1 else ""
+        return f"{params['filters']} filters {params['kernel']}×{params['kernel']}{stride}, {params['padding']}{act}"
+    if kind in ("maxpool", "avgpool"):
+        return f"{params['pool']}×{params['pool']}, stride {params['stride']}, {params['padding']}"
+    if kind == "dense":
+        return f"{params['units']} units{act}"
+    if kind == "dropout":
+        return f"rate {params['rate']:g}"
+    if kind == "activation":
+        return params["function"]
+    if kind == "batchnorm":
+        return f"momentum {params['momentum']:g}"
+    return ""
+
+
+def network_dot(info: dict, spec: Sequence[dict]) -> str:
+    """Graphviz DOT text of a described network: input -> each layer (type, summary, output shape) -> classes."""
+    lines = ['digraph network {', '  rankdir=TB; bgcolor="transparent"; nodesep=0.25; ranksep=0.2;',
+             '  node [shape=box, style="rounded,filled", fontname="Helvetica", fontsize=11, color="#888888", penwidth=0.8, width=2.6];',
+             '  edge [color="#999999", arrowsize=0.6, fontname="Helvetica", fontsize=9, fontcolor="#666666"];',
+             f'  input [label="Input {_shape_text(info["input_shape"])}", fillcolor="#ffffff"];']
+    previous = "input"
+    for row, params in zip(info["layers"], spec):
+        node = f"layer{row['index']}"
+        summary = layer_summary(params).replace('"', "'")
+        detail = f"\\n{summary}" if summary else ""
+        label = f"{row['index']}. {row['type']}{detail}"
+        lines.append(f'  {node} [label="{label}", fillcolor="{LAYER_COLORS.get(row["type"], "#ffffff")}"];')
+        lines.append(f'  {previous} -> {node} [label="  {_shape_text(row["input_shape"])}"];')
+        previous = node
+    last = _shape_text(info["layers"][-1]["output_shape"]) if info["layers"] else ""
+    lines.append(f'  output [label="{info["num_classes"]} class scores", shape=oval, fillcolor="#ffffff"];')
+    lines.append(f'  {previous} -> output [label="  {last}"];')
+    lines.append("}")
+    return "\n".join(lines)
