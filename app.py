@@ -1,0 +1,193 @@
+"""Fashion-MNIST Studio: entry point (page config, navigation, sidebar) and the Projects home page.
+
+Run with `streamlit run app.py`. Pages live in pages/; the model logic lives in fmnist_jax.
+"""
+from __future__ import annotations
+
+import streamlit as st
+
+import studio_ui as ui
+from fmnist_jax import project as proj
+from fmnist_jax import store
+
+HOW_IT_WORKS = [
+    (":material/dataset:", "Data", "Split Fashion-MNIST's 70,000 garment images into train, validation and test; "
+                                    "look at samples and try augmentation."),
+    (":material/account_tree:", "Model", "Start from a preset CNN or stack layers yourself; see shapes, parameters "
+                                          "and the network diagram as you edit."),
+    (":material/tune:", "Hyperparameters", "Epochs, batch size, optimizer, learning-rate schedule and regularisation "
+                                            "in one form, with a time estimate."),
+    (":material/model_training:", "Training", "Train in the background with live curves; switch pages or refresh, "
+                                              "the run keeps going."),
+    (":material/query_stats:", "Evaluation", "Test accuracy, confusion matrix, per-class scores and the images the "
+                                             "model got wrong."),
+    (":material/rocket_launch:", "Deploy", "Upload your own photos and see what the model sees and predicts; share "
+                                           "a link."),
+]
+
+
+def _create_sample() -> None:
+    try:
+        project = proj.create_sample_project(ui.workspace())
+    except (ValueError, store.StoreError) as error:
+        st.session_state["home-error"] = f"Could not create the sample project: {ui.plain(error)}"
+        return
+    ui.open_project(project["id"])
+    st.session_state["home-notice"] = f"Created **{project['name']}**. Next: look at the data, or go straight to Training."
+
+
+def _how_it_works() -> None:
+    columns = st.columns(3)
+    for i, (icon, title, text) in enumerate(HOW_IT_WORKS):
+        with columns[i % 3].container(border=True, height="stretch"):
+            st.markdown(f"{icon} **{i + 1} · {title}**")
+            st.caption(text)
+
+
+def _new_project_form() -> None:
+    with st.form("new-project", clear_on_submit=True, border=False):
+        name = st.text_input("Project name", max_chars=store.MAX_NAME_LENGTH, placeholder="e.g. Sneakers vs sandals",
+                             help="Up to 80 characters; must be unique in this workspace.")
+        description = st.text_area("Description (optional)", max_chars=2000, height=80,
+                                   help="What you want to try in this project.")
+        if st.form_submit_button("Create project", type="primary", icon=":material/add:"):
+            try:
+                project = ui.workspace().create_project(name, description,
+                                                        data_dir=proj.data_folder({}), model_preset="fast")
+            except (ValueError, store.StoreError) as error:
+                st.error(ui.plain(error), icon=":material/error:")
+            else:
+                ui.open_project(project["id"])
+                st.session_state["home-notice"] = f"Created **{project['name']}**. Continue with Data."
+                st.rerun()
+
+
+def _project_card(project: dict, is_open: bool) -> None:
+    ws = ui.workspace()
+    summary = proj.project_summary(ws, project)
+    pid = project["id"]
+    with st.container(border=True):
+        top = st.columns([5, 2])
+        badge = " :green-badge[open]" if is_open else ""
+        top[0].markdown(f"#### {project['name']}{badge}")
+        if project.get("description"):
+            top[0].caption(project["description"])
+        if not is_open:
+            if top[1].button("Open", key=f"open-{pid}", icon=":material/folder_open:", width="stretch"):
+                ui.open_project(pid)
+                st.rerun()
+        else:
+            with top[1]:
+                ui.link("data", "Continue")
+        figures = st.columns(4)
+        figures[0].metric("Runs", summary["runs"])
+        figures[1].metric("Best val. acc.", summary["best_val_accuracy"])
+        figures[2].metric("Best test acc.", summary["best_test_accuracy"])
+        figures[3].metric("Model", summary["model"])
+        st.caption(f"Last run: {summary['last_run']} · data: {summary['dataset']} · updated {summary['updated']}")
+        with st.expander("Rename, duplicate or delete"):
+            _manage_project(project)
+
+
+def _manage_project(project: dict) -> None:
+    ws = ui.workspace()
+    pid = project["id"]
+    left, middle, right = st.columns(3)
+    with left:
+        new_name = st.text_input("New name", value=project["name"], key=f"rename-{pid}", max_chars=store.MAX_NAME_LENGTH)
+        if st.button("Rename", key=f"do-rename-{pid}", icon=":material/edit:"):
+            try:
+                ws.update_project(pid, name=new_name)
+            except (ValueError, store.StoreError) as error:
+                st.error(ui.plain(error), icon=":material/error:")
+            else:
+                st.rerun()
+    with middle:
+        copy_name = st.text_input("Copy's name", value=f"{project['name']} (copy)"[:store.MAX_NAME_LENGTH],
+                                  key=f"dup-{pid}", max_chars=store.MAX_NAME_LENGTH,
+                                  help="Copies the data, model and hyperparameter settings, not the runs.")
+        if st.button("Duplicate", key=f"do-dup-{pid}", icon=":material/content_copy:"):
+            try:
+                copy = ws.duplicate_project(pid, copy_name)
+            except (ValueError, store.StoreError) as error:
+                st.error(ui.plain(error), icon=":material/error:")
+            else:
+                st.session_state["home-notice"] = f"Created **{copy['name']}**."
+                st.rerun()
+    with right:
+        st.write("")
+        if st.session_state.get("confirm-delete") == pid:
+            st.warning(f"Delete **{project['name']}** and all {project.get('runs', 0)} of its runs? This cannot be undone.",
+                       icon=":material/warning:")
+            yes, no = st.columns(2)
+            if yes.button("Yes, delete", key=f"yes-delete-{pid}", type="primary"):
+                active = ui.registry().for_project(pid, ui.owner())
+                if active and active["status"] in ("queued", "running"):
+                    st.error("Stop this project's training first.", icon=":material/error:")
+                else:
+                    try:
+                        ws.delete_project(pid)
+                    except (ValueError, store.StoreError) as error:
+                        st.error(ui.plain(error), icon=":material/error:")
+                    else:
+                        st.session_state.pop("confirm-delete", None)
+                        if st.session_state.get("project_id") == pid:
+                            ui.open_project(None)
+                        st.session_state["home-notice"] = f"Deleted **{project['name']}**."
+                        st.rerun()
+            if no.button("Cancel", key=f"no-delete-{pid}"):
+                st.session_state.pop("confirm-delete", None)
+                st.rerun()
+        elif st.button("Delete…", key=f"delete-{pid}", icon=":material/delete:"):
+            st.session_state["confirm-delete"] = pid
+            st.rerun()
+
+
+def home() -> None:
+    """The Projects page: first-visit guide with a one-click sample, create, list, open, rename, duplicate, delete."""
+    ws = ui.workspace()
+    ui.page_title(None, "Fashion-MNIST Studio",
+                  "Build, train and deploy an image classifier for clothes, step by step, in your browser. "
+                  "Runs on JAX; everything is saved in your workspace as you go.")
+    if notice := st.session_state.pop("home-notice", None):
+        st.success(notice, icon=":material/check_circle:")
+    if error := st.session_state.pop("home-error", None):
+        st.error(error, icon=":material/error:")
+    projects = ws.list_projects()
+    if not projects:
+        st.subheader("How it works")
+        _how_it_works()
+        st.write("")
+        left, right = st.columns([1, 1], gap="large")
+        with left:
+            st.markdown("##### Try it in one click")
+            st.caption("A sample project with sensible defaults: Fashion-MNIST with the official test set, "
+                       "a fast CNN and 5 epochs of Adam (a few minutes on a laptop CPU).")
+            st.button("Create the sample project", type="primary", icon=":material/auto_awesome:",
+                      on_click=_create_sample, key="create-sample")
+        with right:
+            st.markdown("##### Or start from scratch")
+            _new_project_form()
+        return
+
+    open_id = st.session_state.get("project_id")
+    head, action = st.columns([3, 1], vertical_alignment="bottom")
+    head.subheader(f"Projects ({len(projects)})")
+    with action.popover("New project", icon=":material/add:", width="stretch"):
+        _new_project_form()
+        st.divider()
+        st.button("Create the sample project", icon=":material/auto_awesome:", on_click=_create_sample,
+                  key="create-sample-2")
+    for project in projects:
+        _project_card(project, project["id"] == open_id)
+    with st.expander("How it works", icon=":material/help:"):
+        _how_it_works()
+    st.caption(f"Workspace: `{ws.home}` (set FMNIST_HOME to move it)")
+
+
+st.set_page_config(page_title="Fashion-MNIST Studio", page_icon=":material/checkroom:", layout="wide")
+current = ui.current_project()
+navigation = st.navigation([st.Page(home, title="Projects", icon=":material/folder:", default=True)]
+                           + [st.Page(path, title=title, icon=icon) for path, title, icon in ui.PAGES.values()])
+ui.sidebar(current)
+navigation.run()

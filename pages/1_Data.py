@@ -1,0 +1,213 @@
+"""1 · Data: source and data folder, split, class balance, samples, pixel histogram, augmentation preview."""
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import numpy as np
+import streamlit as st
+
+import studio_ui as ui
+from fmnist_jax import charts, data
+from fmnist_jax import project as proj
+from fmnist_jax.config import AugmentConfig
+
+UPLOAD = "upload"
+
+ui.page_title("1", "Data", "Choose the images, how they are split into train / validation / test, "
+                           "and how training batches are augmented.")
+project = ui.require_project()
+pid = project["id"]
+
+# ----------------------------------------------------------------------------- source
+
+st.subheader("Source")
+sources = list(proj.DATASET_LABELS) + [UPLOAD]
+current_source = project.get("dataset") or "fashion_mnist"
+if current_source.startswith("upload/"):
+    current_source = UPLOAD
+left, right = st.columns([1, 1], gap="large")
+with left:
+    source = st.radio("Dataset", sources, index=sources.index(current_source) if current_source in sources else 0,
+                      format_func=lambda s: proj.DATASET_LABELS.get(s, "Upload your own images"),
+                      key=f"data-source-{pid}", horizontal=False,
+                      help="Fashion-MNIST is the real dataset (TFDS, prepared once). The synthetic set is a tiny "
+                           "stand-in that trains in seconds, for trying the workflow.")
+with right:
+    if source == "fashion_mnist":
+        folder = st.text_input("Local data folder", value=proj.data_folder(project) or "", key=f"data-dir-{pid}",
+                               placeholder="empty: download with TFDS",
+                               help="Folder with Zalando's four *-ubyte.gz files (train/t10k images and labels). "
+                                    "TFDS reads them from here instead of downloading; leave empty to download.")
+        if folder.strip() != (project.get("data_dir") or ""):
+            try:
+                data.check_data_dir(folder.strip() or None)
+            except ValueError as error:
+                st.error(ui.plain(error), icon=":material/folder_off:")
+            else:
+                ui.save_project(project, data_dir=folder.strip() or None)
+        st.caption(f"Prepared arrays are cached in `{proj.home_dir() / 'datasets'}`.")
+    elif source == UPLOAD:
+        if proj.uploads_available():
+            st.info("Upload a dataset on the upload panel below (zip of class folders, CSV, NPZ or IDX files).",
+                    icon=":material/upload:")
+        else:
+            st.info("Bring-your-own datasets are coming soon. Until then use Fashion-MNIST or the synthetic set.",
+                    icon=":material/upload:")
+    else:
+        st.caption("1,000 training and 200 test images of 10 made-up patterns: good for a first try, "
+                   "meaningless for accuracy.")
+
+if source == UPLOAD:
+    st.stop()
+if source != project.get("dataset"):
+    ui.save_project(project, dataset=source)
+
+bar = st.empty()
+try:
+    dataset = proj.load_dataset(project, progress=ui.progress_callback(bar))
+except (ValueError, data.DataUnavailable) as error:
+    bar.empty()
+    st.error(f"The data cannot be loaded: {ui.plain(error)}", icon=":material/error:")
+    st.stop()
+bar.empty()
+
+# ----------------------------------------------------------------------------- split
+
+st.subheader("Split")
+saved = proj.split_spec(project)
+controls, counts_column = st.columns([3, 2], gap="large")
+with controls:
+    mode = st.radio("Split mode", ["official", "pooled"], index=["official", "pooled"].index(saved.mode),
+                    key=f"split-mode-{pid}", horizontal=True,
+                    format_func=lambda m: {"official": "Official test set + validation", "pooled": "Pool everything, cut by fractions"}[m],
+                    help="Official keeps Zalando's 10,000 test images and carves validation out of the 60,000 "
+                         "training images (comparable with published results). Pooled mixes all 70,000 and cuts "
+                         "them by your fractions (80/10/10 as in the seed article).")
+    if mode == "pooled":
+        a, b = st.columns(2)
+        train_pct = a.slider("Train %", 10, 98, int(round(saved.fractions[0] * 100)), key=f"split-train-{pid}",
+                             help="Share of all images used to fit the weights.")
+        val_pct = b.slider("Validation %", 1, 50, int(round(saved.fractions[1] * 100)), key=f"split-val-{pid}",
+                           help="Share used to pick the best epoch and tune settings. The rest is the test set.")
+        test_pct = 100 - train_pct - val_pct
+        st.caption(f"Test: **{test_pct}%** (what is left).")
+        spec = data.SplitSpec("pooled", (train_pct / 100, val_pct / 100, round(1 - train_pct / 100 - val_pct / 100, 6)),
+                              saved.val_fraction, saved.seed, saved.stratify)
+    else:
+        val_pct = st.slider("Validation % of the training images", 1, 50, int(round(saved.val_fraction * 100)),
+                            key=f"split-valfrac-{pid}", help="Carved out of the official training images.")
+        spec = data.SplitSpec("official", saved.fractions, val_pct / 100, saved.seed, saved.stratify)
+    a, b = st.columns(2)
+    spec.seed = int(a.number_input("Shuffle seed", 0, 2**31 - 1, saved.seed, key=f"split-seed-{pid}",
+                                   help="The same seed gives the same split, image for image."))
+    with b:
+        st.write("")
+        spec.stratify = st.toggle("Stratify by class", saved.stratify, key=f"split-strat-{pid}",
+                                  help="Keep each class's share equal in every split.")
+
+with counts_column:
+    try:
+        counts = proj.checked_split_counts(dataset, spec)
+    except ValueError as error:
+        st.error(f"{ui.plain(error)}", icon=":material/error:")
+        st.stop()
+    total = sum(counts.values())
+    cols = st.columns(3)
+    for column, (part, count) in zip(cols, counts.items()):
+        column.metric(part.capitalize(), f"{count:,}", f"{count / total:.0%}", delta_color="off", delta_arrow="off")
+    st.caption(f"{total:,} images of {dataset.input_shape[0]}×{dataset.input_shape[1]} pixels in "
+               f"{dataset.num_classes} classes.")
+    if proj.train_limit(project):
+        st.caption(f"Training uses only the first {proj.train_limit(project):,} training images "
+                   f"(set on Hyperparameters).")
+
+if spec.to_dict() != saved.to_dict():
+    ui.save_project(project, split=spec.to_dict())
+
+with st.spinner("Splitting…"):
+    splits = proj.make_splits(dataset, spec)
+
+balance_column, pixels_column = st.columns([3, 2], gap="large")
+with balance_column:
+    st.markdown("**Class balance per split**")
+    st.altair_chart(charts.class_balance(data.class_balance(splits)), width="stretch")
+with pixels_column:
+    st.markdown("**Pixel intensities** (training images)")
+    st.altair_chart(charts.pixel_histogram(data.pixel_histogram(splits.train_images, bins=32, seed=spec.seed)),
+                    width="stretch")
+    sample = splits.train_images[:2000]
+    st.caption(f"Mean intensity {float(np.mean(sample)):.1f} / 255; {float(np.mean(sample == 0)):.0%} of pixels are "
+               "pure black: garments are bright on a black background.")
+st.markdown("**Samples** · three random training images per class")
+gallery = data.sample_gallery(splits.train_images, splits.train_labels, per_class=3, seed=spec.seed)
+columns = st.columns(len(gallery))
+for column, (label, images) in zip(columns, gallery.items()):
+    column.image(proj.montage(images, columns=1, factor=3, gap=4), caption=splits.class_names[label], width="stretch")
+
+# ----------------------------------------------------------------------------- augmentation
+
+st.subheader("Augmentation")
+st.caption("Random changes applied to each training batch on the device (never to validation or test images). "
+           "They make the model robust to shifted, rotated or photographed garments.")
+cfg = proj.train_config(project)
+augment = asdict(cfg.augment)
+settings_column, preview_column = st.columns([2, 3], gap="large")
+SLIDERS = {
+    "flip": ("Horizontal flip (probability)", 0.0, 1.0, 0.05, "Mirror left-right; clothes look the same mirrored."),
+    "shift": ("Shift (fraction of the side)", 0.0, 0.3, 0.01, "Move the garment up to this share of the image."),
+    "rotation": ("Rotation (degrees)", 0.0, 45.0, 1.0, "Rotate by up to this many degrees either way."),
+    "zoom": ("Zoom (relative)", 0.0, 0.5, 0.01, "Scale in or out by up to this share."),
+    "shear": ("Shear", 0.0, 0.5, 0.01, "Slant the image by up to this factor."),
+    "erasing": ("Random erasing (probability)", 0.0, 1.0, 0.05, "Black out a random rectangle (cutout)."),
+}
+PHOTO_SLIDERS = {
+    "brightness": ("Brightness", 0.0, 0.5, 0.01, "Add or remove up to this share of full brightness."),
+    "contrast": ("Contrast", 0.0, 0.9, 0.01, "Stretch or squash contrast by up to this share."),
+    "blur": ("Blur (probability)", 0.0, 1.0, 0.05, "Soften with a 3×3 blur, like a resized photo."),
+    "noise": ("Noise", 0.0, 0.3, 0.01, "Gaussian pixel noise (share of full scale)."),
+    "thickness": ("Outline thickness (probability)", 0.0, 1.0, 0.05, "Thicken or thin the garment's outline."),
+}
+with settings_column:
+    new_augment = dict(augment)
+    for name, (label, low, high, step, text) in SLIDERS.items():
+        new_augment[name] = st.slider(label, low, high, float(min(high, augment[name])), step, key=f"aug-{name}-{pid}", help=text)
+    with st.expander("Photo robustness (for real photos on Deploy)"):
+        for name, (label, low, high, step, text) in PHOTO_SLIDERS.items():
+            new_augment[name] = st.slider(label, low, high, float(min(high, augment[name])), step, key=f"aug-{name}-{pid}",
+                                          help=text)
+    try:
+        new_cfg = cfg.replace(augment=new_augment)
+        new_cfg.augment.validate()
+    except ValueError as error:
+        st.error(ui.plain(error), icon=":material/error:")
+    else:
+        if asdict(new_cfg.augment) != augment:
+            ui.save_project(project, config=new_cfg.to_dict())
+            cfg = new_cfg
+    if st.button("Turn all augmentation off", icon=":material/block:", disabled=not cfg.augment.active()):
+        ui.save_project(project, config=cfg.replace(augment=asdict(AugmentConfig())).to_dict())
+        for name in list(SLIDERS) + list(PHOTO_SLIDERS):
+            st.session_state.pop(f"aug-{name}-{pid}", None)
+        st.rerun()
+
+with preview_column:
+    seed_key = f"aug-preview-seed-{pid}"
+    st.session_state.setdefault(seed_key, 0)
+    head, button = st.columns([3, 1], vertical_alignment="bottom")
+    head.markdown("**Preview** · left column original, then four augmented versions")
+    if button.button("Shuffle", icon=":material/shuffle:", help="Other images and other random draws."):
+        st.session_state[seed_key] += 1
+    rng = np.random.default_rng(st.session_state[seed_key])
+    picks = rng.choice(len(splits.train_labels), size=6, replace=False)
+    originals = splits.train_images[np.sort(picks)]
+    if cfg.augment.active():
+        with st.spinner("Augmenting (the first preview after a restart compiles for a few seconds)…"):
+            augmented = proj.augment_preview(originals, cfg.augment, seed=st.session_state[seed_key], copies=4)
+        grid = np.concatenate([originals[:, None], augmented.reshape(len(originals), 4, *originals.shape[1:])], axis=1)
+        st.image(proj.montage(grid.reshape(-1, *originals.shape[1:]), columns=5, factor=3, gap=3), width="stretch")
+    else:
+        st.image(proj.montage(originals, columns=6, factor=3, gap=3), width="stretch")
+        st.info("All augmentation is off: training sees the images exactly as they are.", icon=":material/info:")
+
+st.divider()
+ui.link("model", "Next: build the model")

@@ -1,0 +1,225 @@
+"""2 · Model: presets, a layer editor (add anywhere, remove, move, edit in place), live shape/parameter/FLOP table,
+network diagram, JSON import/export. An invalid stack is explained and the last valid model is kept."""
+from __future__ import annotations
+
+import json
+import re
+
+import pandas as pd
+import streamlit as st
+
+import studio_ui as ui
+from fmnist_jax import charts, data, layers
+from fmnist_jax import project as proj
+
+DRAFT = "model-draft"
+
+ui.page_title("2", "Model", "Stack layers into a network. Every change is checked at once: shapes, parameters and "
+                            "compute update as you edit, and only a valid model is saved for training.")
+project = ui.require_project()
+pid = project["id"]
+try:
+    dataset = proj.load_dataset(project)
+except (ValueError, data.DataUnavailable) as error:
+    st.error(f"The project's data cannot be loaded ({ui.plain(error)}); fix it on the Data page.", icon=":material/error:")
+    ui.link("data", "Go to Data")
+    st.stop()
+input_shape, num_classes = dataset.input_shape, dataset.num_classes
+
+
+def _new_uid() -> int:
+    """A session-unique id per layer, so a layer's widgets follow it when it moves."""
+    st.session_state["model-uid"] = st.session_state.get("model-uid", 0) + 1
+    return st.session_state["model-uid"]
+
+
+def _fresh_draft(spec: list[dict]) -> dict:
+    normalized = layers.normalize_spec(spec)
+    return {"project": pid, "layers": normalized, "uids": [_new_uid() for _ in normalized]}
+
+
+def _valid(spec: list[dict]) -> bool:
+    try:
+        layers.describe(spec, input_shape, num_classes)
+        return True
+    except ValueError:
+        return False
+
+
+saved_spec = proj.model_spec(project, num_classes)
+if not _valid(saved_spec):  # e.g. the dataset changed its class count: fall back to the preset, sized to fit
+    saved_spec = layers.preset(project.get("model_preset") or "fast", num_classes)
+if st.session_state.get(DRAFT, {}).get("project") != pid:
+    st.session_state[DRAFT] = _fresh_draft(saved_spec)
+draft = st.session_state[DRAFT]
+
+
+def _load_preset(name: str) -> None:
+    spec = layers.preset(name, num_classes)
+    st.session_state[DRAFT] = _fresh_draft(spec)
+    ui.save_project(project, model=layers.normalize_spec(spec), model_preset=name)
+
+
+def _add_layer(position_key: str) -> None:
+    kind = st.session_state[f"add-kind-{pid}"]
+    position = max(0, min(int(st.session_state[position_key]), len(draft["layers"])))
+    draft["layers"].insert(position, layers.normalize_layer({"type": kind}, position))
+    draft["uids"].insert(position, _new_uid())
+
+
+def _remove_layer(index: int) -> None:
+    del draft["layers"][index]
+    del draft["uids"][index]
+
+
+def _move_layer(index: int, offset: int) -> None:
+    target = index + offset
+    if 0 <= target < len(draft["layers"]):
+        for key in ("layers", "uids"):
+            draft[key][index], draft[key][target] = draft[key][target], draft[key][index]
+
+
+def _param_widget(param: layers.Param, value, key: str):
+    label = param.name.replace("_", " ")
+    if param.kind is bool:
+        return st.checkbox(label, value=bool(value), key=key, help=param.help)
+    if param.choices is not None:
+        choices = list(param.choices)
+        return st.selectbox(label, choices, index=choices.index(value) if value in choices else 0, key=key, help=param.help)
+    if param.kind is int:
+        return int(st.number_input(label, min_value=int(param.minimum), max_value=int(param.maximum), value=int(value),
+                                   step=1, key=key, help=param.help))
+    step = 0.05 if (param.maximum or 1) <= 1 and param.name == "rate" else 0.01
+    if param.name == "epsilon":
+        return float(st.number_input(label, min_value=float(param.minimum), max_value=float(param.maximum),
+                                     value=float(value), step=1e-6, format="%.1e", key=key, help=param.help))
+    return float(st.number_input(label, min_value=float(param.minimum), max_value=float(param.maximum),
+                                 value=float(value), step=step, format="%g", key=key, help=param.help))
+
+
+# ----------------------------------------------------------------------------- presets
+
+preset_names = list(layers.PRESETS)
+with st.container(border=True):
+    left, middle, right = st.columns([2, 4, 1], vertical_alignment="bottom")
+    chosen = left.selectbox("Preset", preset_names,
+                            index=preset_names.index(project.get("model_preset")) if project.get("model_preset") in preset_names else 0,
+                            key=f"preset-{pid}", help="A tested starting point; load it, then edit freely below.")
+    middle.caption(layers.PRESETS[chosen].description)
+    right.button("Load", on_click=_load_preset, args=(chosen,), icon=":material/download:", width="stretch",
+                 help="Replace the current layers with this preset.")
+    with st.expander("Compare presets"):
+        table = pd.DataFrame([{"preset": r["name"], "parameters": r["params"],
+                               "MFLOPs / image": (r["flops"] or 0) / 1e6, "description": r["description"]}
+                              for r in layers.preset_table(input_shape, num_classes) if r["fits"]])
+        st.dataframe(table, hide_index=True, column_config={
+            "parameters": st.column_config.NumberColumn(format="localized"),
+            "MFLOPs / image": st.column_config.NumberColumn(format="%.1f")})
+
+current_preset = proj.preset_of(project)
+st.caption(f"Saved model: **{current_preset or 'custom'}** · input {'×'.join(map(str, input_shape))} · "
+           f"{num_classes} classes")
+
+# ----------------------------------------------------------------------------- editor
+
+editor, summary = st.columns([5, 4], gap="large")
+with editor:
+    st.subheader(f"Layers ({len(draft['layers'])})")
+    new_layers: list[dict] = []
+    edited = []
+    for index, (layer, uid) in enumerate(zip(draft["layers"], draft["uids"])):
+        layer_type = layers.REGISTRY[layer["type"]]
+        with st.container(border=True, key=f"layer-box-{uid}"):
+            head, buttons = st.columns([5, 2], vertical_alignment="center")
+            head.markdown(f"**{index} · {layer_type.label}** &nbsp; :gray[{charts.layer_summary(layer)}]",
+                          help=layer_type.description)
+            with buttons.container(horizontal=True, horizontal_alignment="right", gap="small"):
+                st.button("", icon=":material/arrow_upward:", key=f"up-{uid}", on_click=_move_layer, args=(index, -1),
+                          disabled=index == 0, help="Move up", type="tertiary")
+                st.button("", icon=":material/arrow_downward:", key=f"down-{uid}", on_click=_move_layer,
+                          args=(index, 1), disabled=index == len(draft["layers"]) - 1, help="Move down", type="tertiary")
+                st.button("", icon=":material/delete:", key=f"remove-{uid}", on_click=_remove_layer, args=(index,),
+                          help="Remove this layer", type="tertiary")
+            values = {"type": layer["type"]}
+            for row_start in range(0, len(layer_type.params), 3):
+                columns = st.columns(3)
+                for column, param in zip(columns, layer_type.params[row_start:row_start + 3]):
+                    with column:
+                        values[param.name] = _param_widget(param, layer[param.name], f"p-{uid}-{param.name}")
+            new_layers.append(values)
+            edited.append(st.empty())
+    draft["layers"] = new_layers
+
+    with st.container(border=True):
+        kinds = list(layers.REGISTRY)
+        a, b, c = st.columns([3, 2, 2], vertical_alignment="bottom")
+        a.selectbox("Add a layer", kinds, format_func=lambda k: f"{layers.REGISTRY[k].label} — "
+                                                                       f"{layers.REGISTRY[k].description}",
+                           key=f"add-kind-{pid}", help="Any registered layer type.")
+        # keyed by the layer count, so the position resets to "append" whenever layers come or go
+        position_key = f"add-pos-{pid}-{len(draft['layers'])}"
+        b.number_input("at position", 0, len(draft["layers"]), len(draft["layers"]), key=position_key,
+                                  help="0 puts it first; the largest number appends it.")
+        c.button("Add layer", icon=":material/add:", on_click=_add_layer, args=(position_key,), width="stretch")
+
+# ----------------------------------------------------------------------------- validation and summary
+
+error_message = None
+try:
+    info = layers.describe(draft["layers"], input_shape, num_classes)
+    shown_spec = draft["layers"]
+    if not project.get("model") or layers.normalize_spec(project["model"]) != draft["layers"]:
+        ui.save_project(project, model=draft["layers"])
+except ValueError as error:
+    error_message = str(error)
+    shown_spec = layers.normalize_spec(saved_spec)
+    info = layers.describe(shown_spec, input_shape, num_classes)
+    bad = re.match(r"layer (\d+)", error_message)
+    if bad and int(bad.group(1)) < len(edited):
+        edited[int(bad.group(1))].error(ui.plain(error_message), icon=":material/error:")
+
+with summary:
+    if error_message:
+        st.error(f"**This stack is not valid:** {ui.plain(error_message)}", icon=":material/error:")
+        st.warning("Training keeps using the last valid model, summarised below.", icon=":material/history:")
+    st.subheader("Summary")
+    m = st.columns(2)
+    m[0].metric("Parameters", f"{info['total_params']:,}", help="Trainable weights and biases.")
+    m[1].metric("MFLOPs per image", f"{info['forward_flops'] / 1e6:,.1f}",
+                help="One forward pass (a multiply-add counts as 2). Training costs about 3× this.")
+    rows = [{"#": r["index"], "layer": r["type"], "output": "×".join(map(str, r["output_shape"])),
+             "params": r["params"], "MFLOPs": r["flops"] / 1e6} for r in info["layers"]]
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", height=36 * (len(rows) + 1) + 2, column_config={
+        "params": st.column_config.NumberColumn(format="localized"),
+        "MFLOPs": st.column_config.NumberColumn(format="%.2f")})
+    st.graphviz_chart(charts.network_dot(info, shown_spec), width="stretch")
+
+    st.subheader("Import / export")
+    spec_json = json.dumps({"layers": shown_spec, "input_shape": list(input_shape), "num_classes": num_classes}, indent=2)
+    st.download_button("Export model JSON", spec_json, file_name=f"{pid}-model.json", mime="application/json",
+                       icon=":material/file_download:", help="The layer list (the last valid model).")
+    upload = st.file_uploader("Import model JSON", type=["json"], key=f"import-{pid}",
+                              help="A JSON list of layers, or an object with a 'layers' list (as exported).")
+    if upload is not None and st.session_state.get("model-imported") != upload.file_id:
+        st.session_state["model-imported"] = upload.file_id
+        try:
+            if upload.size > 1_000_000:
+                raise ValueError("the file is larger than 1 MB; a model spec is a small JSON file")
+            imported = json.loads(upload.getvalue().decode("utf-8"))
+            spec = layers.normalize_spec(imported)
+            layers.describe(spec, input_shape, num_classes)
+        except (ValueError, UnicodeDecodeError) as error:
+            reason = f"not valid JSON ({error})" if isinstance(error, json.JSONDecodeError) else str(error)
+            st.session_state["model-import-error"] = f"Could not import {upload.name}: {reason}"
+        else:
+            st.session_state[DRAFT] = _fresh_draft(spec)
+            ui.save_project(project, model=spec)
+            st.session_state["model-import-ok"] = f"Imported {len(spec)} layers from {upload.name}."
+        st.rerun()
+    if message := st.session_state.pop("model-import-error", None):
+        st.error(ui.plain(message), icon=":material/error:")
+    if message := st.session_state.pop("model-import-ok", None):
+        st.success(message, icon=":material/check_circle:")
+
+st.divider()
+ui.link("hyper", "Next: hyperparameters")

@@ -1,0 +1,208 @@
+"""3 · Hyperparameters: one form for epochs, batch, optimizer, learning rate and schedule, regularisation, loss,
+early stopping, seed and precision; inline validation, a learning-rate preview and a time-per-epoch estimate."""
+from __future__ import annotations
+
+import math
+
+import streamlit as st
+
+import studio_ui as ui
+from fmnist_jax import charts, config, data, layers, train
+from fmnist_jax import project as proj
+
+OPTIMIZER_LABELS = {"sgd": "SGD", "rmsprop": "RMSprop", "adadelta": "Adadelta", "adagrad": "Adagrad",
+                    "adamax": "Adamax", "adam": "Adam", "nadam": "Nadam", "adamw": "AdamW"}
+OPTIMIZER_PARAMS = {"sgd": ("momentum", "nesterov"), "rmsprop": ("rho", "momentum", "epsilon"),
+                    "adadelta": ("rho", "epsilon"), "adagrad": ("epsilon",), "adamax": ("beta1", "beta2", "epsilon"),
+                    "adam": ("beta1", "beta2", "epsilon"), "nadam": ("beta1", "beta2", "epsilon"),
+                    "adamw": ("beta1", "beta2", "epsilon")}
+SCHEDULE_LABELS = {"constant": "Constant", "cosine": "Cosine decay", "warmup_cosine": "Warm-up, then cosine decay",
+                   "one_cycle": "One-cycle", "step": "Step decay"}
+BATCH_SIZES = [8, 16, 32, 64, 96, 128, 192, 256, 384, 512, 1024, 2048]
+LR_STOPS = [float(f"{m}e{e}") for e in range(-6, 0) for m in (1, 2, 5)] + [1.0]  # 1e-6, 2e-6, 5e-6 ... 1
+
+ui.page_title("3", "Hyperparameters", "How the model learns. Change the settings and press Save; invalid combinations "
+                                      "are explained before training can start.")
+project = ui.require_project()
+pid = project["id"]
+try:
+    dataset = proj.load_dataset(project)
+    counts = proj.checked_split_counts(dataset, proj.split_spec(project))
+except (ValueError, data.DataUnavailable) as error:
+    st.error(f"The project's data or split is not usable ({ui.plain(error)}); fix it on the Data page.", icon=":material/error:")
+    ui.link("data", "Go to Data")
+    st.stop()
+cfg = proj.train_config(project)
+limit = proj.train_limit(project)
+train_size = min(counts["train"], limit) if limit else counts["train"]
+
+
+def _nearest(options: list, value: float) -> float:
+    return min(options, key=lambda option: abs(math.log(option) - math.log(value)) if value > 0 else option)
+
+
+st.caption("The optimizer and schedule pickers sit above the form because they decide which fields it shows; "
+           "they are saved together with the form.")
+top = st.columns(2)
+optimizer = top[0].selectbox("Optimizer", config.OPTIMIZERS, index=config.OPTIMIZERS.index(cfg.optimizer),
+                             format_func=OPTIMIZER_LABELS.get, key=f"hp-opt-{pid}",
+                             help="Adam is a robust default; SGD with momentum can generalise slightly better "
+                                  "with a tuned schedule.")
+schedule = top[1].selectbox("Learning-rate schedule", config.SCHEDULES, index=config.SCHEDULES.index(cfg.schedule),
+                            format_func=SCHEDULE_LABELS.get, key=f"hp-sched-{pid}",
+                            help="How the learning rate changes over the planned steps (see the preview).")
+
+with st.form(f"hyperparameters-{pid}", border=True):
+    st.markdown("**Training length**")
+    a, b, c = st.columns(3)
+    epochs = a.slider("Epochs", 1, 100, int(min(cfg.epochs, 100)), help="Full passes over the training split.")
+    batch_size = b.select_slider("Batch size", BATCH_SIZES + ([cfg.batch_size] if cfg.batch_size not in BATCH_SIZES else []),
+                                 value=cfg.batch_size, help="Images per optimizer step. Larger is faster per image "
+                                                            "on a GPU; smaller often generalises a little better.")
+    limit_value = c.number_input("Training images (0 = all)", 0, counts["train"], int(limit or 0), step=100,
+                                 help=f"Train on only the first N of the {counts['train']:,} training images: "
+                                      "for quick experiments.")
+
+    st.markdown(f"**Optimizer · {OPTIMIZER_LABELS[optimizer]}**")
+    a, b, c, d = st.columns(4)
+    learning_rate = a.select_slider("Learning rate (log scale)", LR_STOPS, value=_nearest(LR_STOPS, cfg.learning_rate),
+                                    format_func=lambda v: f"{v:.0e}",
+                                    help="Step size, on a log scale from 1e-6 to 1 (1-2-5 steps per decade). "
+                                         "1e-3 suits Adam; SGD usually wants 1e-2 to 1e-1.")
+    used = OPTIMIZER_PARAMS[optimizer]
+    values = {"momentum": cfg.momentum, "nesterov": cfg.nesterov, "beta1": cfg.beta1, "beta2": cfg.beta2,
+              "rho": cfg.rho, "epsilon": cfg.epsilon}
+    slots = iter([b, c, d, a])
+    for name in used:
+        column = next(slots)
+        if name == "momentum":
+            values[name] = column.number_input("Momentum", 0.0, 0.9999, float(cfg.momentum), 0.01, format="%g",
+                                               help="Share of the previous update kept (0 = plain SGD).")
+        elif name == "nesterov":
+            column.write("")
+            values[name] = column.checkbox("Nesterov momentum", cfg.nesterov, help="Look-ahead momentum.")
+        elif name == "beta1":
+            values[name] = column.number_input("β1", 0.0, 0.9999, float(cfg.beta1), 0.01, format="%g",
+                                               help="Decay of the running mean of gradients.")
+        elif name == "beta2":
+            values[name] = column.number_input("β2", 0.0, 0.99999, float(cfg.beta2), 0.001, format="%g",
+                                               help="Decay of the running mean of squared gradients.")
+        elif name == "rho":
+            values[name] = column.number_input("ρ (rho)", 0.0, 0.9999, float(cfg.rho), 0.01, format="%g",
+                                               help="Decay of the running average of squared gradients.")
+        elif name == "epsilon":
+            values[name] = column.number_input("ε (epsilon)", 1e-10, 1.0, float(cfg.epsilon), 1e-7, format="%.1e",
+                                               help="Added to denominators for numerical stability.")
+
+    st.markdown(f"**Schedule · {SCHEDULE_LABELS[schedule]}**")
+    a, b, c, _ = st.columns(4)
+    warmup_epochs, step_every, step_factor = cfg.warmup_epochs, cfg.step_every_epochs, cfg.step_factor
+    if schedule == "warmup_cosine":
+        warmup_epochs = a.number_input("Warm-up epochs", 0.0, 100.0, float(cfg.warmup_epochs), 0.5, format="%g",
+                                       help="Rise linearly from 0 to the learning rate over this many epochs.")
+    elif schedule == "step":
+        step_every = int(a.number_input("Decay every (epochs)", 1, 1000, int(cfg.step_every_epochs), 1))
+        step_factor = b.number_input("Multiply by", 0.01, 1.0, float(cfg.step_factor), 0.05, format="%g",
+                                     help="Factor applied at each decay step.")
+    else:
+        a.caption({"constant": "The same rate for every step.", "cosine": "Falls smoothly to 0 by the last step.",
+                   "one_cycle": "Rises to the learning rate, then anneals far below it."}[schedule])
+
+    st.markdown("**Regularisation and loss**")
+    a, b, c, d = st.columns(4)
+    weight_decay = a.number_input("Weight decay", 0.0, 1.0, float(cfg.weight_decay), 1e-4, format="%g",
+                                  help="Shrinks weights each step (decoupled for AdamW).")
+    label_smoothing = b.slider("Label smoothing", 0.0, 0.5, float(cfg.label_smoothing), 0.01,
+                               help="Soften one-hot targets; reduces over-confidence.")
+    loss = c.selectbox("Loss", config.LOSSES, index=config.LOSSES.index(cfg.loss),
+                       format_func={"cross_entropy": "Cross-entropy", "focal": "Focal"}.get,
+                       help="Focal loss down-weights easy examples.")
+    grad_clip = d.number_input("Gradient clipping (0 = off)", 0.0, 1000.0, float(cfg.grad_clip), 0.5, format="%g",
+                               help="Clip the global gradient norm; helps against divergence.")
+
+    st.markdown("**Early stopping**")
+    a, b, c, d = st.columns(4)
+    early_stopping = a.toggle("Enabled", cfg.early_stopping,
+                              help="Stop after `patience` epochs without improvement of the monitored metric.")
+    monitor = b.selectbox("Monitor", config.MONITORS, index=config.MONITORS.index(cfg.monitor),
+                          format_func={"val_accuracy": "validation accuracy", "val_loss": "validation loss"}.get)
+    patience = int(c.number_input("Patience (epochs)", 1, 1000, int(cfg.patience), 1))
+    restore_best = d.checkbox("Restore best", cfg.restore_best,
+                              help="At the end, restore the weights of the best epoch.")
+
+    with st.expander("Reproducibility and precision"):
+        a, b, c = st.columns(3)
+        seed = int(a.number_input("Seed", 0, 2**31 - 1, int(cfg.seed), 1,
+                                  help="Feeds initialisation, shuffling, dropout and augmentation."))
+        precision = b.selectbox("Precision", config.PRECISIONS, index=config.PRECISIONS.index(cfg.precision),
+                                help="bfloat16 computes faster on GPUs/TPUs; weights stay float32.")
+        chunk_steps = int(c.number_input("Steps per chunk", 1, 10_000, int(cfg.chunk_steps), 10,
+                                         help="Optimizer steps per compiled call: how often the curves update "
+                                              "and how fast Stop reacts."))
+
+    submitted = st.form_submit_button("Save settings", type="primary", icon=":material/save:")
+
+if submitted:
+    new_limit = int(limit_value) or None
+    new_train_size = min(counts["train"], new_limit) if new_limit else counts["train"]
+    try:
+        new_cfg = cfg.replace(
+            epochs=epochs, batch_size=int(batch_size), optimizer=optimizer, learning_rate=float(learning_rate),
+            schedule=schedule, warmup_epochs=float(warmup_epochs), step_every_epochs=int(step_every),
+            step_factor=float(step_factor), weight_decay=float(weight_decay), label_smoothing=float(label_smoothing),
+            loss=loss, grad_clip=float(grad_clip), early_stopping=bool(early_stopping), monitor=monitor,
+            patience=patience, restore_best=bool(restore_best), seed=seed, precision=precision,
+            chunk_steps=chunk_steps, **{k: v for k, v in values.items()})
+        new_cfg.validate(train_size=new_train_size)
+    except ValueError as error:
+        st.error(f"Not saved: {ui.plain(error)}.", icon=":material/error:")
+    else:
+        ui.save_project(project, config=new_cfg.to_dict(), train_limit=new_limit)
+        cfg, limit, train_size = new_cfg, new_limit, new_train_size
+        st.success("Saved. These settings apply to the next training run.", icon=":material/check_circle:")
+elif optimizer != cfg.optimizer or schedule != cfg.schedule:
+    st.warning("The optimizer or schedule above differs from the saved settings: press **Save settings** to keep it.",
+               icon=":material/edit_note:")
+
+# ----------------------------------------------------------------------------- what the saved settings mean
+
+try:
+    cfg.validate(train_size=train_size)
+except ValueError as error:
+    st.error(f"The saved settings cannot train yet: {ui.plain(error)}.", icon=":material/error:")
+    st.stop()
+
+steps_per_epoch = max(1, train_size // cfg.batch_size)
+left, right = st.columns([3, 2], gap="large")
+with left:
+    st.subheader("Learning rate over the run")
+    st.altair_chart(charts.learning_rate(train.learning_rate_curve(cfg, steps_per_epoch)), width="stretch")
+    st.caption(f"{cfg.epochs} epochs × {steps_per_epoch:,} steps of {cfg.batch_size} images = "
+               f"{cfg.epochs * steps_per_epoch:,} steps on {train_size:,} training images.")
+with right:
+    st.subheader("Estimated time")
+    spec = proj.model_spec(project, dataset.num_classes)
+    try:
+        estimate = proj.estimate_epoch_seconds(ui.workspace(), pid, spec, dataset.input_shape, dataset.num_classes,
+                                               steps_per_epoch * cfg.batch_size)
+    except ValueError as error:
+        st.info(f"No estimate: the model is not valid ({ui.plain(error)}).", icon=":material/info:")
+    else:
+        device = ui.device()
+        m = st.columns(2)
+        m[0].metric("Per epoch", ui.seconds_text(estimate["seconds"]))
+        m[1].metric("Whole run", ui.seconds_text(estimate["seconds"] * cfg.epochs))
+        st.caption(f"{estimate['flops_per_image'] / 1e6:,.1f} MFLOPs to train on one image × "
+                   f"{steps_per_epoch * cfg.batch_size:,} images per epoch, at "
+                   f"{estimate['flops_per_s'] / 1e9:,.1f} GFLOP/s on {device['platform'].upper()} "
+                   f"(from the {estimate['source']}). Compilation adds a few seconds at the start.")
+    layers_ok = True
+    try:
+        layers.describe(spec, dataset.input_shape, dataset.num_classes)
+    except ValueError:
+        layers_ok = False
+    if not layers_ok:
+        st.warning("The saved model is not valid; fix it on the Model page.", icon=":material/warning:")
+
+st.divider()
+ui.link("training", "Next: train")

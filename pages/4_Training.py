@@ -1,0 +1,218 @@
+"""4 · Training: Start / Stop / Resume a background job, live curves and progress, run history with overlays.
+
+Training never runs in this script: it runs in the server's job registry, and this page only reads snapshots,
+so switching pages, refreshing or opening a second tab shows the same job."""
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+import studio_ui as ui
+from fmnist_jax import charts, data, layers, store
+from fmnist_jax import project as proj
+
+STATUS_LABELS = {"queued": ":orange-badge[:material/hourglass_top: queued]",
+                 "running": ":blue-badge[:material/progress_activity: running]",
+                 "completed": ":green-badge[:material/check_circle: completed]",
+                 "early_stopped": ":green-badge[:material/check_circle: stopped early (no improvement)]",
+                 "stopped": ":gray-badge[:material/stop_circle: stopped]",
+                 "cancelled": ":gray-badge[:material/cancel: cancelled]",
+                 "failed": ":red-badge[:material/error: failed]"}
+
+ui.page_title("4", "Training", "Train the model in the background and watch it learn. You can switch pages or "
+                               "refresh: the run keeps going and this page picks it up again.")
+project = ui.require_project()
+pid = project["id"]
+ws = ui.workspace()
+registry = ui.registry()
+
+# ----------------------------------------------------------------------------- what will train
+
+problem = None
+try:
+    dataset = proj.load_dataset(project)
+    spec, cfg, train_size = proj.check_trainable(project, dataset)
+    info = layers.describe(spec, dataset.input_shape, dataset.num_classes)
+except (ValueError, data.DataUnavailable, store.StoreError) as error:
+    problem = str(error)
+
+with st.container(border=True):
+    if problem:
+        st.error(f"This project cannot train yet: {ui.plain(problem)}.", icon=":material/error:")
+        links = st.columns(3)
+        with links[0]:
+            ui.link("data", "Fix the data")
+        with links[1]:
+            ui.link("model", "Fix the model")
+        with links[2]:
+            ui.link("hyper", "Fix the hyperparameters")
+    else:
+        counts = proj.split_counts(dataset, proj.split_spec(project))
+        cols = st.columns(4)
+        cols[0].markdown(f"**Data** · {proj.DATASET_LABELS.get(project.get('dataset') or 'fashion_mnist', 'uploaded').split(' (')[0]}  \n"
+                         f":gray[{train_size:,} train · {counts['validation']:,} val · {counts['test']:,} test]")
+        cols[1].markdown(f"**Model** · {proj.preset_of(project) or 'custom'}  \n"
+                         f":gray[{info['total_params']:,} parameters, {len(spec)} layers]")
+        cols[2].markdown(f"**Optimizer** · {cfg.optimizer}, lr {cfg.learning_rate:g}  \n"
+                         f":gray[{cfg.schedule.replace('_', ' ')} schedule, batch {cfg.batch_size}]")
+        cols[3].markdown(f"**Length** · {cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''}  \n"
+                         f":gray[augmentation {'on' if cfg.augment.active() else 'off'}, seed {cfg.seed}]")
+
+
+# ----------------------------------------------------------------------------- live job panel
+
+def _start() -> None:
+    name = st.session_state.get(f"run-name-{pid}", "").strip()
+    try:
+        snap = proj.start_training(ws, ws.get_project(pid), name or None, registry)
+    except (ValueError, data.DataUnavailable, store.StoreError) as error:
+        st.session_state["training-error"] = str(error)
+        return
+    st.session_state["training-notice"] = f"Started **{snap['name']}**."
+    st.session_state.pop(f"run-name-{pid}", None)
+
+
+def _stop(job_id: int) -> None:
+    registry.stop(job_id)
+
+
+def _resume(run_id: str) -> None:
+    try:
+        snap = proj.resume_training(ws, ws.get_project(pid), run_id, registry)
+    except (ValueError, store.StoreError) as error:
+        st.session_state["training-error"] = f"Cannot resume {run_id}: {error}"
+        return
+    st.session_state["training-notice"] = f"Resuming **{snap['name']}** from its last checkpoint."
+
+
+def live_panel() -> None:
+    """Controls, progress and curves of the project's current (or latest) job; redrawn every second while active."""
+    snap = registry.for_project(pid, ui.owner())
+    active = bool(snap and snap["status"] in ("queued", "running"))
+    controls = st.columns([3, 1, 1], vertical_alignment="bottom")
+    controls[0].text_input("Run name (optional)", key=f"run-name-{pid}", max_chars=60, disabled=active,
+                           placeholder="e.g. adam-cosine-5ep", help="Names the run's folder; default: the start time.")
+    controls[1].button("Start", type="primary", icon=":material/play_arrow:", on_click=_start, width="stretch",
+                       disabled=active or problem is not None, key="start-training",
+                       help="Train a new run with the project's current settings.")
+    controls[2].button("Stop", icon=":material/stop:", on_click=_stop, args=(snap["id"] if snap else 0,),
+                       width="stretch", disabled=not active or bool(snap and snap["stop_requested"]), key="stop-training",
+                       help="Stop after the current chunk; the run is saved and can be resumed.")
+    if message := st.session_state.pop("training-error", None):
+        st.error(ui.plain(message), icon=":material/block:")
+    if message := st.session_state.pop("training-notice", None):
+        st.success(message, icon=":material/play_circle:")
+    if snap is None:
+        st.info("No run in this session yet. Press **Start** to train with the settings above.", icon=":material/info:")
+        return
+
+    figures = proj.job_progress(snap)
+    st.markdown(f"#### `{snap['name']}` {STATUS_LABELS.get(snap['status'], snap['status'])}")
+    if snap["status"] == "queued":
+        position = next((j["position"] for j in registry.queue() if j["id"] == snap["id"]), 0)
+        st.info(f"Waiting for {position} job(s) ahead of it: one job trains at a time on this server.",
+                icon=":material/hourglass_top:")
+    elif snap["status"] == "running" and not snap["chunks"]:
+        st.progress(0.0, text="Preparing data and compiling the model (the first run of a model takes longest)…")
+    if snap["error"]:
+        st.error(f"Training failed: {snap['error']}", icon=":material/error:")
+    if snap["stop_requested"] and active:
+        st.warning("Stopping after the current chunk…", icon=":material/stop_circle:")
+    if snap["chunks"] or snap["epochs"]:
+        fraction = figures["fraction"]
+        st.progress(fraction, text=f"epoch {figures['epoch']}/{figures['epochs']} · {fraction:.0%}")
+        memory = proj.memory_in_use()
+        start = snap["start"]
+        m = st.columns(7)
+        m[0].metric("Images/s", f"{figures['images_per_s']:,.0f}" if figures["images_per_s"] else "–")
+        m[1].metric("s/epoch", ui.seconds_text(figures["seconds_per_epoch"]))
+        m[2].metric("Elapsed", ui.seconds_text(figures["elapsed"]))
+        m[3].metric("ETA", ui.seconds_text(figures["eta"]) if active else "done")
+        m[4].metric("Best epoch", f"{figures['best_epoch']} · {figures['best_val_accuracy']:.2%}"
+                    if figures["best_epoch"] else "–", help="Highest validation accuracy so far.")
+        m[5].metric("Device", f"{start.get('platform', '?').upper()} × {start.get('devices', 1)}",
+                    help=f"{start.get('device', '')}; compiled in {start.get('compile_seconds', 0):.1f} s")
+        m[6].metric("Memory", ui.bytes_text(memory["device_bytes"] or memory["process_bytes"]),
+                    help="Accelerator memory in use" if memory["device_bytes"] else "Server process memory (RSS)")
+        rows = charts.learning_curve_rows(snap["chunks"], snap["epochs"])
+        with st.container(key="live-curves"):
+            left, right = st.columns(2)
+            left.altair_chart(charts.learning_curve(rows, "loss", figures["epochs"]), width="stretch")
+            right.altair_chart(charts.learning_curve(rows, "accuracy", figures["epochs"]), width="stretch")
+    result = snap["result"]
+    if result.get("test_accuracy") is not None:
+        st.success(f"Test accuracy **{result['test_accuracy']:.2%}** (loss {result['test_loss']:.4f}) after "
+                   f"{result.get('epochs_completed', '?')} epoch(s) in {ui.seconds_text(result.get('seconds'))}.",
+                   icon=":material/verified:")
+    # a job that just ended: redraw the whole page once so the history below includes it
+    if not active and st.session_state.get("training-active-job") == snap["id"]:
+        st.session_state["training-active-job"] = None
+        st.rerun()
+    # a job that just started: redraw the whole page so this panel refreshes itself every second
+    if active and st.session_state.get("training-active-job") != snap["id"]:
+        st.session_state["training-active-job"] = snap["id"]
+        st.rerun()
+
+
+current = registry.for_project(pid, ui.owner())
+is_active = bool(current and current["status"] in ("queued", "running"))
+if is_active:
+    st.session_state["training-active-job"] = current["id"]
+st.fragment(live_panel, run_every=1.0 if is_active else None)()
+
+# ----------------------------------------------------------------------------- history
+
+st.subheader("Run history")
+runs = proj.runs_table(ws, pid)
+if not runs:
+    st.info("Finished, stopped and failed runs of this project will be listed here.", icon=":material/history:")
+    st.stop()
+table = pd.DataFrame([{
+    "run": r["name"], "status": r["status"], "preset": r["preset"], "optimizer": r["optimizer"],
+    "lr": r["learning_rate"], "epochs": f"{r['epochs']}/{r['planned_epochs'] or '?'}",
+    "best val. acc.": r["best_val_accuracy"], "test acc.": r["test_accuracy"], "time": ui.seconds_text(r["seconds"]),
+    "started": ui.stamp(r["created"])} for r in runs])
+st.dataframe(table, hide_index=True, width="stretch", column_config={
+    "lr": st.column_config.NumberColumn(format="%.1e"),
+    "best val. acc.": st.column_config.ProgressColumn(format="percent", min_value=0.0, max_value=1.0),
+    "test acc.": st.column_config.ProgressColumn(format="percent", min_value=0.0, max_value=1.0)})
+
+resumable = [r for r in runs if r["status"] in ("stopped", "failed", "running") and
+             not (current and current["status"] in ("queued", "running") and current["name"] == r["id"])]
+if resumable and not is_active:
+    a, b = st.columns([3, 1], vertical_alignment="bottom")
+    choice = a.selectbox("Resume a stopped run", [r["id"] for r in resumable], key=f"resume-{pid}",
+                         help="Continue from the run's last checkpoint with the run's own settings.")
+    if b.button("Resume", icon=":material/resume:", width="stretch"):
+        _resume(choice)
+        st.rerun()
+
+with_history = [r for r in runs if proj.run_history(r["path"])]
+if with_history:
+    st.markdown("**Compare runs**")
+    a, b = st.columns([3, 1])
+    chosen = a.multiselect("Runs to overlay", [r["id"] for r in with_history],
+                           default=[r["id"] for r in with_history[:3]], key=f"overlay-{pid}",
+                           format_func=lambda rid: next(r["name"] for r in with_history if r["id"] == rid),
+                           help="Per-epoch curves of the selected runs, on one chart.")
+    metric = b.selectbox("Metric", ["val_accuracy", "val_loss", "accuracy", "loss"], key=f"overlay-metric-{pid}",
+                         format_func={"val_accuracy": "validation accuracy", "val_loss": "validation loss",
+                                      "accuracy": "train accuracy", "loss": "train loss"}.get)
+    overlay = [{"run": r["name"], "epoch": h["epoch"], "metric": key, "value": h.get(key)}
+               for r in with_history if r["id"] in chosen for h in proj.run_history(r["path"])
+               for key in ("val_accuracy", "val_loss", "accuracy", "loss") if h.get(key) is not None]
+    if overlay:
+        st.altair_chart(charts.runs_overlay(overlay, metric), width="stretch")
+
+with st.expander("Delete a run"):
+    finished = [r for r in runs if not (current and is_active and current["name"] == r["id"])]
+    a, b = st.columns([3, 1], vertical_alignment="bottom")
+    doomed = a.selectbox("Run", [r["id"] for r in finished], key=f"delete-run-{pid}")
+    if b.button("Delete run", icon=":material/delete:", width="stretch") and doomed:
+        ws.delete_run(pid, doomed)
+        if project.get("deployed_run") == doomed:
+            ui.save_project(project, deployed_run=None)
+        st.rerun()
+
+st.divider()
+ui.link("evaluation", "Next: evaluate")

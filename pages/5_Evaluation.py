@@ -1,0 +1,111 @@
+"""5 · Evaluation: test loss and accuracy beside train/validation, confusion matrix, per-class scores,
+most-confused pairs and a filterable gallery of misclassified test images."""
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+import studio_ui as ui
+from fmnist_jax import charts, data, store
+from fmnist_jax import project as proj
+
+GALLERY_LIMIT = 48
+
+ui.page_title("5", "Evaluation", "How well a trained run does on test images it never saw, and where it goes wrong.")
+project = ui.require_project()
+pid = project["id"]
+ws = ui.workspace()
+
+runs = [r for r in proj.runs_table(ws, pid) if r["has_weights"]]
+if not runs:
+    st.info("No trained run yet. Train one first; its results appear here.", icon=":material/model_training:")
+    ui.link("training", "Go to Training")
+    st.stop()
+
+labels = {r["id"]: f"{r['name']} · {r['status']} · {ui.stamp(r['created'])}" for r in runs}
+run_id = st.selectbox("Run", list(labels), format_func=labels.get, key=f"eval-run-{pid}",
+                      help="Runs with trained weights, newest first.")
+run = next(r for r in runs if r["id"] == run_id)
+
+bar = st.empty()
+try:
+    metrics = proj.evaluate_run(ws, pid, run_id, progress=ui.progress_callback(bar))
+    run_record = proj.read_run(ws, pid, run_id)
+    test_images, test_labels = proj.gallery_images(run_record)
+except (ValueError, store.StoreError, data.DataUnavailable) as error:
+    bar.empty()
+    st.error(f"This run cannot be evaluated: {ui.plain(error)}", icon=":material/error:")
+    st.stop()
+bar.empty()
+
+history = proj.run_history(run["path"])
+last = history[-1] if history else {}
+best = max(history, key=lambda h: h["val_accuracy"]) if history else {}
+class_names = metrics["class_names"]
+
+m = st.columns(5)
+m[0].metric("Test accuracy", ui.percent(metrics["accuracy"]), help=f"On {metrics['count']:,} test images.")
+m[1].metric("Test loss", f"{metrics['loss']:.4f}", help="Mean cross-entropy on the test images.")
+m[2].metric("Validation accuracy", ui.percent(last.get("val_accuracy")),
+            f"best {best['val_accuracy']:.2%} (epoch {best['epoch']})" if best else None, delta_color="off",
+            delta_arrow="off", help="Last epoch; the delta shows the best epoch.")
+m[3].metric("Train accuracy", ui.percent(last.get("accuracy")), help="Running accuracy of the last epoch (with dropout "
+                                                                     "and augmentation on, so it can sit below validation).")
+gap = (last.get("accuracy") or 0) - metrics["accuracy"]
+m[4].metric("Train − test gap", f"{gap:+.2%}" if last else "–",
+            help="A large positive gap means over-fitting: more regularisation or augmentation may help.")
+
+left, right = st.columns([3, 2], gap="large")
+with left:
+    head, toggle = st.columns([2, 1], vertical_alignment="bottom")
+    head.subheader("Confusion matrix")
+    normalized = toggle.toggle("Row-normalised", key=f"eval-norm-{pid}",
+                               help="Show each true class's row as shares (recall on the diagonal) instead of counts.")
+    with st.container(key="confusion-matrix"):
+        st.altair_chart(charts.confusion_matrix(metrics["confusion_matrix"], class_names, normalized), width="stretch")
+with right:
+    st.subheader("Per class")
+    per_class = pd.DataFrame(metrics["per_class"])
+    st.dataframe(per_class, hide_index=True, width="stretch", column_config={
+        "precision": st.column_config.ProgressColumn(format="percent", min_value=0.0, max_value=1.0),
+        "recall": st.column_config.ProgressColumn(format="percent", min_value=0.0, max_value=1.0),
+        "f1": st.column_config.ProgressColumn("F1", format="percent", min_value=0.0, max_value=1.0),
+        "support": st.column_config.NumberColumn(format="localized")})
+    st.subheader("Most confused")
+    if metrics["most_confused"]:
+        confused = pd.DataFrame(metrics["most_confused"][:8])
+        confused["share of true class"] = [row["count"] / max(1, metrics["per_class"][class_names.index(row["true"])]["support"])
+                                           for row in metrics["most_confused"][:8]]
+        st.dataframe(confused, hide_index=True, width="stretch", column_config={
+            "share of true class": st.column_config.NumberColumn(format="percent")})
+    else:
+        st.caption("No mistakes at all.")
+
+st.subheader("Misclassified test images")
+mistakes = metrics["mistakes"]
+predicted = metrics["predicted"]
+confidence = dict(zip(mistakes, metrics["mistake_confidence"]))
+if not mistakes:
+    st.success("The model got every test image right.", icon=":material/celebration:")
+    st.stop()
+a, b, c = st.columns([2, 2, 1])
+true_filter = a.multiselect("True class", class_names, key=f"eval-true-{pid}", placeholder="any",
+                            help="Show only mistakes on these classes.")
+pred_filter = b.multiselect("Predicted class", class_names, key=f"eval-pred-{pid}", placeholder="any",
+                            help="Show only mistakes the model labelled as these classes.")
+order = c.selectbox("Order", ["most confident first", "least confident first"], key=f"eval-order-{pid}")
+selected = [i for i in mistakes
+            if (not true_filter or class_names[int(test_labels[i])] in true_filter)
+            and (not pred_filter or class_names[predicted[i]] in pred_filter)]
+if order == "least confident first":
+    selected = selected[::-1]
+st.caption(f"{len(selected):,} of {len(mistakes):,} mistakes match; showing the first {min(GALLERY_LIMIT, len(selected))}.")
+columns = st.columns(8)
+for position, index in enumerate(selected[:GALLERY_LIMIT]):
+    with columns[position % 8]:
+        st.image(proj.upscale(test_images[index], 4), width="stretch")
+        st.caption(f"**{class_names[int(test_labels[index])]}** → {class_names[predicted[index]]} "
+                   f"({confidence[index]:.0%})")
+
+st.divider()
+ui.link("deploy", "Next: deploy")

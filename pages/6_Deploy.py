@@ -1,0 +1,131 @@
+"""6 · Deploy: choose the project's deployed model (a run or the shipped demo model), upload photos, and see for
+each one what the pipeline did, the 28x28 image the model sees and the predicted probabilities; share a link."""
+from __future__ import annotations
+
+import hashlib
+import urllib.parse
+from pathlib import Path
+
+import streamlit as st
+
+import studio_ui as ui
+from fmnist_jax import charts
+from fmnist_jax import project as proj
+
+try:
+    from fmnist_jax import predict
+except ImportError as error:  # the photo pipeline ships separately; the page explains instead of failing
+    predict = None
+    PREDICT_PROBLEM = str(error)
+
+DEMO = "demo"
+STEP_TITLES = {"original": "Your photo", "background removed": "Background removed", "cropped": "Cropped & inverted",
+               "model input": "What the model sees"}
+
+ui.page_title("6", "Deploy", "Try the model on your own photos of clothes. Photos go through the same treatment the "
+                             "dataset got: background removed, cropped, inverted, centred on a 28×28 canvas.")
+project = ui.require_project()
+pid = project["id"]
+ws = ui.workspace()
+
+if predict is None:
+    st.warning(f"The photo pipeline (`fmnist_jax.predict`) is not available on this server, so predictions are off "
+               f"for now ({PREDICT_PROBLEM}).", icon=":material/construction:")
+    st.stop()
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def load_model(source: str, stamp: str):
+    """A loaded model, shared read-only by every session; `stamp` changes when the weights file does."""
+    return predict.load_model(source)
+
+
+runs = {r["id"]: r for r in proj.runs_table(ws, pid) if r["has_weights"]}
+options = [DEMO] + list(runs)
+labels = {DEMO: "Demo model (shipped with the studio)",
+          **{rid: f"{r['name']} · test {ui.percent(r['test_accuracy'])} · {ui.stamp(r['created'])}" for rid, r in runs.items()}}
+wanted = st.query_params.get("model")
+default = wanted if wanted in options else project.get("deployed_run") if project.get("deployed_run") in options else (
+    next(iter(runs)) if runs else DEMO)
+
+
+def _deploy() -> None:
+    choice = st.session_state[f"deploy-model-{pid}"]
+    ui.save_project(ui.workspace().get_project(pid), deployed_run=None if choice == DEMO else choice)
+    st.query_params["model"] = choice
+
+
+left, right = st.columns([2, 3], gap="large")
+with left:
+    choice = st.selectbox("Deployed model", options, index=options.index(default), format_func=labels.get,
+                          key=f"deploy-model-{pid}", on_change=_deploy,
+                          help="The model that answers here and behind the share link. Any run with trained weights "
+                               "can be deployed; the demo model works before you have trained anything.")
+    source = DEMO if choice == DEMO else runs[choice]["path"]
+    weights = None if choice == DEMO else Path(source) / "model.msgpack"
+    stamp = str(weights.stat().st_mtime_ns) if weights is not None and weights.exists() else "demo"
+    try:
+        with st.spinner("Loading the model…"):
+            model = load_model(source, stamp)
+    except Exception as error:  # a broken bundle or run must not take the page down
+        st.error(f"This model cannot be loaded: {ui.plain(error)}", icon=":material/error:")
+        st.stop()
+    card = getattr(model, "card", {}) or {}
+    st.caption(f"{len(model.class_names)} classes · input {'×'.join(map(str, model.input_shape))}"
+               + (f" · test accuracy {ui.percent(card.get('test_accuracy'))}" if card.get("test_accuracy") else ""))
+    if choice == DEMO and not runs:
+        st.caption("Train a run on the Training page to deploy your own model.")
+with right:
+    base = st.context.url or "/Deploy"
+    if not base.rstrip("/").endswith("Deploy"):
+        base = base.rstrip("/") + "/Deploy"
+    share = f"{base}?{urllib.parse.urlencode({'project': pid, 'model': choice})}"
+    st.markdown("**Share**", help="Opens this page with this project and model selected.")
+    st.code(share, language=None)
+
+uploads = st.file_uploader("Upload photos", type=predict.UPLOAD_TYPES, accept_multiple_files=True,
+                           key=f"deploy-upload-{pid}",
+                           help="One or many images (" + ", ".join(predict.UPLOAD_TYPES) + "). A garment on a plain "
+                                "background works best; phone photos are fine.")
+if not uploads:
+    st.info("Upload one or more photos of a T-shirt, trousers, a pullover, a dress, a coat, sandals, a shirt, "
+            "sneakers, a bag or ankle boots.", icon=":material/add_photo_alternate:")
+    st.stop()
+
+show_all = st.toggle("Show all classes", key=f"deploy-all-{pid}", help="All probabilities instead of the top 3.")
+files = [(upload.name, upload.getvalue()) for upload in uploads]
+cache_key = hashlib.sha256(("|".join([source, stamp] + [f"{name}:{hashlib.sha256(payload).hexdigest()}"
+                                                        for name, payload in files])).encode()).hexdigest()
+if st.session_state.get("deploy-cache-key") != cache_key:
+    with st.spinner(f"Predicting {len(files)} image{'s' if len(files) != 1 else ''}…"):
+        st.session_state["deploy-results"] = predict.predict_files(model, files)
+    st.session_state["deploy-cache-key"] = cache_key
+results = st.session_state["deploy-results"]
+
+ok = [r for r in results if "error" not in r]
+if len(results) > 1:
+    st.caption(f"{len(ok)} of {len(results)} images predicted" + (f"; {len(results) - len(ok)} could not be read."
+                                                                    if len(ok) < len(results) else "."))
+for result in results:
+    if "error" in result:
+        st.error(f"**{ui.plain(result['file'])}**: {ui.plain(result['error'])}", icon=":material/broken_image:")
+        continue
+    with st.container(border=True):
+        st.markdown(f"**{result['file']}** → :orange[**{result['label']}**] ({result['probability']:.1%})")
+        steps = result["steps"]
+        columns = st.columns([1.3] * len(steps) + [2.6])
+        for column, (name, image) in zip(columns, steps):
+            small = max(image.shape[:2]) <= 64
+            column.image(proj.upscale(image, max(1, 140 // max(image.shape[:2]))) if small else image,
+                         caption=STEP_TITLES.get(name, name.capitalize()), width="stretch")
+        with columns[-1]:
+            st.altair_chart(charts.probabilities(model.class_names, result["probs"], None if show_all else 3),
+                            width="stretch")
+
+with st.expander("Use this model outside the studio"):
+    target = "demo" if choice == DEMO else source
+    st.markdown("Command line (same pipeline, JSON output):")
+    st.code(f"python -m fmnist_jax predict {target} photo.jpg --json", language="bash")
+    st.markdown("REST API:")
+    st.code(f"python -m fmnist_jax serve {target} --port 8000\n"
+            "curl -F files=@photo.jpg http://127.0.0.1:8000/predict", language="bash")

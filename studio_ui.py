@@ -1,0 +1,216 @@
+"""Streamlit helpers shared by app.py and the pages: the current project, the job registry, the sidebar,
+guards for missing prerequisites and small formatting helpers. No jax/flax/optax here (see STYLE.md).
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import streamlit as st
+
+from fmnist_jax import project as proj
+from fmnist_jax import store
+
+HOME_PAGE = "app.py"
+PAGES = {
+    "data": ("pages/1_Data.py", "Data", ":material/dataset:"),
+    "model": ("pages/2_Model.py", "Model", ":material/account_tree:"),
+    "hyper": ("pages/3_Hyperparameters.py", "Hyperparameters", ":material/tune:"),
+    "training": ("pages/4_Training.py", "Training", ":material/model_training:"),
+    "evaluation": ("pages/5_Evaluation.py", "Evaluation", ":material/query_stats:"),
+    "deploy": ("pages/6_Deploy.py", "Deploy", ":material/rocket_launch:"),
+}
+
+
+@st.cache_resource(show_spinner=False)
+def registry() -> Any:
+    """The server's one background-training registry (shared by every session; jobs are keyed by project)."""
+    return proj.get_registry()
+
+
+@st.cache_resource(show_spinner=False)
+def device() -> dict:
+    """JAX backend, device kind and count (static for the life of the server)."""
+    info = proj.device_info()
+    return {k: info[k] for k in ("platform", "kind", "count")}
+
+
+def workspace() -> store.Workspace:
+    """The projects workspace of this session."""
+    return proj.workspace()
+
+
+def owner() -> str:
+    """The job owner of this session's workspace."""
+    return proj.owner_of(workspace())
+
+
+def current_project() -> dict | None:
+    """The open project: from the session, a ?project= link, or the most recently updated one."""
+    ws = workspace()
+    wanted = st.query_params.get("project")
+    candidates = [st.session_state.get("project_id"), wanted] if not wanted else [wanted, st.session_state.get("project_id")]
+    for project_id in candidates:
+        if not project_id:
+            continue
+        try:
+            project = ws.get_project(project_id)
+        except (store.StoreError, ValueError):
+            continue
+        st.session_state["project_id"] = project["id"]
+        return project
+    if not st.session_state.get("project_closed"):
+        projects = ws.list_projects()
+        if projects:
+            st.session_state["project_id"] = projects[0]["id"]
+            return ws.get_project(projects[0]["id"])
+    st.session_state.pop("project_id", None)
+    return None
+
+
+def open_project(project_id: str | None) -> None:
+    """Make a project the open one (None closes it)."""
+    if project_id is None:
+        st.session_state.pop("project_id", None)
+        st.session_state["project_closed"] = True
+        st.query_params.pop("project", None)
+        return
+    st.session_state["project_id"] = project_id
+    st.session_state["project_closed"] = False
+    st.query_params["project"] = project_id
+
+
+def save_project(project: dict, **changes: Any) -> dict | None:
+    """Persist changes to the project; shows the error and returns None if the workspace refuses."""
+    try:
+        updated = workspace().update_project(project["id"], **changes)
+    except (ValueError, store.StoreError) as error:
+        st.error(f"Could not save: {error}", icon=":material/error:")
+        return None
+    project.clear()
+    project.update(updated)
+    return updated
+
+
+def require_project() -> dict:
+    """The open project, or an explanation with a link to the Projects page (and the page stops)."""
+    project = current_project()
+    if project is None:
+        st.info("No project is open. Create one (or the one-click sample project) on the Projects page.",
+                icon=":material/folder_open:")
+        st.page_link(HOME_PAGE, label="Go to Projects", icon=":material/arrow_forward:")
+        st.stop()
+    return project
+
+
+def page_title(step: str | None, title: str, caption: str) -> None:
+    """Consistent page heading: '2 · Model' and a one-line explanation."""
+    st.title(f"{step} · {title}" if step else title)
+    st.caption(caption)
+
+
+def link(page: str, label: str | None = None) -> None:
+    """A link to one of the studio's pages by key (data, model, hyper, training, evaluation, deploy)."""
+    path, title, icon = PAGES[page]
+    st.page_link(path, label=label or title, icon=icon)
+
+
+def active_job(project: dict) -> dict | None:
+    """The project's queued or running job snapshot, if any."""
+    snapshot = registry().for_project(project["id"], owner())
+    return snapshot if snapshot and snapshot["status"] in ("queued", "running") else None
+
+
+def seconds_text(seconds: float | None) -> str:
+    """'42 s', '3 min 05 s', '1 h 02 min' (or '–')."""
+    if seconds is None:
+        return "–"
+    seconds = max(0.0, float(seconds))
+    if seconds < 60:
+        return f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s"
+    if seconds < 600:
+        return f"{int(seconds // 60)} min {int(seconds % 60):02d} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} min"
+    return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60):02d} min"
+
+
+def plain(message: Any) -> str:
+    """An error message safe to show inside Markdown (no accidental bold from names like __init__)."""
+    text = str(message)
+    for char in ("\\", "*", "_", "`", "[", "]", "<", ">", "#", "|", "~", "$"):
+        text = text.replace(char, "\\" + char)
+    return text
+
+
+def percent(value: Any) -> str:
+    """'91.23%' or '–'."""
+    return f"{value:.2%}" if isinstance(value, (int, float)) else "–"
+
+
+def bytes_text(value: int | None) -> str:
+    """'512 MB' or '–'."""
+    if not value:
+        return "–"
+    return f"{value / 2**30:.1f} GB" if value >= 2**30 else f"{value / 2**20:.0f} MB"
+
+
+def progress_callback(bar: Any):
+    """A (fraction, message) callback that drives an st.progress bar."""
+    def update(fraction: float, message: str) -> None:
+        bar.progress(min(1.0, max(0.0, float(fraction))), text=message)
+    return update
+
+
+# ----------------------------------------------------------------------------- sidebar
+
+def _switch_project() -> None:
+    open_project(st.session_state["sidebar-project"])
+
+
+def sidebar(project: dict | None) -> None:
+    """Current project picker, JAX device and the training queue."""
+    ws = workspace()
+    with st.sidebar:
+        projects = ws.list_projects()
+        if projects:
+            ids = [p["id"] for p in projects]
+            names = {p["id"]: p["name"] for p in projects}
+            current = project["id"] if project and project["id"] in ids else None
+            if st.session_state.get("sidebar-project") != current:
+                st.session_state["sidebar-project"] = current
+            st.selectbox("Current project", ids, format_func=lambda i: names.get(i, i), key="sidebar-project",
+                         placeholder="Choose a project",
+                         on_change=_switch_project, help="Every page works on this project; it is saved as you go.")
+        else:
+            st.caption("No projects yet.")
+        info = device()
+        kind = "" if info["kind"].lower() == info["platform"].lower() else f" · {info['kind']}"
+        devices = f"{info['count']} device{'s' if info['count'] != 1 else ''}"
+        st.markdown(f":material/memory: JAX on **{info['platform'].upper()}**{kind} · {devices}",
+                    help="The JAX backend that trains and evaluates models on this server.")
+        busy = any(j["owner"] == owner() for j in registry().queue())
+        # redraw the queue every few seconds only while something trains
+        st.fragment(_queue_panel, run_every=3 if busy else None)()
+
+
+def _queue_panel() -> None:
+    jobs = [j for j in registry().queue() if j["owner"] == owner()]
+    if not jobs:
+        st.caption(":material/check_circle: No training running")
+        return
+    names = {p["id"]: p["name"] for p in workspace().list_projects()}
+    for job in jobs:
+        where = names.get(job["project_id"], job["project_id"])
+        if job["status"] == "running":
+            snap = registry().get(job["id"]) or {}
+            figures = proj.job_progress(snap)
+            st.markdown(f":material/model_training: **Training** `{job['name']}` in *{where}*")
+            st.progress(figures["fraction"], text=f"epoch {figures['epoch']}/{figures['epochs'] or '?'}")
+        else:
+            st.markdown(f":material/hourglass_top: Queued (#{job['position']}) `{job['name']}` in *{where}*")
+
+
+def stamp(seconds: float | None) -> str:
+    """A local date-time for a Unix time, or '–'."""
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(seconds)) if seconds else "–"
