@@ -1,0 +1,216 @@
+"""The studio's pages through Streamlit's AppTest: every page renders with and without a project, and the
+Data, Model, Hyperparameters and Training pages do what their controls say (synthetic data, tiny models)."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from fmnist_jax import config, layers, store
+from fmnist_jax import project as proj
+
+APP = str(Path(__file__).resolve().parents[1] / "app.py")
+PAGES = ["pages/1_Data.py", "pages/2_Model.py", "pages/3_Hyperparameters.py", "pages/4_Training.py",
+         "pages/5_Evaluation.py", "pages/6_Deploy.py"]
+TIMEOUT = 120  # JAX compiles on first use; the default 3 s is far too short
+TINY_SPEC = [{"type": "flatten"}, {"type": "dense", "units": 10}]
+
+
+@pytest.fixture
+def seeded(workspace: Path) -> dict:
+    """A project on the synthetic dataset with a one-layer model and a one-epoch config."""
+    cfg = config.TrainConfig(epochs=1, batch_size=32, chunk_steps=5, learning_rate=0.01)
+    return store.Workspace().create_project("Seeded", "for tests", dataset=proj.SYNTHETIC, split=None,
+                                            model=layers.normalize_spec(TINY_SPEC), model_preset="fast",
+                                            config=cfg.to_dict())
+
+
+def open_app(page: str | None = None, project_id: str | None = None) -> AppTest:
+    """Run the app (optionally with a project in session state) and switch to a page."""
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    if project_id:
+        at.session_state["project_id"] = project_id
+    at.run()
+    if page:
+        at.switch_page(page).run()
+    return at
+
+
+def texts(at: AppTest, kind: str) -> str:
+    """All messages of one alert kind (error, info, warning, success) joined."""
+    return " | ".join(str(e.value) for e in getattr(at, kind))
+
+
+def metric_values(at: AppTest) -> dict[str, str]:
+    """Metric label -> shown value."""
+    return {m.label: m.value for m in at.metric}
+
+
+@pytest.mark.parametrize("page", [None] + PAGES)
+def test_every_page_renders_without_a_project(page: str | None) -> None:
+    at = open_app(page)
+    assert not at.exception
+    if page is None:
+        assert any("How it works" in s.value for s in at.subheader)
+        assert any(b.label == "Create the sample project" for b in at.button)
+    else:
+        assert "No project is open" in texts(at, "info")
+
+
+@pytest.mark.parametrize("page", [None] + PAGES)
+def test_every_page_renders_with_a_seeded_project(page: str | None, seeded: dict) -> None:
+    at = open_app(page, seeded["id"])
+    assert not at.exception
+    assert "No project is open" not in texts(at, "info")
+    assert not at.error, texts(at, "error")
+
+
+def test_sample_project_is_created_in_one_click() -> None:
+    at = open_app()
+    next(b for b in at.button if b.label == "Create the sample project").click().run()
+    assert not at.exception
+    projects = store.Workspace().list_projects()
+    assert [p["name"] for p in projects] == [proj.SAMPLE_PROJECT_NAME]
+    assert at.session_state["project_id"] == projects[0]["id"]
+    assert proj.train_config(projects[0]).epochs == proj.SAMPLE_CONFIG["epochs"]
+
+
+def test_projects_can_be_renamed_duplicated_and_deleted_with_confirmation(seeded: dict) -> None:
+    pid = seeded["id"]
+    at = open_app(None, pid)
+    at.text_input(key=f"rename-{pid}").set_value("Renamed")
+    at.button(key=f"do-rename-{pid}").click().run()
+    assert store.Workspace().get_project(pid)["name"] == "Renamed"
+    at.text_input(key=f"dup-{pid}").set_value("Copy of it")
+    at.button(key=f"do-dup-{pid}").click().run()
+    names = sorted(p["name"] for p in store.Workspace().list_projects())
+    assert names == ["Copy of it", "Renamed"]
+    at.button(key=f"delete-{pid}").click().run()
+    assert "cannot be undone" in texts(at, "warning")
+    assert len(store.Workspace().list_projects()) == 2  # nothing deleted before confirming
+    at.button(key=f"yes-delete-{pid}").click().run()
+    assert not at.exception
+    assert [p["name"] for p in store.Workspace().list_projects()] == ["Copy of it"]
+
+
+def test_data_split_sliders_change_the_counts(seeded: dict) -> None:
+    pid = seeded["id"]
+    at = open_app("pages/1_Data.py", pid)
+    assert metric_values(at) == {"Train": "900", "Validation": "100", "Test": "200"}
+    at.slider(key=f"split-valfrac-{pid}").set_value(20).run()
+    assert metric_values(at) == {"Train": "800", "Validation": "200", "Test": "200"}
+    at.radio(key=f"split-mode-{pid}").set_value("pooled").run()
+    assert metric_values(at) == {"Train": "960", "Validation": "120", "Test": "120"}  # 80/10/10 of 1,200
+    at.slider(key=f"split-train-{pid}").set_value(60).run()
+    at.slider(key=f"split-val-{pid}").set_value(20).run()
+    assert metric_values(at) == {"Train": "720", "Validation": "240", "Test": "240"}
+    assert not at.exception
+    saved = proj.split_spec(store.Workspace().get_project(pid))
+    assert saved.mode == "pooled" and saved.fractions == pytest.approx((0.6, 0.2, 0.2))
+
+
+def test_data_augmentation_preview_uses_the_saved_settings(seeded: dict) -> None:
+    pid = seeded["id"]
+    at = open_app("pages/1_Data.py", pid)
+    at.slider(key=f"aug-rotation-{pid}").set_value(20.0).run()
+    assert not at.exception
+    assert proj.train_config(store.Workspace().get_project(pid)).augment.rotation == 20.0
+    assert "All augmentation is off" not in texts(at, "info")
+
+
+def test_model_page_rejects_an_invalid_stack_and_keeps_the_last_valid_spec(seeded: dict) -> None:
+    pid = seeded["id"]
+    at = open_app("pages/2_Model.py", pid)
+    remove_buttons = [b for b in at.button if (b.key or "").startswith("remove-")]
+    assert len(remove_buttons) == 2
+    remove_buttons[0].click().run()  # drop Flatten: Dense now gets an image-shaped input
+    assert not at.exception
+    message = texts(at, "error")
+    assert "not valid" in message and "Flatten" in message and "layer 0" in message
+    assert store.Workspace().get_project(pid)["model"] == layers.normalize_spec(TINY_SPEC)
+    assert "last valid model" in texts(at, "warning")
+
+
+def test_model_page_adds_a_layer_and_saves_a_valid_stack(seeded: dict) -> None:
+    pid = seeded["id"]
+    at = open_app("pages/2_Model.py", pid)
+    at.selectbox(key=f"add-kind-{pid}").set_value("dense")
+    at.number_input(key=f"add-pos-{pid}-2").set_value(1)
+    next(b for b in at.button if b.label == "Add layer").click().run()
+    assert not at.exception and not at.error
+    saved = store.Workspace().get_project(pid)["model"]
+    assert [layer["type"] for layer in saved] == ["flatten", "dense", "dense"]
+    assert saved[1]["units"] == 128
+
+
+def _form_widget(widgets, label: str):
+    return next(w for w in widgets if w.label == label)
+
+
+def test_hyperparameters_form_validates_before_saving(seeded: dict) -> None:
+    pid = seeded["id"]
+    at = open_app("pages/3_Hyperparameters.py", pid)
+    assert not at.exception
+    _form_widget(at.number_input, "Training images (0 = all)").set_value(50)
+    _form_widget(at.select_slider, "Batch size").set_value(128)
+    next(b for b in at.button if b.label == "Save settings").click().run()
+    assert "larger than the training split (50 examples)" in texts(at, "error")
+    saved = store.Workspace().get_project(pid)
+    assert proj.train_config(saved).batch_size == 32 and not saved.get("train_limit")
+
+    _form_widget(at.select_slider, "Batch size").set_value(16)
+    _form_widget(at.slider, "Epochs").set_value(3)
+    next(b for b in at.button if b.label == "Save settings").click().run()
+    assert not at.exception and not at.error
+    saved = store.Workspace().get_project(pid)
+    assert proj.train_config(saved).batch_size == 16 and proj.train_config(saved).epochs == 3
+    assert saved["train_limit"] == 50
+    assert any(m.label == "Per epoch" for m in at.metric)
+
+
+def test_training_page_runs_a_tiny_job_and_lists_it_in_history(seeded: dict) -> None:
+    pid = seeded["id"]
+    at = open_app("pages/4_Training.py", pid)
+    assert "No run in this session yet" in texts(at, "info")
+    at.button(key="start-training").click().run()
+    assert not at.exception
+    saw_running = False
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        snapshot = proj.get_registry().for_project(pid, proj.owner_of(store.Workspace()))
+        if snapshot["status"] == "running":
+            saw_running = True
+        if snapshot["status"] not in ("queued", "running"):
+            break
+        time.sleep(0.5)
+        at.run()
+        assert not at.exception
+    at.run()
+    assert snapshot["status"] == "completed", snapshot.get("error")
+    assert saw_running
+    assert not at.exception
+    assert at.get("progress"), "the finished job still shows its progress bar"
+    assert "Test accuracy" in texts(at, "success")
+    history = at.dataframe[0].value
+    assert list(history["run"]) == [snapshot["name"]]
+    assert list(history["status"]) == ["completed"]
+    # a second project start while the first is still queued is refused; a new one after it finished is fine
+    run = proj.read_run(store.Workspace(), pid, snapshot["name"])
+    assert run["epochs_completed"] == 1 and run["dataset"] == proj.SYNTHETIC
+
+
+def test_training_refuses_a_second_start_while_a_job_is_active(seeded: dict) -> None:
+    ws = store.Workspace()
+    project = ws.get_project(pid := seeded["id"])
+    registry = proj.get_registry()
+    first = proj.start_training(ws, project, "first", registry)
+    try:
+        with pytest.raises(ValueError, match="already has a training job"):
+            proj.start_training(ws, project, "second", registry)
+        assert [r["id"] for r in ws.list_runs(pid)] in ([], ["first"])  # the refused run left no folder
+        assert not (ws.runs_dir(pid) / "second").exists()
+    finally:
+        registry.stop(first["id"])
+        registry.wait(first["id"], timeout=240)
