@@ -204,8 +204,10 @@ def _prepare_with_tfds(name: str, home: str | os.PathLike | None, manual_dir: Pa
     progress(0.92, "Reading prepared arrays")
     parts = {}
     for split in ("train", "test"):
-        data = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1, as_supervised=True))
-        images, labels = np.asarray(data[0], dtype=np.uint8), np.asarray(data[1], dtype=np.int32)
+        # Fixed-size batches rather than batch_size=-1, which relies on split sizes in the metadata.
+        batches = list(tfds.as_numpy(builder.as_dataset(split=split, batch_size=4096, as_supervised=True)))
+        images = np.concatenate([b[0] for b in batches]).astype(np.uint8, copy=False)
+        labels = np.concatenate([b[1] for b in batches]).astype(np.int32)
         if name.startswith("emnist"):
             # TFDS keeps EMNIST's stored orientation (mirrored and rotated); transpose to upright letters.
             images = np.ascontiguousarray(images.transpose(0, 2, 1, 3))

@@ -324,9 +324,9 @@ def _useful(members: list[Member]) -> list[Member]:
 # ----------------------------------------------------------------------------- labels and arrays
 
 def _class_list(source: Source, members: list[Member]) -> tuple[str, ...] | None:
-    """Class names from a classes.txt (one per line) at the upload's root, if there is one."""
-    for member in members:
-        if member.name.lower() in CLASS_LIST_FILES:
+    """Class names from a classes.txt (one per line), the one nearest the upload's root, if there is one."""
+    for member in sorted(members, key=lambda m: m.name.count("/")):
+        if member.name.rsplit("/", 1)[-1].lower() in CLASS_LIST_FILES:
             text = source.read(member).decode("utf-8", errors="replace")
             return tuple(_clean_class(line.strip(), member.name) for line in text.splitlines() if line.strip())
     return None
@@ -847,7 +847,7 @@ def _parse_dls_csv(source: Source, members: list[Member], roles: dict[str, Membe
 def _parse_folders(source: Source, members: list[Member], image_size: int | None, color: str | None,
                    limits: UploadLimits, progress: Progress) -> Parts:
     """train/<class>/*, val|validation/<class>/*, test/<class>/*; or just <class>/*."""
-    files = [m for m in members if "/" in m.name and m.name.lower() not in CLASS_LIST_FILES]
+    files = [m for m in members if "/" in m.name]
     tops = {m.name.split("/", 1)[0].lower() for m in files}
     split_layout = bool(tops & set(SPLIT_FOLDERS)) and all(t in SPLIT_FOLDERS for t in tops)
     if tops & set(SPLIT_FOLDERS) and not split_layout and "train" in tops:
