@@ -69,8 +69,10 @@ def learning_curve(rows: Sequence[dict], metric: str, epochs_planned: int | None
         tooltip=["series", alt.Tooltip("epoch:Q", format=".2f"), alt.Tooltip("value:Q", format=".4f")],
     )
     lines = base.mark_line(strokeWidth=2)
-    points = base.transform_filter(alt.datum.series != "train (live)").mark_point(filled=True, size=50)
-    return (lines + points).properties(height=260, title="Loss" if metric == "loss" else "Accuracy")
+    # points too, so a single record (the first chunk, a one-epoch run) is already visible
+    live_points = base.transform_filter(alt.datum.series == "train (live)").mark_circle(size=18, opacity=0.9)
+    epoch_points = base.transform_filter(alt.datum.series != "train (live)").mark_point(filled=True, size=50)
+    return (lines + live_points + epoch_points).properties(height=260, title="Loss" if metric == "loss" else "Accuracy")
 
 
 def runs_overlay(rows: Sequence[dict], metric: str = "val_accuracy") -> alt.Chart:
@@ -80,18 +82,19 @@ def runs_overlay(rows: Sequence[dict], metric: str = "val_accuracy") -> alt.Char
               "loss": "train loss"}
     axis_format = ".1%" if "accuracy" in metric else ".3f"
     return alt.Chart(frame).mark_line(point=True).encode(
-        x=alt.X("epoch:Q", title="epoch", axis=alt.Axis(tickMinStep=1)),
+        x=alt.X("epoch:Q", title="epoch", axis=alt.Axis(tickMinStep=1, format="d")),
         y=alt.Y("value:Q", title=labels.get(metric, metric), scale=alt.Scale(zero=False), axis=alt.Axis(format=axis_format)),
         color=alt.Color("run:N", legend=alt.Legend(orient="top", title=None)),
         tooltip=["run", "epoch", alt.Tooltip("value:Q", format=".4f")],
     ).properties(height=280, title=labels.get(metric, metric).capitalize())
 
 
-def learning_rate(rows: Sequence[dict]) -> alt.Chart:
+def learning_rate(rows: Sequence[dict], epochs: int | None = None) -> alt.Chart:
     """The learning-rate schedule over the planned epochs (rows of step, epoch, learning_rate)."""
     frame = pd.DataFrame(rows)
+    domain = [0, epochs or max(1.0, float(frame["epoch"].max()))]
     return alt.Chart(frame).mark_area(line={"color": "#4c78a8"}, color="#4c78a833").encode(
-        x=alt.X("epoch:Q", title="epoch"),
+        x=alt.X("epoch:Q", title="epoch", scale=alt.Scale(domain=domain, nice=False)),
         y=alt.Y("learning_rate:Q", title="learning rate", axis=alt.Axis(format=".1e")),
         tooltip=[alt.Tooltip("epoch:Q", format=".2f"), "step", alt.Tooltip("learning_rate:Q", format=".3e")],
     ).properties(height=180)
@@ -124,7 +127,7 @@ def confusion_matrix(matrix: Sequence[Sequence[int]], class_names: Sequence[str]
         text="label:N",
         color=alt.condition(alt.datum[value] > limit * 0.45, alt.value("white"), alt.value("#222")),
     )
-    return (cells + text).properties(height=420)
+    return (cells + text).properties(width="container", height=420)
 
 
 def per_class_f1(per_class: Sequence[dict]) -> alt.Chart:
@@ -155,7 +158,7 @@ def probabilities(class_names: Sequence[str], probs: Sequence[float], top: int |
     )
     text = bars.mark_text(align="left", dx=3, fontSize=11).encode(text=alt.Text("probability:Q", format=".1%"),
                                                                    color=alt.value("#333"))
-    return (bars + text).properties(height=max(90, 22 * len(frame)))
+    return (bars + text).properties(height=max(150, 28 * len(frame)))
 
 
 # ----------------------------------------------------------------------------- network diagram

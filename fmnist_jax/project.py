@@ -374,14 +374,16 @@ def measured_flops_per_second() -> float:
 
 
 def estimate_epoch_seconds(ws: store.Workspace, project_id: str, spec: list, input_shape: tuple, num_classes: int,
-                           train_size: int) -> dict:
-    """Estimated seconds per epoch from the model's training FLOPs and a throughput on this device.
+                           train_size: int, val_size: int = 0) -> dict:
+    """Estimated seconds per epoch (training plus the validation pass) from the model's FLOPs and a throughput.
 
     The throughput comes from this project's most recent run with history (its images/s times its
-    model's FLOPs per image), or else from a measured matmul rate times CONV_EFFICIENCY.
+    model's FLOPs per image; its epochs included validation too), or else from a measured matmul rate
+    times CONV_EFFICIENCY.
     """
     info = layers.describe(spec, input_shape, num_classes)
     flops_per_image = info["train_flops_per_image"]
+    epoch_flops = train_size * flops_per_image + val_size * info["forward_flops"]
     for run in ws.list_runs(project_id):
         history = run_history(run["path"]) if run.get("path") else []
         if not history:
@@ -393,10 +395,10 @@ def estimate_epoch_seconds(ws: store.Workspace, project_id: str, spec: list, inp
         except (store.StoreError, KeyError, ValueError):
             continue
         rate = float(np.median([h["images_per_s"] for h in history])) * run_flops
-        return {"seconds": train_size * flops_per_image / rate, "flops_per_s": rate, "source": f"run {run['name']}",
-                "flops_per_image": flops_per_image}
+        return {"seconds": train_size * flops_per_image / rate, "flops_per_s": rate,
+                "source": f"speed of run {run['name']}", "flops_per_image": flops_per_image}
     rate = measured_flops_per_second() * CONV_EFFICIENCY
-    return {"seconds": train_size * flops_per_image / rate, "flops_per_s": rate, "source": "measured matmul rate",
+    return {"seconds": epoch_flops / rate, "flops_per_s": rate, "source": "measured matmul rate",
             "flops_per_image": flops_per_image}
 
 

@@ -176,15 +176,16 @@ steps_per_epoch = max(1, train_size // cfg.batch_size)
 left, right = st.columns([3, 2], gap="large")
 with left:
     st.subheader("Learning rate over the run")
-    st.altair_chart(charts.learning_rate(train.learning_rate_curve(cfg, steps_per_epoch)), width="stretch")
-    st.caption(f"{cfg.epochs} epochs × {steps_per_epoch:,} steps of {cfg.batch_size} images = "
+    st.altair_chart(charts.learning_rate(train.learning_rate_curve(cfg, steps_per_epoch), cfg.epochs), width="stretch")
+    st.caption(f"{cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''} × {steps_per_epoch:,} steps of "
+               f"{cfg.batch_size} images = "
                f"{cfg.epochs * steps_per_epoch:,} steps on {train_size:,} training images.")
 with right:
     st.subheader("Estimated time")
     spec = proj.model_spec(project, dataset.num_classes)
     try:
         estimate = proj.estimate_epoch_seconds(ui.workspace(), pid, spec, dataset.input_shape, dataset.num_classes,
-                                               steps_per_epoch * cfg.batch_size)
+                                               steps_per_epoch * cfg.batch_size, counts["validation"])
     except ValueError as error:
         st.info(f"No estimate: the model is not valid ({ui.plain(error)}).", icon=":material/info:")
     else:
@@ -195,7 +196,8 @@ with right:
         st.caption(f"{estimate['flops_per_image'] / 1e6:,.1f} MFLOPs to train on one image × "
                    f"{steps_per_epoch * cfg.batch_size:,} images per epoch, at "
                    f"{estimate['flops_per_s'] / 1e9:,.1f} GFLOP/s on {device['platform'].upper()} "
-                   f"(from the {estimate['source']}). Compilation adds a few seconds at the start.")
+                   f"(from the {estimate['source']}), plus the validation pass. Compilation adds a few seconds "
+                   f"at the start.")
     layers_ok = True
     try:
         layers.describe(spec, dataset.input_shape, dataset.num_classes)

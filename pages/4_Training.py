@@ -127,9 +127,11 @@ def live_panel() -> None:
         m[0].metric("Images/s", f"{figures['images_per_s']:,.0f}" if figures["images_per_s"] else "–")
         m[1].metric("s/epoch", ui.seconds_text(figures["seconds_per_epoch"]))
         m[2].metric("Elapsed", ui.seconds_text(figures["elapsed"]))
-        m[3].metric("ETA", ui.seconds_text(figures["eta"]) if active else "done")
-        m[4].metric("Best epoch", f"{figures['best_epoch']} · {figures['best_val_accuracy']:.2%}"
-                    if figures["best_epoch"] else "–", help="Highest validation accuracy so far.")
+        eta = ("done" if not active else "validating" if figures["fraction"] >= 1.0 else ui.seconds_text(figures["eta"]))
+        m[3].metric("ETA", eta, help="Time left for the remaining training steps.")
+        m[4].metric("Best epoch", figures["best_epoch"] or "–",
+                    f"{figures['best_val_accuracy']:.2%} val." if figures["best_epoch"] else None,
+                    delta_color="off", delta_arrow="off", help="The epoch with the highest validation accuracy so far.")
         m[5].metric("Device", f"{start.get('platform', '?').upper()} × {start.get('devices', 1)}",
                     help=f"{start.get('device', '')}; compiled in {start.get('compile_seconds', 0):.1f} s")
         m[6].metric("Memory", ui.bytes_text(memory["device_bytes"] or memory["process_bytes"]),

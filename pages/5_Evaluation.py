@@ -66,17 +66,18 @@ with left:
 with right:
     st.subheader("Per class")
     per_class = pd.DataFrame(metrics["per_class"])
-    st.dataframe(per_class, hide_index=True, width="stretch", column_config={
-        "precision": st.column_config.ProgressColumn(format="percent", min_value=0.0, max_value=1.0),
-        "recall": st.column_config.ProgressColumn(format="percent", min_value=0.0, max_value=1.0),
-        "f1": st.column_config.ProgressColumn("F1", format="percent", min_value=0.0, max_value=1.0),
-        "support": st.column_config.NumberColumn(format="localized")})
+    st.dataframe(per_class, hide_index=True, width="stretch", height=36 * (len(per_class) + 1) + 2, column_config={
+        "precision": st.column_config.NumberColumn(format="percent", help="Of the images predicted as this class, "
+                                                                          "the share that really are."),
+        "recall": st.column_config.NumberColumn(format="percent", help="Of this class's images, the share found."),
+        "f1": st.column_config.NumberColumn("F1", format="percent", help="Harmonic mean of precision and recall."),
+        "support": st.column_config.NumberColumn("images", format="localized")})
     st.subheader("Most confused")
     if metrics["most_confused"]:
         confused = pd.DataFrame(metrics["most_confused"][:8])
         confused["share of true class"] = [row["count"] / max(1, metrics["per_class"][class_names.index(row["true"])]["support"])
                                            for row in metrics["most_confused"][:8]]
-        st.dataframe(confused, hide_index=True, width="stretch", column_config={
+        st.dataframe(confused, hide_index=True, width="stretch", height=36 * (len(confused) + 1) + 2, column_config={
             "share of true class": st.column_config.NumberColumn(format="percent")})
     else:
         st.caption("No mistakes at all.")

@@ -81,7 +81,7 @@ with right:
         base = base.rstrip("/") + "/Deploy"
     share = f"{base}?{urllib.parse.urlencode({'project': pid, 'model': choice})}"
     st.markdown("**Share**", help="Opens this page with this project and model selected.")
-    st.code(share, language=None)
+    st.code(share, language=None, wrap_lines=True)
 
 uploads = st.file_uploader("Upload photos", type=predict.UPLOAD_TYPES, accept_multiple_files=True,
                            key=f"deploy-upload-{pid}",

@@ -1,0 +1,220 @@
+"""End to end in headless Chromium: `streamlit run app.py` on a free port, then a user's walk through every page
+on the real Fashion-MNIST data: create a project, official split, the 'fast' preset, 1 epoch on 1,000 images,
+Start and watch the chart appear, evaluation's confusion matrix, and a prediction for an uploaded test PNG.
+
+Screenshots of each page and the measured seconds from Start to the first chart point go to test-artifacts/.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import real_data_dir
+
+REPO = Path(__file__).resolve().parents[1]
+ARTIFACTS = REPO / "test-artifacts"
+CHROMIUM = Path("/usr/bin/chromium")
+# The workspace the developer or CI already prepared (read before the per-test fixture replaces FMNIST_HOME).
+PREPARED_HOME = os.environ.get("FMNIST_HOME")
+
+pytestmark = [
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium (.ci/run installs it)"),
+    pytest.mark.skipif(real_data_dir() is None,
+                       reason="needs the real Fashion-MNIST files: FMNIST_DATA_DIR is unset or lacks the *-ubyte.gz files"),
+]
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_health(url: str, process: subprocess.Popen, timeout: float = 90) -> None:
+    """Block until Streamlit answers its health check (fail early if the server died)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"streamlit exited with status {process.returncode}")
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError("streamlit did not become healthy in time")
+
+
+@pytest.fixture
+def studio(workspace: Path):
+    """A running studio on a free localhost port with its own workspace (the prepared data cache linked in)."""
+    workspace.mkdir(parents=True, exist_ok=True)
+    if PREPARED_HOME:
+        cached = Path(PREPARED_HOME) / "datasets" / "fashion_mnist"
+        if (cached / "meta.json").exists():
+            (workspace / "datasets").mkdir(exist_ok=True)
+            (workspace / "datasets" / "fashion_mnist").symlink_to(cached, target_is_directory=True)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "FMNIST_HOME": str(workspace), "PYTHONUNBUFFERED": "1"}
+    log = open(workspace / "streamlit.log", "w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
+        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for_health(url, process)
+        yield url
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+        log.close()
+        ARTIFACTS.mkdir(exist_ok=True)
+        shutil.copy(workspace / "streamlit.log", ARTIFACTS / "streamlit.log")
+
+
+def fashion_png() -> bytes:
+    """A Fashion-MNIST test image (a sneaker or whatever comes first) as PNG bytes."""
+    from PIL import Image
+
+    from fmnist_jax import data
+
+    dataset = data.load_dataset("fashion_mnist")
+    buffer = io.BytesIO()
+    Image.fromarray(np.asarray(dataset.test_images[0])[..., 0]).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_a_user_walks_from_a_new_project_to_a_prediction(studio: str, workspace: Path) -> None:
+    playwright_api = pytest.importorskip("playwright.sync_api", reason="needs Playwright (pip install playwright)")
+    ARTIFACTS.mkdir(exist_ok=True)
+    timings: dict[str, float] = {}
+
+    with playwright_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(60_000)
+
+        def idle(timeout: float = 120) -> None:
+            """Wait until the script run finished (Streamlit's running indicator is gone) and charts settled."""
+            time.sleep(0.5)
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and page.locator("[data-testid='stStatusWidget']").count():
+                time.sleep(0.25)
+            time.sleep(0.5)
+
+        def shot(name: str) -> None:
+            """Full-length screenshot of the app's scrolling main area."""
+            height = page.evaluate("() => document.querySelector('[data-testid=\"stMain\"]').scrollHeight")
+            page.set_viewport_size({"width": 1400, "height": int(min(max(1000, height + 40), 8000))})
+            time.sleep(1.0)
+            page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
+            page.set_viewport_size({"width": 1400, "height": 1000})
+
+        def go(title: str) -> None:
+            page.get_by_test_id("stSidebarNav").get_by_role("link", name=title).click()
+            idle()
+
+        def expect_no_exception() -> None:
+            assert page.locator("[data-testid='stException']").count() == 0, page.locator(
+                "[data-testid='stException']").first.inner_text()
+
+        # Projects: a first visit explains the workflow; create a project
+        page.goto(studio)
+        page.get_by_text("How it works").first.wait_for()
+        page.get_by_label("Project name", exact=True).fill("Browser walk")
+        page.get_by_role("button", name="Create project", exact=True).click()
+        page.get_by_text("Created Browser walk").wait_for()
+        idle()
+        expect_no_exception()
+        shot("01-projects")
+
+        # Data: the official split, counts and charts
+        go("Data")
+        page.get_by_text("Class balance per split").wait_for()
+        page.get_by_text("Official test set + validation").click()
+        idle()
+        assert page.get_by_text("54,000").count() and page.get_by_text("10,000").count()
+        expect_no_exception()
+        shot("02-data")
+
+        # Model: the 'fast' preset
+        go("Model")
+        page.get_by_text("Summary").wait_for()
+        preset = page.get_by_test_id("stSelectbox").filter(has_text="Preset")
+        preset.click()
+        page.get_by_role("option", name="fast").click()
+        page.get_by_role("button", name="Load", exact=True).click()
+        idle()
+        page.get_by_text("241,770").first.wait_for()
+        expect_no_exception()
+        shot("03-model")
+
+        # Hyperparameters: 1 epoch on the first 1,000 training images
+        go("Hyperparameters")
+        epochs = page.get_by_test_id("stSlider").filter(has_text="Epochs").get_by_role("slider")
+        epochs.focus()
+        epochs.press("Home")
+        page.get_by_label("Training images (0 = all)", exact=True).fill("1000")
+        page.get_by_label("Training images (0 = all)", exact=True).press("Tab")
+        page.get_by_role("button", name="Save settings", exact=True).click()
+        page.get_by_text("Saved. These settings apply").wait_for()
+        idle()
+        saved = json.loads(next((workspace / "projects").glob("*/project.json")).read_text())
+        assert saved["config"]["epochs"] == 1 and saved["train_limit"] == 1000
+        expect_no_exception()
+        shot("04-hyperparameters")
+
+        # Training: Start, the live chart appears and grows, the run finishes
+        go("Training")
+        start = time.monotonic()
+        page.get_by_role("button", name="Start", exact=True).click()
+        page.locator(".st-key-live-curves canvas, .st-key-live-curves svg").first.wait_for(timeout=300_000)
+        timings["start_to_first_chart_point_s"] = round(time.monotonic() - start, 1)
+        shot("05-training-live")
+        page.get_by_text("Test accuracy").first.wait_for(timeout=600_000)
+        timings["start_to_finished_s"] = round(time.monotonic() - start, 1)
+        idle()
+        page.get_by_text("Run history").wait_for()
+        expect_no_exception()
+        shot("06-training-done")
+
+        # Evaluation: the confusion matrix
+        go("Evaluation")
+        page.locator(".st-key-confusion-matrix canvas, .st-key-confusion-matrix svg").first.wait_for(timeout=300_000)
+        idle()
+        page.get_by_text("Misclassified test images").wait_for()
+        expect_no_exception()
+        shot("07-evaluation")
+
+        # Deploy: upload a test-set PNG and see a prediction
+        go("Deploy")
+        page.get_by_text("Upload photos").first.wait_for()
+        page.locator("input[type='file']").set_input_files(
+            files=[{"name": "test-image.png", "mimeType": "image/png", "buffer": fashion_png()}])
+        page.get_by_text("What the model sees").first.wait_for(timeout=120_000)
+        idle()
+        assert page.get_by_text("test-image.png →").count()
+        expect_no_exception()
+        shot("08-deploy")
+        browser.close()
+
+    (ARTIFACTS / "timings.json").write_text(json.dumps(timings, indent=2))
+    print(f"timings: {timings}")
