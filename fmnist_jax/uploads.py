@@ -748,7 +748,8 @@ def _read_pixel_csv(source: Source, member: Member, limits: UploadLimits,
     _check_pixels(rows_estimate, side, side, member.name, limits)
     progress(0.1, f"reading {member.name}")
     try:
-        with source.open(member) as raw:
+        with source.open(member) as raw, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "input contained no data": reported below as a clear error
             text = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="replace")
             table = np.loadtxt(text, delimiter=",", skiprows=1 if has_header else 0, dtype=np.float32, ndmin=2,
                                usecols=[i for i in range(len(header)) if i != label_col])
@@ -756,7 +757,9 @@ def _read_pixel_csv(source: Source, member: Member, limits: UploadLimits,
         raise UploadError(_describe_csv_problem(source, member, header, has_header, label_col)) from None
     if table.shape[0] == 0:
         raise UploadError(f"{member.name} has a header but no rows")
-    rows = (row for row in _csv_rows(source, member) if any(cell.strip() for cell in row))
+    rows = [row for row in _csv_rows(source, member) if any(cell.strip() for cell in row)]
+    if any(len(row) != len(header) for row in rows):  # loadtxt's usecols would silently drop extra values
+        raise UploadError(_describe_csv_problem(source, member, header, has_header, label_col))
     labels = [row[label_col] for i, row in enumerate(rows) if i > 0 or not has_header]
     if len(labels) != len(table):
         raise UploadError(f"{member.name} has {len(labels):,} labels for {len(table):,} rows of pixels; check for quoted line breaks")
@@ -911,7 +914,7 @@ def _image_header(source: Source, member: Member, limits: UploadLimits) -> tuple
     except UnidentifiedImageError:
         return "not a readable image (unknown or damaged format)"
     except Exception as error:  # hostile headers make PIL raise many types; the file is skipped, not fatal
-        return f"not a readable image ({type(error).__name__})"
+        return f"the image header is damaged or truncated ({type(error).__name__})"
     if size[0] * size[1] > limits.max_image_pixels:
         raise UploadError(f"{member.name} is {size[0]}x{size[1]} ({size[0] * size[1] / 1e6:,.0f} megapixels); "
                           f"the limit is {limits.max_image_pixels / 1e6:,.0f} megapixels per image")
