@@ -1,4 +1,4 @@
-"""Fashion-MNIST Studio: entry point (page config, navigation, sidebar) and the Projects home page.
+"""Fashion-MNIST Studio: entry point and the Projects home page (page config and sidebar come from studio_ui.frame).
 
 Run with `streamlit run app.py`. Pages live in pages/; the model logic lives in fmnist_jax.
 """
@@ -185,9 +185,5 @@ def home() -> None:
     st.caption(f"Workspace: `{ws.home}` (set FMNIST_HOME to move it)")
 
 
-st.set_page_config(page_title="Fashion-MNIST Studio", page_icon=":material/checkroom:", layout="wide")
-current = ui.current_project()
-navigation = st.navigation([st.Page(home, title="Projects", icon=":material/folder:", default=True)]
-                           + [st.Page(path, title=title, icon=icon) for path, title, icon in ui.PAGES.values()])
-ui.sidebar(current)
-navigation.run()
+ui.frame()
+home()

@@ -12,6 +12,7 @@ from fmnist_jax import project as proj
 from fmnist_jax import store
 
 HOME_PAGE = "app.py"
+HOME_LINK = (HOME_PAGE, "Projects", ":material/folder:")
 PAGES = {
     "data": ("pages/1_Data.py", "Data", ":material/dataset:"),
     "model": ("pages/2_Model.py", "Model", ":material/account_tree:"),
@@ -43,6 +44,18 @@ def workspace() -> store.Workspace:
 def owner() -> str:
     """The job owner of this session's workspace."""
     return proj.owner_of(workspace())
+
+
+def frame() -> dict | None:
+    """Every page's first call: wide page config, the open project and the sidebar (navigation, device, jobs).
+
+    Each script sets up its own frame (rather than app.py wrapping pages with st.navigation), so a shared
+    link straight to a page works even as the first request after a server start.
+    """
+    st.set_page_config(page_title="Fashion-MNIST Studio", page_icon=":material/checkroom:", layout="wide")
+    project = current_project()
+    sidebar(project)
+    return project
 
 
 def current_project() -> dict | None:
@@ -172,6 +185,9 @@ def sidebar(project: dict | None) -> None:
     """Current project picker, JAX device and the training queue."""
     ws = workspace()
     with st.sidebar:
+        for path, title, icon in [HOME_LINK, *PAGES.values()]:
+            st.page_link(path, label=title, icon=icon)
+        st.divider()
         projects = ws.list_projects()
         if projects:
             ids = [p["id"] for p in projects]

@@ -127,7 +127,7 @@ def confusion_matrix(matrix: Sequence[Sequence[int]], class_names: Sequence[str]
         text="label:N",
         color=alt.condition(alt.datum[value] > limit * 0.45, alt.value("white"), alt.value("#222")),
     )
-    return (cells + text).properties(width="container", height=420)
+    return (cells + text).properties(width=alt.Step(44), height=alt.Step(36))
 
 
 def per_class_f1(per_class: Sequence[dict]) -> alt.Chart:

@@ -168,7 +168,7 @@ def load_splits(project_or_run: dict, progress: Progress | None = None) -> data.
 
 def split_counts(dataset: data.Dataset, spec: data.SplitSpec) -> dict[str, int]:
     """Examples per split for a spec, without splitting (instant)."""
-    return spec.counts(len(dataset.train_labels), len(dataset.test_labels))
+    return data.split_counts(dataset, spec)
 
 
 def checked_split_counts(dataset: data.Dataset, spec: data.SplitSpec) -> dict[str, int]:

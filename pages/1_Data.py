@@ -7,12 +7,13 @@ import numpy as np
 import streamlit as st
 
 import studio_ui as ui
-from fmnist_jax import charts, data
+from fmnist_jax import charts, data, store
 from fmnist_jax import project as proj
 from fmnist_jax.config import AugmentConfig
 
 UPLOAD = "upload"
 
+ui.frame()
 ui.page_title("1", "Data", "Choose the images, how they are split into train / validation / test, "
                            "and how training batches are augmented.")
 project = ui.require_project()
@@ -47,19 +48,63 @@ with right:
                 ui.save_project(project, data_dir=folder.strip() or None)
         st.caption(f"Prepared arrays are cached in `{proj.home_dir() / 'datasets'}`.")
     elif source == UPLOAD:
-        if proj.uploads_available():
-            st.info("Upload a dataset on the upload panel below (zip of class folders, CSV, NPZ or IDX files).",
-                    icon=":material/upload:")
-        else:
-            st.info("Bring-your-own datasets are coming soon. Until then use Fashion-MNIST or the synthetic set.",
-                    icon=":material/upload:")
+        st.caption("Your own images: a .zip of one folder per class (optionally inside train/, val/, test/), "
+                   "a CSV of label and pixels, an .npz with x_train/y_train, or zipped IDX files. Converted once, then "
+                   "used like Fashion-MNIST.")
     else:
         st.caption("1,000 training and 200 test images of 10 made-up patterns: good for a first try, "
                    "meaningless for accuracy.")
 
+
+
+def upload_panel() -> str | None:
+    """Pick an uploaded dataset or import a new one; returns the chosen dataset name (None: nothing yet)."""
+    if not proj.uploads_available():
+        st.info("Bring-your-own datasets are not installed on this server; use Fashion-MNIST or the synthetic set.",
+                icon=":material/upload:")
+        return None
+    from fmnist_jax import uploads
+
+    existing = {m["name"]: m for m in uploads.list_uploads()}
+    chosen = None
+    if existing:
+        names = list(existing)
+        current = project.get("dataset")
+        chosen = st.selectbox(
+            "Uploaded dataset", names, index=names.index(current) if current in names else 0, key=f"upload-pick-{pid}-{st.session_state.get('upload-version', 0)}",
+            format_func=lambda n: f"{existing[n]['display_name']} · {existing[n]['num_classes']} classes · "
+                                  f"{existing[n]['counts']['train']:,} training images",
+            help="Datasets you uploaded to this workspace.")
+    with st.expander("Upload a new dataset", expanded=not existing, icon=":material/upload_file:"):
+        file = st.file_uploader("Dataset file", type=["zip", "csv", "npz", "gz"], key=f"upload-file-{pid}",
+                                help="Checked for size, zip bombs and unsafe paths before anything is decoded.")
+        a, b = st.columns(2)
+        size = a.selectbox("Image size", ["auto", *uploads.IMAGE_SIZES], key=f"upload-size-{pid}",
+                           help="Square side in pixels the images are resized to; auto keeps same-size images as they are.")
+        color = b.selectbox("Colour", ["auto", *uploads.COLORS], key=f"upload-color-{pid}",
+                            help="Grayscale is faster; RGB keeps colour.")
+        if st.button("Import", icon=":material/file_upload:", disabled=file is None, key=f"upload-go-{pid}"):
+            bar = st.progress(0.0, text="Checking the upload…")
+            try:
+                manifest = uploads.import_stream(file, file.name, None if size == "auto" else int(size),
+                                                 None if color == "auto" else color, progress=ui.progress_callback(bar))
+            except (ValueError, store.StoreError) as error:
+                bar.empty()
+                st.error(f"Could not import {ui.plain(file.name)}: {ui.plain(error)}", icon=":material/error:")
+            else:
+                ui.save_project(project, dataset=manifest["name"])
+                st.session_state["upload-version"] = st.session_state.get("upload-version", 0) + 1  # fresh picker
+                st.rerun()
+    return chosen
+
+
 if source == UPLOAD:
-    st.stop()
-if source != project.get("dataset"):
+    chosen_upload = upload_panel()
+    if chosen_upload is None:
+        st.stop()
+    if chosen_upload != project.get("dataset"):
+        ui.save_project(project, dataset=chosen_upload)
+elif source != project.get("dataset"):
     ui.save_project(project, dataset=source)
 
 bar = st.empty()

@@ -14,6 +14,7 @@ from fmnist_jax import project as proj
 
 DRAFT = "model-draft"
 
+ui.frame()
 ui.page_title("2", "Model", "Stack layers into a network. Every change is checked at once: shapes, parameters and "
                             "compute update as you edit, and only a valid model is saved for training.")
 project = ui.require_project()
@@ -189,7 +190,7 @@ with summary:
                 help="One forward pass (a multiply-add counts as 2). Training costs about 3× this.")
     rows = [{"#": r["index"], "layer": r["type"], "output": "×".join(map(str, r["output_shape"])),
              "params": r["params"], "MFLOPs": r["flops"] / 1e6} for r in info["layers"]]
-    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", height=36 * (len(rows) + 1) + 2, column_config={
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", height=36 * (len(rows) + 1) + 8, column_config={
         "params": st.column_config.NumberColumn(format="localized"),
         "MFLOPs": st.column_config.NumberColumn(format="%.2f")})
     st.graphviz_chart(charts.network_dot(info, shown_spec), width="stretch")

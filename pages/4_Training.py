@@ -19,6 +19,7 @@ STATUS_LABELS = {"queued": ":orange-badge[:material/hourglass_top: queued]",
                  "cancelled": ":gray-badge[:material/cancel: cancelled]",
                  "failed": ":red-badge[:material/error: failed]"}
 
+ui.frame()
 ui.page_title("4", "Training", "Train the model in the background and watch it learn. You can switch pages or "
                                "refresh: the run keeps going and this page picks it up again.")
 project = ui.require_project()

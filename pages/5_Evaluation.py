@@ -11,6 +11,7 @@ from fmnist_jax import project as proj
 
 GALLERY_LIMIT = 48
 
+ui.frame()
 ui.page_title("5", "Evaluation", "How well a trained run does on test images it never saw, and where it goes wrong.")
 project = ui.require_project()
 pid = project["id"]
@@ -66,7 +67,7 @@ with left:
 with right:
     st.subheader("Per class")
     per_class = pd.DataFrame(metrics["per_class"])
-    st.dataframe(per_class, hide_index=True, width="stretch", height=36 * (len(per_class) + 1) + 2, column_config={
+    st.dataframe(per_class, hide_index=True, width="stretch", height=36 * (len(per_class) + 1) + 8, column_config={
         "precision": st.column_config.NumberColumn(format="percent", help="Of the images predicted as this class, "
                                                                           "the share that really are."),
         "recall": st.column_config.NumberColumn(format="percent", help="Of this class's images, the share found."),
@@ -77,7 +78,7 @@ with right:
         confused = pd.DataFrame(metrics["most_confused"][:8])
         confused["share of true class"] = [row["count"] / max(1, metrics["per_class"][class_names.index(row["true"])]["support"])
                                            for row in metrics["most_confused"][:8]]
-        st.dataframe(confused, hide_index=True, width="stretch", height=36 * (len(confused) + 1) + 2, column_config={
+        st.dataframe(confused, hide_index=True, width="stretch", height=36 * (len(confused) + 1) + 8, column_config={
             "share of true class": st.column_config.NumberColumn(format="percent")})
     else:
         st.caption("No mistakes at all.")

@@ -22,6 +22,7 @@ DEMO = "demo"
 STEP_TITLES = {"original": "Your photo", "background removed": "Background removed", "cropped": "Cropped & inverted",
                "model input": "What the model sees"}
 
+ui.frame()
 ui.page_title("6", "Deploy", "Try the model on your own photos of clothes. Photos go through the same treatment the "
                              "dataset got: background removed, cropped, inverted, centred on a 28×28 canvas.")
 project = ui.require_project()
@@ -40,13 +41,28 @@ def load_model(source: str, stamp: str):
     return predict.load_model(source)
 
 
+def demo_problem() -> str | None:
+    """Why the shipped demo model cannot serve (None when it can)."""
+    try:
+        load_model(DEMO, "demo")
+    except Exception as error:  # a missing or damaged demo only removes it from the choices
+        return str(error)
+    return None
+
+
 runs = {r["id"]: r for r in proj.runs_table(ws, pid) if r["has_weights"]}
-options = [DEMO] + list(runs)
+demo_missing = demo_problem()
+options = ([] if demo_missing else [DEMO]) + list(runs)
+if not options:
+    st.info("No model to deploy yet: train a run on the Training page and it appears here. (The shipped demo "
+            f"model is not available on this server: {ui.plain(demo_missing)})", icon=":material/model_training:")
+    ui.link("training", "Go to Training")
+    st.stop()
 labels = {DEMO: "Demo model (shipped with the studio)",
           **{rid: f"{r['name']} · test {ui.percent(r['test_accuracy'])} · {ui.stamp(r['created'])}" for rid, r in runs.items()}}
 wanted = st.query_params.get("model")
 default = wanted if wanted in options else project.get("deployed_run") if project.get("deployed_run") in options else (
-    next(iter(runs)) if runs else DEMO)
+    next(iter(runs)) if runs else options[0])
 
 
 def _deploy() -> None:

@@ -129,7 +129,7 @@ def test_a_user_walks_from_a_new_project_to_a_prediction(studio: str, workspace:
             page.set_viewport_size({"width": 1400, "height": 1000})
 
         def go(title: str) -> None:
-            page.get_by_test_id("stSidebarNav").get_by_role("link", name=title).click()
+            page.get_by_test_id("stSidebar").get_by_role("link", name=title, exact=True).click()
             idle()
 
         def expect_no_exception() -> None:
