@@ -217,8 +217,13 @@ class Workspace:
         project = {"id": project_id, "name": name, "description": description.strip(), "created": now,
                    "updated": now, "dataset": "fashion_mnist", "split": None, "model": None,
                    "model_preset": "fast", "config": None, "deployed_run": None, **settings_}
-        atomic_write_json(self.project_dir(project_id) / "project.json", project)
-        return read_json(self.project_dir(project_id) / "project.json")
+        folder = self.project_dir(project_id)
+        try:
+            atomic_write_json(folder / "project.json", project)
+        except StoreError:
+            shutil.rmtree(folder, ignore_errors=True)  # no half-made project left behind on a full or read-only disk
+            raise
+        return read_json(folder / "project.json")
 
     def get_project(self, project_id: str) -> dict:
         """A project's record (StoreError if it does not exist)."""
