@@ -1,0 +1,138 @@
+"""Public mode: private per-visitor workspaces, job caps, the epochs x data cap, idle clean-up, upload cap."""
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from fmnist_jax import public, settings, store, uploads
+from fmnist_jax.config import TrainConfig
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_public_mode_is_detected_from_the_space_or_a_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FMNIST_PUBLIC", raising=False)
+    monkeypatch.delenv("SPACE_ID", raising=False)
+    assert not settings.public_mode()
+    monkeypatch.setenv("SPACE_ID", "someone/fashion-mnist-studio")
+    assert settings.public_mode()
+    monkeypatch.setenv("FMNIST_PUBLIC", "0")  # an explicit setting wins
+    assert not settings.public_mode()
+
+
+def test_workspace_ids_are_random_url_safe_and_validated() -> None:
+    ids = {public.new_workspace_id() for _ in range(2000)}
+    assert len(ids) == 2000
+    assert all(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{21}", i) for i in ids)
+    for bad in ("", "short", "../../etc/passwd", "a/b" * 8, "x" * 100, "abc\x00defghijklmnopq", "-starts-with-a-dash-xx",
+                "has space in the middle", None, 12345678901234567890, ["list"]):
+        assert not public.valid_workspace_id(bad), bad
+        with pytest.raises(ValueError, match="invalid workspace id"):
+            public.check_workspace_id(bad)
+
+
+def test_each_visitor_sees_only_their_own_projects(workspace: Path) -> None:
+    alice_id, alice_home = public.workspace_for(None)
+    bob_id, bob_home = public.workspace_for(None)
+    assert alice_id != bob_id and alice_home.parent == bob_home.parent == workspace / "visitors"
+    store.Workspace(alice_home).create_project("alice's shirts")
+    store.Workspace(bob_home).create_project("bob's shoes")
+    assert [p["name"] for p in store.Workspace(alice_home).list_projects()] == ["alice's shirts"]
+    assert [p["name"] for p in store.Workspace(bob_home).list_projects()] == ["bob's shoes"]
+    assert public.workspace_for(alice_id) == (alice_id, alice_home)  # coming back with the URL's id
+    hostile_id, hostile_home = public.workspace_for("../../projects")  # never a path: a fresh workspace instead
+    assert hostile_id != "../../projects" and hostile_home.parent == workspace / "visitors"
+
+
+def test_idle_workspaces_are_cleaned_up(workspace: Path) -> None:
+    old_id, old_home = public.workspace_for(None)
+    busy_id, busy_home = public.workspace_for(None)
+    fresh_id, _ = public.workspace_for(None)
+    store.Workspace(old_home).create_project("forgotten")
+    long_ago = time.time() - 3 * 86400
+    for home in (old_home, busy_home):
+        os.utime(home / public.MARKER, (long_ago, long_ago))
+    stray = workspace / "visitors" / "not-a-workspace"
+    stray.mkdir()
+    removed = public.cleanup_idle(idle_seconds=86400, keep={busy_id})  # busy: a job of theirs is still running
+    assert removed == [old_id]
+    remaining = sorted(p.name for p in (workspace / "visitors").iterdir())
+    assert remaining == sorted([busy_id, fresh_id, "not-a-workspace"])
+    assert public.cleanup_idle(idle_seconds=86400, keep={busy_id}) == []
+
+
+def test_job_size_cap_says_how_to_run_bigger_jobs_locally() -> None:
+    caps = public.PublicLimits(max_epoch_images=600_000)
+    public.check_job_size(10, 60_000, caps)
+    with pytest.raises(ValueError) as raised:
+        public.check_job_size(20, 60_000, caps)
+    message = str(raised.value)
+    assert "20 epochs x 60,000 images = 1,200,000" in message and "allows 600,000" in message
+    assert "at most 10 epoch(s)" in message and "python -m fmnist_jax train" in message
+
+
+def test_job_caps_per_visitor_and_in_total(tmp_path: Path) -> None:
+    release = threading.Event()
+
+    def blocked() -> tuple:
+        release.wait(30)
+        raise RuntimeError("released by the test")
+
+    registry = public.make_job_registry(public.PublicLimits(max_jobs_per_visitor=1, max_jobs_total=2, max_running=1))
+    first = registry.submit("p1", tmp_path / "a", blocked, owner="alice")
+    with pytest.raises(ValueError, match="you already have 1 training job"):
+        registry.submit("p2", tmp_path / "b", blocked, owner="alice")
+    second = registry.submit("p1", tmp_path / "c", blocked, owner="bob")
+    with pytest.raises(ValueError, match="the server is busy"):
+        registry.submit("p1", tmp_path / "d", blocked, owner="carol")
+    deadline = time.monotonic() + 10
+    while [job["status"] for job in registry.queue()] != ["running", "queued"]:
+        assert time.monotonic() < deadline, registry.queue()
+        time.sleep(0.01)
+    registry.stop(second["id"])
+    release.set()
+    assert registry.wait(first["id"], timeout=30)["error"] == "RuntimeError: released by the test"
+    assert registry.queue() == []
+
+
+def test_limits_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FMNIST_PUBLIC_UPLOAD_MB", "25")
+    monkeypatch.setenv("FMNIST_PUBLIC_MAX_EPOCH_IMAGES", "1000")
+    caps = public.limits()
+    assert caps.upload_cap_mb == 25 and caps.max_epoch_images == 1000
+    assert uploads.limits_for_mode(public=True).max_archive_bytes == 25 * 2**20
+    assert uploads.limits_for_mode(public=False) == uploads.LOCAL_LIMITS
+    monkeypatch.setenv("FMNIST_PUBLIC_MAX_JOBS", "many")
+    with pytest.raises(ValueError, match="FMNIST_PUBLIC_MAX_JOBS must be a number"):
+        public.limits()
+    monkeypatch.setenv("FMNIST_PUBLIC_MAX_JOBS", "0")
+    with pytest.raises(ValueError, match="must be above 0"):
+        public.limits()
+    assert all(line for line in public.PublicLimits().describe())
+
+
+def test_public_caps_accept_a_default_training_job() -> None:
+    # The Hyperparameters page's defaults on Fashion-MNIST's 54,000 training images must fit the public cap.
+    public.check_job_size(TrainConfig().epochs, 54_000)
+
+
+def test_nothing_loads_pickles_or_evaluates_text() -> None:
+    forbidden = [r"\bimport pickle\b", r"\bpickle\.loads?\(", r"(?<![.\w])eval\(", r"(?<![.\w])exec\(",
+                 r"allow_pickle\s*=\s*True", r"\byaml\.load\(", r"\btorch\.load\(", r"\bjoblib\.load\(", r"\bdill\.loads?\(",
+                 r"\bmarshal\.loads?\(", r"__import__\("]
+    offenders = []
+    for path in sorted((REPO / "fmnist_jax").glob("*.py")) + sorted((REPO / "pages").glob("*.py")) + [REPO / "app.py"]:
+        if not path.exists():
+            continue
+        text = path.read_text()
+        offenders += [f"{path.name}: {pattern}" for pattern in forbidden if re.search(pattern, text)]
+    assert not offenders, offenders
+    # every np.load names allow_pickle=False explicitly
+    for path in sorted((REPO / "fmnist_jax").glob("*.py")):
+        for call in re.findall(r"np\.load\([^)]*\)", path.read_text()):
+            assert "allow_pickle=False" in call, f"{path.name}: {call}"
