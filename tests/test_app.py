@@ -2,10 +2,13 @@
 Data, Model, Hyperparameters and Training pages do what their controls say (synthetic data, tiny models)."""
 from __future__ import annotations
 
+import io
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from fmnist_jax import config, layers, store
@@ -214,3 +217,70 @@ def test_training_refuses_a_second_start_while_a_job_is_active(seeded: dict) -> 
     finally:
         registry.stop(first["id"])
         registry.wait(first["id"], timeout=240)
+
+
+@pytest.fixture
+def trained(seeded: dict) -> dict:
+    """The seeded project with one finished run named 'trained'."""
+    registry = proj.get_registry()
+    job = proj.start_training(store.Workspace(), seeded, "trained", registry)
+    final = registry.wait(job["id"], timeout=240)
+    assert final["status"] == "completed", final["error"]
+    return seeded
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """PNG file bytes of a uint8 (H, W) image."""
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_evaluation_page_shows_test_metrics_confusion_matrix_and_mistakes(trained: dict) -> None:
+    pid = trained["id"]
+    at = open_app("pages/5_Evaluation.py", pid)
+    assert not at.exception and not at.error, texts(at, "error")
+    values = metric_values(at)
+    assert values["Test accuracy"].endswith("%") and "Validation accuracy" in values and "Train accuracy" in values
+    assert len(at.get("vega_lite_chart")) == 1  # the confusion matrix
+    assert (Path(proj.run_dir_of(store.Workspace(), pid, "trained")) / proj.EVALUATION_FILE).exists()
+    at.toggle(key=f"eval-norm-{pid}").set_value(True).run()
+    assert not at.exception
+    metrics = proj.evaluate_run(store.Workspace(), pid, "trained")
+    if metrics["mistakes"]:
+        at.multiselect(key=f"eval-true-{pid}").set_value([metrics["class_names"][0]]).run()
+        assert not at.exception
+        assert any("mistakes match" in c.value for c in at.caption)
+    else:  # the synthetic classes are easy: a perfect score gets its own message instead of an empty gallery
+        assert "got every test image right" in texts(at, "success")
+
+
+def test_deploy_page_predicts_each_upload_and_explains_a_bad_file(trained: dict) -> None:
+    pid = trained["id"]
+    at = open_app("pages/6_Deploy.py", pid)
+    assert not at.exception
+    assert any("model=trained" in c.value and f"project={pid}" in c.value for c in at.code)
+    garment = proj.synthetic_dataset().test_images[0][..., 0]
+    at.file_uploader(key=f"deploy-upload-{pid}").set_value(
+        [("garment.png", png_bytes(garment), "image/png"), ("broken.png", b"not an image at all", "image/png")]).run()
+    assert not at.exception
+    assert "broken.png" in texts(at, "error")
+    assert any("garment.png" in m.value and "→" in m.value for m in at.markdown)
+    assert any("1 of 2 images predicted" in c.value for c in at.caption)
+    assert len(at.get("vega_lite_chart")) == 1  # the probability bars of the one good file
+
+
+@pytest.mark.skipif(not proj.uploads_available(), reason="fmnist_jax.uploads is not installed")
+def test_data_page_imports_an_uploaded_dataset(seeded: dict) -> None:
+    pid = seeded["id"]
+    rng = np.random.default_rng(0)
+    buffer = io.BytesIO()
+    np.savez(buffer, x_train=rng.integers(0, 255, (90, 28, 28), dtype=np.uint8), y_train=np.arange(90) % 3)
+    at = open_app("pages/1_Data.py", pid)
+    at.radio(key=f"data-source-{pid}").set_value("upload").run()
+    at.file_uploader(key=f"upload-file-{pid}").set_value(("three.npz", buffer.getvalue(), "application/zip")).run()
+    at.button(key=f"upload-go-{pid}").click().run()
+    assert not at.exception, at.exception
+    dataset = store.Workspace().get_project(pid)["dataset"]
+    assert dataset.startswith("upload/")
+    assert sum(int(v.replace(",", "")) for v in metric_values(at).values()) == 90
