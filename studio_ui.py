@@ -71,11 +71,13 @@ def current_project() -> dict | None:
         except (store.StoreError, ValueError):
             continue
         st.session_state["project_id"] = project["id"]
+        if wanted != project["id"]:
+            st.query_params["project"] = project["id"]  # a refresh or a copied URL opens the same project
         return project
     if not st.session_state.get("project_closed"):
         projects = ws.list_projects()
         if projects:
-            st.session_state["project_id"] = projects[0]["id"]
+            open_project(projects[0]["id"])
             return ws.get_project(projects[0]["id"])
     st.session_state.pop("project_id", None)
     return None

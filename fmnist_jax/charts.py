@@ -70,7 +70,7 @@ def learning_curve(rows: Sequence[dict], metric: str, epochs_planned: int | None
     )
     lines = base.mark_line(strokeWidth=2)
     # points too, so a single record (the first chunk, a one-epoch run) is already visible
-    live_points = base.transform_filter(alt.datum.series == "train (live)").mark_circle(size=18, opacity=0.9)
+    live_points = base.transform_filter(alt.datum.series == "train (live)").mark_circle(size=30, opacity=0.9)
     epoch_points = base.transform_filter(alt.datum.series != "train (live)").mark_point(filled=True, size=50)
     return (lines + live_points + epoch_points).properties(height=260, title="Loss" if metric == "loss" else "Accuracy")
 

@@ -253,7 +253,9 @@ def job_progress(snapshot: dict) -> dict:
         current_epoch = (epochs[-1]["epoch"] if epochs else resumed) or 0
     if snapshot.get("status") == "completed":
         done_fraction = 1.0
-    elapsed = last_chunk["elapsed"] if last_chunk else 0.0
+    # wall time since the job left the queue: data preparation and compilation included, as the user waits for both
+    started, finished = snapshot.get("started"), snapshot.get("finished")
+    elapsed = ((finished or time.time()) - started) if started else (last_chunk["elapsed"] if last_chunk else 0.0)
     recent = [c["images_per_s"] for c in chunks[-5:]]
     images_per_s = float(np.median(recent)) if recent else None
     seconds_per_epoch = epochs[-1]["seconds"] if epochs else None

@@ -127,9 +127,11 @@ def live_panel() -> None:
         m = st.columns(7)
         m[0].metric("Images/s", f"{figures['images_per_s']:,.0f}" if figures["images_per_s"] else "–")
         m[1].metric("s/epoch", ui.seconds_text(figures["seconds_per_epoch"]))
-        m[2].metric("Elapsed", ui.seconds_text(figures["elapsed"]))
-        eta = ("done" if not active else "validating" if figures["fraction"] >= 1.0 else ui.seconds_text(figures["eta"]))
-        m[3].metric("ETA", eta, help="Time left for the remaining training steps.")
+        m[2].metric("Elapsed", ui.seconds_text(figures["elapsed"]), help="Since the job started, including data "
+                                                                          "preparation and compilation.")
+        eta = ("done" if not active else "soon" if figures["fraction"] >= 1.0 else ui.seconds_text(figures["eta"]))
+        m[3].metric("ETA", eta, help="Time left for the remaining training steps (then a validation pass and the "
+                                     "test-set evaluation).")
         m[4].metric("Best epoch", figures["best_epoch"] or "–",
                     f"{figures['best_val_accuracy']:.2%} val." if figures["best_epoch"] else None,
                     delta_color="off", delta_arrow="off", help="The epoch with the highest validation accuracy so far.")

@@ -284,3 +284,65 @@ def test_data_page_imports_an_uploaded_dataset(seeded: dict) -> None:
     dataset = store.Workspace().get_project(pid)["dataset"]
     assert dataset.startswith("upload/")
     assert sum(int(v.replace(",", "")) for v in metric_values(at).values()) == 90
+
+
+def _wait_for(pid: str, predicate, at: AppTest | None = None, timeout: float = 240) -> dict:
+    """Poll the project's job snapshot (re-running the page, if given) until predicate(snapshot) holds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        snapshot = proj.get_registry().for_project(pid, proj.owner_of(store.Workspace()))
+        if predicate(snapshot) or time.monotonic() > deadline:
+            return snapshot
+        time.sleep(0.25)
+        if at is not None:
+            at.run()
+            assert not at.exception
+
+
+def test_training_page_stops_and_resumes_a_run(seeded: dict) -> None:
+    pid = seeded["id"]
+    ws = store.Workspace()
+    cfg = proj.train_config(seeded).replace(epochs=400, chunk_steps=2)
+    ws.update_project(pid, config=cfg.to_dict())
+    at = open_app("pages/4_Training.py", pid)
+    at.text_input(key=f"run-name-{pid}").set_value("long run")
+    at.button(key="start-training").click().run()
+    snapshot = _wait_for(pid, lambda s: len(s["chunks"]) >= 2, at)
+    assert snapshot["status"] == "running" and snapshot["name"] == "long-run"
+    at.button(key="stop-training").click().run()
+    snapshot = _wait_for(pid, lambda s: s["status"] not in ("queued", "running"))
+    assert snapshot["status"] == "stopped"
+    first_stop = len(snapshot["epochs"])
+    at.run()
+    assert any(b.label == "Resume" for b in at.button)
+    assert at.selectbox(key=f"resume-{pid}").value == "long-run"
+    next(b for b in at.button if b.label == "Resume").click().run()
+    assert not at.exception
+    snapshot = _wait_for(pid, lambda s: s["resume"] and (s["status"] != "running" or len(s["chunks"]) >= 2))
+    assert snapshot["resume"] and snapshot["name"] == "long-run"
+    proj.get_registry().stop(snapshot["id"])
+    snapshot = _wait_for(pid, lambda s: s["status"] not in ("queued", "running"))
+    assert snapshot["status"] in ("stopped", "completed")
+    run = proj.read_run(ws, pid, "long-run")
+    assert run["epochs_completed"] >= first_stop
+
+
+def test_a_crash_inside_the_job_is_shown_and_the_next_start_works(seeded: dict,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    pid = seeded["id"]
+    original = proj.load_splits
+
+    def broken(record: dict, progress=None):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(proj, "load_splits", broken)
+    at = open_app("pages/4_Training.py", pid)
+    at.button(key="start-training").click().run()
+    snapshot = _wait_for(pid, lambda s: s["status"] not in ("queued", "running"), at)
+    at.run()
+    assert snapshot["status"] == "failed"
+    assert "disk on fire" in texts(at, "error")
+    monkeypatch.setattr(proj, "load_splits", original)
+    at.button(key="start-training").click().run()
+    snapshot = _wait_for(pid, lambda s: s["status"] not in ("queued", "running"), at)
+    assert snapshot["status"] == "completed", snapshot["error"]

@@ -1,5 +1,5 @@
 """End to end in headless Chromium: `streamlit run app.py` on a free port, then a user's walk through every page
-on the real Fashion-MNIST data: create a project, official split, the 'fast' preset, 1 epoch on 1,000 images,
+on the real Fashion-MNIST data: create a project, official split, the 'fast' preset, 1 epoch on 2,000 images,
 Start and watch the chart appear, evaluation's confusion matrix, and a prediction for an uploaded test PNG.
 
 Screenshots of each page and the measured seconds from Start to the first chart point go to test-artifacts/.
@@ -172,13 +172,13 @@ def test_a_user_walks_from_a_new_project_to_a_prediction(studio: str, workspace:
         epochs = page.get_by_test_id("stSlider").filter(has_text="Epochs").get_by_role("slider")
         epochs.focus()
         epochs.press("Home")
-        page.get_by_label("Training images (0 = all)", exact=True).fill("1000")
+        page.get_by_label("Training images (0 = all)", exact=True).fill("2000")
         page.get_by_label("Training images (0 = all)", exact=True).press("Tab")
         page.get_by_role("button", name="Save settings", exact=True).click()
         page.get_by_text("Saved. These settings apply").wait_for()
         idle()
         saved = json.loads(next((workspace / "projects").glob("*/project.json")).read_text())
-        assert saved["config"]["epochs"] == 1 and saved["train_limit"] == 1000
+        assert saved["config"]["epochs"] == 1 and saved["train_limit"] == 2000
         expect_no_exception()
         shot("04-hyperparameters")
 
@@ -189,6 +189,8 @@ def test_a_user_walks_from_a_new_project_to_a_prediction(studio: str, workspace:
         page.locator(".st-key-live-curves canvas, .st-key-live-curves svg").first.wait_for(timeout=300_000)
         timings["start_to_first_chart_point_s"] = round(time.monotonic() - start, 1)
         shot("05-training-live")
+        page.reload()  # a refresh reattaches to the running (or just finished) job
+        page.locator(".st-key-live-curves canvas, .st-key-live-curves svg").first.wait_for(timeout=120_000)
         page.get_by_text("Test accuracy").first.wait_for(timeout=600_000)
         timings["start_to_finished_s"] = round(time.monotonic() - start, 1)
         idle()

@@ -88,11 +88,12 @@ def test_job_progress_reads_a_snapshot() -> None:
                 "chunks": [{"epoch": 1, "step": 5, "epoch_progress": 0.5, "loss": 1.0, "accuracy": 0.5,
                             "images_per_s": 100.0, "elapsed": 5.0}],
                 "epochs": []}
-    figures = proj.job_progress(snapshot)
+    figures = proj.job_progress({**snapshot, "started": None})
     assert figures["fraction"] == pytest.approx(0.25)
     assert figures["epoch"] == 1 and figures["epochs"] == 2
     assert figures["eta"] == pytest.approx(15 * 100 / 100.0)  # 15 steps of 100 images at 100 images/s
-    assert figures["best_epoch"] is None
+    assert figures["best_epoch"] is None and figures["elapsed"] == 5.0
+    assert proj.job_progress({**snapshot, "started": 100.0, "finished": 130.0})["elapsed"] == 30.0
 
 
 def test_estimate_uses_the_measured_rate_then_a_previous_run(ws: store.Workspace, tiny_project: dict) -> None:
