@@ -63,9 +63,9 @@ def _photos() -> list[tuple[str, bytes]]:
     import sys
 
     sys.path.insert(0, str(Path(__file__).parent))
-    from bad_inputs.generate import _jpeg, _png, garment
+    from bad_inputs.generate import garment, jpeg_bytes, png_bytes
 
-    return [("shirt.png", _png(garment())), ("shirt.jpg", _jpeg(garment((300, 400)))), ("small.png", _png(garment((40, 50))))]
+    return [("shirt.png", png_bytes(garment())), ("shirt.jpg", jpeg_bytes(garment((300, 400)))), ("small.png", png_bytes(garment((40, 50))))]
 
 
 def test_twenty_concurrent_clients_get_answers_without_errors(server: str) -> None:

@@ -49,13 +49,13 @@ class Case:
 
 # ----------------------------------------------------------------------------- image bytes
 
-def _png(image: Image.Image, **params: Any) -> bytes:
+def png_bytes(image: Image.Image, **params: Any) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, "PNG", **params)
     return buffer.getvalue()
 
 
-def _jpeg(image: Image.Image, **params: Any) -> bytes:
+def jpeg_bytes(image: Image.Image, **params: Any) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, "JPEG", **params)
     return buffer.getvalue()
@@ -82,7 +82,7 @@ def huge_png_header(width: int = 30000, height: int = 30000) -> bytes:
 
 def corrupt_crc_png() -> bytes:
     """A valid PNG with one byte of its image data flipped, so the chunk's CRC no longer matches."""
-    data = bytearray(_png(garment()))
+    data = bytearray(png_bytes(garment()))
     position = data.index(b"IDAT") + 20
     data[position] ^= 0xFF
     return bytes(data)
@@ -92,7 +92,7 @@ def exif_rotated_jpeg() -> bytes:
     """A JPEG stored sideways with EXIF Orientation=6 (rotate 90 degrees clockwise to view)."""
     exif = Image.Exif()
     exif[0x0112] = 6
-    return _jpeg(garment((160, 120)), exif=exif.tobytes())
+    return jpeg_bytes(garment((160, 120)), exif=exif.tobytes())
 
 
 def animated_gif() -> bytes:
@@ -104,32 +104,32 @@ def animated_gif() -> bytes:
 
 def palette_with_transparency() -> bytes:
     image = garment().convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
-    return _png(image, transparency=0)
+    return png_bytes(image, transparency=0)
 
 
 def sixteen_bit_png() -> bytes:
     values = (np.asarray(garment().convert("L"), np.uint16) * 257).astype(np.uint16)
-    return _png(Image.fromarray(values))  # uint16 -> mode I;16
+    return png_bytes(Image.fromarray(values))  # uint16 -> mode I;16
 
 
 IMAGE_CASES = [
     # id, bytes maker, Deploy photo answer, answer inside a dataset upload
     ("zero-byte-image", lambda: b"", r"empty \(0 bytes\)", r"skip:empty file"),
     ("text-renamed-png", lambda: b"hello, I am not a picture\n" * 10, r"not an image in a supported format", r"skip:not a readable image"),
-    ("truncated-jpeg", lambda: _jpeg(garment())[:600], r"truncated or corrupt|header is corrupt",
+    ("truncated-jpeg", lambda: jpeg_bytes(garment())[:600], r"truncated or corrupt|header is corrupt",
      r"skip:truncated or corrupt|damaged or truncated"),
     ("png-corrupt-crc", corrupt_crc_png, r"truncated or corrupt", r"skip:truncated or corrupt"),
     ("decompression-bomb-30000", huge_png_header, r"megapixels", r"decompression bomb|megapixels"),
-    ("one-pixel", lambda: _png(Image.new("RGB", (1, 1), (200, 10, 10))), r"at least 8 pixels", r"skip:only 1x1 pixels"),
-    ("strip-1x10000", lambda: _png(Image.new("L", (1, 10000), 128)), r"at least 8 pixels|strip", r"skip:1x10000"),
+    ("one-pixel", lambda: png_bytes(Image.new("RGB", (1, 1), (200, 10, 10))), r"at least 8 pixels", r"skip:only 1x1 pixels"),
+    ("strip-1x10000", lambda: png_bytes(Image.new("L", (1, 10000), 128)), r"at least 8 pixels|strip", r"skip:1x10000"),
     ("sixteen-bit-png", sixteen_bit_png, "ok", "ok"),
-    ("cmyk-jpeg", lambda: _jpeg(garment().convert("CMYK")), "ok", "ok"),
+    ("cmyk-jpeg", lambda: jpeg_bytes(garment().convert("CMYK")), "ok", "ok"),
     ("palette-transparency", palette_with_transparency, "ok", "ok"),
     ("animated-gif", animated_gif, "ok", "ok"),
     ("exif-rotated-jpeg", exif_rotated_jpeg, "ok", "ok"),
     ("svg-drawing", lambda: b"<?xml version='1.0'?><svg xmlns='http://www.w3.org/2000/svg' width='10' height='10'/>",
      r"SVG", r"skip:SVG"),
-    ("flat-colour", lambda: _png(Image.new("RGB", (64, 64), (90, 90, 90))), r"single flat colour", "ok"),
+    ("flat-colour", lambda: png_bytes(Image.new("RGB", (64, 64), (90, 90, 90))), r"single flat colour", "ok"),
     ("heic-renamed", lambda: b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + b"\x00" * 64, r"HEIC", r"skip:not a readable image"),
     ("pdf-renamed", lambda: b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj<<>>endobj\n", r"PDF", r"skip:not a readable image"),
 ]
@@ -144,7 +144,7 @@ def _good_png(label: int, index: int) -> bytes:
         pixels[8:14, :] = 230
     else:
         pixels[:, 8:14] = 230
-    return _png(Image.fromarray(pixels, "L"))
+    return png_bytes(Image.fromarray(pixels, "L"))
 
 
 def _zip(path: Path, entries: list[tuple[str | zipfile.ZipInfo, bytes]], method: int = zipfile.ZIP_DEFLATED) -> Path:
