@@ -8,7 +8,7 @@ import streamlit as st
 
 import studio_ui as ui
 from fmnist_jax import project as proj
-from fmnist_jax import store
+from fmnist_jax import public, settings, store
 
 HOW_IT_WORKS = [
     (":material/dataset:", "Data", "Split Fashion-MNIST's 70,000 garment images into train, validation and test; "
@@ -153,6 +153,11 @@ def home() -> None:
         st.success(notice, icon=":material/check_circle:")
     if error := st.session_state.pop("home-error", None):
         st.error(error, icon=":material/error:")
+    if settings.public_mode():
+        caps = public.limits()
+        st.info("This is a public demo: your projects live in a private workspace tied to this page's address. "
+                "**Bookmark this URL** to come back to them. Limits here: " + "; ".join(caps.describe()) + ".",
+                icon=":material/public:")
     projects = ws.list_projects()
     if not projects:
         st.subheader("How it works")
@@ -182,7 +187,8 @@ def home() -> None:
         _project_card(project, project["id"] == open_id)
     with st.expander("How it works", icon=":material/help:"):
         _how_it_works()
-    st.caption(f"Workspace: `{ws.home}` (set FMNIST_HOME to move it)")
+    if not settings.public_mode():
+        st.caption(f"Workspace: `{ws.home}` (set FMNIST_HOME to move it)")
 
 
 ui.frame()

@@ -9,7 +9,7 @@ from typing import Any
 import streamlit as st
 
 from fmnist_jax import project as proj
-from fmnist_jax import store
+from fmnist_jax import public, settings, store
 
 HOME_PAGE = "app.py"
 HOME_LINK = (HOME_PAGE, "Projects", ":material/folder:")
@@ -37,8 +37,15 @@ def device() -> dict:
 
 
 def workspace() -> store.Workspace:
-    """The projects workspace of this session."""
-    return proj.workspace()
+    """The projects workspace of this session: FMNIST_HOME locally; in public mode the visitor's private one,
+    whose id rides in the URL (?w=...) so they can come back to it."""
+    if not settings.public_mode():
+        return proj.workspace()
+    workspace_id, home = public.workspace_for(st.session_state.get("workspace-id") or st.query_params.get("w"))
+    st.session_state["workspace-id"] = workspace_id
+    if st.query_params.get("w") != workspace_id:
+        st.query_params["w"] = workspace_id
+    return store.Workspace(home)
 
 
 def owner() -> str:
@@ -53,6 +60,9 @@ def frame() -> dict | None:
     link straight to a page works even as the first request after a server start.
     """
     st.set_page_config(page_title="Fashion-MNIST Studio", page_icon=":material/checkroom:", layout="wide")
+    ws = workspace()
+    if settings.public_mode():
+        proj.cleanup_public_workspaces(keep=ws.home.name)
     project = current_project()
     sidebar(project)
     return project

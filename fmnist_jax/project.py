@@ -42,8 +42,9 @@ def workspace(home: str | os.PathLike | None = None) -> store.Workspace:
 
 
 def owner_of(ws: store.Workspace) -> str:
-    """The job-registry owner for a workspace: jobs of different workspaces never clash."""
-    return str(ws.home)
+    """The job-registry owner for a workspace (its folder name is the visitor id in public mode): jobs of
+    different workspaces never clash, and public per-visitor caps count per workspace."""
+    return ws.home.name if settings.public_mode() else str(ws.home)
 
 
 _REGISTRY = None
@@ -51,7 +52,7 @@ _REGISTRY_LOCK = threading.Lock()
 
 
 def get_registry() -> Any:
-    """The process-wide JobRegistry (one training job at a time; others queue)."""
+    """The process-wide JobRegistry: one training job at a time, others queue (public mode adds per-visitor caps)."""
     global _REGISTRY
     with _REGISTRY_LOCK:
         if _REGISTRY is None:
@@ -59,8 +60,27 @@ def get_registry() -> Any:
             from .train import enable_compile_cache
 
             enable_compile_cache()
-            _REGISTRY = JobRegistry(max_running=1)
+            if settings.public_mode():
+                from . import public
+
+                _REGISTRY = public.make_job_registry()
+            else:
+                _REGISTRY = JobRegistry(max_running=1)
         return _REGISTRY
+
+
+_LAST_CLEANUP = [0.0]
+CLEANUP_EVERY_SECONDS = 600
+
+
+def cleanup_public_workspaces(keep: str) -> list[str]:
+    """In public mode, delete idle visitor workspaces (at most every CLEANUP_EVERY_SECONDS); returns removed ids."""
+    if not settings.public_mode() or time.time() - _LAST_CLEANUP[0] < CLEANUP_EVERY_SECONDS:
+        return []
+    from . import public
+
+    _LAST_CLEANUP[0] = time.time()
+    return public.cleanup_idle(keep=[keep])
 
 
 def uploads_available() -> bool:
@@ -90,8 +110,8 @@ def model_spec(project: dict, num_classes: int = 10) -> list[dict]:
 
 
 def data_folder(project: dict) -> str | None:
-    """The manual-download data folder the project uses (its own setting, else FMNIST_DATA_DIR)."""
-    value = project.get("data_dir") or os.environ.get("FMNIST_DATA_DIR")
+    """The manual-download data folder the project uses (its own setting, else FMNIST_DATA_DIR; public mode: the server's)."""
+    value = (None if settings.public_mode() else project.get("data_dir")) or os.environ.get("FMNIST_DATA_DIR")
     return str(value) if value else None
 
 
@@ -130,10 +150,16 @@ def synthetic_dataset() -> data.Dataset:
 
 def load_dataset(project_or_run: dict, progress: Progress | None = None,
                  home: str | os.PathLike | None = None) -> data.Dataset:
-    """The dataset a project (or run record) names, loaded once per process and shared read-only."""
+    """The dataset a project (or run record) names, loaded once per process and shared read-only.
+
+    TFDS datasets live in the server's workspace; an upload lives in the workspace it was uploaded to
+    (the record's upload_home: a visitor's own folder in public mode).
+    """
     name = project_or_run.get("dataset") or "fashion_mnist"
     if name == SYNTHETIC:
         return synthetic_dataset()
+    if name.startswith("upload/"):
+        return data.shared_dataset(name, home=home or project_or_run.get("upload_home"), progress=progress)
     folder = data_folder(project_or_run)
     if name in data.TFDS_DATASETS:
         data.check_data_dir(folder, name)
@@ -206,15 +232,20 @@ def check_trainable(project: dict, dataset: data.Dataset | None = None) -> tuple
 def start_training(ws: store.Workspace, project: dict, run_name: str | None = None, registry: Any = None) -> dict:
     """Validate the project's settings and queue a training job; returns the job snapshot (ValueError if refused)."""
     registry = registry or get_registry()
-    spec, cfg, _ = check_trainable(project)
+    spec, cfg, train_size = check_trainable(project)
+    if settings.public_mode():
+        from . import public
+
+        public.check_job_size(cfg.epochs, train_size)
     active = registry.for_project(project["id"], owner_of(ws))
     if active and active["status"] in ("queued", "running"):
         raise ValueError("this project already has a training job queued or running; stop it or wait for it to finish")
     run_dir = ws.new_run_dir(project["id"], run_name or None)
     record = {"dataset": project.get("dataset") or "fashion_mnist", "data_dir": data_folder(project),
-              "split": split_spec(project).to_dict()}
+              "split": split_spec(project).to_dict(), "upload_home": project.get("upload_home")}
     run_meta = {"preset": preset_of(project), "dataset": record["dataset"], "data_dir": record["data_dir"],
-                "limit": train_limit(project), "source": "studio", "project_id": project["id"]}
+                "limit": train_limit(project), "source": "studio", "project_id": project["id"],
+                **({"upload_home": record["upload_home"]} if record["upload_home"] else {})}
     try:
         return registry.submit(project["id"], run_dir, _prepare_for(record, spec, cfg, train_limit(project)),
                                name=run_dir.name, owner=owner_of(ws), run_meta=run_meta)

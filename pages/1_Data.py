@@ -7,7 +7,7 @@ import numpy as np
 import streamlit as st
 
 import studio_ui as ui
-from fmnist_jax import charts, data, store
+from fmnist_jax import charts, data, settings, store
 from fmnist_jax import project as proj
 from fmnist_jax.config import AugmentConfig
 
@@ -34,7 +34,9 @@ with left:
                       help="Fashion-MNIST is the real dataset (TFDS, prepared once). The synthetic set is a tiny "
                            "stand-in that trains in seconds, for trying the workflow.")
 with right:
-    if source == "fashion_mnist":
+    if source == "fashion_mnist" and settings.public_mode():
+        st.caption("Fashion-MNIST is provided by this server (prepared once, shared read-only).")
+    elif source == "fashion_mnist":
         folder = st.text_input("Local data folder", value=proj.data_folder(project) or "", key=f"data-dir-{pid}",
                                placeholder="empty: download with TFDS",
                                help="Folder with Zalando's four *-ubyte.gz files (train/t10k images and labels). "
@@ -65,7 +67,8 @@ def upload_panel() -> str | None:
         return None
     from fmnist_jax import uploads
 
-    existing = {m["name"]: m for m in uploads.list_uploads()}
+    upload_home = ui.workspace().home  # a visitor's own folder in public mode
+    existing = {m["name"]: m for m in uploads.list_uploads(home=upload_home)}
     chosen = None
     if existing:
         names = list(existing)
@@ -87,12 +90,13 @@ def upload_panel() -> str | None:
             bar = st.progress(0.0, text="Checking the upload…")
             try:
                 manifest = uploads.import_stream(file, file.name, None if size == "auto" else int(size),
-                                                 None if color == "auto" else color, progress=ui.progress_callback(bar))
+                                                 None if color == "auto" else color, progress=ui.progress_callback(bar),
+                                                 home=upload_home)
             except (ValueError, store.StoreError) as error:
                 bar.empty()
                 st.error(f"Could not import {ui.plain(file.name)}: {ui.plain(error)}", icon=":material/error:")
             else:
-                ui.save_project(project, dataset=manifest["name"])
+                ui.save_project(project, dataset=manifest["name"], upload_home=str(upload_home))
                 st.session_state["upload-version"] = st.session_state.get("upload-version", 0) + 1  # fresh picker
                 st.rerun()
     return chosen
@@ -103,7 +107,7 @@ if source == UPLOAD:
     if chosen_upload is None:
         st.stop()
     if chosen_upload != project.get("dataset"):
-        ui.save_project(project, dataset=chosen_upload)
+        ui.save_project(project, dataset=chosen_upload, upload_home=str(ui.workspace().home))
 elif source != project.get("dataset"):
     ui.save_project(project, dataset=source)
 

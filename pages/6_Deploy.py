@@ -9,7 +9,7 @@ from pathlib import Path
 import streamlit as st
 
 import studio_ui as ui
-from fmnist_jax import charts
+from fmnist_jax import charts, settings
 from fmnist_jax import project as proj
 
 try:
@@ -95,9 +95,14 @@ with right:
     base = st.context.url or "/Deploy"
     if not base.rstrip("/").endswith("Deploy"):
         base = base.rstrip("/") + "/Deploy"
-    share = f"{base}?{urllib.parse.urlencode({'project': pid, 'model': choice})}"
+    params = {"project": pid, "model": choice}
+    if settings.public_mode():
+        params = {"w": ws.home.name, **params}
+    share = f"{base}?{urllib.parse.urlencode(params)}"
     st.markdown("**Share**", help="Opens this page with this project and model selected.")
     st.code(share, language=None, wrap_lines=True)
+    if settings.public_mode():
+        st.caption("Anyone with this link opens your workspace: share it only with people you trust.")
 
 uploads = st.file_uploader("Upload photos", type=predict.UPLOAD_TYPES, accept_multiple_files=True,
                            key=f"deploy-upload-{pid}",

@@ -346,3 +346,55 @@ def test_a_crash_inside_the_job_is_shown_and_the_next_start_works(seeded: dict,
     at.button(key="start-training").click().run()
     snapshot = _wait_for(pid, lambda s: s["status"] not in ("queued", "running"), at)
     assert snapshot["status"] == "completed", snapshot["error"]
+
+
+@pytest.fixture
+def public_mode(monkeypatch: pytest.MonkeyPatch):
+    """The app as a public Space: FMNIST_PUBLIC=1, a tiny per-job cap, and a registry built with public caps."""
+    monkeypatch.setenv("FMNIST_PUBLIC", "1")
+    monkeypatch.setenv("FMNIST_PUBLIC_MAX_EPOCH_IMAGES", "1000")
+    monkeypatch.setattr(proj, "_REGISTRY", None)  # get_registry builds the public one; the local one comes back after
+    yield
+    registry = proj._REGISTRY
+    for job in (registry.queue() if registry else []):
+        registry.stop(job["id"])
+
+
+def test_public_mode_gives_each_visitor_a_private_workspace(public_mode, workspace: Path) -> None:
+    at = open_app()
+    assert not at.exception
+    assert "public demo" in texts(at, "info")
+    visitor = at.query_params["w"]
+    next(b for b in at.button if b.label == "Create the sample project").click().run()
+    assert not at.exception
+    assert (workspace / "visitors" / visitor / "projects").is_dir()
+    assert store.Workspace().list_projects() == []  # nothing in the shared workspace
+
+    stranger = open_app()
+    assert stranger.query_params["w"] != visitor
+    assert not any(b.label == "Open" for b in stranger.button) and "How it works" in [s.value for s in stranger.subheader]
+
+    again = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    again.query_params["w"] = visitor
+    again.run()
+    assert any(proj.SAMPLE_PROJECT_NAME in m.value for m in again.markdown)
+
+    again.switch_page("pages/1_Data.py").run()
+    assert not again.exception
+    assert not any(t.label == "Local data folder" for t in again.text_input)  # no server paths for strangers
+
+
+def test_public_mode_caps_the_size_of_a_job(public_mode, workspace: Path) -> None:
+    at = open_app()
+    visitor = at.query_params["w"]
+    ws = store.Workspace(workspace / "visitors" / visitor)
+    cfg = config.TrainConfig(epochs=2, batch_size=32)
+    project = ws.create_project("Capped", dataset=proj.SYNTHETIC, model=layers.normalize_spec(TINY_SPEC),
+                                config=cfg.to_dict())
+    at.session_state["project_id"] = project["id"]
+    at.switch_page("pages/4_Training.py").run()
+    at.button(key="start-training").click().run()
+    assert not at.exception
+    message = texts(at, "error")
+    assert "1,800 images" in message and "public Space allows 1,000" in message and "own machine" in message
+    assert ws.list_runs(project["id"]) == []
