@@ -284,11 +284,12 @@ class TrainingError(RuntimeError):
 
 def train(spec: Any, cfg: TrainConfig, splits: Splits, *, run_dir: str | Path | None = None,
           stop: threading.Event | None = None, resume: bool = False, eval_test_each_epoch: bool = False,
-          run_meta: dict | None = None) -> Iterator[dict]:
+          run_meta: dict | None = None, checkpoint_seconds: float = 5.0) -> Iterator[dict]:
     """Train `spec` on `splits`, yielding 'start', 'chunk', 'epoch' and finally 'done' (or 'error') records.
 
     With `run_dir`, writes run.json, history.jsonl and an atomic checkpoint after every epoch and on stop;
-    with `resume=True`, continues from the newest valid checkpoint in `run_dir`.
+    mid-epoch checkpoints follow at most every `checkpoint_seconds` (0: after every chunk), so a killed
+    process loses little. With `resume=True`, continues from the newest valid checkpoint in `run_dir`.
     """
     cfg.validate(train_size=len(splits.train_labels))
     spec = layers.normalize_spec(spec)
@@ -351,6 +352,7 @@ def train(spec: Any, cfg: TrainConfig, splits: Splits, *, run_dir: str | Path | 
     yield info
 
     status, t0 = "completed", time.perf_counter()
+    last_checkpoint = t0
     elapsed_before = history[-1]["elapsed"] if history else 0.0
     epoch = start_epoch
     for epoch in range(start_epoch, cfg.epochs):
@@ -373,6 +375,10 @@ def train(spec: Any, cfg: TrainConfig, splits: Splits, *, run_dir: str | Path | 
                 yield {"kind": "done", "status": "failed", "epochs_completed": len(history), "error": message}
                 return
             sums += chunk_sums
+            if run_path is not None and step < steps_per_epoch and time.perf_counter() - last_checkpoint >= checkpoint_seconds:
+                # mid-epoch checkpoint before reporting: a crash or kill -9 loses at most the chunk in flight
+                _checkpoint(run_path, state, epoch, step, sums, best)
+                last_checkpoint = time.perf_counter()
             yield {"kind": "chunk", "epoch": epoch + 1, "step": epoch * steps_per_epoch + step,
                    "epoch_progress": step / steps_per_epoch, "loss": float(sums[0] / sums[2]), "accuracy": float(sums[1] / sums[2]),
                    "images_per_s": float(chunk_sums[2] / max(chunk_seconds, 1e-9)),

@@ -149,3 +149,21 @@ def test_job_registry_queues_runs_and_survives_a_crash(tiny_splits: data.Splits,
     assert failed["status"] == "failed" and "disk on fire" in failed["error"]
     done = registry.wait(second["id"], timeout=120)
     assert done["status"] == "completed" and done["epochs"] and done["result"]["test_accuracy"] is not None
+
+
+def test_a_killed_run_resumes_from_its_mid_epoch_checkpoint_exactly(tiny_splits: data.Splits, tmp_path) -> None:
+    cfg = TrainConfig(epochs=2, batch_size=16, chunk_steps=2)  # 12 steps per epoch, 6 chunks
+    full = _records(train.train(TINY, cfg, tiny_splits, run_dir=tmp_path / "full"))
+    chunks = 0
+    generator = train.train(TINY, cfg, tiny_splits, run_dir=tmp_path / "killed", checkpoint_seconds=0)
+    for record in generator:
+        if record["kind"] == "chunk":
+            chunks += 1
+            if chunks == 9:  # epoch 2, step 6: abandon the process without any clean-up
+                break
+    del generator
+    _, meta, _ = store.load_latest_checkpoint(tmp_path / "killed")
+    assert (meta["epoch"], meta["step_in_epoch"]) == (1, 6)  # lost nothing but the chunk in flight
+    _records(train.train(TINY, cfg, tiny_splits, run_dir=tmp_path / "killed", resume=True))
+    assert (tmp_path / "killed" / "model.msgpack").read_bytes() == (tmp_path / "full" / "model.msgpack").read_bytes()
+    assert len(full) > 0
