@@ -141,6 +141,7 @@ with st.form(f"hyperparameters-{pid}", border=True):
                                          help="Optimizer steps per compiled call: how often the curves update "
                                               "and how fast Stop reacts."))
 
+    feedback = st.empty()  # the verdict on a submit appears here, next to the button
     submitted = st.form_submit_button("Save settings", type="primary", icon=":material/save:")
 
 if submitted:
@@ -156,11 +157,11 @@ if submitted:
             chunk_steps=chunk_steps, **{k: v for k, v in values.items()})
         new_cfg.validate(train_size=new_train_size)
     except ValueError as error:
-        st.error(f"Not saved: {ui.plain(error)}.", icon=":material/error:")
+        feedback.error(f"Not saved: {ui.plain(error)}.", icon=":material/error:")
     else:
         ui.save_project(project, config=new_cfg.to_dict(), train_limit=new_limit)
         cfg, limit, train_size = new_cfg, new_limit, new_train_size
-        st.success("Saved. These settings apply to the next training run.", icon=":material/check_circle:")
+        feedback.success("Saved. These settings apply to the next training run.", icon=":material/check_circle:")
 elif optimizer != cfg.optimizer or schedule != cfg.schedule:
     st.warning("The optimizer or schedule above differs from the saved settings: press **Save settings** to keep it.",
                icon=":material/edit_note:")
