@@ -17,6 +17,10 @@ try:
 except ImportError as error:  # the photo pipeline ships separately; the page explains instead of failing
     predict = None
     PREDICT_PROBLEM = str(error)
+try:
+    from fmnist_jax import bundle
+except ImportError:  # exports ship with the deployment tools; without them the page just offers no downloads
+    bundle = None
 
 DEMO = "demo"
 STEP_TITLES = {"original": "Your photo", "background removed": "Background removed", "cropped": "Cropped & inverted",
@@ -104,6 +108,36 @@ with right:
     if settings.public_mode():
         st.caption("Anyone with this link opens your workspace: share it only with people you trust.")
 
+with st.expander("Use this model outside the studio", expanded=False):
+    if bundle is not None:
+        stem = "fmnist-demo" if choice == DEMO else f"fmnist-{pid}-{choice}"
+        a, b = st.columns(2)
+        a.download_button("Download bundle (.zip)", data=lambda: bundle.bundle_bytes(model), file_name=f"{stem}.zip",
+                          mime="application/zip", icon=":material/package_2:", key=f"bundle-{pid}",
+                          help="Weights, layers, class names and photo settings in one file; loads with "
+                               "`predict`/`serve` and needs no pickle.")
+        onnx_key = f"onnx-{source}-{stamp}"
+        if onnx_key in st.session_state:
+            payload, difference = st.session_state[onnx_key]
+            b.download_button("Download ONNX", payload, file_name=f"{stem}.onnx", mime="application/octet-stream",
+                              icon=":material/file_download:", key=f"onnx-dl-{pid}",
+                              help=f"Checked with onnxruntime: probabilities within {difference:.1e} of JAX's.")
+        elif b.button("Prepare ONNX export", icon=":material/conversion_path:", key=f"onnx-make-{pid}",
+                      help="Converts with jax2onnx and checks the result against JAX (takes a few seconds)."):
+            try:
+                with st.spinner("Converting to ONNX and checking it against JAX…"):
+                    st.session_state[onnx_key] = bundle.onnx_bytes(model)
+            except Exception as error:  # an unsupported layer must not take the page down
+                b.error(f"ONNX export failed: {ui.plain(error)}", icon=":material/error:")
+            else:
+                st.rerun()
+    target = "demo" if choice == DEMO else source
+    st.markdown("Command line (same pipeline, JSON output):")
+    st.code(f"python -m fmnist_jax predict {target} photo.jpg --json", language="bash")
+    st.markdown("REST API:")
+    st.code(f"python -m fmnist_jax serve {target} --port 8000\n"
+            "curl -F files=@photo.jpg http://127.0.0.1:8000/predict", language="bash")
+
 uploads = st.file_uploader("Upload photos", type=predict.UPLOAD_TYPES, accept_multiple_files=True,
                            key=f"deploy-upload-{pid}",
                            help="One or many images (" + ", ".join(predict.UPLOAD_TYPES) + "). A garment on a plain "
@@ -142,11 +176,3 @@ for result in results:
         with columns[-1]:
             st.altair_chart(charts.probabilities(model.class_names, result["probs"], None if show_all else 3),
                             width="stretch")
-
-with st.expander("Use this model outside the studio"):
-    target = "demo" if choice == DEMO else source
-    st.markdown("Command line (same pipeline, JSON output):")
-    st.code(f"python -m fmnist_jax predict {target} photo.jpg --json", language="bash")
-    st.markdown("REST API:")
-    st.code(f"python -m fmnist_jax serve {target} --port 8000\n"
-            "curl -F files=@photo.jpg http://127.0.0.1:8000/predict", language="bash")

@@ -398,3 +398,13 @@ def test_public_mode_caps_the_size_of_a_job(public_mode, workspace: Path) -> Non
     message = texts(at, "error")
     assert "1,800 images" in message and "public Space allows 1,000" in message and "own machine" in message
     assert ws.list_runs(project["id"]) == []
+
+
+def test_deploy_page_offers_the_bundle_and_a_checked_onnx_export(trained: dict) -> None:
+    pytest.importorskip("fmnist_jax.bundle", reason="the export tools (fmnist_jax.bundle) are not installed")
+    pid = trained["id"]
+    at = open_app("pages/6_Deploy.py", pid)
+    assert any(b.label == "Download bundle (.zip)" for b in at.get("download_button"))
+    at.button(key=f"onnx-make-{pid}").click().run()
+    assert not at.exception and not at.error, texts(at, "error")
+    assert any(b.label == "Download ONNX" for b in at.get("download_button"))
