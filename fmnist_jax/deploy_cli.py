@@ -1,8 +1,138 @@
-"""CLI commands for deployment: predict, serve, export."""
+"""CLI commands for deployment: predict, serve, export (same library calls as the Deploy page)."""
 from __future__ import annotations
 
+import argparse
+import sys
+from pathlib import Path
 from typing import Any
+
+from .cli import EXIT_USAGE, CliError, print_json
+
+MODEL_HELP = "a run folder, an exported bundle (.zip), or 'demo' (the shipped model)"
+
+
+def _load(source: str) -> Any:
+    from . import bundle, predict, store
+
+    try:
+        return predict.load_model(source)
+    except (ValueError, bundle.BundleError, store.StoreError) as error:
+        raise CliError(str(error)) from None
+
+
+def _read_images(paths: list[str]) -> tuple[list[tuple[str, bytes]], list[dict]]:
+    """(name, bytes) of the readable files, and error records for the rest (missing, folder, too large)."""
+    from .predict import MAX_UPLOAD_BYTES
+
+    files, errors = [], []
+    for name in paths:
+        path = Path(name)
+        try:
+            if path.is_dir():
+                raise IsADirectoryError("is a folder")
+            if path.stat().st_size > MAX_UPLOAD_BYTES:
+                errors.append({"file": name, "error": f"the file is {path.stat().st_size / 2**20:.1f} MB; the limit is "
+                                                      f"{MAX_UPLOAD_BYTES // 2**20} MB"})
+                continue
+            files.append((name, path.read_bytes()))
+        except OSError as error:
+            errors.append({"file": name, "error": f"cannot read the file: {error.strerror or error}"})
+    return files, errors
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .predict import predict_files, public_record
+
+    model = _load(args.model)
+    files, errors = _read_images(args.images)
+    predicted = {r["file"]: public_record(r) for r in predict_files(model, files)} if files else {}
+    failed = {e["file"]: e for e in errors}
+    results = [predicted.get(name) or failed[name] for name in args.images]
+    if args.json:
+        print_json(results)
+    else:
+        for result in results:
+            if "error" in result:
+                print(f"{result['file']}: error: {result['error']}")
+            else:
+                others = ", ".join(f"{label} {p:.1%}" for label, p in result["top3"][1:])
+                print(f"{result['file']}: {result['label']} ({result['probability']:.1%}; then {others})")
+    return EXIT_USAGE if any("error" in r for r in results) else 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from . import serve
+
+    if not 0 < args.port < 65536:
+        raise CliError(f"--port must be 1-65535, got {args.port}")
+    if not 0 < args.max_request_mb <= 1024:
+        raise CliError(f"--max-request-mb must be above 0 and at most 1024, got {args.max_request_mb:g}")
+    model = _load(args.model)
+    print(f"serving {args.model} on http://{args.host}:{args.port} (API docs at /docs)", file=sys.stderr, flush=True)
+    serve.run(model, args.host, args.port, int(args.max_request_mb * 2**20))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from . import bundle, store
+
+    model = _load(args.model)
+    out = Path(args.out)
+    if out.is_dir():
+        raise CliError(f"--out {out} is a folder; give a file name such as model.{'zip' if args.format == 'bundle' else 'onnx'}")
+    try:
+        if args.format == "bundle":
+            bundle.write_bundle(model, out)
+            result = {"format": "bundle", "out": str(out), "bytes": out.stat().st_size}
+        else:
+            difference = bundle.export_onnx(model, out, _check_images(model))
+            result = {"format": "onnx", "out": str(out), "bytes": out.stat().st_size, "max_abs_diff": difference,
+                      "tolerance": bundle.ONNX_TOLERANCE}
+    except (bundle.ExportError, store.StoreError) as error:
+        raise CliError(str(error)) from None
+    if args.json:
+        print_json(result)
+    elif args.format == "onnx":
+        print(f"wrote {out} ({result['bytes']:,} bytes); onnxruntime matches JAX within {difference:.1e}")
+    else:
+        print(f"wrote {out} ({result['bytes']:,} bytes)")
+    return 0
+
+
+def _check_images(model: Any) -> Any:
+    """Fashion-MNIST test images when they are cached locally and fit the model, plus the synthetic check batch."""
+    import numpy as np
+
+    from . import bundle, data, settings
+
+    images = bundle.check_images(model)
+    if model.input_shape == (28, 28, 1) and (settings.home_dir() / "datasets" / "fashion_mnist" / "meta.json").exists():
+        try:
+            test_images = data.load_dataset("fashion_mnist").test_images[:192]
+            images = np.concatenate([np.asarray(test_images), images])
+        except (ValueError, data.DataUnavailable, OSError):
+            pass
+    return images
 
 
 def add_commands(sub: Any) -> None:
     """Register the deployment subcommands on the CLI's subparsers."""
+    p = sub.add_parser("predict", help="classify image files (photos are preprocessed like the training data)")
+    p.add_argument("model", help=MODEL_HELP)
+    p.add_argument("images", nargs="+", help="image files (PNG, JPEG, WebP, BMP, GIF, TIFF)")
+    p.add_argument("--json", action="store_true", help="print a JSON list: file, label, index, probability, top3 (or file, error)")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("serve", help="serve a model as a REST API (FastAPI + uvicorn)")
+    p.add_argument("model", help=MODEL_HELP)
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0 for all)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-request-mb", type=float, default=40.0, help="largest accepted request body (413 above it)")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("export", help="export a model as a bundle zip or an ONNX file")
+    p.add_argument("model", help=MODEL_HELP)
+    p.add_argument("--format", choices=("bundle", "onnx"), required=True)
+    p.add_argument("--out", required=True, help="output file (.zip or .onnx)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_export)

@@ -49,20 +49,26 @@ def random_spec(rng: np.random.Generator, light_background: bool | None = None) 
         noise=float(rng.uniform(0.005, 0.03)), jpeg_quality=int(rng.integers(40, 95)))
 
 
+def _smooth_noise(shape: tuple[int, int], sigma: float, rng: np.random.Generator) -> np.ndarray:
+    """Gaussian-smoothed noise scaled to [-1, 1]; drawn at reduced resolution when sigma is large (same look, faster)."""
+    factor = max(1, int(sigma // 4))
+    small = (max(2, -(-shape[0] // factor)), max(2, -(-shape[1] // factor)))
+    noise = ndimage.gaussian_filter(rng.normal(size=small), sigma / factor, mode="wrap")
+    if factor > 1:
+        noise = np.asarray(Image.fromarray(noise.astype(np.float32)).resize((shape[1], shape[0]), Image.Resampling.BICUBIC))
+    return noise / (np.abs(noise).max() + 1e-6)
+
+
 def _texture(kind: str, shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
     height, width = shape
     if kind == "wood":
-        ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
-        warp = ndimage.gaussian_filter(rng.normal(size=shape), 25) * 400
+        ys = np.mgrid[0:height, 0:width][0].astype(np.float32)
+        warp = _smooth_noise(shape, 25, rng) * 20
         grain = np.sin((ys + warp) / rng.uniform(3, 8)) * 0.5 + np.sin((ys + 0.5 * warp) / rng.uniform(15, 30)) * 0.5
-        return 0.05 * grain + 0.02 * ndimage.gaussian_filter(rng.normal(size=shape), 1)
+        return 0.05 * grain + 0.02 * _smooth_noise(shape, 1, rng)
     if kind == "fabric":
-        wrinkles = ndimage.gaussian_filter(rng.normal(size=shape), 18)
-        wrinkles = wrinkles / (np.abs(wrinkles).max() + 1e-6)
-        weave = ndimage.gaussian_filter(rng.normal(size=shape), 0.7)
-        return 0.06 * wrinkles + 0.025 * weave / (np.abs(weave).max() + 1e-6)
-    blotches = ndimage.gaussian_filter(rng.normal(size=shape), 40)
-    return 0.03 * blotches / (np.abs(blotches).max() + 1e-6) + 0.01 * rng.normal(size=shape)
+        return 0.06 * _smooth_noise(shape, 18, rng) + 0.025 * _smooth_noise(shape, 0.7, rng)
+    return 0.03 * _smooth_noise(shape, 40, rng) + 0.01 * rng.normal(size=shape)
 
 
 def render(image: np.ndarray, spec: PhotoSpec, rng: np.random.Generator) -> np.ndarray:
@@ -119,3 +125,38 @@ def photo_bytes(image: np.ndarray, rng: np.random.Generator, light_background: b
     """A random photo-like JPEG of a dataset image, and the setting it was rendered with."""
     spec = random_spec(rng, light_background)
     return encode(render(image, spec, rng), spec.jpeg_quality), spec
+
+
+def evaluate_photo_like(model: object, images: np.ndarray, labels: np.ndarray, count: int = 1000, seed: int = 0) -> dict:
+    """Accuracy of `model` on `count` photo-like renderings of (images, labels): the pipeline vs a naive resize."""
+    from .predict import ImageError, naive_input, preprocess_photo
+
+    rng = np.random.default_rng(seed)
+    pick = rng.permutation(len(labels))[:count]
+    pipeline_inputs, naive_inputs, light, failed = [], [], [], 0
+    for index in pick:
+        payload, spec = photo_bytes(images[index], rng)
+        try:
+            pipeline_inputs.append(preprocess_photo(payload, model.preprocess, model.input_shape).model_input)
+        except ImageError:
+            failed += 1
+            pipeline_inputs.append(np.zeros(model.input_shape, np.uint8))
+        naive_inputs.append(naive_input(payload, model.input_shape))
+        light.append(spec.light_background)
+    truth = np.asarray(labels)[pick]
+    light_mask = np.asarray(light)
+    pipeline_right = model.predict_proba(np.stack(pipeline_inputs)).argmax(1) == truth
+    naive_right = model.predict_proba(np.stack(naive_inputs)).argmax(1) == truth
+    clean_right = model.predict_proba(np.asarray(images)[pick]).argmax(1) == truth
+
+    def share(values: np.ndarray, where: np.ndarray) -> float | None:
+        return round(float(values[where].mean()), 4) if where.any() else None
+
+    return {"count": int(len(pick)), "seed": seed, "pipeline_accuracy": share(pipeline_right, np.ones_like(light_mask)),
+            "naive_accuracy": share(naive_right, np.ones_like(light_mask)),
+            "clean_accuracy": share(clean_right, np.ones_like(light_mask)),
+            "light_background": {"count": int(light_mask.sum()), "pipeline_accuracy": share(pipeline_right, light_mask),
+                                 "naive_accuracy": share(naive_right, light_mask)},
+            "dark_background": {"count": int((~light_mask).sum()), "pipeline_accuracy": share(pipeline_right, ~light_mask),
+                                "naive_accuracy": share(naive_right, ~light_mask)},
+            "pipeline_failures": failed}
