@@ -15,8 +15,8 @@ from fmnist_jax import cli, photos, predict
 
 SAMPLES = Path(__file__).parent / "data" / "fashion_mnist_test_samples.npz"
 # Pipeline acceptance, measured on 20 garments (2 per class) x 7 photo variants:
-MIN_MEDIAN_CORRELATION = 0.7    # median Pearson r between the 28x28 model input and the original test image, per variant
-MIN_AGREEMENT = 0.6             # demo model: share of photos labelled like the original image, over all variants
+MIN_MEDIAN_CORRELATION = 0.7    # median Pearson r of the 28x28 model input vs the original test image, per variant (measured 0.75-0.90)
+MIN_AGREEMENT = 0.85            # demo model: share of photos labelled like the original image, all variants (measured 0.95)
 
 
 @pytest.fixture(scope="module")
