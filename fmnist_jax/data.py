@@ -299,7 +299,8 @@ class SplitSpec:
     seed: int = 0
     stratify: bool = True
 
-    def validate(self, num_classes: int | None = None, total: int | None = None) -> "SplitSpec":
+    def validate(self, num_classes: int | None = None, total: int | None = None,
+                 test_total: int | None = None) -> "SplitSpec":
         """Raise ValueError with an actionable message if the spec cannot produce three usable splits."""
         if self.mode not in ("pooled", "official"):
             raise ValueError(f"split mode must be 'pooled' or 'official', got {self.mode!r}")
@@ -320,7 +321,10 @@ class SplitSpec:
             if not isinstance(self.val_fraction, (int, float)) or not 0 < self.val_fraction < 1:
                 raise ValueError(f"validation fraction must be between 0 and 1 (exclusive), got {self.val_fraction!r}")
         if num_classes is not None and total is not None:
-            for part, count in self.counts(total, None).items():
+            counts = self.counts(total, test_total)
+            if self.mode == "official" and test_total is None:
+                counts.pop("test")  # the source's own test set is not known here
+            for part, count in counts.items():
                 if count < num_classes:
                     raise ValueError(f"the {part} split would have {count} examples, fewer than the {num_classes} classes; "
                                      f"give it a larger fraction or use more data")

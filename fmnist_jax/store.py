@@ -245,7 +245,9 @@ class Workspace:
     def duplicate_project(self, project_id: str, new_name: str) -> dict:
         """Copy a project's settings (not its runs) under a new name."""
         source = self.get_project(project_id)
-        keep = {k: source.get(k) for k in ("dataset", "split", "model", "model_preset", "config")}
+        copied = {"id", "name", "description", "created", "updated", "deployed_run", "schema", "runs", "last_run",
+                  "best_val_accuracy", "best_test_accuracy"}
+        keep = {k: v for k, v in source.items() if k not in copied}  # every setting, whatever the pages store
         return self.create_project(new_name, source.get("description", ""), **keep)
 
     def delete_project(self, project_id: str) -> None:

@@ -81,3 +81,10 @@ def test_cache_round_trip(workspace) -> None:
     assert loaded is not None
     assert np.array_equal(loaded.train_images, dataset.train_images)
     assert loaded.class_names == dataset.class_names
+
+
+def test_validate_with_counts_checks_official_splits_without_a_test_total() -> None:
+    spec = data.SplitSpec(mode="official", val_fraction=0.1)
+    assert spec.validate(num_classes=10, total=60_000) is spec
+    with pytest.raises(ValueError, match="validation split would have 5 examples"):
+        spec.validate(num_classes=10, total=50)
