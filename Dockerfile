@@ -1,0 +1,30 @@
+# Hugging Face Spaces (Docker SDK, Streamlit template conventions): port 8501, non-root user 1000,
+# dependencies from requirements.txt only. The steps mirror a fresh virtual-environment install
+# (python -m venv; pip install -r requirements.txt), so what the tests check is what the Space runs.
+FROM python:3.11-slim
+
+# libgomp: OpenMP runtime used by onnxruntime and TensorFlow's CPU kernels.
+RUN apt-get update && apt-get install -y --no-install-recommends libgomp1 && rm -rf /var/lib/apt/lists/*
+
+RUN useradd --create-home --uid 1000 user
+USER user
+ENV HOME=/home/user \
+    VIRTUAL_ENV=/home/user/venv \
+    PATH=/home/user/venv/bin:/home/user/.local/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    # Writable workspace: projects, runs, and the Fashion-MNIST arrays TFDS downloads at first use.
+    FMNIST_HOME=/home/user/fmnist-home \
+    STREAMLIT_BROWSER_GATHER_USAGE_STATS=false
+WORKDIR /home/user/app
+
+COPY --chown=user requirements.txt .
+RUN python -m venv "$VIRTUAL_ENV" \
+    && pip install --no-cache-dir --upgrade pip \
+    && pip install --no-cache-dir -r requirements.txt
+
+COPY --chown=user . .
+RUN mkdir -p "$FMNIST_HOME"
+
+EXPOSE 8501
+HEALTHCHECK --interval=30s --timeout=5s --start-period=60s CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8501/_stcore/health', timeout=4)"
+CMD ["streamlit", "run", "app.py", "--server.port", "8501", "--server.address", "0.0.0.0"]
