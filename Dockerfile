@@ -8,11 +8,11 @@ RUN apt-get update && apt-get install -y --no-install-recommends libgomp1 && rm 
 
 RUN useradd --create-home --uid 1000 user
 USER user
+# FMNIST_HOME is the writable workspace: projects, runs, and the Fashion-MNIST arrays TFDS downloads at first use.
 ENV HOME=/home/user \
     VIRTUAL_ENV=/home/user/venv \
     PATH=/home/user/venv/bin:/home/user/.local/bin:$PATH \
     PYTHONUNBUFFERED=1 \
-    # Writable workspace: projects, runs, and the Fashion-MNIST arrays TFDS downloads at first use.
     FMNIST_HOME=/home/user/fmnist-home \
     STREAMLIT_BROWSER_GATHER_USAGE_STATS=false
 WORKDIR /home/user/app
