@@ -426,9 +426,11 @@ def preprocess_photo(data: bytes, params: dict | None = None, input_shape: tuple
     features = _features(rgb, params["chroma_weight"])
     background, inliers = _background(features, ring)
     background_luma = background[..., 0]
-    inverted = float(np.median(background_luma[ring])) >= params["dark_background"]
-    shadow_free = _shadow_free(features, background, params) if inverted and params["shadow"] else None
+    light_background = float(np.median(background_luma[ring])) >= params["dark_background"]
+    shadow_free = _shadow_free(features, background, params) if light_background and params["shadow"] else None
     mask = _garment_mask(features, background, inliers, params, alpha, notes, shadow_free)
+    # Negate on a light background, and for a garment darker than a dark one (black shoes on a dark floor).
+    inverted = light_background or float(np.median(luma[mask] - background_luma[mask])) < 0
     if inverted:
         # A product photo on white, negated: darkness relative to the local background brightness (flat-field).
         white = np.maximum(background_luma, np.percentile(luma[mask], 99) if mask.any() else 1.0)
