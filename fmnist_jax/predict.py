@@ -479,9 +479,14 @@ def load_model(source: str, home: str | Path | None = None) -> Any:
     source = source.strip()
     if source == "demo":
         return bundle.load_model_dir(DEMO_DIR)
+    if "\x00" in source or len(source) > 4096:
+        raise ValueError("the model path contains a NUL character or is too long")
     path = Path(source).expanduser()
     if not path.exists() and not path.is_absolute():
-        path = store.safe_child(settings.home_dir(home), source)  # runs named relative to the workspace
+        workspace = settings.home_dir(home).resolve()
+        inside = (workspace / source).resolve()  # a run named relative to the workspace, never outside it
+        if inside.is_relative_to(workspace):
+            path = inside
     if path.is_file():
         return bundle.load_bundle(path)
     if path.is_dir() and (path / "run.json").is_file():
