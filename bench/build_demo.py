@@ -26,6 +26,7 @@ def main() -> None:
     parser.add_argument("--command", required=True, help="the exact training command, recorded in the card")
     parser.add_argument("--out", default=str(predict.DEMO_DIR))
     parser.add_argument("--photo-count", type=int, default=1000)
+    parser.add_argument("--note", help="how the run was chosen or where it trained, recorded in the card")
     args = parser.parse_args()
 
     run_dir = Path(args.run_dir)
@@ -53,6 +54,8 @@ def main() -> None:
         "command": args.command,
         "config_file": "config.json",
     }
+    if args.note:
+        card["note"] = args.note
     model.card = card
     out = Path(args.out)
     for name, payload in bundle.model_files(model).items():
