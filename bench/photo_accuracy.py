@@ -47,12 +47,12 @@ def main() -> None:
         print(json.dumps(result))
         return
     print(f"{result['count']} photo-like {args.split} images (seed {args.seed}), {result['seconds']} s")
-    print(f"{'':<18} {'pipeline':>9} {'naive':>7}")
-    print(f"{'all':<18} {result['pipeline_accuracy']:>9.3f} {result['naive_accuracy']:>7.3f}")
+    print(f"{'':<24} {'pipeline':>9} {'naive':>7}")
+    print(f"{'all':<24} {result['pipeline_accuracy']:>9.3f} {result['naive_accuracy']:>7.3f}")
     for part in ("light_background", "dark_background"):
         row = result[part]
         if row["count"]:
-            print(f"{part.replace('_', ' ') + ' (' + str(row['count']) + ')':<18} {row['pipeline_accuracy']:>9.3f} {row['naive_accuracy']:>7.3f}")
+            print(f"{part.replace('_', ' ') + ' (' + str(row['count']) + ')':<24} {row['pipeline_accuracy']:>9.3f} {row['naive_accuracy']:>7.3f}")
     print(f"clean originals: {result['clean_accuracy']:.3f}")
 
 
