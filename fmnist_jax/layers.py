@@ -227,6 +227,19 @@ class BatchNorm(nnx.Module):
         return (x * inv.astype(x.dtype) + (self.bias[...] - mean * inv).astype(x.dtype)).astype(x.dtype)
 
 
+def _tiled_pool(x: jax.Array, window: int, kind: str) -> jax.Array:
+    """Non-overlapping pooling as a reshape and a reduction (same values as reduce_window, VALID padding).
+
+    XLA's CPU backend turns the gradient of a max reduce_window into a select-and-scatter that
+    builds index tensors for every window (a quarter of dls's step time); the gradient of a plain
+    max reduction is one fused compare-and-select.
+    """
+    batch, height, width, channels = x.shape
+    out_h, out_w = height // window, width // window
+    tiles = x[:, :out_h * window, :out_w * window, :].reshape(batch, out_h, window, out_w, window, channels)
+    return tiles.max(axis=(2, 4)) if kind == "maxpool" else tiles.mean(axis=(2, 4))
+
+
 class Stateless(nnx.Module):
     """A layer with no parameters: pooling, dropout, flatten, activation."""
 
@@ -238,6 +251,8 @@ class Stateless(nnx.Module):
         opts = dict(self.opts)
         if self.kind in ("maxpool", "avgpool"):
             window, stride = opts["pool"], opts["stride"]
+            if window == stride and (opts["padding"] == "valid" or (x.shape[1] % window == 0 and x.shape[2] % window == 0)):
+                return _tiled_pool(x, window, self.kind)
             pad = "SAME" if opts["padding"] == "same" else "VALID"
             dims, strides = (1, window, window, 1), (1, stride, stride, 1)
             if self.kind == "maxpool":
