@@ -174,25 +174,21 @@ def build_program(graphdef: Any, cfg: TrainConfig, steps_per_epoch: int, mesh: j
 
     def chunk(state: dict, images: jax.Array, labels: jax.Array, perm: jax.Array, epoch_key: jax.Array,
               start: jax.Array, length: int) -> tuple[dict, jax.Array]:
-        def body(state: dict, offset: jax.Array):
-            step_in_epoch = start + offset
+        def body(step_in_epoch: jax.Array, carry: tuple[dict, jax.Array]) -> tuple[dict, jax.Array]:
+            state, sums = carry
+            idx = jax.lax.dynamic_slice(perm, (step_in_epoch * batch,), (batch,))
+            x = shard(images[idx].astype(jnp.float32) / 255.0)
+            y = shard(labels[idx])
+            key = jax.random.fold_in(epoch_key, step_in_epoch)
+            if cfg.augment.active():
+                x = augment_batch(x, jax.random.fold_in(key, 7919), cfg.augment)
+            state, step_sums = train_step(state, x, y, key)
+            return state, sums + step_sums
 
-            def run(state: dict):
-                idx = jax.lax.dynamic_slice(perm, (step_in_epoch * batch,), (batch,))
-                x = shard(images[idx].astype(jnp.float32) / 255.0)
-                y = shard(labels[idx])
-                key = jax.random.fold_in(epoch_key, step_in_epoch)
-                if cfg.augment.active():
-                    x = augment_batch(x, jax.random.fold_in(key, 7919), cfg.augment)
-                return train_step(state, x, y, key)
-
-            def skip(state: dict):
-                return state, jnp.zeros(3, jnp.float32)
-
-            return jax.lax.cond(step_in_epoch < steps_per_epoch, run, skip, state)
-
-        state, sums = jax.lax.scan(body, state, jnp.arange(length))
-        return state, sums.sum(0)
+        # A loop with a run-time trip count: the epoch's last, shorter chunk reuses this program, and
+        # no per-step conditional forces XLA to copy the optimizer state in and out of its branches.
+        stop = jnp.minimum(start + length, steps_per_epoch)
+        return jax.lax.fori_loop(start, stop, body, (state, jnp.zeros(3, jnp.float32)))
 
     def evaluate(params: Any, batch_stats: Any, images: jax.Array, labels: jax.Array, mask: jax.Array):
         logits, _ = forward(params, batch_stats, images.astype(jnp.float32) / 255.0, False, None)
