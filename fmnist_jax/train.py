@@ -150,6 +150,21 @@ def _mesh_for(cfg: TrainConfig) -> jax.sharding.Mesh | None:
     return jax.sharding.Mesh(np.array(devices), ("data",))
 
 
+CPU_MICRO_BATCH = 32
+
+
+def _micro_batches(batch: int, mesh: jax.sharding.Mesh | None, batch_stats: Any) -> int:
+    """How many pieces a CPU computes one batch's gradient in (1 = all at once).
+
+    Only for models without batch statistics (BatchNorm over a piece would change the maths) and
+    single-device runs; accelerators want the whole batch at once.
+    """
+    if mesh is not None or jax.default_backend() != "cpu" or jax.tree.leaves(batch_stats):
+        return 1
+    parts = batch // CPU_MICRO_BATCH
+    return parts if parts > 1 and batch % parts == 0 else 1
+
+
 def build_program(graphdef: Any, cfg: TrainConfig, steps_per_epoch: int, mesh: jax.sharding.Mesh | None) -> tuple[Callable, Callable, optax.GradientTransformation]:
     """The jitted chunk (scan of train steps) and eval functions; compiled on first call."""
     tx = make_optimizer(cfg, steps_per_epoch)
@@ -160,13 +175,34 @@ def build_program(graphdef: Any, cfg: TrainConfig, steps_per_epoch: int, mesh: j
     def shard(x: jax.Array) -> jax.Array:
         return jax.lax.with_sharding_constraint(x, batch_sharding) if batch_sharding is not None else x
 
+    def loss_fn(params: Any, batch_stats: Any, images: jax.Array, labels: jax.Array, key: jax.Array):
+        logits, new_stats = forward(params, batch_stats, images, True, key)
+        loss, correct = loss_and_correct(logits, labels, cfg)
+        return loss, (new_stats, correct)
+
+    # batch_stats is an argument (not a closure) so NNX mutates it at the trace level it lives on
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def batch_gradients(state: dict, images: jax.Array, labels: jax.Array, key: jax.Array):
+        parts = _micro_batches(batch, mesh, state["batch_stats"])
+        if parts == 1:
+            return grad_fn(state["params"], state["batch_stats"], images, labels, key)
+        # Same gradient as the whole batch at once (the model has no batch statistics), computed in
+        # cache-sized pieces: on a CPU the patch matrices of a large batch spill out of cache.
+        images = images.reshape((parts, batch // parts) + images.shape[1:])
+        labels = labels.reshape(parts, batch // parts)
+
+        def accumulate(part: jax.Array, totals: tuple):
+            (loss, (_, correct)), grads = grad_fn(state["params"], state["batch_stats"], images[part], labels[part],
+                                                  jax.random.fold_in(key, part))
+            return jax.tree.map(jnp.add, totals, (loss, correct, grads))
+
+        zeros = (jnp.float32(0), jnp.int32(0), jax.tree.map(jnp.zeros_like, state["params"]))
+        loss, correct, grads = jax.lax.fori_loop(0, parts, accumulate, zeros)
+        return (loss / parts, (state["batch_stats"], correct)), jax.tree.map(lambda g: g / parts, grads)
+
     def train_step(state: dict, images: jax.Array, labels: jax.Array, key: jax.Array) -> tuple[dict, jax.Array]:
-        def loss_fn(params: Any, batch_stats: Any):
-            logits, new_stats = forward(params, batch_stats, images, True, key)
-            loss, correct = loss_and_correct(logits, labels, cfg)
-            return loss, (new_stats, correct)
-        # batch_stats is an argument (not a closure) so NNX mutates it at the trace level it lives on
-        (loss, (new_stats, correct)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], state["batch_stats"])
+        (loss, (new_stats, correct)), grads = batch_gradients(state, images, labels, key)
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         new_state = {"params": params, "batch_stats": new_stats, "opt_state": opt_state, "step": state["step"] + 1}
