@@ -253,8 +253,9 @@ def export_forward(model: TrainedModel) -> Any:
             steps.append(("dense", spec, np.asarray(module.kernel.value),
                           None if module.bias is None else np.asarray(module.bias.value)))
         elif kind == "batchnorm":
-            inv = np.asarray(jax.lax.rsqrt(module.var.value + module.epsilon) * module.scale.value)
-            steps.append(("affine", spec, inv, np.asarray(module.bias.value - module.mean.value * inv)))
+            mean, var = module.running_stats()
+            inv = np.asarray(jax.lax.rsqrt(var + module.epsilon) * module.scale[...])
+            steps.append(("affine", spec, inv, np.asarray(module.bias[...] - mean * inv)))
         else:
             steps.append((kind, spec, None, None))
 

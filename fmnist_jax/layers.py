@@ -246,15 +246,28 @@ class Dense(nnx.Module):
 
 
 class BatchNorm(nnx.Module):
-    """Batch normalisation over all axes but the last; running statistics kept as BatchStat."""
+    """Batch normalisation over all axes but the last, with bias-corrected running statistics.
+
+    The running averages start at zero and are divided by (1 - momentum**updates), as Adam does
+    with its moments, so a model trained for only a few dozen steps evaluates with the statistics
+    of the data it saw instead of a blend dominated by the initial (0, 1).
+    """
 
     def __init__(self, params: dict, in_shape: Shape, rngs: nnx.Rngs):
         features = in_shape[-1]
         self.scale = nnx.Param(jnp.ones((features,)))
         self.bias = nnx.Param(jnp.zeros((features,)))
         self.mean = nnx.BatchStat(jnp.zeros((features,)))
-        self.var = nnx.BatchStat(jnp.ones((features,)))
+        self.var = nnx.BatchStat(jnp.zeros((features,)))
+        self.updates = nnx.BatchStat(jnp.zeros((), jnp.float32))
         self.momentum, self.epsilon = params["momentum"], params["epsilon"]
+
+    def running_stats(self) -> tuple[jax.Array, jax.Array]:
+        """(mean, variance) used at inference: bias-corrected averages, or (0, 1) before any update."""
+        correction = 1.0 - self.momentum ** self.updates[...]
+        trained = self.updates[...] > 0
+        safe = jnp.where(trained, correction, 1.0)
+        return (jnp.where(trained, self.mean[...] / safe, 0.0), jnp.where(trained, self.var[...] / safe, 1.0))
 
     def __call__(self, x: jax.Array, ctx: Context) -> jax.Array:
         axes = tuple(range(x.ndim - 1))
@@ -265,8 +278,9 @@ class BatchNorm(nnx.Module):
             m = self.momentum
             self.mean[...] = m * self.mean[...] + (1 - m) * jax.lax.stop_gradient(mean)
             self.var[...] = m * self.var[...] + (1 - m) * jax.lax.stop_gradient(var)
+            self.updates[...] = self.updates[...] + 1.0
         else:
-            mean, var = self.mean[...], self.var[...]
+            mean, var = self.running_stats()
         inv = jax.lax.rsqrt(var + self.epsilon) * self.scale[...]
         return (x * inv.astype(x.dtype) + (self.bias[...] - mean * inv).astype(x.dtype)).astype(x.dtype)
 
