@@ -33,7 +33,7 @@ def enable_compile_cache(home: str | Path | None = None) -> None:
     from . import settings
 
     jax.config.update("jax_compilation_cache_dir", str(settings.home_dir(home) / "jax_cache"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
 def device_summary() -> dict:
