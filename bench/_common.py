@@ -1,0 +1,72 @@
+"""Helpers shared by the benchmarks: repository import path, data, timing statistics, tables, JSON."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+
+def load_average() -> float | None:
+    """The 1-minute load average (other processes share this CPU; every table reports it)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
+def median(values: Sequence[float]) -> float | None:
+    """Median of the finite values, or None when there are none."""
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return statistics.median(finite) if finite else None
+
+
+def fashion_splits(quick: bool, seed: int = 0, val_fraction: float = 0.1) -> Any:
+    """Official Fashion-MNIST split, or (quick mode) a small synthetic one that needs no data files."""
+    from fmnist_jax import data
+
+    if quick:
+        dataset = data.synthetic_dataset(num_train=1024, num_test=256, seed=seed)
+    else:
+        dataset = data.load_dataset("fashion_mnist")
+    return data.make_splits(dataset, data.SplitSpec(mode="official", val_fraction=val_fraction, seed=seed))
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """A plain fixed-width table on stdout."""
+    text = [[_cell(v) for v in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in text)) if text else len(h) for i, h in enumerate(headers)]
+    print("  ".join(h.rjust(w) for h, w in zip(headers, widths)))
+    for row in text:
+        print("  ".join(v.rjust(w) for v, w in zip(row, widths)))
+    sys.stdout.flush()
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def emit_json(result: dict) -> None:
+    """The benchmark's result as one JSON object on the last stdout line (NaN becomes null)."""
+    def clean(value: Any) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(v) for v in value]
+        return value
+    print(json.dumps(clean(result)), flush=True)

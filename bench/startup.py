@@ -1,0 +1,142 @@
+"""Start-up latency: the app's first page, and a training run's first metric record (cold and warm compile cache).
+
+1. `streamlit run app.py` in a fresh process until `/_stcore/health` answers ok and the home page HTML
+   is fetched (median of several starts; the first start also pays for cold .pyc files).
+2. A fresh Python process that loads the data and calls the training generator: seconds from the call
+   to the first metric record ('chunk'), first with an empty persistent compilation cache, then with
+   the cache the first run wrote (train.enable_compile_cache, as the CLI and the app call it).
+
+    python bench/startup.py [--repeats 3] [--json]
+    python bench/startup.py --quick --json      # synthetic data, one app start, for CI
+
+JSON keys: app_first_page_s, train_first_record_cold_s, train_first_record_warm_s, compile_cold_s,
+compile_warm_s, plus the individual samples and the load average.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import _common
+from _common import emit_json, load_average, median, print_table
+
+FIRST_RECORD_SCRIPT = """
+import json, sys, time
+sys.path.insert(0, {repo!r})
+from fmnist_jax import data, layers, train
+from fmnist_jax.config import TrainConfig
+train.enable_compile_cache()
+quick = {quick!r}
+dataset = data.synthetic_dataset(num_train=512, num_test=64) if quick else data.load_dataset("fashion_mnist")
+splits = data.make_splits(dataset, data.SplitSpec(mode="official", val_fraction=0.1, seed=0))
+cfg = TrainConfig(epochs=1, chunk_steps=5 if quick else 50, batch_size=32 if quick else 128)
+spec = layers.preset({preset!r})
+start = time.perf_counter()
+for record in train.train(spec, cfg, splits):
+    if record["kind"] == "start":
+        compile_seconds = record["compile_seconds"]
+    if record["kind"] == "chunk":
+        print(json.dumps({{"first_record_s": time.perf_counter() - start, "compile_s": compile_seconds}}))
+        break
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return response.status, response.read()
+
+
+def app_first_page_seconds(home: Path, timeout: float = 120.0) -> float:
+    """Seconds from launching `streamlit run app.py` to a healthy server that served the home page HTML."""
+    port = _free_port()
+    command = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port", str(port),
+               "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"]
+    env = {**os.environ, "FMNIST_HOME": str(home)}
+    start = time.perf_counter()
+    process = subprocess.Popen(command, cwd=_common.REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        while time.perf_counter() - start < timeout:
+            if process.poll() is not None:
+                raise RuntimeError(f"streamlit exited with status {process.returncode}")
+            try:
+                status, body = _get(base + "/_stcore/health", timeout=1.0)
+                if status == 200 and body.strip() == b"ok":
+                    status, page = _get(base + "/")
+                    if status == 200 and b"<html" in page.lower():
+                        return time.perf_counter() - start
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"the app did not serve its first page within {timeout:.0f} s")
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def first_record(home: Path, preset: str, quick: bool) -> dict:
+    """{'first_record_s', 'compile_s'} of a fresh process training with `home` as its workspace (and compile cache)."""
+    script = FIRST_RECORD_SCRIPT.format(repo=str(_common.REPO), quick=quick, preset=preset)
+    env = {**os.environ, "FMNIST_HOME": str(home)}
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=900)
+    if result.returncode != 0:
+        raise RuntimeError(f"training process failed: {result.stderr.strip().splitlines()[-1:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=3, help="app starts and warm training starts to take the median of")
+    parser.add_argument("--preset", default="fast")
+    parser.add_argument("--quick", action="store_true", help="synthetic data, one app start, for CI")
+    parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    args = parser.parse_args()
+    repeats = 1 if args.quick else args.repeats
+    load_before = load_average()
+
+    with tempfile.TemporaryDirectory(prefix="fmnist-startup-") as tmp:
+        app_home = Path(tmp) / "app-home"
+        page_seconds = [app_first_page_seconds(app_home) for _ in range(repeats)]
+        train_home = Path(tmp) / "train-home"
+        datasets = Path(os.environ.get("FMNIST_HOME", Path.home() / ".fmnist_jax")) / "datasets"
+        if datasets.is_dir() and not args.quick:
+            train_home.mkdir()
+            (train_home / "datasets").symlink_to(datasets, target_is_directory=True)  # prepared arrays, not the cache
+        cold = first_record(train_home, args.preset, args.quick)
+        warm = [first_record(train_home, args.preset, args.quick) for _ in range(repeats)]
+
+    result = {"app_first_page_s": round(median(page_seconds), 2), "app_first_page_samples_s": [round(s, 2) for s in page_seconds],
+              "train_first_record_cold_s": round(cold["first_record_s"], 2),
+              "train_first_record_warm_s": round(median([w["first_record_s"] for w in warm]), 2),
+              "compile_cold_s": round(cold["compile_s"], 2), "compile_warm_s": round(median([w["compile_s"] for w in warm]), 2),
+              "preset": args.preset, "quick": args.quick, "load_average": [load_before, load_average()]}
+    print(f"start-up latency ({os.cpu_count()} cores, load average {load_before} -> {result['load_average'][1]})")
+    print_table(["what", "seconds", "samples"], [
+        ["streamlit run app.py -> first page", result["app_first_page_s"], ", ".join(f"{s:.2f}" for s in page_seconds)],
+        [f"train {args.preset}: call -> first record, empty compile cache", result["train_first_record_cold_s"],
+         f"compile {result['compile_cold_s']:.2f}"],
+        [f"train {args.preset}: call -> first record, warm compile cache", result["train_first_record_warm_s"],
+         f"compile {result['compile_warm_s']:.2f}"]])
+    if args.json:
+        emit_json(result)
+
+
+if __name__ == "__main__":
+    main()

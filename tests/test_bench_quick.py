@@ -1,0 +1,53 @@
+"""Every benchmark in bench/ runs end to end in --quick mode and prints the JSON keys the README relies on."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+
+def _run(script: str, *args: str, timeout: float = 600) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run([sys.executable, str(REPO / "bench" / script), "--quick", "--json", *args], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) > 1, "a table is printed before the JSON line"
+    return json.loads(lines[-1])
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="PyTorch is a benchmark-only dependency (requirements-bench.txt)")
+def test_throughput_quick() -> None:
+    out = _run("throughput.py")
+    for key in ("jax_img_s_128", "torch_img_s_128", "ratio_128", "jax_img_s_512", "torch_img_s_512", "ratio_512",
+                "flop_utilisation_512"):
+        assert isinstance(out[key], float) and out[key] > 0, key
+    assert out["ratio_512"] == pytest.approx(out["jax_img_s_512"] / out["torch_img_s_512"], rel=0.01)
+    assert out["eval_img_s"] > 0
+
+
+def test_throughput_quick_without_torch() -> None:
+    out = _run("throughput.py", "--no-torch", "--batch-sizes", "32")
+    assert out["jax_img_s_32"] > 0 and out["torch_img_s_32"] is None and out["ratio_32"] is None
+
+
+def test_time_to_accuracy_quick() -> None:
+    out = _run("time_to_accuracy.py")
+    assert set(out) >= {"preset", "seconds_to_93", "seconds_to_94", "best_test_accuracy", "epochs"}
+    assert out["preset"] == "fast" and out["epochs"] == 1 and 0.0 <= out["best_test_accuracy"] <= 1.0
+    for key in ("seconds_to_93", "seconds_to_94"):
+        assert out[key] is None or out[key] > 0
+    assert out["curve"][0]["epoch"] == 1 and out["config_file"] == "bench/configs/fast_best.json"
+
+
+def test_startup_quick() -> None:
+    out = _run("startup.py", timeout=900)
+    assert 0 < out["app_first_page_s"] < 120
+    assert out["train_first_record_cold_s"] > 0 and out["train_first_record_warm_s"] > 0
+    assert out["compile_warm_s"] <= out["compile_cold_s"] + 1.0  # the persistent cache was used

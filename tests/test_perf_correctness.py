@@ -1,0 +1,201 @@
+"""The optimised training path computes what a plain implementation computes.
+
+Speed lives in bench/; these tests only pin down correctness: every convolution implementation,
+the reshape pooling, the micro-batched gradient and the compiled training chunk give the loss and
+gradients of a plain reference model; data-parallel training over 4 devices follows the 1-device
+loss curve; bfloat16 compute trains as well as float32; the dropout mask keeps the right fraction.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fmnist_jax import data, layers, train
+from fmnist_jax.config import TrainConfig
+
+from conftest import REPO
+
+BATCH = 64  # two 32-image pieces for models without BatchNorm: the micro-batched gradient is exercised
+
+
+def _without_dropout(spec: list[dict]) -> list[dict]:
+    """The preset with every dropout rate at 0, so both implementations see the same deterministic network."""
+    return [dict(layer, rate=0.0) if layer["type"] == "dropout" else layer for layer in layers.normalize_spec(spec)]
+
+
+# ----------------------------------------------------------------------------- plain reference model
+
+def _reference_logits(spec: list[dict], params: dict, images: jax.Array) -> jax.Array:
+    """The spec's network in training mode written with textbook JAX ops (lax.conv, reduce_window, two-pass BN)."""
+    x = images
+    for index, layer in enumerate(spec):
+        kind, p = layer["type"], params.get(index, {})
+        if kind == "conv2d":
+            x = jax.lax.conv_general_dilated(x, p["kernel"], (layer["stride"],) * 2, layer["padding"].upper(),
+                                             dimension_numbers=("NHWC", "HWIO", "NHWC"))
+            x = layers.ACTIVATIONS[layer["activation"]](x + p["bias"] if "bias" in p else x)
+        elif kind == "dense":
+            x = layers.ACTIVATIONS[layer["activation"]](x @ p["kernel"] + p["bias"])
+        elif kind == "maxpool":
+            window = (1, layer["pool"], layer["pool"], 1)
+            x = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, window, (1, layer["stride"], layer["stride"], 1),
+                                      layer["padding"].upper())
+        elif kind == "batchnorm":
+            mean = x.mean(axis=(0, 1, 2))
+            var = ((x - mean) ** 2).mean(axis=(0, 1, 2))
+            x = (x - mean) / jnp.sqrt(var + layer["epsilon"]) * p["scale"] + p["bias"]
+        elif kind == "activation":
+            x = layers.ACTIVATIONS[layer["function"]](x)
+        elif kind == "flatten":
+            x = x.reshape(x.shape[0], -1)
+        elif kind != "dropout":
+            raise AssertionError(f"reference model lacks {kind}")
+    return x
+
+
+def _reference_loss(spec: list[dict], params: dict, images: jax.Array, labels: jax.Array) -> jax.Array:
+    log_probs = jax.nn.log_softmax(_reference_logits(spec, params, images))
+    return -jnp.take_along_axis(log_probs, labels[:, None], axis=1).mean()
+
+
+def _program_step(spec: list[dict], conv_impl: str, images: np.ndarray, labels: np.ndarray) -> tuple[float, dict, dict]:
+    """(loss, gradients, initial params) of one step of the compiled training chunk (SGD, lr 1: update = -gradient)."""
+    cfg = TrainConfig(batch_size=BATCH, optimizer="sgd", momentum=0.0, learning_rate=1.0, conv_impl=conv_impl, chunk_steps=1)
+    graphdef, state = train.init_state(spec, images.shape[1:], 10, cfg, steps_per_epoch=1)
+    chunk_fn, _, _ = train.build_program(graphdef, cfg, 1, None)
+    before = jax.tree.map(np.asarray, state["params"].to_pure_dict()["layers"])
+    state, sums = chunk_fn(state, jnp.asarray(images), jnp.asarray(labels), jnp.arange(BATCH, dtype=jnp.int32),
+                           train._base_key(0), jnp.int32(0), length=1)
+    after = jax.tree.map(np.asarray, state["params"].to_pure_dict()["layers"])
+    grads = jax.tree.map(lambda b, a: b - a, before, after)
+    return float(sums[0] / sums[2]), grads, before
+
+
+@pytest.fixture(scope="module")
+def fixed_batch() -> tuple[np.ndarray, np.ndarray]:
+    dataset = data.synthetic_dataset(num_train=BATCH, num_test=10, seed=3)
+    return dataset.train_images, dataset.train_labels
+
+
+@pytest.mark.parametrize("conv_impl", ["auto", "im2col", "xla"])
+@pytest.mark.parametrize("preset", ["dls", "fast"])
+def test_training_step_matches_a_plain_reference(preset: str, conv_impl: str, fixed_batch) -> None:
+    images, labels = fixed_batch
+    spec = _without_dropout(layers.preset(preset))
+    loss, grads, params = _program_step(spec, conv_impl, images, labels)
+    x = jnp.asarray(images, jnp.float32) / 255.0
+    ref_loss, ref_grads = jax.value_and_grad(lambda p: _reference_loss(spec, p, x, jnp.asarray(labels)))(params)
+    assert loss == pytest.approx(float(ref_loss), rel=1e-5)
+    assert jax.tree.structure(grads) == jax.tree.structure(ref_grads)
+    for path, grad, ref in zip(jax.tree_util.tree_leaves_with_path(ref_grads), jax.tree.leaves(grads), jax.tree.leaves(ref_grads)):
+        scale = float(np.abs(ref).max())
+        assert scale > 0, f"{path[0]}: reference gradient is zero"
+        # lr 1 SGD subtracts the gradient from the weights, so float32 weight rounding bounds the error
+        tolerance = 2e-4 * scale + 2e-6 * float(np.abs(params_leaf(params, path[0])).max())
+        assert float(np.abs(grad - ref).max()) <= tolerance, jax.tree_util.keystr(path[0])
+
+
+def params_leaf(params: dict, path: tuple) -> np.ndarray:
+    """The parameter at a tree path."""
+    node = params
+    for key in path:
+        node = node[key.key]
+    return node
+
+
+@pytest.mark.parametrize("conv_impl", ["xla_dots", "im2col"])
+@pytest.mark.parametrize("padding,kernel,stride", [("valid", 3, 1), ("same", 3, 1), ("same", 5, 1), ("same", 2, 1), ("same", 3, 2)])
+def test_convolution_implementations_match_xla(conv_impl: str, padding: str, kernel: int, stride: int) -> None:
+    x = jax.random.normal(jax.random.key(0), (3, 9, 9, 5))
+    w = jax.random.normal(jax.random.key(1), (kernel, kernel, 5, 7))
+
+    def loss(impl: str):
+        return lambda x, w: (layers.conv2d_apply(x, w, stride, padding, impl) ** 2).sum()
+
+    expected = layers.conv2d_apply(x, w, stride, padding, "xla")
+    np.testing.assert_allclose(layers.conv2d_apply(x, w, stride, padding, conv_impl), expected, rtol=1e-5, atol=1e-4)
+    for got, want in zip(jax.grad(loss(conv_impl), (0, 1))(x, w), jax.grad(loss("xla"), (0, 1))(x, w)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(jnp.abs(want).max()))
+
+
+@pytest.mark.parametrize("kind", ["maxpool", "avgpool"])
+@pytest.mark.parametrize("size,padding", [(8, "valid"), (7, "valid"), (8, "same")])
+def test_reshape_pooling_matches_reduce_window(kind: str, size: int, padding: str) -> None:
+    x = jax.random.normal(jax.random.key(2), (2, size, size, 3))
+    layer = layers.Stateless(kind, {"pool": 2, "stride": 2, "padding": padding}, 0)
+    op, init = (jax.lax.max, -jnp.inf) if kind == "maxpool" else (jax.lax.add, 0.0)
+    expected = jax.lax.reduce_window(x, init, op, (1, 2, 2, 1), (1, 2, 2, 1), padding.upper())
+    if kind == "avgpool":
+        expected = expected / 4
+    np.testing.assert_allclose(layer(x, layers.Context()), expected, rtol=1e-6)
+
+
+def test_dropout_mask_keeps_the_configured_fraction_and_rescales() -> None:
+    layer = layers.Stateless("dropout", {"rate": 0.4}, 3)
+    out = layer(jnp.ones((64, 16, 16, 8)), layers.Context(train=True, rng=train._base_key(0)))
+    kept = np.asarray(out) > 0
+    assert abs(kept.mean() - 0.6) < 0.01
+    np.testing.assert_allclose(np.asarray(out)[kept], 1 / 0.6, rtol=1e-6)
+    again = layer(jnp.ones((64, 16, 16, 8)), layers.Context(train=True, rng=train._base_key(0)))
+    np.testing.assert_array_equal(out, again)
+
+
+# ----------------------------------------------------------------------------- data parallel
+
+DATA_PARALLEL_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import jax
+    from fmnist_jax import data, train
+    from fmnist_jax.config import TrainConfig
+    dataset = data.synthetic_dataset(num_train=256, num_test=32, seed=0)
+    splits = data.make_splits(dataset, data.SplitSpec(mode="official", val_fraction=0.25, seed=0))
+    spec = [{"type": "conv2d", "filters": 8, "kernel": 3, "activation": "relu"}, {"type": "maxpool"},
+            {"type": "dropout", "rate": 0.25}, {"type": "flatten"}, {"type": "dense", "units": 10}]
+    out = {"devices": len(jax.devices())}
+    for mode in ("off", "auto"):
+        cfg = TrainConfig(epochs=2, batch_size=32, chunk_steps=2, data_parallel=mode)
+        records = list(train.train(spec, cfg, splits))
+        out[mode] = {"data_parallel": records[0]["data_parallel"],
+                     "losses": [r["loss"] for r in records if r["kind"] == "chunk"],
+                     "val_loss": [r["val_loss"] for r in records if r["kind"] == "epoch"]}
+    print(json.dumps(out))
+""")
+
+
+def test_four_device_data_parallel_follows_the_single_device_loss_curve() -> None:
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu",
+           "PYTHONPATH": str(REPO)}
+    result = subprocess.run([sys.executable, "-c", DATA_PARALLEL_SCRIPT], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["devices"] == 4
+    assert out["off"]["data_parallel"] is False and out["auto"]["data_parallel"] is True
+    assert len(out["off"]["losses"]) == len(out["auto"]["losses"]) == 6
+    np.testing.assert_allclose(out["auto"]["losses"], out["off"]["losses"], rtol=1e-5)
+    np.testing.assert_allclose(out["auto"]["val_loss"], out["off"]["val_loss"], rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- bfloat16
+
+def test_bfloat16_trains_into_the_float32_accuracy_band() -> None:
+    dataset = data.synthetic_dataset(num_train=640, num_test=64, seed=4)
+    splits = data.make_splits(dataset, data.SplitSpec(mode="official", val_fraction=0.25, seed=0))
+    spec = [{"type": "conv2d", "filters": 8, "kernel": 3, "padding": "same", "activation": "relu"},
+            {"type": "maxpool"}, {"type": "batchnorm"}, {"type": "flatten"},
+            {"type": "dense", "units": 32, "activation": "relu"}, {"type": "dense", "units": 10}]
+    accuracy = {}
+    for precision in ("float32", "bfloat16"):
+        cfg = TrainConfig(epochs=4, batch_size=32, learning_rate=3e-3, chunk_steps=5, precision=precision)
+        final = train.run_to_completion(train.train(spec, cfg, splits))
+        assert final["status"] == "completed"
+        accuracy[precision] = final["val_accuracy"]
+    assert accuracy["float32"] >= 0.9
+    assert accuracy["bfloat16"] >= accuracy["float32"] - 0.05
