@@ -183,6 +183,47 @@ def test_four_device_data_parallel_follows_the_single_device_loss_curve() -> Non
     np.testing.assert_allclose(out["auto"]["val_loss"], out["off"]["val_loss"], rtol=1e-5)
 
 
+MULTI_PROCESS_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import jax
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=sys.argv[1], num_processes=2, process_id=int(sys.argv[2]))
+    from fmnist_jax import data, train
+    from fmnist_jax.config import TrainConfig
+    dataset = data.synthetic_dataset(num_train=256, num_test=32, seed=0)
+    splits = data.make_splits(dataset, data.SplitSpec(mode="official", val_fraction=0.25, seed=0))
+    spec = [{"type": "conv2d", "filters": 8, "kernel": 3, "activation": "relu"}, {"type": "maxpool"},
+            {"type": "dropout", "rate": 0.25}, {"type": "flatten"}, {"type": "dense", "units": 10}]
+    records = list(train.train(spec, TrainConfig(epochs=2, batch_size=32, chunk_steps=2), splits))
+    print(json.dumps({"devices": records[0]["devices"], "data_parallel": records[0]["data_parallel"],
+                      "losses": [r["loss"] for r in records if r["kind"] == "chunk"]}))
+""")
+
+
+def test_two_processes_with_jax_distributed_follow_the_single_device_loss_curve() -> None:
+    """Multi-host in miniature: 2 processes x 2 CPU devices joined by jax.distributed.initialize (gloo collectives)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{sock.getsockname()[1]}"
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu",
+           "PYTHONPATH": str(REPO)}
+    processes = [subprocess.Popen([sys.executable, "-c", MULTI_PROCESS_SCRIPT, address, str(rank)], env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+    outputs = [process.communicate(timeout=600) for process in processes]
+    for process, (_, stderr) in zip(processes, outputs):
+        assert process.returncode == 0, stderr[-2000:]
+    results = [json.loads(stdout.strip().splitlines()[-1]) for stdout, _ in outputs]
+    single = subprocess.run([sys.executable, "-c", DATA_PARALLEL_SCRIPT], capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO)})
+    assert single.returncode == 0, single.stderr[-2000:]
+    reference = json.loads(single.stdout.strip().splitlines()[-1])["off"]["losses"]
+    for result in results:
+        assert result["devices"] == 4 and result["data_parallel"] is True
+        np.testing.assert_allclose(result["losses"], reference, rtol=1e-5)
+
+
 # ----------------------------------------------------------------------------- bfloat16
 
 def test_bfloat16_trains_into_the_float32_accuracy_band() -> None:
