@@ -168,7 +168,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         split_spec = data.SplitSpec.from_dict(run["split"])
         limit, run_dir = run.get("limit"), resume_dir
     else:
-        base = _read_json_file(args.config, "config") if args.config else None
+        if args.config:
+            base = _read_json_file(args.config, "config")
+        elif not args.model and (args.preset or "fast") in layers.PRESETS:
+            base = dict(layers.PRESETS[args.preset or "fast"].train_defaults)  # the preset's recommended settings
+        else:
+            base = None
         cfg = _build_config(args, base)
         dataset = _import_if_path(args)
         split_spec = _split_spec(args, cfg.seed)
@@ -290,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model (or --resume a run)")
     p.add_argument("--preset", help="model preset (fast, dls, lenet, wide); default fast")
     p.add_argument("--model", help="model spec JSON file (a list of layers)")
-    p.add_argument("--config", help="TrainConfig JSON file; flags override it")
+    p.add_argument("--config", help="TrainConfig JSON file; flags override it (default: the preset's recommended settings)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--optimizer")

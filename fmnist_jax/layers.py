@@ -613,10 +613,14 @@ class Preset:
     name: str
     description: str
     make: Callable[[int], list[dict]] = field(repr=False)
+    # TrainConfig settings this model trains best with when the user gives none (chosen on validation accuracy)
+    train_defaults: dict = field(default_factory=dict)
 
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (
-    Preset("fast", "BatchNorm conv blocks tuned for accuracy per second on a 2-core CPU (default)", _fast),
+    Preset("fast", "BatchNorm conv blocks tuned for accuracy per second on a 2-core CPU (default)", _fast,
+           # 1 epoch: validation 0.895 vs 0.870 (adam 2e-3 constant) on the official split
+           {"learning_rate": 3e-3, "schedule": "one_cycle"}),
     Preset("dls", "The seed article's Deep Learning Studio CNN, layer for layer (1,421,194 params)", _dls),
     Preset("lenet", "LeNet-5 style: two tanh conv layers with average pooling", _lenet),
     Preset("wide", "Wider VGG-style BatchNorm network for GPUs and long CPU runs", _wide),
