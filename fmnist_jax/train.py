@@ -1,7 +1,7 @@
 """Jit-compiled training over device-resident data, as a generator of metric records.
 
 The whole training split lives on the device as uint8. One compiled function runs a chunk of
-`chunk_steps` optimizer steps with `lax.scan` (gathering each batch from an on-device permutation),
+`chunk_steps` optimizer steps in one `lax.fori_loop` (gathering each batch from an on-device permutation),
 so Python is touched once per chunk: that is when metrics are reported and a stop request is seen.
 Random keys are derived from (seed, epoch, step), so a resumed run repeats an uninterrupted one.
 """
@@ -186,7 +186,7 @@ def inference_logits(forward: Callable, params: Any, batch_stats: Any, images: j
 
 
 def build_program(graphdef: Any, cfg: TrainConfig, steps_per_epoch: int, mesh: jax.sharding.Mesh | None) -> tuple[Callable, Callable, optax.GradientTransformation]:
-    """The jitted chunk (scan of train steps) and eval functions; compiled on first call."""
+    """The jitted chunk (a loop of train steps) and eval functions; compiled on first call."""
     tx = make_optimizer(cfg, steps_per_epoch)
     forward = make_forward(graphdef, cfg)
     batch = cfg.batch_size
