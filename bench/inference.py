@@ -1,16 +1,21 @@
 """Inference benchmarks of a deployed model, measured side by side in one run:
 
+- evaluation throughput: images/s of the model's batched prediction over the 10k Fashion-MNIST test
+  set (median of repeats; synthetic images of the same shape when the data files are not set up);
 - predict latency (decode + photo pipeline + model, one file per call) for a 12-megapixel JPEG and a 28x28 PNG;
 - REST latency over N sequential requests to a real `serve` process (uvicorn on a free localhost port);
 - ONNX parity: max |p_onnx - p_jax| over Fashion-MNIST test images (the 50 shipped samples without the data).
 
-    python bench/inference.py demo [--repeats 30] [--requests 100] [--json]
+    python bench/inference.py [demo|RUN_DIR|BUNDLE] [--repeats 30] [--requests 100] [--json]
+    python bench/inference.py --quick --json     # few repeats, no data files needed, for CI
+
+JSON keys: eval_img_s, predict_28_p50_ms, predict_28_p95_ms, predict_12mp_p50_ms, predict_12mp_p95_ms,
+rest_28_p50_ms, rest_12mp_p50_ms, onnx_max_abs_diff, plus the detailed tables and the load average.
 """
 from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
 import socket
 import subprocess
@@ -21,22 +26,53 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+import _common
+from _common import emit_json, load_average, median, print_table
 
-from fmnist_jax import bundle, data, photos, predict, settings  # noqa: E402
+from fmnist_jax import bundle, data, photos, predict, settings
 
+REPO = _common.REPO
 SAMPLES = REPO / "tests" / "data" / "fashion_mnist_test_samples.npz"
 
 
+def _data_available() -> bool:
+    return (settings.home_dir() / "datasets" / "fashion_mnist" / "meta.json").exists() or bool(os.environ.get("FMNIST_DATA_DIR"))
+
+
 def _sample_images() -> tuple[np.ndarray, str]:
-    if (settings.home_dir() / "datasets" / "fashion_mnist" / "meta.json").exists() or os.environ.get("FMNIST_DATA_DIR"):
+    if _data_available():
         try:
             return np.asarray(data.load_dataset("fashion_mnist").test_images[:1000]), "1000 Fashion-MNIST test images"
         except (ValueError, data.DataUnavailable):
             pass
     with np.load(SAMPLES, allow_pickle=False) as stored:
         return stored["images"][..., None], "50 shipped test samples"
+
+
+def _eval_set(quick: bool) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """The 10k test images and labels, or (no data files / quick) synthetic images of the same shape."""
+    if not quick and _data_available():
+        try:
+            dataset = data.load_dataset("fashion_mnist")
+            return np.asarray(dataset.test_images), np.asarray(dataset.test_labels), "10k Fashion-MNIST test images"
+        except (ValueError, data.DataUnavailable):
+            pass
+    count = 1000 if quick else 10_000
+    images = np.random.default_rng(0).integers(0, 256, (count, 28, 28, 1), dtype=np.uint8)
+    return images, None, f"{count:,} synthetic 28x28 images (no data files)"
+
+
+def eval_throughput(model: object, images: np.ndarray, labels: np.ndarray | None, repeats: int) -> dict:
+    """Images/s of predict_proba over the whole set (the evaluation path), median of repeats after a warm-up."""
+    model.predict_proba(images[:1000])
+    seconds, probs = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        probs = model.predict_proba(images, batch=1000)
+        seconds.append(time.perf_counter() - start)
+    accuracy = float((probs.argmax(1) == labels).mean()) if labels is not None else None
+    return {"images": int(len(images)), "img_s": round(len(images) / median(seconds), 1),
+            "seconds": [round(s, 3) for s in seconds], "accuracy": accuracy}
 
 
 def _inputs(image: np.ndarray) -> dict[str, bytes]:
@@ -123,27 +159,45 @@ def onnx_parity(model: object, images: np.ndarray) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", nargs="?", default="demo")
-    parser.add_argument("--repeats", type=int, default=30)
-    parser.add_argument("--requests", type=int, default=100)
-    parser.add_argument("--json", action="store_true")
+    parser.add_argument("model", nargs="?", default="demo", help="'demo', a run folder or a bundle")
+    parser.add_argument("--repeats", type=int, default=30, help="predict calls per input (after one warm-up)")
+    parser.add_argument("--eval-repeats", type=int, default=5, help="passes over the test set")
+    parser.add_argument("--requests", type=int, default=100, help="sequential REST requests per input")
+    parser.add_argument("--quick", action="store_true", help="few repeats on synthetic data, for CI")
+    parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     args = parser.parse_args()
+    if args.quick:
+        args.repeats, args.eval_repeats, args.requests = 3, 1, 5
 
+    load_before = load_average()
     model = predict.load_model(args.model)
+    eval_images, eval_labels, eval_described = _eval_set(args.quick)
+    evaluation = {**eval_throughput(model, eval_images, eval_labels, args.eval_repeats), "set": eval_described}
     images, described = _sample_images()
+    if args.quick:
+        images, described = images[:50], f"{min(50, len(images))} test images"
     inputs = _inputs(images[0])
-    result = {"model": args.model, "predict": predict_latency(model, inputs, args.repeats),
-              "rest": rest_latency(args.model, inputs, args.requests), "onnx": {**onnx_parity(model, images), "set": described}}
-    if args.json:
-        print(json.dumps(result))
-        return
-    print(f"{'':<24} {'predict p50':>11} {'p95':>8}   {'REST p50':>8} {'p95':>8} {'errors':>6}")
-    for name in inputs:
-        p, r = result["predict"][name], result["rest"][name]
-        print(f"{name:<24} {p['p50_ms']:>9.1f}ms {p['p95_ms']:>6.1f}ms   {r['p50_ms']:>6.1f}ms {r['p95_ms']:>6.1f}ms {r['errors']:>6}")
-    onnx = result["onnx"]
+    latency = predict_latency(model, inputs, args.repeats)
+    rest = rest_latency(args.model, inputs, args.requests)
+    onnx = {**onnx_parity(model, images), "set": described}
+    big, small = "12 MP JPEG (4000x3000)", "28x28 PNG"
+
+    print(f"inference of {args.model!r}, load average {load_before} -> {load_average()}")
+    print(f"evaluation: {evaluation['img_s']:,.0f} img/s over {eval_described}"
+          + (f" (accuracy {evaluation['accuracy']:.4f})" if evaluation["accuracy"] is not None else ""))
+    print_table(["input", "bytes", "predict p50 ms", "p95 ms", "REST p50 ms", "p95 ms", "REST errors"],
+                [[name, latency[name]["bytes"], f"{latency[name]['p50_ms']:.1f}", f"{latency[name]['p95_ms']:.1f}",
+                  f"{rest[name]['p50_ms']:.1f}", f"{rest[name]['p95_ms']:.1f}", rest[name]["errors"]] for name in inputs])
     print(f"ONNX parity on {described}: max |p_onnx - p_jax| = {onnx['max_abs_diff']:.2e}, "
           f"argmax agreement {onnx['argmax_agreement']:.4f}, {onnx['onnx_bytes']:,} bytes")
+    if args.json:
+        emit_json({"eval_img_s": evaluation["img_s"],
+                   "predict_28_p50_ms": latency[small]["p50_ms"], "predict_28_p95_ms": latency[small]["p95_ms"],
+                   "predict_12mp_p50_ms": latency[big]["p50_ms"], "predict_12mp_p95_ms": latency[big]["p95_ms"],
+                   "rest_28_p50_ms": rest[small]["p50_ms"], "rest_12mp_p50_ms": rest[big]["p50_ms"],
+                   "onnx_max_abs_diff": onnx["max_abs_diff"], "model": args.model, "evaluation": evaluation,
+                   "predict": latency, "rest": rest, "onnx": onnx, "quick": args.quick,
+                   "load_average": [load_before, load_average()]})
 
 
 if __name__ == "__main__":

@@ -51,3 +51,25 @@ def test_startup_quick() -> None:
     assert 0 < out["app_first_page_s"] < 120
     assert out["train_first_record_cold_s"] > 0 and out["train_first_record_warm_s"] > 0
     assert out["compile_warm_s"] <= out["compile_cold_s"] + 1.0  # the persistent cache was used
+
+
+def test_inference_quick() -> None:
+    out = _run("inference.py")
+    for key in ("eval_img_s", "predict_28_p50_ms", "predict_12mp_p50_ms"):
+        assert isinstance(out[key], float) and out[key] > 0, key
+    # the 12 MP photo is decoded, cropped and resized before the same model runs: it cannot be cheaper
+    assert out["predict_12mp_p50_ms"] > out["predict_28_p50_ms"]
+    assert out["rest"]["28x28 PNG"]["errors"] == 0 and out["rest"]["12 MP JPEG (4000x3000)"]["errors"] == 0
+    assert out["onnx_max_abs_diff"] < 1e-4 and out["onnx"]["argmax_agreement"] == 1.0
+    assert out["evaluation"]["images"] == 1000
+
+
+def test_sweep_quick() -> None:
+    out = _run("sweep.py", "--candidate", 'sgd={"optimizer": "sgd", "learning_rate": 0.05}')
+    names = [c["name"] for c in out["candidates"]]
+    assert names == ["base", "sgd"] and out["best"] in names
+    assert out["candidates"][1]["config"]["optimizer"] == "sgd"
+    assert out["candidates"][1]["config"]["augment"] == out["candidates"][0]["config"]["augment"]  # merged, not replaced
+    for candidate in out["candidates"]:
+        assert [c["epoch"] for c in candidate["curve"]] == [1]
+        assert 0.0 <= candidate["final_val_accuracy"] <= 1.0
