@@ -1,7 +1,8 @@
 """Choose a training config on validation accuracy: train each candidate, never look at the test set.
 
 Each candidate is a benchmark config file ({"preset": ..., "config": {TrainConfig fields}}, the format
-of bench/configs/) or an inline JSON override of a base file. The table shows, per candidate, the
+of bench/configs/, optionally with "layers": a layer spec list instead of the preset's) or an inline
+JSON override of a base file ("preset" and "layers" replace the base's, other keys merge into its config). The table shows, per candidate, the
 validation accuracy after every epoch, the final training accuracy (to tell under- from over-fitting)
 and the wall time. The test split is not evaluated here; bench/time_to_accuracy.py reports it once a
 config has been chosen.
@@ -45,7 +46,8 @@ def parse_candidate(text: str, base: dict) -> tuple[str, dict]:
     if value.lstrip().startswith("{"):
         override = json.loads(value)
         preset = override.pop("preset", base["preset"])
-        return name, {"preset": preset, "config": merge(base["config"], override)}
+        spec = override.pop("layers", base.get("layers"))
+        return name, {"preset": preset, "config": merge(base["config"], override), **({"layers": spec} if spec else {})}
     return name, json.loads(Path(value).read_text())
 
 
@@ -56,7 +58,7 @@ def run_candidate(name: str, values: dict, splits, epochs: int | None, quick: bo
     if quick:
         cfg = cfg.replace(epochs=1, batch_size=64, chunk_steps=4)
     cfg.validate()
-    spec = layers.preset(values["preset"], splits.num_classes)
+    spec = values.get("layers") or layers.preset(values["preset"], splits.num_classes)
     start = time.perf_counter()
     curve = []
     for record in train.train(spec, cfg, splits):
@@ -70,7 +72,7 @@ def run_candidate(name: str, values: dict, splits, epochs: int | None, quick: bo
         elif record["kind"] == "done":
             break
     best = max(curve, key=lambda c: c["val_accuracy"])
-    return {"name": name, "preset": values["preset"], "config": cfg.to_dict(), "curve": curve,
+    return {"name": name, "preset": values["preset"] if "layers" not in values else "custom", "config": cfg.to_dict(), "curve": curve,
             "final_val_accuracy": curve[-1]["val_accuracy"], "best_val_accuracy": best["val_accuracy"],
             "best_epoch": best["epoch"], "seconds": curve[-1]["seconds"]}
 

@@ -138,6 +138,21 @@ def test_reshape_pooling_matches_reduce_window(kind: str, size: int, padding: st
     np.testing.assert_allclose(layer(x, layers.Context()), expected, rtol=1e-6)
 
 
+@pytest.mark.parametrize("shape", [(2, 7, 7, 3), (2, 5, 9, 2), (1, 3, 3, 1)])
+def test_reshape_max_pooling_with_same_padding_matches_reduce_window_and_its_gradient(shape: tuple) -> None:
+    x = jax.random.normal(jax.random.key(3), shape)
+    layer = layers.Stateless("maxpool", {"pool": 2, "stride": 2, "padding": "same"}, 0)
+
+    def reference(x):
+        return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "SAME")
+
+    got = layer(x, layers.Context())
+    assert got.shape == reference(x).shape == (shape[0], -(-shape[1] // 2), -(-shape[2] // 2), shape[3])
+    np.testing.assert_array_equal(got, reference(x))
+    np.testing.assert_array_equal(jax.grad(lambda x: (layer(x, layers.Context()) ** 3).sum())(x),
+                                  jax.grad(lambda x: (reference(x) ** 3).sum())(x))
+
+
 def test_dropout_mask_keeps_the_configured_fraction_and_rescales() -> None:
     layer = layers.Stateless("dropout", {"rate": 0.4}, 3)
     out = layer(jnp.ones((64, 16, 16, 8)), layers.Context(train=True, rng=train._base_key(0)))
