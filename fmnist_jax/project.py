@@ -102,6 +102,19 @@ def train_config(project: dict) -> TrainConfig:
     return TrainConfig.from_dict(stored) if stored else TrainConfig()
 
 
+def recommended_config(project: dict) -> tuple[TrainConfig, str] | None:
+    """(the recommended TrainConfig, what it is and reaches) for a project whose model is an unedited preset
+    with a measured recipe; None for custom models and presets without one. Seed, precision and chunk size
+    keep the project's values: they are the user's choices, not part of the recipe."""
+    name = preset_of(project)
+    if name is None or not layers.PRESETS[name].train_defaults:
+        return None
+    current = train_config(project)
+    recipe = TrainConfig.from_dict({**layers.PRESETS[name].train_defaults, "seed": current.seed,
+                                    "precision": current.precision, "chunk_steps": current.chunk_steps})
+    return recipe, layers.PRESETS[name].recipe_note
+
+
 def model_spec(project: dict, num_classes: int = 10) -> list[dict]:
     """The project's layer list: its edited model, else its preset."""
     if project.get("model"):

@@ -19,7 +19,7 @@ OPTIMIZER_PARAMS = {"sgd": ("momentum", "nesterov"), "rmsprop": ("rho", "momentu
 SCHEDULE_LABELS = {"constant": "Constant", "cosine": "Cosine decay", "warmup_cosine": "Warm-up, then cosine decay",
                    "one_cycle": "One-cycle", "step": "Step decay"}
 BATCH_SIZES = [8, 16, 32, 64, 96, 128, 192, 256, 384, 512, 1024, 2048]
-LR_STOPS = [float(f"{m}e{e}") for e in range(-6, 0) for m in (1, 2, 5)] + [1.0]  # 1e-6, 2e-6, 5e-6 ... 1
+LR_STOPS = [float(f"{m}e{e}") for e in range(-6, 0) for m in (1, 2, 3, 5)] + [1.0]  # 1e-6, 2e-6, 3e-6, 5e-6 ... 1
 
 ui.frame()
 ui.page_title("3", "Hyperparameters", "How the model learns. Change the settings and press Save; invalid combinations "
@@ -42,15 +42,30 @@ def _nearest(options: list, value: float) -> float:
     return min(options, key=lambda option: abs(math.log(option) - math.log(value)) if value > 0 else option)
 
 
+recommended = proj.recommended_config(project)
+if recommended is not None:
+    recipe, note = recommended
+    with st.container(border=True):
+        text, button = st.columns([5, 1], vertical_alignment="center")
+        text.markdown(f"**Recommended for the {proj.preset_of(project)} model.** {note}")
+        if cfg.to_dict() == recipe.to_dict():
+            button.badge("In use", icon=":material/check:", color="green")
+        elif button.button("Use these settings", key=f"hp-recipe-{pid}", icon=":material/bolt:"):
+            if ui.save_project(project, config=recipe.to_dict()) is not None:
+                # fresh keys: the browser keeps a keyed picker's old choice even when its default changes
+                st.session_state[f"hp-version-{pid}"] = st.session_state.get(f"hp-version-{pid}", 0) + 1
+                st.rerun()
+
+version = st.session_state.get(f"hp-version-{pid}", 0)
 st.caption("The optimizer and schedule pickers sit above the form because they decide which fields it shows; "
            "they are saved together with the form.")
 top = st.columns(2)
 optimizer = top[0].selectbox("Optimizer", config.OPTIMIZERS, index=config.OPTIMIZERS.index(cfg.optimizer),
-                             format_func=OPTIMIZER_LABELS.get, key=f"hp-opt-{pid}",
+                             format_func=OPTIMIZER_LABELS.get, key=f"hp-opt-{pid}-{version}",
                              help="Adam is a robust default; SGD with momentum can generalise slightly better "
                                   "with a tuned schedule.")
 schedule = top[1].selectbox("Learning-rate schedule", config.SCHEDULES, index=config.SCHEDULES.index(cfg.schedule),
-                            format_func=SCHEDULE_LABELS.get, key=f"hp-sched-{pid}",
+                            format_func=SCHEDULE_LABELS.get, key=f"hp-sched-{pid}-{version}",
                             help="How the learning rate changes over the planned steps (see the preview).")
 
 with st.form(f"hyperparameters-{pid}", border=True):

@@ -173,6 +173,35 @@ def test_hyperparameters_form_validates_before_saving(seeded: dict) -> None:
     assert any(m.label == "Per epoch" for m in at.metric)
 
 
+def test_hyperparameters_page_applies_the_presets_measured_recipe(workspace: Path) -> None:
+    project = store.Workspace().create_project("Recipe", "", dataset=proj.SYNTHETIC, split=None, model=None,
+                                               model_preset="fast",
+                                               config=config.TrainConfig(seed=7, chunk_steps=20).to_dict())
+    at = open_app("pages/3_Hyperparameters.py", project["id"])
+    assert not at.exception
+    assert "Recommended for the fast model." in " ".join(m.value for m in at.markdown)
+    at.button(key=f"hp-recipe-{project['id']}").click().run()
+    assert not at.exception and not at.error
+    cfg = proj.train_config(store.Workspace().get_project(project["id"]))
+    assert (cfg.epochs, cfg.batch_size, cfg.optimizer, cfg.learning_rate, cfg.schedule, cfg.label_smoothing,
+            cfg.augment.flip) == (10, 32, "adam", 3e-3, "one_cycle", 0.1, 0.5)
+    assert (cfg.seed, cfg.chunk_steps) == (7, 20)  # the user's own choices survive
+    # the form now shows the recipe (3e-3 is a stop of the log slider), and the recipe is marked as in use
+    assert _form_widget(at.select_slider, "Batch size").value == 32
+    assert _form_widget(at.select_slider, "Learning rate (log scale)").value == 3e-3
+    assert _form_widget(at.slider, "Epochs").value == 10
+    assert next(w for w in at.selectbox if w.label == "Learning-rate schedule").value == "one_cycle"
+    assert next(w for w in at.selectbox if w.label == "Optimizer").value == "adam"
+    assert not [b for b in at.button if b.key == f"hp-recipe-{project['id']}"]
+
+
+def test_hyperparameters_page_offers_no_recipe_for_an_edited_model(seeded: dict) -> None:
+    at = open_app("pages/3_Hyperparameters.py", seeded["id"])
+    assert not at.exception
+    assert "Recommended for" not in " ".join(m.value for m in at.markdown)
+    assert not [b for b in at.button if b.key == f"hp-recipe-{seeded['id']}"]
+
+
 def test_training_page_runs_a_tiny_job_and_lists_it_in_history(seeded: dict) -> None:
     pid = seeded["id"]
     at = open_app("pages/4_Training.py", pid)

@@ -126,3 +126,17 @@ def test_im2col_and_xla_convolutions_agree() -> None:
             b = layers.conv2d_apply(x, kernel, stride, padding, "im2col")
             assert a.shape == b.shape
             assert float(jnp.abs(a - b).max()) < 1e-4
+
+
+def test_fast_presets_recommended_settings_are_the_benchmarked_recipe() -> None:
+    """The CLI and the Hyperparameters page recommend exactly what bench/time_to_accuracy.py measured."""
+    import json
+    from pathlib import Path
+
+    from fmnist_jax.config import TrainConfig
+
+    bench = json.loads((Path(__file__).resolve().parents[1] / "bench" / "configs" / "fast_best.json").read_text())
+    assert bench["preset"] == "fast"
+    recipe = TrainConfig.from_dict(layers.PRESETS["fast"].train_defaults)
+    assert recipe.to_dict() == TrainConfig.from_dict(bench["config"]).to_dict()
+    assert "93.1%" in layers.PRESETS["fast"].recipe_note
