@@ -2,8 +2,8 @@
 
 Each candidate is a benchmark config file ({"preset": ..., "config": {TrainConfig fields}}, the format
 of bench/configs/, optionally with "layers": a layer spec list instead of the preset's) or an inline
-JSON override of a base file ("preset" and "layers" replace the base's, other keys merge into its config). The table shows, per candidate, the
-validation accuracy after every epoch, the final training accuracy (to tell under- from over-fitting)
+JSON override of a base file ("preset" and "layers" replace the base's, other keys merge into its
+config). The table shows, per candidate, the validation accuracy after every epoch, the final training accuracy (to tell under- from over-fitting)
 and the wall time. The test split is not evaluated here; bench/time_to_accuracy.py reports it once a
 config has been chosen.
 
@@ -81,7 +81,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--base", default=str(DEFAULT_BASE), help="benchmark config JSON the candidates modify")
     parser.add_argument("--candidate", action="append", default=[],
-                        help="NAME=JSON override of the base config, or NAME=FILE; repeatable (the base itself always runs first)")
+                        help="NAME=JSON override of the base config, or NAME=FILE; repeatable (the base runs first unless --no-base)")
     parser.add_argument("--no-base", action="store_true", help="do not run the base config itself")
     parser.add_argument("--epochs", type=int, help="override every candidate's epochs")
     parser.add_argument("--quick", action="store_true", help="one epoch on a small synthetic set, for CI")
