@@ -324,7 +324,7 @@ class Stateless(nnx.Module):
             if window == stride and (opts["padding"] == "valid" or (x.shape[1] % window == 0 and x.shape[2] % window == 0)):
                 return _tiled_pool(x, window, self.kind)
             if window == stride and self.kind == "maxpool":  # SAME: pad with -inf the way XLA pads, then tile
-                pads = [(0, 0)] + [((-n % window) // 2, -n % window - (-n % window) // 2) for n in x.shape[1:3]] + [(0, 0)]
+                pads = ((0, 0), _same_pads(x.shape[1], window, stride), _same_pads(x.shape[2], window, stride), (0, 0))
                 return _tiled_pool(jnp.pad(x, pads, constant_values=-jnp.inf), window, self.kind)
             pad = "SAME" if opts["padding"] == "same" else "VALID"
             dims, strides = (1, window, window, 1), (1, stride, stride, 1)
