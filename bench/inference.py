@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image
 
 import _common
-from _common import emit_json, load_average, median, print_table
+from _common import emit_json, load_average, predict_proba_rate, print_table
 
 from fmnist_jax import bundle, data, photos, predict, settings
 
@@ -64,15 +64,10 @@ def _eval_set(quick: bool) -> tuple[np.ndarray, np.ndarray | None, str]:
 
 def eval_throughput(model: object, images: np.ndarray, labels: np.ndarray | None, repeats: int) -> dict:
     """Images/s of predict_proba over the whole set (the evaluation path), median of repeats after a warm-up."""
-    model.predict_proba(images[:1000])
-    seconds, probs = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        probs = model.predict_proba(images, batch=1000)
-        seconds.append(time.perf_counter() - start)
+    rate, seconds, probs = predict_proba_rate(model, images, repeats)
     accuracy = float((probs.argmax(1) == labels).mean()) if labels is not None else None
-    return {"images": int(len(images)), "img_s": round(len(images) / median(seconds), 1),
-            "seconds": [round(s, 3) for s in seconds], "accuracy": accuracy}
+    return {"images": int(len(images)), "img_s": round(rate, 1), "seconds": [round(s, 3) for s in seconds],
+            "accuracy": accuracy}
 
 
 def _inputs(image: np.ndarray) -> dict[str, bytes]:

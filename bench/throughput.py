@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import _common  # noqa: F401  (puts the repository on sys.path)
 import numpy as np
-from _common import emit_json, fashion_splits, load_average, median, print_table
+from _common import emit_json, fashion_splits, load_average, median, predict_proba_rate, print_table
 
 import jax
 import jax.numpy as jnp
@@ -161,13 +161,7 @@ def eval_images_per_s(spec: list, images: np.ndarray, labels: np.ndarray, repeat
     graphdef, state = train.init_state(spec, images.shape[1:], 10, TrainConfig())
     weights = jax.device_get({"params": state["params"], "batch_stats": state["batch_stats"]})
     model = train.TrainedModel(spec, images.shape[1:], tuple(str(i) for i in range(10)), weights)
-    model.predict_proba(images[:1000])
-    seconds = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        model.predict_proba(images, batch=1000)
-        seconds.append(time.perf_counter() - t0)
-    return len(images) / median(seconds)
+    return predict_proba_rate(model, images, repeats)[0]
 
 
 # ----------------------------------------------------------------------------- main
