@@ -7,8 +7,9 @@ from __future__ import annotations
 import streamlit as st
 
 import studio_ui as ui
-from fmnist_jax import project as proj
-from fmnist_jax import public, settings, store
+from fmnist_jax import settings, store
+from fmnist_jax.studio import projects as proj
+from fmnist_jax.studio import public
 
 HOW_IT_WORKS = [
     (":material/dataset:", "Data", "Split Fashion-MNIST's 70,000 garment images into train, validation and test; "

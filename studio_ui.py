@@ -8,8 +8,9 @@ from typing import Any
 
 import streamlit as st
 
-from fmnist_jax import project as proj
-from fmnist_jax import public, settings, store
+from fmnist_jax import settings, store
+from fmnist_jax.studio import estimates, public, tasks
+from fmnist_jax.studio import projects as proj
 
 HOME_PAGE = "app.py"
 HOME_LINK = (HOME_PAGE, "Projects", ":material/folder:")
@@ -32,7 +33,7 @@ def registry() -> Any:
 @st.cache_resource(show_spinner=False)
 def device() -> dict:
     """JAX backend, device kind and count (static for the life of the server)."""
-    info = proj.device_info()
+    info = estimates.device_info()
     return {k: info[k] for k in ("platform", "kind", "count")}
 
 
@@ -140,12 +141,6 @@ def link(page: str, label: str | None = None) -> None:
     st.page_link(path, label=label or title, icon=icon)
 
 
-def active_job(project: dict) -> dict | None:
-    """The project's queued or running job snapshot, if any."""
-    snapshot = registry().for_project(project["id"], owner())
-    return snapshot if snapshot and snapshot["status"] in ("queued", "running") else None
-
-
 def seconds_text(seconds: float | None) -> str:
     """'42 s', '3 min 05 s', '1 h 02 min' (or '–')."""
     if seconds is None:
@@ -232,7 +227,7 @@ def _queue_panel() -> None:
         where = names.get(job["project_id"], job["project_id"])
         if job["status"] == "running":
             snap = registry().get(job["id"]) or {}
-            figures = proj.job_progress(snap)
+            figures = tasks.job_progress(snap)
             st.markdown(f":material/model_training: **Training** `{job['name']}` in *{where}*")
             st.progress(figures["fraction"], text=f"epoch {figures['epoch']}/{figures['epochs'] or '?'}")
         else:

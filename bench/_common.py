@@ -31,13 +31,13 @@ def median(values: Sequence[float]) -> float | None:
 
 def fashion_splits(quick: bool, seed: int = 0, val_fraction: float = 0.1) -> Any:
     """Official Fashion-MNIST split, or (quick mode) a small synthetic one that needs no data files."""
-    from fmnist_jax import data
+    from fmnist_jax.data import catalogue, splitting
 
     if quick:
-        dataset = data.synthetic_dataset(num_train=1024, num_test=256, seed=seed)
+        dataset = catalogue.synthetic_dataset(num_train=1024, num_test=256, seed=seed)
     else:
-        dataset = data.load_dataset("fashion_mnist")
-    return data.make_splits(dataset, data.SplitSpec(mode="official", val_fraction=val_fraction, seed=seed))
+        dataset = catalogue.load_dataset("fashion_mnist")
+    return splitting.make_splits(dataset, splitting.SplitSpec(mode="official", val_fraction=val_fraction, seed=seed))
 
 
 def predict_proba_rate(model: Any, images: Any, repeats: int) -> tuple[float, list[float], Any]:

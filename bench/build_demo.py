@@ -16,8 +16,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fmnist_jax import bundle, data, layers, photos, predict, store  # noqa: E402
+from fmnist_jax import store
+from fmnist_jax.data import catalogue
+from fmnist_jax.deploy import (
+    bundle,
+    predict,  # noqa: E402
+)
 from fmnist_jax.evaluate import evaluate_model  # noqa: E402
+from fmnist_jax.model import layer_specs
+from fmnist_jax.photos import synthetic
 
 
 def main() -> None:
@@ -32,9 +39,9 @@ def main() -> None:
     run_dir = Path(args.run_dir)
     run = store.read_json(run_dir / "run.json")
     model = predict.load_model(str(run_dir))
-    dataset = data.load_dataset("fashion_mnist")
+    dataset = catalogue.load_dataset("fashion_mnist")
     metrics = evaluate_model(model, dataset.test_images, dataset.test_labels)
-    photo = photos.evaluate_photo_like(model, dataset.test_images, dataset.test_labels, args.photo_count, seed=0)
+    photo = synthetic.evaluate_photo_like(model, dataset.test_images, dataset.test_labels, args.photo_count, seed=0)
     history = store.read_jsonl(run_dir / "history.jsonl")
     card = {
         "name": "Fashion-MNIST Studio demo model",
@@ -47,7 +54,7 @@ def main() -> None:
         "best_epoch": run["best_epoch"],
         "epochs": run["epochs_completed"],
         "photo_like": photo,
-        "parameters": layers.describe(model.spec, model.input_shape, model.num_classes)["total_params"],
+        "parameters": layer_specs.describe(model.spec, model.input_shape, model.num_classes)["total_params"],
         "weights_bytes": len(model.weights_bytes()),
         "train_seconds": round(history[-1]["elapsed"], 1) if history else None,
         "date": time.strftime("%Y-%m-%d", time.gmtime(run.get("finished") or time.time())),

@@ -21,15 +21,16 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
-
-import numpy as np
-from PIL import Image
 
 import _common
+import numpy as np
 from _common import emit_json, load_average, predict_proba_rate, print_table
+from PIL import Image
 
-from fmnist_jax import bundle, data, photos, predict, settings
+from fmnist_jax import settings
+from fmnist_jax.data import catalogue
+from fmnist_jax.deploy import onnx_export, predict
+from fmnist_jax.photos import synthetic
 
 REPO = _common.REPO
 SAMPLES = REPO / "tests" / "data" / "fashion_mnist_test_samples.npz"
@@ -42,8 +43,8 @@ def _data_available() -> bool:
 def _sample_images() -> tuple[np.ndarray, str]:
     if _data_available():
         try:
-            return np.asarray(data.load_dataset("fashion_mnist").test_images[:1000]), "1000 Fashion-MNIST test images"
-        except (ValueError, data.DataUnavailable):
+            return np.asarray(catalogue.load_dataset("fashion_mnist").test_images[:1000]), "1000 Fashion-MNIST test images"
+        except (ValueError, catalogue.DataUnavailable):
             pass
     with np.load(SAMPLES, allow_pickle=False) as stored:
         return stored["images"][..., None], "50 shipped test samples"
@@ -53,9 +54,9 @@ def _eval_set(quick: bool) -> tuple[np.ndarray, np.ndarray | None, str]:
     """The 10k test images and labels, or (no data files / quick) synthetic images of the same shape."""
     if not quick and _data_available():
         try:
-            dataset = data.load_dataset("fashion_mnist")
+            dataset = catalogue.load_dataset("fashion_mnist")
             return np.asarray(dataset.test_images), np.asarray(dataset.test_labels), "10k Fashion-MNIST test images"
-        except (ValueError, data.DataUnavailable):
+        except (ValueError, catalogue.DataUnavailable):
             pass
     count = 1000 if quick else 10_000
     images = np.random.default_rng(0).integers(0, 256, (count, 28, 28, 1), dtype=np.uint8)
@@ -72,10 +73,10 @@ def eval_throughput(model: object, images: np.ndarray, labels: np.ndarray | None
 
 def _inputs(image: np.ndarray) -> dict[str, bytes]:
     rng = np.random.default_rng(0)
-    photo = photos.render(image, photos.PhotoSpec(size=(4000, 3000), garment_fraction=0.6, angle=4.0), rng)
+    photo = synthetic.render(image, synthetic.PhotoSpec(size=(4000, 3000), garment_fraction=0.6, angle=4.0), rng)
     png = io.BytesIO()
     Image.fromarray(image[..., 0]).save(png, "PNG")
-    return {"12 MP JPEG (4000x3000)": photos.encode(photo, 90), "28x28 PNG": png.getvalue()}
+    return {"12 MP JPEG (4000x3000)": synthetic.encode(photo, 90), "28x28 PNG": png.getvalue()}
 
 
 def _percentiles(seconds: list[float]) -> dict[str, float]:
@@ -142,7 +143,7 @@ def onnx_parity(model: object, images: np.ndarray) -> dict:
     import onnxruntime
 
     start = time.perf_counter()
-    payload, difference = bundle.onnx_bytes(model, images)
+    payload, difference = onnx_export.onnx_bytes(model, images)
     export_seconds = time.perf_counter() - start
     session = onnxruntime.InferenceSession(payload, providers=["CPUExecutionProvider"])
     onnx_probs = session.run(None, {"images": images.astype(np.float32) / 255.0})[0]

@@ -17,7 +17,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fmnist_jax import data, photos, predict  # noqa: E402
+from fmnist_jax.data import catalogue, splitting
+from fmnist_jax.deploy import predict
+from fmnist_jax.photos import pipeline_params, synthetic
 
 
 def main() -> None:
@@ -33,15 +35,15 @@ def main() -> None:
 
     model = predict.load_model(args.model)
     if args.preprocess:
-        model.preprocess = predict.resolve_preprocess({**model.preprocess, **json.loads(args.preprocess)}, model.input_shape)
-    dataset = data.load_dataset("fashion_mnist")
+        model.preprocess = pipeline_params.resolve_preprocess({**model.preprocess, **json.loads(args.preprocess)}, model.input_shape)
+    dataset = catalogue.load_dataset("fashion_mnist")
     if args.split == "test":
         images, labels = dataset.test_images, dataset.test_labels
     else:
-        splits = data.make_splits(dataset, data.SplitSpec(mode="official", val_fraction=0.1, seed=0))
+        splits = splitting.make_splits(dataset, splitting.SplitSpec(mode="official", val_fraction=0.1, seed=0))
         images, labels = splits.val_images, splits.val_labels
     start = time.perf_counter()
-    result = photos.evaluate_photo_like(model, images, labels, args.count, args.seed)
+    result = synthetic.evaluate_photo_like(model, images, labels, args.count, args.seed)
     result.update(split=args.split, seconds=round(time.perf_counter() - start, 1))
     if args.json:
         print(json.dumps(result))

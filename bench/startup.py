@@ -31,16 +31,19 @@ from _common import emit_json, load_average, median, print_table
 FIRST_RECORD_SCRIPT = """
 import json, sys, time
 sys.path.insert(0, {repo!r})
-from fmnist_jax import data, layers, train
-from fmnist_jax.config import TrainConfig
-train.enable_compile_cache()
+from fmnist_jax.data import catalogue, splitting
+from fmnist_jax.model import presets
+from fmnist_jax.training.config import TrainConfig
+from fmnist_jax.training.loop import train
+from fmnist_jax.training.program import enable_compile_cache
+enable_compile_cache()
 quick = {quick!r}
-dataset = data.synthetic_dataset(num_train=512, num_test=64) if quick else data.load_dataset("fashion_mnist")
-splits = data.make_splits(dataset, data.SplitSpec(mode="official", val_fraction=0.1, seed=0))
+dataset = catalogue.synthetic_dataset(num_train=512, num_test=64) if quick else catalogue.load_dataset("fashion_mnist")
+splits = splitting.make_splits(dataset, splitting.SplitSpec(mode="official", val_fraction=0.1, seed=0))
 cfg = TrainConfig(epochs=1, chunk_steps=5 if quick else 50, batch_size=32 if quick else 128)
-spec = layers.preset({preset!r})
+spec = presets.preset({preset!r})
 start = time.perf_counter()
-for record in train.train(spec, cfg, splits):
+for record in train(spec, cfg, splits):
     if record["kind"] == "start":
         compile_seconds = record["compile_seconds"]
     if record["kind"] == "chunk":

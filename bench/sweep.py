@@ -24,8 +24,9 @@ from pathlib import Path
 import _common
 from _common import emit_json, fashion_splits, load_average, print_table
 
-from fmnist_jax import layers, train
-from fmnist_jax.config import TrainConfig
+from fmnist_jax.model import presets
+from fmnist_jax.training import loop, program
+from fmnist_jax.training.config import TrainConfig
 
 DEFAULT_BASE = _common.REPO / "bench" / "configs" / "fast_best.json"
 
@@ -58,10 +59,10 @@ def run_candidate(name: str, values: dict, splits, epochs: int | None, quick: bo
     if quick:
         cfg = cfg.replace(epochs=1, batch_size=64, chunk_steps=4)
     cfg.validate()
-    spec = values.get("layers") or layers.preset(values["preset"], splits.num_classes)
+    spec = values.get("layers") or presets.preset(values["preset"], splits.num_classes)
     start = time.perf_counter()
     curve = []
-    for record in train.train(spec, cfg, splits):
+    for record in loop.train(spec, cfg, splits):
         if record["kind"] == "epoch":
             curve.append({"epoch": record["epoch"], "seconds": round(time.perf_counter() - start, 1),
                           "accuracy": round(record["accuracy"], 4), "val_accuracy": round(record["val_accuracy"], 4)})
@@ -88,7 +89,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     args = parser.parse_args()
 
-    train.enable_compile_cache()
+    program.enable_compile_cache()
     base = json.loads(Path(args.base).read_text())
     candidates = ([] if args.no_base else [("base", base)]) + [parse_candidate(c, base) for c in args.candidate]
     if not candidates:
@@ -97,7 +98,7 @@ def main() -> None:
     load_before = load_average()
     results = [run_candidate(name, values, splits, args.epochs, args.quick) for name, values in candidates]
 
-    print(f"validation sweep, base {Path(args.base).name}, {train.device_summary()['kind']}, "
+    print(f"validation sweep, base {Path(args.base).name}, {program.device_summary()['kind']}, "
           f"load average {load_before} -> {load_average()}")
     print_table(["candidate", "epochs", "train acc", "final val", "best val", "best epoch", "seconds"],
                 [[r["name"], len(r["curve"]), f"{r['curve'][-1]['accuracy']:.4f}", f"{r['final_val_accuracy']:.4f}",

@@ -21,15 +21,21 @@ import time
 from typing import Any, Callable
 
 import _common  # noqa: F401  (puts the repository on sys.path)
-import numpy as np
-from _common import emit_json, fashion_splits, load_average, median, predict_proba_rate, print_table
-
 import jax
 import jax.numpy as jnp
+import numpy as np
+from _common import (
+    emit_json,
+    fashion_splits,
+    load_average,
+    median,
+    predict_proba_rate,
+    print_table,
+)
 
-from fmnist_jax import layers, train
-from fmnist_jax.config import TrainConfig
-
+from fmnist_jax.model import cpu_ops, layer_specs, presets
+from fmnist_jax.training import program, trained
+from fmnist_jax.training.config import TrainConfig
 
 # ----------------------------------------------------------------------------- JAX
 
@@ -38,11 +44,11 @@ def jax_runner(spec: list, cfg: TrainConfig, images: np.ndarray, labels: np.ndar
     """(run_window(window_index) -> seconds, compile_seconds) for the project's compiled training chunk."""
     steps_per_epoch = len(labels) // cfg.batch_size
     window_steps = min(window_steps, steps_per_epoch)
-    graphdef, state = train.init_state(spec, images.shape[1:], 10, cfg, steps_per_epoch=steps_per_epoch)
-    chunk_fn, _, _ = train.build_program(graphdef, cfg, steps_per_epoch, None)
+    graphdef, state = program.init_state(spec, images.shape[1:], 10, cfg, steps_per_epoch=steps_per_epoch)
+    chunk_fn, _, _ = program.build_program(graphdef, cfg, steps_per_epoch, None)
     device_images, device_labels = jax.device_put(images), jax.device_put(labels)
     perm = jax.random.permutation(jax.random.key(0), len(labels)).astype(jnp.int32)
-    epoch_key = jax.random.fold_in(train._base_key(cfg.seed), 1)
+    epoch_key = jax.random.fold_in(program._base_key(cfg.seed), 1)
     start = time.perf_counter()
     compiled = chunk_fn.lower(state, device_images, device_labels, perm, epoch_key, jnp.int32(0), length=window_steps).compile()
     compile_seconds = time.perf_counter() - start
@@ -68,7 +74,7 @@ def torch_model(spec: list, input_shape: tuple[int, int, int], num_classes: int)
     activations = {"relu": nn.ReLU, "gelu": nn.GELU, "elu": nn.ELU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid,
                    "leaky_relu": lambda: nn.LeakyReLU(0.01)}
     modules: list = []
-    for step in layers._walk(spec, input_shape, num_classes):
+    for step in layer_specs._walk(spec, input_shape, num_classes):
         p, kind, in_shape = step.params, step.params["type"], step.in_shape
         if kind == "conv2d":
             padding = p["kernel"] // 2 if p["padding"] == "same" else 0
@@ -158,9 +164,9 @@ def matmul_peak_gflops(size: int) -> float:
 
 def eval_images_per_s(spec: list, images: np.ndarray, labels: np.ndarray, repeats: int) -> float:
     """Images/s of TrainedModel.predict_proba over the test images (the evaluation path), median of repeats."""
-    graphdef, state = train.init_state(spec, images.shape[1:], 10, TrainConfig())
+    graphdef, state = program.init_state(spec, images.shape[1:], 10, TrainConfig())
     weights = jax.device_get({"params": state["params"], "batch_stats": state["batch_stats"]})
-    model = train.TrainedModel(spec, images.shape[1:], tuple(str(i) for i in range(10)), weights)
+    model = trained.TrainedModel(spec, images.shape[1:], tuple(str(i) for i in range(10)), weights)
     return predict_proba_rate(model, images, repeats)[0]
 
 
@@ -184,16 +190,16 @@ def main() -> None:
     windows, window_images = (1, 1) if args.quick else (args.windows, args.window_images)
     splits = fashion_splits(args.quick)
     images, labels = splits.train_images, splits.train_labels
-    spec = layers.preset(args.preset)
-    flops_per_image = layers.describe(spec)["train_flops_per_image"]
+    spec = presets.preset(args.preset)
+    flops_per_image = layer_specs.describe(spec)["train_flops_per_image"]
     use_torch = not args.no_torch
     if use_torch:
         import torch
         torch.set_num_threads(args.torch_threads)
     load_before = load_average()
 
-    result: dict[str, Any] = {"preset": args.preset, "device": train.device_summary()["kind"],
-                              "conv_impl": layers.resolve_conv_impl(args.conv_impl), "cpu_count": os.cpu_count(),
+    result: dict[str, Any] = {"preset": args.preset, "device": program.device_summary()["kind"],
+                              "conv_impl": cpu_ops.resolve_conv_impl(args.conv_impl), "cpu_count": os.cpu_count(),
                               "torch_threads": args.torch_threads if use_torch else None, "quick": args.quick}
     rows, peaks = [], []
     for batch in batch_sizes:
@@ -220,7 +226,7 @@ def main() -> None:
     for batch in batch_sizes:
         result[f"flop_utilisation_{batch}"] = round(result[f"jax_img_s_{batch}"] * flops_per_image / (peak * 1e9), 3)
     test_images = splits.test_images if not args.quick else splits.test_images[:256]
-    result["eval_img_s"] = round(eval_images_per_s(layers.preset("fast"), test_images, splits.test_labels, 1 if args.quick else 5), 1)
+    result["eval_img_s"] = round(eval_images_per_s(presets.preset("fast"), test_images, splits.test_labels, 1 if args.quick else 5), 1)
     result["eval_img_s_dls"] = round(eval_images_per_s(spec, test_images, splits.test_labels, 1 if args.quick else 5), 1)
     result["load_average"] = [load_before, load_average()]
 

@@ -22,9 +22,10 @@ from pathlib import Path
 import _common
 from _common import emit_json, fashion_splits, load_average, print_table
 
-from fmnist_jax import layers, train
-from fmnist_jax.config import TrainConfig
-from fmnist_jax.jobs import train_and_test
+from fmnist_jax.model import presets
+from fmnist_jax.studio.jobs import train_and_test
+from fmnist_jax.training import program
+from fmnist_jax.training.config import TrainConfig
 
 DEFAULT_CONFIG = _common.REPO / "bench" / "configs" / "fast_best.json"
 TARGETS = (0.93, 0.94)
@@ -48,13 +49,13 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     args = parser.parse_args()
 
-    train.enable_compile_cache()
+    program.enable_compile_cache()
     preset, cfg = load_config(Path(args.config), 1 if args.quick else args.epochs)
     preset = args.preset or preset
     if args.quick:
         cfg = cfg.replace(batch_size=64, chunk_steps=4)
     splits = fashion_splits(args.quick, seed=cfg.seed)
-    spec = layers.preset(preset, splits.num_classes)
+    spec = presets.preset(preset, splits.num_classes)
     load_before = load_average()
 
     start = time.perf_counter()  # data is loaded; compile, training, evaluation and checkpoints all count
@@ -83,7 +84,7 @@ def main() -> None:
     best_test = max((c["test_accuracy"] for c in curve), default=None)
     best_val = max(curve, key=lambda c: c["val_accuracy"]) if curve else None
     print(f"time to accuracy, preset {preset}, config {Path(args.config).name} ({cfg.epochs} epochs, batch {cfg.batch_size}, "
-          f"{cfg.optimizer} {cfg.schedule} lr {cfg.learning_rate:g}), {train.device_summary()['kind']}, "
+          f"{cfg.optimizer} {cfg.schedule} lr {cfg.learning_rate:g}), {program.device_summary()['kind']}, "
           f"load average {load_before} -> {load_average()}, compile {compile_seconds} s")
     print_table(["epoch", "seconds", "val acc", "test acc", "img/s"],
                 [[c["epoch"], c["seconds"], f"{c['val_accuracy']:.4f}", f"{c['test_accuracy']:.4f}", c["images_per_s"]] for c in curve])

@@ -1,4 +1,4 @@
-"""`python -m fmnist_jax ...`: see fmnist_jax.cli."""
-from .cli import main
+"""`python -m fmnist_jax`: the command line."""
+from fmnist_jax.cli.main import main
 
 raise SystemExit(main())

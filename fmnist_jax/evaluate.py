@@ -5,7 +5,7 @@ from typing import Callable
 
 import numpy as np
 
-from .train import TrainedModel
+from fmnist_jax.training.trained import TrainedModel
 
 
 def metrics_from_probs(probs: np.ndarray, labels: np.ndarray, class_names: tuple[str, ...]) -> dict:

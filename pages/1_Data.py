@@ -7,9 +7,13 @@ import numpy as np
 import streamlit as st
 
 import studio_ui as ui
-from fmnist_jax import charts, data, settings, store
-from fmnist_jax import project as proj
-from fmnist_jax.config import AugmentConfig
+from fmnist_jax import settings, store
+from fmnist_jax.data import catalogue, splitting
+from fmnist_jax.data.augment import AugmentConfig
+from fmnist_jax.data.uploads import importer
+from fmnist_jax.data.uploads import limits as upload_limits
+from fmnist_jax.studio import charts, estimates
+from fmnist_jax.studio import projects as proj
 
 UPLOAD = "upload"
 
@@ -43,7 +47,7 @@ with right:
                                     "TFDS reads them from here instead of downloading; leave empty to download.")
         if folder.strip() != (project.get("data_dir") or ""):
             try:
-                data.check_data_dir(folder.strip() or None)
+                catalogue.check_data_dir(folder.strip() or None)
             except ValueError as error:
                 st.error(ui.plain(error), icon=":material/folder_off:")
             else:
@@ -61,14 +65,8 @@ with right:
 
 def upload_panel() -> str | None:
     """Pick an uploaded dataset or import a new one; returns the chosen dataset name (None: nothing yet)."""
-    if not proj.uploads_available():
-        st.info("Bring-your-own datasets are not installed on this server; use Fashion-MNIST or the synthetic set.",
-                icon=":material/upload:")
-        return None
-    from fmnist_jax import uploads
-
     upload_home = ui.workspace().home  # a visitor's own folder in public mode
-    existing = {m["name"]: m for m in uploads.list_uploads(home=upload_home)}
+    existing = {m["name"]: m for m in importer.list_uploads(home=upload_home)}
     chosen = None
     if existing:
         names = list(existing)
@@ -82,14 +80,14 @@ def upload_panel() -> str | None:
         file = st.file_uploader("Dataset file", type=["zip", "csv", "npz", "gz"], key=f"upload-file-{pid}",
                                 help="Checked for size, zip bombs and unsafe paths before anything is decoded.")
         a, b = st.columns(2)
-        size = a.selectbox("Image size", ["auto", *uploads.IMAGE_SIZES], key=f"upload-size-{pid}",
+        size = a.selectbox("Image size", ["auto", *upload_limits.IMAGE_SIZES], key=f"upload-size-{pid}",
                            help="Square side in pixels the images are resized to; auto keeps same-size images as they are.")
-        color = b.selectbox("Colour", ["auto", *uploads.COLORS], key=f"upload-color-{pid}",
+        color = b.selectbox("Colour", ["auto", *upload_limits.COLORS], key=f"upload-color-{pid}",
                             help="Grayscale is faster; RGB keeps colour.")
         if st.button("Import", icon=":material/file_upload:", disabled=file is None, key=f"upload-go-{pid}"):
             bar = st.progress(0.0, text="Checking the upload…")
             try:
-                manifest = uploads.import_stream(file, file.name, None if size == "auto" else int(size),
+                manifest = importer.import_stream(file, file.name, None if size == "auto" else int(size),
                                                  None if color == "auto" else color, progress=ui.progress_callback(bar),
                                                  home=upload_home)
             except (ValueError, store.StoreError) as error:
@@ -114,7 +112,7 @@ elif source != project.get("dataset"):
 bar = st.empty()
 try:
     dataset = proj.load_dataset(project, progress=ui.progress_callback(bar))
-except (ValueError, data.DataUnavailable) as error:
+except (ValueError, catalogue.DataUnavailable) as error:
     bar.empty()
     st.error(f"The data cannot be loaded: {ui.plain(error)}", icon=":material/error:")
     st.stop()
@@ -140,12 +138,12 @@ with controls:
                            help="Share used to pick the best epoch and tune settings. The rest is the test set.")
         test_pct = 100 - train_pct - val_pct
         st.caption(f"Test: **{test_pct}%** (what is left).")
-        spec = data.SplitSpec("pooled", (train_pct / 100, val_pct / 100, round(1 - train_pct / 100 - val_pct / 100, 6)),
+        spec = splitting.SplitSpec("pooled", (train_pct / 100, val_pct / 100, round(1 - train_pct / 100 - val_pct / 100, 6)),
                               saved.val_fraction, saved.seed, saved.stratify)
     else:
         val_pct = st.slider("Validation % of the training images", 1, 50, int(round(saved.val_fraction * 100)),
                             key=f"split-valfrac-{pid}", help="Carved out of the official training images.")
-        spec = data.SplitSpec("official", saved.fractions, val_pct / 100, saved.seed, saved.stratify)
+        spec = splitting.SplitSpec("official", saved.fractions, val_pct / 100, saved.seed, saved.stratify)
     a, b = st.columns(2)
     spec.seed = int(a.number_input("Shuffle seed", 0, 2**31 - 1, saved.seed, key=f"split-seed-{pid}",
                                    help="The same seed gives the same split, image for image."))
@@ -179,19 +177,19 @@ with st.spinner("Splitting…"):
 balance_column, pixels_column = st.columns([3, 2], gap="large")
 with balance_column:
     st.markdown("**Class balance per split**")
-    st.altair_chart(charts.class_balance(data.class_balance(splits)), width="stretch")
+    st.altair_chart(charts.class_balance(splitting.class_balance(splits)), width="stretch")
 with pixels_column:
     st.markdown("**Pixel intensities** (training images)")
-    st.altair_chart(charts.pixel_histogram(data.pixel_histogram(splits.train_images, bins=32, seed=spec.seed)),
+    st.altair_chart(charts.pixel_histogram(splitting.pixel_histogram(splits.train_images, bins=32, seed=spec.seed)),
                     width="stretch")
     sample = splits.train_images[:2000]
     st.caption(f"Mean intensity {float(np.mean(sample)):.1f} / 255; {float(np.mean(sample == 0)):.0%} of pixels are "
                "pure black: garments are bright on a black background.")
 st.markdown("**Samples** · three random training images per class")
-gallery = data.sample_gallery(splits.train_images, splits.train_labels, per_class=3, seed=spec.seed)
+gallery = splitting.sample_gallery(splits.train_images, splits.train_labels, per_class=3, seed=spec.seed)
 columns = st.columns(len(gallery))
 for column, (label, images) in zip(columns, gallery.items()):
-    column.image(proj.montage(images, columns=1, factor=3, gap=4), caption=splits.class_names[label], width="stretch")
+    column.image(estimates.montage(images, columns=1, factor=3, gap=4), caption=splits.class_names[label], width="stretch")
 
 # ----------------------------------------------------------------------------- augmentation
 
@@ -251,11 +249,11 @@ with preview_column:
     originals = splits.train_images[np.sort(picks)]
     if cfg.augment.active():
         with st.spinner("Augmenting (the first preview after a restart compiles for a few seconds)…"):
-            augmented = proj.augment_preview(originals, cfg.augment, seed=st.session_state[seed_key], copies=4)
+            augmented = estimates.augment_preview(originals, cfg.augment, seed=st.session_state[seed_key], copies=4)
         grid = np.concatenate([originals[:, None], augmented.reshape(len(originals), 4, *originals.shape[1:])], axis=1)
-        st.image(proj.montage(grid.reshape(-1, *originals.shape[1:]), columns=5, factor=3, gap=3), width="stretch")
+        st.image(estimates.montage(grid.reshape(-1, *originals.shape[1:]), columns=5, factor=3, gap=3), width="stretch")
     else:
-        st.image(proj.montage(originals, columns=6, factor=3, gap=3), width="stretch")
+        st.image(estimates.montage(originals, columns=6, factor=3, gap=3), width="stretch")
         st.info("All augmentation is off: training sees the images exactly as they are.", icon=":material/info:")
 
 st.divider()

@@ -9,8 +9,10 @@ import pandas as pd
 import streamlit as st
 
 import studio_ui as ui
-from fmnist_jax import charts, data, layers
-from fmnist_jax import project as proj
+from fmnist_jax.data import catalogue
+from fmnist_jax.model import layer_specs, presets
+from fmnist_jax.studio import charts
+from fmnist_jax.studio import projects as proj
 
 DRAFT = "model-draft"
 
@@ -21,7 +23,7 @@ project = ui.require_project()
 pid = project["id"]
 try:
     dataset = proj.load_dataset(project)
-except (ValueError, data.DataUnavailable) as error:
+except (ValueError, catalogue.DataUnavailable) as error:
     st.error(f"The project's data cannot be loaded ({ui.plain(error)}); fix it on the Data page.", icon=":material/error:")
     ui.link("data", "Go to Data")
     st.stop()
@@ -35,13 +37,13 @@ def _new_uid() -> int:
 
 
 def _fresh_draft(spec: list[dict]) -> dict:
-    normalized = layers.normalize_spec(spec)
+    normalized = layer_specs.normalize_spec(spec)
     return {"project": pid, "layers": normalized, "uids": [_new_uid() for _ in normalized]}
 
 
 def _valid(spec: list[dict]) -> bool:
     try:
-        layers.describe(spec, input_shape, num_classes)
+        layer_specs.describe(spec, input_shape, num_classes)
         return True
     except ValueError:
         return False
@@ -49,22 +51,22 @@ def _valid(spec: list[dict]) -> bool:
 
 saved_spec = proj.model_spec(project, num_classes)
 if not _valid(saved_spec):  # e.g. the dataset changed its class count: fall back to the preset, sized to fit
-    saved_spec = layers.preset(project.get("model_preset") or "fast", num_classes)
+    saved_spec = presets.preset(project.get("model_preset") or "fast", num_classes)
 if st.session_state.get(DRAFT, {}).get("project") != pid:
     st.session_state[DRAFT] = _fresh_draft(saved_spec)
 draft = st.session_state[DRAFT]
 
 
 def _load_preset(name: str) -> None:
-    spec = layers.preset(name, num_classes)
+    spec = presets.preset(name, num_classes)
     st.session_state[DRAFT] = _fresh_draft(spec)
-    ui.save_project(project, model=layers.normalize_spec(spec), model_preset=name)
+    ui.save_project(project, model=layer_specs.normalize_spec(spec), model_preset=name)
 
 
 def _add_layer(position_key: str) -> None:
     kind = st.session_state[f"add-kind-{pid}"]
     position = max(0, min(int(st.session_state[position_key]), len(draft["layers"])))
-    draft["layers"].insert(position, layers.normalize_layer({"type": kind}, position))
+    draft["layers"].insert(position, layer_specs.normalize_layer({"type": kind}, position))
     draft["uids"].insert(position, _new_uid())
 
 
@@ -80,7 +82,7 @@ def _move_layer(index: int, offset: int) -> None:
             draft[key][index], draft[key][target] = draft[key][target], draft[key][index]
 
 
-def _param_widget(param: layers.Param, value, key: str):
+def _param_widget(param: layer_specs.Param, value, key: str):
     label = param.name.replace("_", " ")
     if param.kind is bool:
         return st.checkbox(label, value=bool(value), key=key, help=param.help)
@@ -100,19 +102,19 @@ def _param_widget(param: layers.Param, value, key: str):
 
 # ----------------------------------------------------------------------------- presets
 
-preset_names = list(layers.PRESETS)
+preset_names = list(presets.PRESETS)
 with st.container(border=True):
     left, middle, right = st.columns([2, 4, 1], vertical_alignment="bottom")
     chosen = left.selectbox("Preset", preset_names,
                             index=preset_names.index(project.get("model_preset")) if project.get("model_preset") in preset_names else 0,
                             key=f"preset-{pid}", help="A tested starting point; load it, then edit freely below.")
-    middle.caption(layers.PRESETS[chosen].description)
+    middle.caption(presets.PRESETS[chosen].description)
     right.button("Load", on_click=_load_preset, args=(chosen,), icon=":material/download:", width="stretch",
                  help="Replace the current layers with this preset.")
     with st.expander("Compare presets"):
         table = pd.DataFrame([{"preset": r["name"], "parameters": r["params"],
                                "MFLOPs / image": (r["flops"] or 0) / 1e6, "description": r["description"]}
-                              for r in layers.preset_table(input_shape, num_classes) if r["fits"]])
+                              for r in presets.preset_table(input_shape, num_classes) if r["fits"]])
         st.dataframe(table, hide_index=True, column_config={
             "parameters": st.column_config.NumberColumn(format="localized"),
             "MFLOPs / image": st.column_config.NumberColumn(format="%.1f")})
@@ -129,7 +131,7 @@ with editor:
     new_layers: list[dict] = []
     edited = []
     for index, (layer, uid) in enumerate(zip(draft["layers"], draft["uids"])):
-        layer_type = layers.REGISTRY[layer["type"]]
+        layer_type = layer_specs.REGISTRY[layer["type"]]
         with st.container(border=True, key=f"layer-box-{uid}"):
             head, buttons = st.columns([5, 2], vertical_alignment="center")
             head.markdown(f"**{index} · {layer_type.label}** &nbsp; :gray[{charts.layer_summary(layer)}]",
@@ -152,10 +154,10 @@ with editor:
     draft["layers"] = new_layers
 
     with st.container(border=True):
-        kinds = list(layers.REGISTRY)
+        kinds = list(layer_specs.REGISTRY)
         a, b, c = st.columns([3, 2, 2], vertical_alignment="bottom")
-        a.selectbox("Add a layer", kinds, format_func=lambda k: f"{layers.REGISTRY[k].label} — "
-                                                                       f"{layers.REGISTRY[k].description}",
+        a.selectbox("Add a layer", kinds, format_func=lambda k: f"{layer_specs.REGISTRY[k].label} — "
+                                                                       f"{layer_specs.REGISTRY[k].description}",
                            key=f"add-kind-{pid}", help="Any registered layer type.")
         # keyed by the layer count, so the position resets to "append" whenever layers come or go
         position_key = f"add-pos-{pid}-{len(draft['layers'])}"
@@ -167,14 +169,14 @@ with editor:
 
 error_message = None
 try:
-    info = layers.describe(draft["layers"], input_shape, num_classes)
+    info = layer_specs.describe(draft["layers"], input_shape, num_classes)
     shown_spec = draft["layers"]
-    if not project.get("model") or layers.normalize_spec(project["model"]) != draft["layers"]:
+    if not project.get("model") or layer_specs.normalize_spec(project["model"]) != draft["layers"]:
         ui.save_project(project, model=draft["layers"])
 except ValueError as error:
     error_message = str(error)
-    shown_spec = layers.normalize_spec(saved_spec)
-    info = layers.describe(shown_spec, input_shape, num_classes)
+    shown_spec = layer_specs.normalize_spec(saved_spec)
+    info = layer_specs.describe(shown_spec, input_shape, num_classes)
     bad = re.match(r"layer (\d+)", error_message)
     if bad and int(bad.group(1)) < len(edited):
         edited[int(bad.group(1))].error(ui.plain(error_message), icon=":material/error:")
@@ -207,8 +209,8 @@ with summary:
             if upload.size > 1_000_000:
                 raise ValueError("the file is larger than 1 MB; a model spec is a small JSON file")
             imported = json.loads(upload.getvalue().decode("utf-8"))
-            spec = layers.normalize_spec(imported)
-            layers.describe(spec, input_shape, num_classes)
+            spec = layer_specs.normalize_spec(imported)
+            layer_specs.describe(spec, input_shape, num_classes)
         except (ValueError, UnicodeDecodeError) as error:
             reason = f"not valid JSON ({error})" if isinstance(error, json.JSONDecodeError) else str(error)
             st.session_state["model-import-error"] = f"Could not import {upload.name}: {reason}"

@@ -7,8 +7,11 @@ import math
 import streamlit as st
 
 import studio_ui as ui
-from fmnist_jax import charts, config, data, layers, train
-from fmnist_jax import project as proj
+from fmnist_jax.data import catalogue
+from fmnist_jax.model import layer_specs
+from fmnist_jax.studio import charts, estimates
+from fmnist_jax.studio import projects as proj
+from fmnist_jax.training import config, optim
 
 OPTIMIZER_LABELS = {"sgd": "SGD", "rmsprop": "RMSprop", "adadelta": "Adadelta", "adagrad": "Adagrad",
                     "adamax": "Adamax", "adam": "Adam", "nadam": "Nadam", "adamw": "AdamW"}
@@ -29,7 +32,7 @@ pid = project["id"]
 try:
     dataset = proj.load_dataset(project)
     counts = proj.checked_split_counts(dataset, proj.split_spec(project))
-except (ValueError, data.DataUnavailable) as error:
+except (ValueError, catalogue.DataUnavailable) as error:
     st.error(f"The project's data or split is not usable ({ui.plain(error)}); fix it on the Data page.", icon=":material/error:")
     ui.link("data", "Go to Data")
     st.stop()
@@ -193,7 +196,7 @@ steps_per_epoch = max(1, train_size // cfg.batch_size)
 left, right = st.columns([3, 2], gap="large")
 with left:
     st.subheader("Learning rate over the run")
-    st.altair_chart(charts.learning_rate(train.learning_rate_curve(cfg, steps_per_epoch), cfg.epochs), width="stretch")
+    st.altair_chart(charts.learning_rate(optim.learning_rate_curve(cfg, steps_per_epoch), cfg.epochs), width="stretch")
     st.caption(f"{cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''} × {steps_per_epoch:,} steps of "
                f"{cfg.batch_size} images = "
                f"{cfg.epochs * steps_per_epoch:,} steps on {train_size:,} training images.")
@@ -201,7 +204,7 @@ with right:
     st.subheader("Estimated time")
     spec = proj.model_spec(project, dataset.num_classes)
     try:
-        estimate = proj.estimate_epoch_seconds(ui.workspace(), pid, spec, dataset.input_shape, dataset.num_classes,
+        estimate = estimates.estimate_epoch_seconds(ui.workspace(), pid, spec, dataset.input_shape, dataset.num_classes,
                                                steps_per_epoch * cfg.batch_size, counts["validation"])
     except ValueError as error:
         st.info(f"No estimate: the model is not valid ({ui.plain(error)}).", icon=":material/info:")
@@ -217,7 +220,7 @@ with right:
                    f"at the start.")
     layers_ok = True
     try:
-        layers.describe(spec, dataset.input_shape, dataset.num_classes)
+        layer_specs.describe(spec, dataset.input_shape, dataset.num_classes)
     except ValueError:
         layers_ok = False
     if not layers_ok:

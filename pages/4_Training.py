@@ -8,8 +8,11 @@ import pandas as pd
 import streamlit as st
 
 import studio_ui as ui
-from fmnist_jax import charts, data, layers, store
-from fmnist_jax import project as proj
+from fmnist_jax import store
+from fmnist_jax.data import catalogue
+from fmnist_jax.model import layer_specs
+from fmnist_jax.studio import charts, estimates, tasks
+from fmnist_jax.studio import projects as proj
 
 STATUS_LABELS = {"queued": ":orange-badge[:material/hourglass_top: queued]",
                  "running": ":blue-badge[:material/progress_activity: running]",
@@ -32,9 +35,9 @@ registry = ui.registry()
 problem = None
 try:
     dataset = proj.load_dataset(project)
-    spec, cfg, train_size = proj.check_trainable(project, dataset)
-    info = layers.describe(spec, dataset.input_shape, dataset.num_classes)
-except (ValueError, data.DataUnavailable, store.StoreError) as error:
+    spec, cfg, train_size = tasks.check_trainable(project, dataset)
+    info = layer_specs.describe(spec, dataset.input_shape, dataset.num_classes)
+except (ValueError, catalogue.DataUnavailable, store.StoreError) as error:
     problem = str(error)
 
 with st.container(border=True):
@@ -65,8 +68,8 @@ with st.container(border=True):
 def _start() -> None:
     name = st.session_state.get(f"run-name-{pid}", "").strip()
     try:
-        snap = proj.start_training(ws, ws.get_project(pid), name or None, registry)
-    except (ValueError, data.DataUnavailable, store.StoreError) as error:
+        snap = tasks.start_training(ws, ws.get_project(pid), name or None, registry)
+    except (ValueError, catalogue.DataUnavailable, store.StoreError) as error:
         st.session_state["training-error"] = str(error)
         return
     st.session_state["training-notice"] = f"Started **{snap['name']}**."
@@ -79,7 +82,7 @@ def _stop(job_id: int) -> None:
 
 def _resume(run_id: str) -> None:
     try:
-        snap = proj.resume_training(ws, ws.get_project(pid), run_id, registry)
+        snap = tasks.resume_training(ws, ws.get_project(pid), run_id, registry)
     except (ValueError, store.StoreError) as error:
         st.session_state["training-error"] = f"Cannot resume {run_id}: {error}"
         return
@@ -107,7 +110,7 @@ def live_panel() -> None:
         st.info("No run in this session yet. Press **Start** to train with the settings above.", icon=":material/info:")
         return
 
-    figures = proj.job_progress(snap)
+    figures = tasks.job_progress(snap)
     st.markdown(f"#### `{snap['name']}` {STATUS_LABELS.get(snap['status'], snap['status'])}")
     if snap["status"] == "queued":
         position = next((j["position"] for j in registry.queue() if j["id"] == snap["id"]), 0)
@@ -122,7 +125,7 @@ def live_panel() -> None:
     if snap["chunks"] or snap["epochs"]:
         fraction = figures["fraction"]
         st.progress(fraction, text=f"epoch {figures['epoch']}/{figures['epochs']} · {fraction:.0%}")
-        memory = proj.memory_in_use()
+        memory = estimates.memory_in_use()
         start = snap["start"]
         m = st.columns(7)
         m[0].metric("Images/s", f"{figures['images_per_s']:,.0f}" if figures["images_per_s"] else "–")
@@ -168,7 +171,7 @@ st.fragment(live_panel, run_every=1.0 if is_active else None)()
 # ----------------------------------------------------------------------------- history
 
 st.subheader("Run history")
-runs = proj.runs_table(ws, pid)
+runs = tasks.runs_table(ws, pid)
 if not runs:
     st.info("Finished, stopped and failed runs of this project will be listed here.", icon=":material/history:")
     st.stop()
@@ -192,7 +195,7 @@ if resumable and not is_active:
         _resume(choice)
         st.rerun()
 
-with_history = [r for r in runs if proj.run_history(r["path"])]
+with_history = [r for r in runs if tasks.run_history(r["path"])]
 if with_history:
     st.markdown("**Compare runs**")
     a, b = st.columns([3, 1])
@@ -204,7 +207,7 @@ if with_history:
                          format_func={"val_accuracy": "validation accuracy", "val_loss": "validation loss",
                                       "accuracy": "train accuracy", "loss": "train loss"}.get)
     overlay = [{"run": r["name"], "epoch": h["epoch"], "metric": key, "value": h.get(key)}
-               for r in with_history if r["id"] in chosen for h in proj.run_history(r["path"])
+               for r in with_history if r["id"] in chosen for h in tasks.run_history(r["path"])
                for key in ("val_accuracy", "val_loss", "accuracy", "loss") if h.get(key) is not None]
     if overlay:
         st.altair_chart(charts.runs_overlay(overlay, metric), width="stretch")

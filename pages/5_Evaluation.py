@@ -6,8 +6,9 @@ import pandas as pd
 import streamlit as st
 
 import studio_ui as ui
-from fmnist_jax import charts, data, store
-from fmnist_jax import project as proj
+from fmnist_jax import store
+from fmnist_jax.data import catalogue
+from fmnist_jax.studio import charts, estimates, tasks
 
 GALLERY_LIMIT = 48
 
@@ -17,7 +18,7 @@ project = ui.require_project()
 pid = project["id"]
 ws = ui.workspace()
 
-runs = [r for r in proj.runs_table(ws, pid) if r["has_weights"]]
+runs = [r for r in tasks.runs_table(ws, pid) if r["has_weights"]]
 if not runs:
     st.info("No trained run yet. Train one first; its results appear here.", icon=":material/model_training:")
     ui.link("training", "Go to Training")
@@ -30,16 +31,16 @@ run = next(r for r in runs if r["id"] == run_id)
 
 bar = st.empty()
 try:
-    metrics = proj.evaluate_run(ws, pid, run_id, progress=ui.progress_callback(bar))
-    run_record = proj.read_run(ws, pid, run_id)
-    test_images, test_labels = proj.gallery_images(run_record)
-except (ValueError, store.StoreError, data.DataUnavailable) as error:
+    metrics = tasks.evaluate_run(ws, pid, run_id, progress=ui.progress_callback(bar))
+    run_record = tasks.read_run(ws, pid, run_id)
+    test_images, test_labels = tasks.gallery_images(run_record)
+except (ValueError, store.StoreError, catalogue.DataUnavailable) as error:
     bar.empty()
     st.error(f"This run cannot be evaluated: {ui.plain(error)}", icon=":material/error:")
     st.stop()
 bar.empty()
 
-history = proj.run_history(run["path"])
+history = tasks.run_history(run["path"])
 last = history[-1] if history else {}
 best = max(history, key=lambda h: h["val_accuracy"]) if history else {}
 class_names = metrics["class_names"]
@@ -105,7 +106,7 @@ st.caption(f"{len(selected):,} of {len(mistakes):,} mistakes match; showing the 
 columns = st.columns(8)
 for position, index in enumerate(selected[:GALLERY_LIMIT]):
     with columns[position % 8]:
-        st.image(proj.upscale(test_images[index], 4), width="stretch")
+        st.image(estimates.upscale(test_images[index], 4), width="stretch")
         st.caption(f"**{class_names[int(test_labels[index])]}** → {class_names[predicted[index]]} "
                    f"({confidence[index]:.0%})")
 

@@ -9,18 +9,10 @@ from pathlib import Path
 import streamlit as st
 
 import studio_ui as ui
-from fmnist_jax import charts, settings
-from fmnist_jax import project as proj
-
-try:
-    from fmnist_jax import predict
-except ImportError as error:  # the photo pipeline ships separately; the page explains instead of failing
-    predict = None
-    PREDICT_PROBLEM = str(error)
-try:
-    from fmnist_jax import bundle
-except ImportError:  # exports ship with the deployment tools; without them the page just offers no downloads
-    bundle = None
+from fmnist_jax import settings, store
+from fmnist_jax.deploy import bundle, onnx_export, predict
+from fmnist_jax.photos import decode
+from fmnist_jax.studio import charts, estimates, tasks
 
 DEMO = "demo"
 STEP_TITLES = {"original": "Your photo", "background removed": "Background removed", "cropped": "Cropped & inverted",
@@ -33,11 +25,6 @@ project = ui.require_project()
 pid = project["id"]
 ws = ui.workspace()
 
-if predict is None:
-    st.warning(f"The photo pipeline (`fmnist_jax.predict`) is not available on this server, so predictions are off "
-               f"for now ({PREDICT_PROBLEM}).", icon=":material/construction:")
-    st.stop()
-
 
 @st.cache_resource(show_spinner=False, max_entries=4)
 def load_model(source: str, stamp: str):
@@ -49,12 +36,12 @@ def demo_problem() -> str | None:
     """Why the shipped demo model cannot serve (None when it can)."""
     try:
         load_model(DEMO, "demo")
-    except Exception as error:  # a missing or damaged demo only removes it from the choices
+    except (ValueError, store.StoreError, OSError) as error:  # a missing or damaged demo only removes it from the choices
         return str(error)
     return None
 
 
-runs = {r["id"]: r for r in proj.runs_table(ws, pid) if r["has_weights"]}
+runs = {r["id"]: r for r in tasks.runs_table(ws, pid) if r["has_weights"]}
 demo_missing = demo_problem()
 options = ([] if demo_missing else [DEMO]) + list(runs)
 if not options:
@@ -87,7 +74,7 @@ with left:
     try:
         with st.spinner("Loading the model…"):
             model = load_model(source, stamp)
-    except Exception as error:  # a broken bundle or run must not take the page down
+    except (ValueError, store.StoreError, OSError) as error:  # a broken bundle or run: said, not a traceback
         st.error(f"This model cannot be loaded: {ui.plain(error)}", icon=":material/error:")
         st.stop()
     card = getattr(model, "card", {}) or {}
@@ -109,28 +96,27 @@ with right:
         st.caption("Anyone with this link opens your workspace: share it only with people you trust.")
 
 with st.expander("Use this model outside the studio", expanded=False):
-    if bundle is not None:
-        stem = "fmnist-demo" if choice == DEMO else f"fmnist-{pid}-{choice}"
-        a, b = st.columns(2)
-        a.download_button("Download bundle (.zip)", data=lambda: bundle.bundle_bytes(model), file_name=f"{stem}.zip",
-                          mime="application/zip", icon=":material/package_2:", key=f"bundle-{pid}",
-                          help="Weights, layers, class names and photo settings in one file; loads with "
-                               "`predict`/`serve` and needs no pickle.")
-        onnx_key = f"onnx-{source}-{stamp}"
-        if onnx_key in st.session_state:
-            payload, difference = st.session_state[onnx_key]
-            b.download_button("Download ONNX", payload, file_name=f"{stem}.onnx", mime="application/octet-stream",
-                              icon=":material/file_download:", key=f"onnx-dl-{pid}",
-                              help=f"Checked with onnxruntime: probabilities within {difference:.1e} of JAX's.")
-        elif b.button("Prepare ONNX export", icon=":material/conversion_path:", key=f"onnx-make-{pid}",
-                      help="Converts with jax2onnx and checks the result against JAX (takes a few seconds)."):
-            try:
-                with st.spinner("Converting to ONNX and checking it against JAX…"):
-                    st.session_state[onnx_key] = bundle.onnx_bytes(model)
-            except Exception as error:  # an unsupported layer must not take the page down
-                b.error(f"ONNX export failed: {ui.plain(error)}", icon=":material/error:")
-            else:
-                st.rerun()
+    stem = "fmnist-demo" if choice == DEMO else f"fmnist-{pid}-{choice}"
+    a, b = st.columns(2)
+    a.download_button("Download bundle (.zip)", data=lambda: bundle.bundle_bytes(model), file_name=f"{stem}.zip",
+                      mime="application/zip", icon=":material/package_2:", key=f"bundle-{pid}",
+                      help="Weights, layers, class names and photo settings in one file; loads with "
+                           "`predict`/`serve` and needs no pickle.")
+    onnx_key = f"onnx-{source}-{stamp}"
+    if onnx_key in st.session_state:
+        payload, difference = st.session_state[onnx_key]
+        b.download_button("Download ONNX", payload, file_name=f"{stem}.onnx", mime="application/octet-stream",
+                          icon=":material/file_download:", key=f"onnx-dl-{pid}",
+                          help=f"Checked with onnxruntime: probabilities within {difference:.1e} of JAX's.")
+    elif b.button("Prepare ONNX export", icon=":material/conversion_path:", key=f"onnx-make-{pid}",
+                  help="Converts with jax2onnx and checks the result against JAX (takes a few seconds)."):
+        try:
+            with st.spinner("Converting to ONNX and checking it against JAX…"):
+                st.session_state[onnx_key] = onnx_export.onnx_bytes(model)
+        except bundle.ExportError as error:  # an unsupported layer: said, not a traceback
+            b.error(f"ONNX export failed: {ui.plain(error)}", icon=":material/error:")
+        else:
+            st.rerun()
     target = "demo" if choice == DEMO else source
     st.markdown("Command line (same pipeline, JSON output):")
     st.code(f"python -m fmnist_jax predict {target} photo.jpg --json", language="bash")
@@ -138,9 +124,9 @@ with st.expander("Use this model outside the studio", expanded=False):
     st.code(f"python -m fmnist_jax serve {target} --port 8000\n"
             "curl -F files=@photo.jpg http://127.0.0.1:8000/predict", language="bash")
 
-uploads = st.file_uploader("Upload photos", type=predict.UPLOAD_TYPES, accept_multiple_files=True,
+uploads = st.file_uploader("Upload photos", type=decode.UPLOAD_TYPES, accept_multiple_files=True,
                            key=f"deploy-upload-{pid}",
-                           help="One or many images (" + ", ".join(predict.UPLOAD_TYPES) + "). A garment on a plain "
+                           help="One or many images (" + ", ".join(decode.UPLOAD_TYPES) + "). A garment on a plain "
                                 "background works best; phone photos are fine.")
 if not uploads:
     st.info("Upload one or more photos of a T-shirt, trousers, a pullover, a dress, a coat, sandals, a shirt, "
@@ -171,7 +157,7 @@ for result in results:
         columns = st.columns([1.3] * len(steps) + [2.6])
         for column, (name, image) in zip(columns, steps):
             small = max(image.shape[:2]) <= 64
-            column.image(proj.upscale(image, max(1, 140 // max(image.shape[:2]))) if small else image,
+            column.image(estimates.upscale(image, max(1, 140 // max(image.shape[:2]))) if small else image,
                          caption=STEP_TITLES.get(name, name.capitalize()), width="stretch")
         with columns[-1]:
             st.altair_chart(charts.probabilities(model.class_names, result["probs"], None if show_all else 3),

@@ -11,8 +11,11 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from fmnist_jax import config, layers, store
-from fmnist_jax import project as proj
+from fmnist_jax import store
+from fmnist_jax.model import layer_specs
+from fmnist_jax.studio import projects as proj
+from fmnist_jax.studio import tasks
+from fmnist_jax.training import config
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 PAGES = ["pages/1_Data.py", "pages/2_Model.py", "pages/3_Hyperparameters.py", "pages/4_Training.py",
@@ -26,7 +29,7 @@ def seeded(workspace: Path) -> dict:
     """A project on the synthetic dataset with a one-layer model and a one-epoch config."""
     cfg = config.TrainConfig(epochs=1, batch_size=32, chunk_steps=5, learning_rate=0.01)
     return store.Workspace().create_project("Seeded", "for tests", dataset=proj.SYNTHETIC, split=None,
-                                            model=layers.normalize_spec(TINY_SPEC), model_preset="fast",
+                                            model=layer_specs.normalize_spec(TINY_SPEC), model_preset="fast",
                                             config=cfg.to_dict())
 
 
@@ -132,7 +135,7 @@ def test_model_page_rejects_an_invalid_stack_and_keeps_the_last_valid_spec(seede
     assert not at.exception
     message = texts(at, "error")
     assert "not valid" in message and "Flatten" in message and "layer 0" in message
-    assert store.Workspace().get_project(pid)["model"] == layers.normalize_spec(TINY_SPEC)
+    assert store.Workspace().get_project(pid)["model"] == layer_specs.normalize_spec(TINY_SPEC)
     assert "last valid model" in texts(at, "warning")
 
 
@@ -229,7 +232,7 @@ def test_training_page_runs_a_tiny_job_and_lists_it_in_history(seeded: dict) -> 
     assert list(history["run"]) == [snapshot["name"]]
     assert list(history["status"]) == ["completed"]
     # a second project start while the first is still queued is refused; a new one after it finished is fine
-    run = proj.read_run(store.Workspace(), pid, snapshot["name"])
+    run = tasks.read_run(store.Workspace(), pid, snapshot["name"])
     assert run["epochs_completed"] == 1 and run["dataset"] == proj.SYNTHETIC
 
 
@@ -237,10 +240,10 @@ def test_training_refuses_a_second_start_while_a_job_is_active(seeded: dict) -> 
     ws = store.Workspace()
     project = ws.get_project(pid := seeded["id"])
     registry = proj.get_registry()
-    first = proj.start_training(ws, project, "first", registry)
+    first = tasks.start_training(ws, project, "first", registry)
     try:
         with pytest.raises(ValueError, match="already has a training job"):
-            proj.start_training(ws, project, "second", registry)
+            tasks.start_training(ws, project, "second", registry)
         assert [r["id"] for r in ws.list_runs(pid)] in ([], ["first"])  # the refused run left no folder
         assert not (ws.runs_dir(pid) / "second").exists()
     finally:
@@ -252,7 +255,7 @@ def test_training_refuses_a_second_start_while_a_job_is_active(seeded: dict) -> 
 def trained(seeded: dict) -> dict:
     """The seeded project with one finished run named 'trained'."""
     registry = proj.get_registry()
-    job = proj.start_training(store.Workspace(), seeded, "trained", registry)
+    job = tasks.start_training(store.Workspace(), seeded, "trained", registry)
     final = registry.wait(job["id"], timeout=240)
     assert final["status"] == "completed", final["error"]
     return seeded
@@ -272,10 +275,10 @@ def test_evaluation_page_shows_test_metrics_confusion_matrix_and_mistakes(traine
     values = metric_values(at)
     assert values["Test accuracy"].endswith("%") and "Validation accuracy" in values and "Train accuracy" in values
     assert len(at.get("vega_lite_chart")) == 1  # the confusion matrix
-    assert (Path(proj.run_dir_of(store.Workspace(), pid, "trained")) / proj.EVALUATION_FILE).exists()
+    assert (Path(tasks.run_dir_of(store.Workspace(), pid, "trained")) / proj.EVALUATION_FILE).exists()
     at.toggle(key=f"eval-norm-{pid}").set_value(True).run()
     assert not at.exception
-    metrics = proj.evaluate_run(store.Workspace(), pid, "trained")
+    metrics = tasks.evaluate_run(store.Workspace(), pid, "trained")
     if metrics["mistakes"]:
         at.multiselect(key=f"eval-true-{pid}").set_value([metrics["class_names"][0]]).run()
         assert not at.exception
@@ -299,7 +302,6 @@ def test_deploy_page_predicts_each_upload_and_explains_a_bad_file(trained: dict)
     assert len(at.get("vega_lite_chart")) == 1  # the probability bars of the one good file
 
 
-@pytest.mark.skipif(not proj.uploads_available(), reason="fmnist_jax.uploads is not installed")
 def test_data_page_imports_an_uploaded_dataset(seeded: dict) -> None:
     pid = seeded["id"]
     rng = np.random.default_rng(0)
@@ -352,26 +354,26 @@ def test_training_page_stops_and_resumes_a_run(seeded: dict) -> None:
     proj.get_registry().stop(snapshot["id"])
     snapshot = _wait_for(pid, lambda s: s["status"] not in ("queued", "running"))
     assert snapshot["status"] in ("stopped", "completed")
-    run = proj.read_run(ws, pid, "long-run")
+    run = tasks.read_run(ws, pid, "long-run")
     assert run["epochs_completed"] >= first_stop
 
 
 def test_a_crash_inside_the_job_is_shown_and_the_next_start_works(seeded: dict,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     pid = seeded["id"]
-    original = proj.load_splits
+    original = tasks.load_splits
 
     def broken(record: dict, progress=None):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(proj, "load_splits", broken)
+    monkeypatch.setattr(tasks, "load_splits", broken)
     at = open_app("pages/4_Training.py", pid)
     at.button(key="start-training").click().run()
     snapshot = _wait_for(pid, lambda s: s["status"] not in ("queued", "running"), at)
     at.run()
     assert snapshot["status"] == "failed"
     assert "disk on fire" in texts(at, "error")
-    monkeypatch.setattr(proj, "load_splits", original)
+    monkeypatch.setattr(tasks, "load_splits", original)
     at.button(key="start-training").click().run()
     snapshot = _wait_for(pid, lambda s: s["status"] not in ("queued", "running"), at)
     assert snapshot["status"] == "completed", snapshot["error"]
@@ -418,7 +420,7 @@ def test_public_mode_caps_the_size_of_a_job(public_mode, workspace: Path) -> Non
     visitor = at.query_params["w"]
     ws = store.Workspace(workspace / "visitors" / visitor)
     cfg = config.TrainConfig(epochs=2, batch_size=32)
-    project = ws.create_project("Capped", dataset=proj.SYNTHETIC, model=layers.normalize_spec(TINY_SPEC),
+    project = ws.create_project("Capped", dataset=proj.SYNTHETIC, model=layer_specs.normalize_spec(TINY_SPEC),
                                 config=cfg.to_dict())
     at.session_state["project_id"] = project["id"]
     at.switch_page("pages/4_Training.py").run()
@@ -430,7 +432,6 @@ def test_public_mode_caps_the_size_of_a_job(public_mode, workspace: Path) -> Non
 
 
 def test_deploy_page_offers_the_bundle_and_a_checked_onnx_export(trained: dict) -> None:
-    pytest.importorskip("fmnist_jax.bundle", reason="the export tools (fmnist_jax.bundle) are not installed")
     pid = trained["id"]
     at = open_app("pages/6_Deploy.py", pid)
     assert any(b.label == "Download bundle (.zip)" for b in at.get("download_button"))

@@ -18,8 +18,15 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from bad_inputs import generate  # noqa: E402
 
-from fmnist_jax import cli, data, layers, store, uploads  # noqa: E402
-from fmnist_jax.config import TrainConfig  # noqa: E402
+from fmnist_jax import store
+from fmnist_jax.cli import main as cli
+from fmnist_jax.data import catalogue
+from fmnist_jax.data.uploads import importer
+from fmnist_jax.data.uploads import limits as upload_limits
+from fmnist_jax.deploy import bundle, predict, serve
+from fmnist_jax.model import layer_specs
+from fmnist_jax.photos import decode, pipeline
+from fmnist_jax.training.config import TrainConfig  # noqa: E402
 
 ENTRY_POINTS = {
     "image": ("photo", "upload-image", "cli-predict", "rest"),
@@ -59,23 +66,20 @@ def test_corpus_is_large_and_covers_every_entry_point() -> None:
 # ----------------------------------------------------------------------------- shared state
 
 @pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path | None:
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model folder (model.json + weights) of an untrained tiny network: enough to run predictions."""
-    try:
-        from fmnist_jax import bundle
-    except ImportError:  # the deploy helper's module; its entry points are skipped without it
-        return None
-    from fmnist_jax.train import TrainedModel, init_state
+    from fmnist_jax.training.program import init_state
+    from fmnist_jax.training.trained import TrainedModel
 
     _, state = init_state(TINY_SPEC, (28, 28, 1), 10, TrainConfig())
-    model = TrainedModel(TINY_SPEC, (28, 28, 1), data.CLASS_NAMES, {"params": state["params"], "batch_stats": state["batch_stats"]})
+    model = TrainedModel(TINY_SPEC, (28, 28, 1), catalogue.CLASS_NAMES, {"params": state["params"], "batch_stats": state["batch_stats"]})
     return bundle.save_model_dir(model, tmp_path_factory.mktemp("model") / "tiny")
 
 
 @pytest.fixture(scope="session")
-def corpus(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path | None) -> dict[str, Any]:
+def corpus(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> dict[str, Any]:
     """Every case built once per session (the large ones too)."""
-    good_bundle = {p.name: p.read_bytes() for p in tiny_model_dir.iterdir() if p.is_file()} if tiny_model_dir else None
+    good_bundle = {p.name: p.read_bytes() for p in tiny_model_dir.iterdir() if p.is_file()}
     return generate.write_corpus(tmp_path_factory.mktemp("corpus"), good_bundle)
 
 
@@ -85,8 +89,8 @@ def good_state(workspace: Path, tmp_path: Path) -> dict[str, Any]:
     ws = store.Workspace()
     good = ws.create_project("good project")
     other = ws.create_project("other project")
-    upload = uploads.import_upload(generate._zip(tmp_path / "good.zip", generate.good_entries()))
-    data.save_cached(data.synthetic_dataset(num_train=SYNTHETIC_TRAIN + 32, num_test=64))
+    upload = importer.import_upload(generate._zip(tmp_path / "good.zip", generate.good_entries()))
+    catalogue.save_cached(catalogue.synthetic_dataset(num_train=SYNTHETIC_TRAIN + 32, num_test=64))
     return {"ws": ws, "project": good, "other": other, "upload": upload, "snapshot": _snapshot(workspace)}
 
 
@@ -109,10 +113,9 @@ def _image_file(case_id: str, path: Path, folder: Path) -> Path:
 
 
 def run_photo(case: Any, value: Path, tmp_path: Path, **_: Any) -> str | None:
-    predict = pytest.importorskip("fmnist_jax.predict")
     try:
-        result = predict.preprocess_photo(value.read_bytes(), None, (28, 28, 1))
-    except predict.ImageError as error:
+        result = pipeline.preprocess_photo(value.read_bytes(), None, (28, 28, 1))
+    except decode.ImageError as error:
         return str(error)
     assert result.model_input.shape == (28, 28, 1) and result.model_input.dtype == np.uint8
     return None
@@ -123,24 +126,22 @@ def run_upload_image(case: Any, value: Path, tmp_path: Path, expected: str, **_:
     archive = generate._zip(tmp_path / "with-bad-image.zip",
                             generate.good_entries() + [(f"train/{generate.CLASS_A}/{image.name}", image.read_bytes())])
     try:
-        manifest = uploads.import_upload(archive)
-    except uploads.UploadError as error:
+        manifest = importer.import_upload(archive)
+    except upload_limits.UploadError as error:
         return str(error)
     skipped = {entry["file"].rsplit("/", 1)[-1]: entry["reason"] for entry in manifest["skipped"]}
     if expected.startswith("skip:"):
         assert image.name in skipped, f"{image.name} was not skipped: {manifest['skipped']}"
         assert re.search(expected[5:], skipped[image.name]), skipped[image.name]
         assert manifest["counts"]["train"] == 8
-        uploads.delete_upload(manifest["name"])
+        importer.delete_upload(manifest["name"])
         return "skip:" + skipped[image.name]
     assert not skipped and manifest["counts"]["train"] == 9
-    uploads.delete_upload(manifest["name"])
+    importer.delete_upload(manifest["name"])
     return None
 
 
-def run_cli_predict(case: Any, value: Path, tmp_path: Path, tiny_model_dir: Path | None, capsys: Any, **_: Any) -> str | None:
-    if tiny_model_dir is None:
-        pytest.skip("the predict command needs fmnist_jax.bundle")
+def run_cli_predict(case: Any, value: Path, tmp_path: Path, tiny_model_dir: Path, capsys: Any, **_: Any) -> str | None:
     image = _image_file(case.id, value, tmp_path)
     status = cli.main(["predict", str(tiny_model_dir), str(image), "--json"])
     captured = capsys.readouterr()
@@ -158,23 +159,23 @@ def run_rest(case: Any, value: Path, tmp_path: Path, rest_client: Any, **_: Any)
     response = rest_client.post("/predict", files=[("files", (image.name, image.read_bytes(), "application/octet-stream"))])
     body = response.json()
     if response.status_code == 200:
-        assert body[0]["label"] in data.CLASS_NAMES
+        assert body[0]["label"] in catalogue.CLASS_NAMES
         return None
     assert 400 <= response.status_code < 500, (response.status_code, body)
     assert isinstance(body.get("detail"), str)
     return body["detail"]
 
 
-def run_upload(case: Any, value: Path, limits: uploads.UploadLimits | None = None, **_: Any) -> str | None:
+def run_upload(case: Any, value: Path, limits: upload_limits.UploadLimits | None = None, **_: Any) -> str | None:
     try:
-        uploads.import_upload(value, limits=limits)
-    except (uploads.UploadError, store.StoreError) as error:
+        importer.import_upload(value, limits=limits)
+    except (upload_limits.UploadError, store.StoreError) as error:
         return str(error)
     return None
 
 
 def run_upload_public(case: Any, value: Path, **kwargs: Any) -> str | None:
-    return run_upload(case, value, limits=uploads.PUBLIC_LIMITS)
+    return run_upload(case, value, limits=upload_limits.PUBLIC_LIMITS)
 
 
 def _cli_train(args: list[str], tmp_path: Path, capsys: Any, expected: str) -> str | None:
@@ -222,7 +223,7 @@ def run_project_rename(case: Any, value: Any, state: dict, **_: Any) -> str | No
 
 def run_spec(case: Any, value: Any, **_: Any) -> str | None:
     try:
-        layers.describe(value, (28, 28, 1), 10)
+        layer_specs.describe(value, (28, 28, 1), 10)
     except ValueError as error:
         return str(error)
     return None
@@ -256,7 +257,6 @@ def run_cli_train_config(case: Any, value: Any, tmp_path: Path, capsys: Any, exp
 
 
 def run_bundle(case: Any, value: Path, **_: Any) -> str | None:
-    bundle = pytest.importorskip("fmnist_jax.bundle")
     try:
         bundle.load_bundle(value)
     except bundle.BundleError as error:
@@ -265,7 +265,6 @@ def run_bundle(case: Any, value: Path, **_: Any) -> str | None:
 
 
 def run_predict_load(case: Any, value: Path, **_: Any) -> str | None:
-    predict = pytest.importorskip("fmnist_jax.predict")
     try:
         predict.load_model(str(value))
     except ValueError as error:
@@ -281,11 +280,7 @@ RUNNERS = {"photo": run_photo, "upload-image": run_upload_image, "cli-predict": 
 
 
 @pytest.fixture(scope="session")
-def rest_app(tiny_model_dir: Path | None) -> Any:
-    if tiny_model_dir is None:
-        pytest.skip("REST needs fmnist_jax.bundle")
-    serve = pytest.importorskip("fmnist_jax.serve")
-    predict = pytest.importorskip("fmnist_jax.predict")
+def rest_app(tiny_model_dir: Path) -> Any:
     return serve.create_app(predict.load_model(str(tiny_model_dir)))
 
 
@@ -301,8 +296,7 @@ def rest_client(rest_app: Any) -> Any:
 @pytest.mark.parametrize("case, entry, expected", PAIRS)
 def test_bad_input(case: Any, entry: str, expected: str, corpus: dict, good_state: dict, workspace: Path,
                    tmp_path: Path, capsys: pytest.CaptureFixture, tiny_model_dir: Path, request: pytest.FixtureRequest) -> None:
-    if case.id not in corpus:
-        pytest.skip("bundle cases need fmnist_jax.bundle")
+    assert case.id in corpus, f"the corpus lacks {case.id}"
     extra = {"rest_client": request.getfixturevalue("rest_client")} if entry == "rest" else {}
     message = RUNNERS[entry](case, corpus[case.id], tmp_path=tmp_path, capsys=capsys, expected=expected,
                              state=good_state, tiny_model_dir=tiny_model_dir, **extra)
@@ -323,4 +317,4 @@ def test_bad_input(case: Any, entry: str, expected: str, corpus: dict, good_stat
         if payload is not None:
             assert after["projects"][project_id] == payload, f"project {project_id} was modified"
     assert good_state["ws"].get_project(good_state["other"]["id"])["name"] == "other project"
-    assert data.load_dataset(good_state["upload"]["name"]).num_classes == 2  # the good upload still loads
+    assert catalogue.load_dataset(good_state["upload"]["name"]).num_classes == 2  # the good upload still loads

@@ -8,8 +8,9 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO
+
+pytestmark = pytest.mark.slow  # starts servers, browsers or trains: out of the quick inner loop
 
 
 def _run(script: str, *args: str, timeout: float = 600) -> dict:

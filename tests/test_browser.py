@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import real_data_dir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -93,9 +92,9 @@ def fashion_png() -> bytes:
     """A Fashion-MNIST test image (a sneaker or whatever comes first) as PNG bytes."""
     from PIL import Image
 
-    from fmnist_jax import data
+    from fmnist_jax.data import catalogue
 
-    dataset = data.load_dataset("fashion_mnist")
+    dataset = catalogue.load_dataset("fashion_mnist")
     buffer = io.BytesIO()
     Image.fromarray(np.asarray(dataset.test_images[0])[..., 0]).save(buffer, format="PNG")
     return buffer.getvalue()

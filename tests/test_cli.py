@@ -8,9 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, requires_real_data
-from fmnist_jax import cli, data
+
+from fmnist_jax.cli import main as cli
+from fmnist_jax.data import catalogue
 
 
 def run_cli(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -51,8 +52,8 @@ def test_user_errors_are_one_line_exit_2(args: list[str], message: str, capsys: 
 
 
 def test_train_json_on_synthetic_data_via_the_library_path(tmp_path: Path, monkeypatch, capsys) -> None:
-    dataset = data.synthetic_dataset(num_train=300, num_test=60)
-    data.save_cached(dataset)  # cached as "synthetic" in this test's workspace
+    dataset = catalogue.synthetic_dataset(num_train=300, num_test=60)
+    catalogue.save_cached(dataset)  # cached as "synthetic" in this test's workspace
     out = tmp_path / "run"
     code = cli.main(["train", "--dataset", "synthetic", "--epochs", "2", "--batch-size", "32", "--preset", "lenet",
                      "--out", str(out), "--json"])

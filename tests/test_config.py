@@ -5,8 +5,9 @@ import math
 
 import pytest
 
-from fmnist_jax import train
-from fmnist_jax.config import AugmentConfig, TrainConfig
+from fmnist_jax.data.augment import AugmentConfig
+from fmnist_jax.training import optim
+from fmnist_jax.training.config import TrainConfig
 
 
 def test_json_round_trip_is_exact() -> None:
@@ -49,7 +50,7 @@ def test_unknown_keys_and_bad_json_raise() -> None:
 @pytest.mark.parametrize("schedule", ["constant", "cosine", "warmup_cosine", "one_cycle", "step"])
 def test_schedules_start_peak_and_end_sensibly(schedule: str) -> None:
     cfg = TrainConfig(epochs=20, learning_rate=0.01, schedule=schedule, warmup_epochs=2, step_every_epochs=5)
-    curve = train.learning_rate_curve(cfg, steps_per_epoch=100, points=400)
+    curve = optim.learning_rate_curve(cfg, steps_per_epoch=100, points=400)
     rates = [p["learning_rate"] for p in curve]
     assert max(rates) <= 0.01 + 1e-9 and all(math.isfinite(r) and r >= 0 for r in rates)
     if schedule == "constant":
@@ -63,7 +64,7 @@ def test_schedules_start_peak_and_end_sensibly(schedule: str) -> None:
 @pytest.mark.parametrize("name", ["sgd", "rmsprop", "adadelta", "adagrad", "adamax", "adam", "nadam", "adamw"])
 def test_every_optimizer_builds(name: str) -> None:
     import jax.numpy as jnp
-    tx = train.make_optimizer(TrainConfig(optimizer=name, weight_decay=1e-4, grad_clip=1.0), 10)
+    tx = optim.make_optimizer(TrainConfig(optimizer=name, weight_decay=1e-4, grad_clip=1.0), 10)
     params = {"w": jnp.ones(3)}
     updates, _ = tx.update({"w": jnp.ones(3)}, tx.init(params), params)
     assert updates["w"].shape == (3,) and bool(jnp.all(jnp.isfinite(updates["w"])))

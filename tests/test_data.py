@@ -4,16 +4,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fmnist_jax import data
+from fmnist_jax.data import catalogue, splitting
 
 
 @pytest.fixture
-def dataset() -> data.Dataset:
-    return data.synthetic_dataset(num_train=6000, num_test=1000, seed=3)
+def dataset() -> catalogue.Dataset:
+    return catalogue.synthetic_dataset(num_train=6000, num_test=1000, seed=3)
 
 
-def test_pooled_split_counts_and_stratified_balance(dataset: data.Dataset) -> None:
-    splits = data.make_splits(dataset, data.SplitSpec(mode="pooled", fractions=(0.8, 0.1, 0.1), seed=1, stratify=True))
+def test_pooled_split_counts_and_stratified_balance(dataset: catalogue.Dataset) -> None:
+    splits = splitting.make_splits(dataset, splitting.SplitSpec(mode="pooled", fractions=(0.8, 0.1, 0.1), seed=1, stratify=True))
     assert splits.counts() == {"train": 5600, "validation": 700, "test": 700}
     for labels, size in ((splits.train_labels, 5600), (splits.val_labels, 700), (splits.test_labels, 700)):
         counts = np.bincount(labels, minlength=10)
@@ -22,69 +22,69 @@ def test_pooled_split_counts_and_stratified_balance(dataset: data.Dataset) -> No
     assert len(np.unique(together, axis=0)) == len(np.unique(np.concatenate([dataset.train_images, dataset.test_images]).reshape(7000, -1), axis=0))
 
 
-def test_official_split_keeps_the_test_set(dataset: data.Dataset) -> None:
-    splits = data.make_splits(dataset, data.SplitSpec(mode="official", val_fraction=0.1, seed=0))
+def test_official_split_keeps_the_test_set(dataset: catalogue.Dataset) -> None:
+    splits = splitting.make_splits(dataset, splitting.SplitSpec(mode="official", val_fraction=0.1, seed=0))
     assert splits.counts() == {"train": 5400, "validation": 600, "test": 1000}
     assert np.array_equal(splits.test_images, dataset.test_images)
     assert np.array_equal(splits.test_labels, dataset.test_labels)
     assert np.bincount(splits.val_labels, minlength=10).tolist() == [60] * 10
 
 
-def test_same_seed_same_split_bit_for_bit(dataset: data.Dataset) -> None:
-    spec = data.SplitSpec(mode="pooled", seed=7, stratify=False)
-    a, b = data.make_splits(dataset, spec), data.make_splits(dataset, data.SplitSpec(mode="pooled", seed=7, stratify=False))
+def test_same_seed_same_split_bit_for_bit(dataset: catalogue.Dataset) -> None:
+    spec = splitting.SplitSpec(mode="pooled", seed=7, stratify=False)
+    a, b = splitting.make_splits(dataset, spec), splitting.make_splits(dataset, splitting.SplitSpec(mode="pooled", seed=7, stratify=False))
     assert a.train_images.tobytes() == b.train_images.tobytes()
     assert a.val_labels.tobytes() == b.val_labels.tobytes()
-    c = data.make_splits(dataset, data.SplitSpec(mode="pooled", seed=8, stratify=False))
+    c = splitting.make_splits(dataset, splitting.SplitSpec(mode="pooled", seed=8, stratify=False))
     assert a.val_labels.tobytes() != c.val_labels.tobytes()
 
 
 @pytest.mark.parametrize("spec, message", [
-    (data.SplitSpec(mode="pooled", fractions=(0.9, 0.2, -0.1)), "cannot be negative"),
-    (data.SplitSpec(mode="pooled", fractions=(0.5, 0.2, 0.2)), "add up to 1"),
-    (data.SplitSpec(mode="pooled", fractions=(0.9, 0.1, 0.0)), "test split would be empty"),
-    (data.SplitSpec(mode="official", val_fraction=0.0), "between 0 and 1"),
-    (data.SplitSpec(mode="official", val_fraction=float("nan")), "between 0 and 1"),
-    (data.SplitSpec(mode="sideways"), "'pooled' or 'official'"),
-    (data.SplitSpec(mode="pooled", fractions=(0.8, 0.1, 0.1), seed=-1), "non-negative"),
+    (splitting.SplitSpec(mode="pooled", fractions=(0.9, 0.2, -0.1)), "cannot be negative"),
+    (splitting.SplitSpec(mode="pooled", fractions=(0.5, 0.2, 0.2)), "add up to 1"),
+    (splitting.SplitSpec(mode="pooled", fractions=(0.9, 0.1, 0.0)), "test split would be empty"),
+    (splitting.SplitSpec(mode="official", val_fraction=0.0), "between 0 and 1"),
+    (splitting.SplitSpec(mode="official", val_fraction=float("nan")), "between 0 and 1"),
+    (splitting.SplitSpec(mode="sideways"), "'pooled' or 'official'"),
+    (splitting.SplitSpec(mode="pooled", fractions=(0.8, 0.1, 0.1), seed=-1), "non-negative"),
 ])
-def test_invalid_split_specs_raise(spec: data.SplitSpec, message: str, dataset: data.Dataset) -> None:
+def test_invalid_split_specs_raise(spec: splitting.SplitSpec, message: str, dataset: catalogue.Dataset) -> None:
     with pytest.raises(ValueError, match=message):
-        data.make_splits(dataset, spec)
+        splitting.make_splits(dataset, spec)
 
 
 def test_fewer_examples_than_classes_is_refused() -> None:
-    small = data.synthetic_dataset(num_train=50, num_test=20)
+    small = catalogue.synthetic_dataset(num_train=50, num_test=20)
     with pytest.raises(ValueError, match="fewer than the 10 classes"):
-        data.make_splits(small, data.SplitSpec(mode="pooled", fractions=(0.9, 0.05, 0.05)))
+        splitting.make_splits(small, splitting.SplitSpec(mode="pooled", fractions=(0.9, 0.05, 0.05)))
 
 
 def test_split_spec_json_round_trip_and_unknown_keys() -> None:
-    spec = data.SplitSpec(mode="pooled", fractions=(0.7, 0.2, 0.1), seed=4, stratify=False)
-    assert data.SplitSpec.from_dict(spec.to_dict()) == spec
+    spec = splitting.SplitSpec(mode="pooled", fractions=(0.7, 0.2, 0.1), seed=4, stratify=False)
+    assert splitting.SplitSpec.from_dict(spec.to_dict()) == spec
     with pytest.raises(ValueError, match="unknown split setting"):
-        data.SplitSpec.from_dict({"mode": "pooled", "shuffle": True})
+        splitting.SplitSpec.from_dict({"mode": "pooled", "shuffle": True})
 
 
 def test_missing_data_folder_is_a_clear_error(tmp_path) -> None:
     with pytest.raises(ValueError, match="does not exist"):
-        data.load_fashion_mnist(data_dir=tmp_path / "nowhere")
+        catalogue.load_fashion_mnist(data_dir=tmp_path / "nowhere")
     (tmp_path / "partial").mkdir()
     with pytest.raises(ValueError, match="lacks"):
-        data.load_fashion_mnist(data_dir=tmp_path / "partial")
+        catalogue.load_fashion_mnist(data_dir=tmp_path / "partial")
 
 
 def test_cache_round_trip(workspace) -> None:
-    dataset = data.synthetic_dataset(num_train=40, num_test=20)
-    data.save_cached(dataset, workspace)
-    loaded = data._load_cached("synthetic", workspace)
+    dataset = catalogue.synthetic_dataset(num_train=40, num_test=20)
+    catalogue.save_cached(dataset, workspace)
+    loaded = catalogue._load_cached("synthetic", workspace)
     assert loaded is not None
     assert np.array_equal(loaded.train_images, dataset.train_images)
     assert loaded.class_names == dataset.class_names
 
 
 def test_validate_with_counts_checks_official_splits_without_a_test_total() -> None:
-    spec = data.SplitSpec(mode="official", val_fraction=0.1)
+    spec = splitting.SplitSpec(mode="official", val_fraction=0.1)
     assert spec.validate(num_classes=10, total=60_000) is spec
     with pytest.raises(ValueError, match="validation split would have 5 examples"):
         spec.validate(num_classes=10, total=50)

@@ -6,12 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from fmnist_jax import data, predict
-from fmnist_jax.config import TrainConfig
-from fmnist_jax.evaluate import evaluate_model
-
 from conftest import requires_real_data
+
+from fmnist_jax.data import catalogue
+from fmnist_jax.deploy import predict
+from fmnist_jax.evaluate import evaluate_model
+from fmnist_jax.photos import pipeline_params
+from fmnist_jax.training.config import TrainConfig
 
 DEMO = Path(predict.DEMO_DIR)
 
@@ -26,8 +27,8 @@ def test_demo_files_are_small_and_documented():
     assert card["photo_like"]["pipeline_accuracy"] > card["photo_like"]["naive_accuracy"]
     TrainConfig.from_dict(json.loads((DEMO / "config.json").read_text())).validate()
     description = json.loads((DEMO / "model.json").read_text())
-    assert description["class_names"] == list(data.CLASS_NAMES)
-    assert predict.resolve_preprocess(description["preprocess"]) == description["preprocess"]
+    assert description["class_names"] == list(catalogue.CLASS_NAMES)
+    assert pipeline_params.resolve_preprocess(description["preprocess"]) == description["preprocess"]
 
 
 def test_demo_loads_without_pickle(monkeypatch):
@@ -46,7 +47,7 @@ def test_demo_loads_without_pickle(monkeypatch):
 @requires_real_data
 def test_demo_test_accuracy_matches_its_card(real_home):
     model = predict.load_model("demo")
-    dataset = data.load_dataset("fashion_mnist")
+    dataset = catalogue.load_dataset("fashion_mnist")
     metrics = evaluate_model(model, dataset.test_images, dataset.test_labels)
     # Up to 2 of 10,000 predictions may flip between CPU and GPU float rounding.
     assert metrics["accuracy"] == pytest.approx(model.card["test_accuracy"], abs=2e-4)

@@ -12,9 +12,12 @@ import numpy as np
 import onnxruntime
 import pytest
 
-from fmnist_jax import bundle, cli, data, predict
-from fmnist_jax.train import TrainedModel, init_state
-from fmnist_jax.config import TrainConfig
+from fmnist_jax.cli import main as cli
+from fmnist_jax.data import catalogue
+from fmnist_jax.deploy import bundle, onnx_export, predict
+from fmnist_jax.training.config import TrainConfig
+from fmnist_jax.training.program import init_state
+from fmnist_jax.training.trained import TrainedModel
 
 SAMPLES = Path(__file__).parent / "data" / "fashion_mnist_test_samples.npz"
 TOLERANCE = 1e-4
@@ -48,7 +51,7 @@ def _random_model(spec: list, seed: int = 3) -> TrainedModel:
     weights = jax.device_get({"params": state["params"], "batch_stats": state["batch_stats"]})
     # Non-trivial batch statistics, so the exported BatchNorm is really exercised.
     weights = jax.tree_util.tree_map(lambda v: v + 0.1 * np.random.default_rng(seed).random(np.shape(v)), weights)
-    return TrainedModel(spec, (28, 28, 1), data.CLASS_NAMES, weights)
+    return TrainedModel(spec, (28, 28, 1), catalogue.CLASS_NAMES, weights)
 
 
 def _onnx_probs(payload: bytes, images: np.ndarray) -> np.ndarray:
@@ -68,7 +71,7 @@ def test_bundle_round_trip(demo, test_images, tmp_path):
 
 def test_onnx_round_trip_of_the_demo_model(demo, test_images, tmp_path):
     path = tmp_path / "demo.onnx"
-    difference = bundle.export_onnx(demo, path, test_images)
+    difference = onnx_export.export_onnx(demo, path, test_images)
     onnx_probs = _onnx_probs(path.read_bytes(), test_images)
     bundle_probs = bundle.load_bundle(bundle.bundle_bytes(demo)).predict_proba(test_images)
     assert difference <= TOLERANCE
@@ -79,15 +82,15 @@ def test_onnx_round_trip_of_the_demo_model(demo, test_images, tmp_path):
 
 def test_onnx_export_covers_every_layer_type(test_images):
     model = _random_model(ALL_LAYERS_SPEC)
-    payload, difference = bundle.onnx_bytes(model, test_images)
+    payload, difference = onnx_export.onnx_bytes(model, test_images)
     assert difference <= TOLERANCE
     assert np.abs(_onnx_probs(payload, test_images) - model.predict_proba(test_images)).max() <= TOLERANCE
 
 
 def test_onnx_export_fails_loudly_when_the_check_fails(demo, test_images, monkeypatch):
-    monkeypatch.setattr(bundle, "export_forward", lambda model: lambda images: jax.nn.softmax(images[:, 0, :10, 0]))
+    monkeypatch.setattr(onnx_export, "export_forward", lambda model: lambda images: jax.nn.softmax(images[:, 0, :10, 0]))
     with pytest.raises(bundle.ExportError, match="differ from JAX"):
-        bundle.onnx_bytes(demo, test_images)
+        onnx_export.onnx_bytes(demo, test_images)
 
 
 def test_cli_export_both_formats(tmp_path, capsys):

@@ -13,26 +13,28 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import REPO
-from fmnist_jax import cli, data, store
-from fmnist_jax.config import TrainConfig
-from fmnist_jax.jobs import JobRegistry
-from fmnist_jax.train import run_to_completion, train
+
+from fmnist_jax import store
+from fmnist_jax.cli import main as cli
+from fmnist_jax.data import catalogue, splitting
+from fmnist_jax.studio.jobs import JobRegistry
+from fmnist_jax.training.config import TrainConfig
+from fmnist_jax.training.loop import run_to_completion, train
 
 SPEC = [{"type": "conv2d", "filters": 8, "kernel": 3, "padding": "same", "activation": "relu"},
         {"type": "maxpool", "pool": 2, "stride": 2}, {"type": "flatten"}, {"type": "dense", "units": 10}]
 EPOCHS = 4
 
 
-def noisy_dataset(num_train: int = 8192, num_test: int = 1024) -> data.Dataset:
+def noisy_dataset(num_train: int = 8192, num_test: int = 1024) -> catalogue.Dataset:
     """The synthetic blobs with 40% of their pixels flipped: learnable, but not to 100%."""
-    dataset = data.synthetic_dataset(num_train=num_train, num_test=num_test, seed=1)
+    dataset = catalogue.synthetic_dataset(num_train=num_train, num_test=num_test, seed=1)
     rng = np.random.default_rng(2)
     for images in (dataset.train_images, dataset.test_images):
         flip = rng.random(images.shape) < 0.40
         images[flip] = 240 - images[flip]
-    return data.Dataset("noisy", dataset.train_images, dataset.train_labels, dataset.test_images,
+    return catalogue.Dataset("noisy", dataset.train_images, dataset.train_labels, dataset.test_images,
                         dataset.test_labels, dataset.class_names)
 
 
@@ -63,7 +65,7 @@ def _last_json(text: str) -> dict:
 
 
 def test_kill_9_mid_epoch_then_resume_matches_an_uninterrupted_run(workspace: Path, tmp_path: Path) -> None:
-    data.save_cached(noisy_dataset())
+    catalogue.save_cached(noisy_dataset())
     spec_path = tmp_path / "spec.json"
     spec_path.write_text(json.dumps(SPEC))
     killed_dir, clean_dir = tmp_path / "killed", tmp_path / "clean"
@@ -107,9 +109,9 @@ def test_kill_9_mid_epoch_then_resume_matches_an_uninterrupted_run(workspace: Pa
     assert 0.3 < uninterrupted["test_accuracy"] < 0.99  # a band that means something: learnt, not trivial
 
 
-def _trained_run(run_dir: Path, epochs: int = 2) -> data.Splits:
-    splits = data.make_splits(noisy_dataset(512, 128), data.SplitSpec(val_fraction=0.25))
-    data.save_cached(noisy_dataset(512, 128))
+def _trained_run(run_dir: Path, epochs: int = 2) -> splitting.Splits:
+    splits = splitting.make_splits(noisy_dataset(512, 128), splitting.SplitSpec(val_fraction=0.25))
+    catalogue.save_cached(noisy_dataset(512, 128))
     cfg = TrainConfig(epochs=epochs, batch_size=32, chunk_steps=4, seed=0)
     run_to_completion(train(SPEC, cfg, splits, run_dir=run_dir, run_meta={"dataset": "noisy", "limit": None}))
     return splits
@@ -136,9 +138,19 @@ def test_every_checkpoint_damaged_is_a_clear_error(workspace: Path, tmp_path: Pa
     _trained_run(run_dir, epochs=2)
     for path in (run_dir / "checkpoints").glob("epoch-*.msgpack"):
         path.write_bytes(b"")
-    assert cli.main(["train", "--resume", str(run_dir), "--json"]) == 2
+    assert cli.main(["train", "--resume", str(run_dir), "--epochs", "3", "--json"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: cannot resume") and "no usable checkpoint" in err[0]
+
+
+def test_resuming_a_finished_run_says_it_is_complete(workspace: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    run_dir = tmp_path / "run"
+    _trained_run(run_dir, epochs=2)
+    before = (run_dir / "history.jsonl").read_bytes()
+    assert cli.main(["train", "--resume", str(run_dir), "--json"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "already complete (2 of 2 epochs" in err[0] and "--epochs" in err[0]
+    assert (run_dir / "history.jsonl").read_bytes() == before  # nothing was rewritten
 
 
 # ----------------------------------------------------------------------------- read-only and full disks
@@ -178,7 +190,7 @@ def test_read_only_workspace_gives_a_clear_error_and_no_project_folder(workspace
 
 def test_full_disk_during_training_is_one_clear_cli_line(workspace: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    data.save_cached(noisy_dataset(512, 128))
+    catalogue.save_cached(noisy_dataset(512, 128))
     spec_path = tmp_path / "spec.json"
     spec_path.write_text(json.dumps(SPEC))
     real_fsync = os.fsync
@@ -201,7 +213,7 @@ def test_full_disk_during_training_is_one_clear_cli_line(workspace: Path, tmp_pa
 
 # ----------------------------------------------------------------------------- background jobs
 
-def test_a_crashing_job_is_recorded_and_the_next_job_runs(tmp_path: Path, tiny_splits: data.Splits) -> None:
+def test_a_crashing_job_is_recorded_and_the_next_job_runs(tmp_path: Path, tiny_splits: splitting.Splits) -> None:
     registry = JobRegistry(max_running=1)
 
     def explode() -> tuple:

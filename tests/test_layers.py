@@ -8,20 +8,20 @@ import jax.numpy as jnp
 import pytest
 from flax import nnx
 
-from fmnist_jax import layers
+from fmnist_jax.model import cpu_ops, layer_specs, layers, presets
 
 EXPECTED_PARAMS = {"dls": 1_421_194, "lenet": 61_706, "fast": 241_770, "wide": 557_386}
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_PARAMS))
 def test_preset_parameter_counts_are_exact(name: str) -> None:
-    spec = layers.preset(name)
-    assert layers.describe(spec)["total_params"] == EXPECTED_PARAMS[name]
+    spec = presets.preset(name)
+    assert layer_specs.describe(spec)["total_params"] == EXPECTED_PARAMS[name]
     assert layers.count_params(layers.build_model(spec)) == EXPECTED_PARAMS[name]
 
 
 def _check_describe_matches_model(spec: list, input_shape: tuple, num_classes: int) -> None:
-    info = layers.describe(spec, input_shape, num_classes)
+    info = layer_specs.describe(spec, input_shape, num_classes)
     model = layers.build_model(spec, input_shape, num_classes)
     assert info["total_params"] == layers.count_params(model)
     x = jnp.zeros((2, *input_shape))
@@ -35,7 +35,7 @@ def _check_describe_matches_model(spec: list, input_shape: tuple, num_classes: i
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_PARAMS))
 def test_describe_agrees_with_built_model_for_presets(name: str) -> None:
-    _check_describe_matches_model(layers.preset(name), (28, 28, 1), 10)
+    _check_describe_matches_model(presets.preset(name), (28, 28, 1), 10)
 
 
 def _random_spec(rng: random.Random, num_classes: int) -> list[dict]:
@@ -71,7 +71,7 @@ def test_describe_agrees_with_built_model_for_random_specs(seed: int) -> None:
 
 
 def test_dls_flops_match_the_hand_count() -> None:
-    forward = layers.describe(layers.preset("dls"))["forward_flops"]
+    forward = layer_specs.describe(presets.preset("dls"))["forward_flops"]
     macs = 26 * 26 * 32 * 9 + 11 * 11 * 64 * 288 + 9 * 9 * 128 * 576 + 10368 * 128 + 128 * 10
     assert 2 * macs <= forward <= 2 * macs * 1.02  # plus activations and pooling
 
@@ -94,12 +94,12 @@ def test_dls_flops_match_the_hand_count() -> None:
 ])
 def test_invalid_stacks_name_the_layer(spec: object, message: str) -> None:
     with pytest.raises(ValueError) as error:
-        layers.describe(spec)
+        layer_specs.describe(spec)
     assert message in str(error.value)
 
 
 def test_aliases_and_activation_shortcuts_normalise() -> None:
-    spec = layers.normalize_spec([{"type": "Conv2D", "filters": 4}, {"type": "ReLU"}, {"type": "MaxPooling2D"},
+    spec = layer_specs.normalize_spec([{"type": "Conv2D", "filters": 4}, {"type": "ReLU"}, {"type": "MaxPooling2D"},
                                   {"type": "Flatten"}, {"type": "Dense", "units": 10}])
     assert [layer["type"] for layer in spec] == ["conv2d", "activation", "maxpool", "flatten", "dense"]
     assert spec[1]["function"] == "relu"
@@ -107,12 +107,12 @@ def test_aliases_and_activation_shortcuts_normalise() -> None:
 
 def test_presets_adapt_to_rgb_32_and_other_class_counts() -> None:
     for name in EXPECTED_PARAMS:
-        spec = layers.preset(name, num_classes=3)
+        spec = presets.preset(name, num_classes=3)
         _check_describe_matches_model(spec, (32, 32, 3), 3)
 
 
 def test_a_preset_too_deep_for_tiny_inputs_says_so() -> None:
-    table = {row["name"]: row for row in layers.preset_table((8, 8, 1), 10)}
+    table = {row["name"]: row for row in presets.preset_table((8, 8, 1), 10)}
     assert table["dls"]["fits"] is False and "below 1 pixel" in table["dls"]["reason"]
 
 
@@ -122,8 +122,8 @@ def test_im2col_and_xla_convolutions_agree() -> None:
     for padding in ("same", "valid"):
         for stride in (1, 2):
             kernel = jax.random.normal(jax.random.fold_in(key, stride), (3, 3, 4, 5))
-            a = layers.conv2d_apply(x, kernel, stride, padding, "xla")
-            b = layers.conv2d_apply(x, kernel, stride, padding, "im2col")
+            a = cpu_ops.conv2d_apply(x, kernel, stride, padding, "xla")
+            b = cpu_ops.conv2d_apply(x, kernel, stride, padding, "im2col")
             assert a.shape == b.shape
             assert float(jnp.abs(a - b).max()) < 1e-4
 
@@ -133,10 +133,10 @@ def test_fast_presets_recommended_settings_are_the_benchmarked_recipe() -> None:
     import json
     from pathlib import Path
 
-    from fmnist_jax.config import TrainConfig
+    from fmnist_jax.training.config import TrainConfig
 
     bench = json.loads((Path(__file__).resolve().parents[1] / "bench" / "configs" / "fast_best.json").read_text())
     assert bench["preset"] == "fast"
-    recipe = TrainConfig.from_dict(layers.PRESETS["fast"].train_defaults)
+    recipe = TrainConfig.from_dict(presets.PRESETS["fast"].train_defaults)
     assert recipe.to_dict() == TrainConfig.from_dict(bench["config"]).to_dict()
-    assert "93.1%" in layers.PRESETS["fast"].recipe_note
+    assert "93.1%" in presets.PRESETS["fast"].recipe_note

@@ -15,9 +15,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fmnist_jax import data, jobs
-from fmnist_jax.config import TrainConfig
-from fmnist_jax.jobs import JobRegistry
+from fmnist_jax.data import catalogue, splitting
+from fmnist_jax.deploy import bundle, predict, serve
+from fmnist_jax.studio import jobs
+from fmnist_jax.studio.jobs import JobRegistry
+from fmnist_jax.training.config import TrainConfig
+
+pytestmark = pytest.mark.slow  # starts servers, browsers or trains: out of the quick inner loop
 
 LOAD_SECONDS = float(os.environ.get("FMNIST_LOAD_SECONDS", "4"))
 LOAD_CLIENTS = int(os.environ.get("FMNIST_LOAD_CLIENTS", "20"))
@@ -35,14 +39,12 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """The REST app of a tiny model, served by uvicorn on a loopback port in a background thread."""
-    serve = pytest.importorskip("fmnist_jax.serve")
-    bundle = pytest.importorskip("fmnist_jax.bundle")
-    predict = pytest.importorskip("fmnist_jax.predict")
     uvicorn = pytest.importorskip("uvicorn")
-    from fmnist_jax.train import TrainedModel, init_state
+    from fmnist_jax.training.program import init_state
+    from fmnist_jax.training.trained import TrainedModel
 
     _, state = init_state(TINY_SPEC, (28, 28, 1), 10, TrainConfig())
-    model = TrainedModel(TINY_SPEC, (28, 28, 1), data.CLASS_NAMES, {"params": state["params"], "batch_stats": state["batch_stats"]})
+    model = TrainedModel(TINY_SPEC, (28, 28, 1), catalogue.CLASS_NAMES, {"params": state["params"], "batch_stats": state["batch_stats"]})
     folder = bundle.save_model_dir(model, tmp_path_factory.mktemp("served") / "tiny")
     port = _free_port()
     config = uvicorn.Config(serve.create_app(predict.load_model(str(folder))), host="127.0.0.1", port=port,
@@ -84,7 +86,7 @@ def test_twenty_concurrent_clients_get_answers_without_errors(server: str) -> No
                 start = time.perf_counter()
                 try:
                     response = http.post("/predict", files=[("files", (name, payload, "image/png"))])
-                    ok = response.status_code == 200 and response.json()[0]["label"] in data.CLASS_NAMES
+                    ok = response.status_code == 200 and response.json()[0]["label"] in catalogue.CLASS_NAMES
                     problem = None if ok else f"{response.status_code}: {response.text[:200]}"
                 except httpx.HTTPError as error:
                     problem = f"{type(error).__name__}: {error}"
@@ -118,7 +120,7 @@ def test_health_stays_responsive_under_load(server: str) -> None:
 
 # ----------------------------------------------------------------------------- training queue
 
-def test_two_training_jobs_at_once_are_queued_not_run_together(tmp_path: Path, tiny_splits: data.Splits) -> None:
+def test_two_training_jobs_at_once_are_queued_not_run_together(tmp_path: Path, tiny_splits: splitting.Splits) -> None:
     registry = JobRegistry(max_running=1)
 
     def prepare() -> tuple:
@@ -144,9 +146,9 @@ def test_two_training_jobs_at_once_are_queued_not_run_together(tmp_path: Path, t
 
 
 def test_dataset_arrays_are_loaded_once_and_shared_read_only(workspace: Path) -> None:
-    data.save_cached(data.synthetic_dataset(num_train=64, num_test=16))
-    first = data.shared_dataset("synthetic")
-    second = data.shared_dataset("synthetic")
+    catalogue.save_cached(catalogue.synthetic_dataset(num_train=64, num_test=16))
+    first = catalogue.shared_dataset("synthetic")
+    second = catalogue.shared_dataset("synthetic")
     assert first is second
     assert not first.train_images.flags.writeable and not first.test_images.flags.writeable
-    data.forget_shared("synthetic")
+    catalogue.forget_shared("synthetic")

@@ -10,13 +10,17 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import requires_real_data
+from test_browser import CHROMIUM, fashion_png, studio  # noqa: F401  (fixtures)
 
 from fmnist_jax import store
-from test_browser import CHROMIUM, fashion_png, studio  # noqa: F401  (fixtures)
+
+pytestmark = pytest.mark.slow  # starts servers, browsers or trains: out of the quick inner loop
 
 SESSIONS = 10
 
 
+@requires_real_data
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium (.ci/run installs it)")
 def test_ten_concurrent_sessions_on_the_deploy_page(studio: str, workspace: Path, tmp_path: Path) -> None:  # noqa: F811
     from playwright.sync_api import sync_playwright

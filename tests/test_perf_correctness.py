@@ -17,18 +17,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
-from fmnist_jax import data, layers, train
-from fmnist_jax.config import TrainConfig
-
 from conftest import REPO
+
+from fmnist_jax.data import catalogue, splitting
+from fmnist_jax.model import cpu_ops, layer_specs, layers, presets
+from fmnist_jax.training import loop, program
+from fmnist_jax.training.config import TrainConfig
+
+pytestmark = pytest.mark.slow  # starts servers, browsers or trains: out of the quick inner loop
 
 BATCH = 64  # two 32-image pieces for models without BatchNorm: the micro-batched gradient is exercised
 
 
 def _without_dropout(spec: list[dict]) -> list[dict]:
     """The preset with every dropout rate at 0, so both implementations see the same deterministic network."""
-    return [dict(layer, rate=0.0) if layer["type"] == "dropout" else layer for layer in layers.normalize_spec(spec)]
+    return [dict(layer, rate=0.0) if layer["type"] == "dropout" else layer for layer in layer_specs.normalize_spec(spec)]
 
 
 # ----------------------------------------------------------------------------- plain reference model
@@ -69,11 +72,11 @@ def _reference_loss(spec: list[dict], params: dict, images: jax.Array, labels: j
 def _program_step(spec: list[dict], conv_impl: str, images: np.ndarray, labels: np.ndarray) -> tuple[float, dict, dict]:
     """(loss, gradients, initial params) of one step of the compiled training chunk (SGD, lr 1: update = -gradient)."""
     cfg = TrainConfig(batch_size=BATCH, optimizer="sgd", momentum=0.0, learning_rate=1.0, conv_impl=conv_impl, chunk_steps=1)
-    graphdef, state = train.init_state(spec, images.shape[1:], 10, cfg, steps_per_epoch=1)
-    chunk_fn, _, _ = train.build_program(graphdef, cfg, 1, None)
+    graphdef, state = program.init_state(spec, images.shape[1:], 10, cfg, steps_per_epoch=1)
+    chunk_fn, _, _ = program.build_program(graphdef, cfg, 1, None)
     before = jax.tree.map(np.asarray, state["params"].to_pure_dict()["layers"])
     state, sums = chunk_fn(state, jnp.asarray(images), jnp.asarray(labels), jnp.arange(BATCH, dtype=jnp.int32),
-                           train._base_key(0), jnp.int32(0), length=1)
+                           program._base_key(0), jnp.int32(0), length=1)
     after = jax.tree.map(np.asarray, state["params"].to_pure_dict()["layers"])
     grads = jax.tree.map(lambda b, a: b - a, before, after)
     return float(sums[0] / sums[2]), grads, before
@@ -81,7 +84,7 @@ def _program_step(spec: list[dict], conv_impl: str, images: np.ndarray, labels: 
 
 @pytest.fixture(scope="module")
 def fixed_batch() -> tuple[np.ndarray, np.ndarray]:
-    dataset = data.synthetic_dataset(num_train=BATCH, num_test=10, seed=3)
+    dataset = catalogue.synthetic_dataset(num_train=BATCH, num_test=10, seed=3)
     return dataset.train_images, dataset.train_labels
 
 
@@ -89,7 +92,7 @@ def fixed_batch() -> tuple[np.ndarray, np.ndarray]:
 @pytest.mark.parametrize("preset", ["dls", "fast"])
 def test_training_step_matches_a_plain_reference(preset: str, conv_impl: str, fixed_batch) -> None:
     images, labels = fixed_batch
-    spec = _without_dropout(layers.preset(preset))
+    spec = _without_dropout(presets.preset(preset))
     loss, grads, params = _program_step(spec, conv_impl, images, labels)
     x = jnp.asarray(images, jnp.float32) / 255.0
     ref_loss, ref_grads = jax.value_and_grad(lambda p: _reference_loss(spec, p, x, jnp.asarray(labels)))(params)
@@ -118,10 +121,10 @@ def test_convolution_implementations_match_xla(conv_impl: str, padding: str, ker
     w = jax.random.normal(jax.random.key(1), (kernel, kernel, 5, 7))
 
     def loss(impl: str):
-        return lambda x, w: (layers.conv2d_apply(x, w, stride, padding, impl) ** 2).sum()
+        return lambda x, w: (cpu_ops.conv2d_apply(x, w, stride, padding, impl) ** 2).sum()
 
-    expected = layers.conv2d_apply(x, w, stride, padding, "xla")
-    np.testing.assert_allclose(layers.conv2d_apply(x, w, stride, padding, conv_impl), expected, rtol=1e-5, atol=1e-4)
+    expected = cpu_ops.conv2d_apply(x, w, stride, padding, "xla")
+    np.testing.assert_allclose(cpu_ops.conv2d_apply(x, w, stride, padding, conv_impl), expected, rtol=1e-5, atol=1e-4)
     for got, want in zip(jax.grad(loss(conv_impl), (0, 1))(x, w), jax.grad(loss("xla"), (0, 1))(x, w)):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(jnp.abs(want).max()))
 
@@ -155,11 +158,11 @@ def test_reshape_max_pooling_with_same_padding_matches_reduce_window_and_its_gra
 
 def test_dropout_mask_keeps_the_configured_fraction_and_rescales() -> None:
     layer = layers.Stateless("dropout", {"rate": 0.4}, 3)
-    out = layer(jnp.ones((64, 16, 16, 8)), layers.Context(train=True, rng=train._base_key(0)))
+    out = layer(jnp.ones((64, 16, 16, 8)), layers.Context(train=True, rng=program._base_key(0)))
     kept = np.asarray(out) > 0
     assert abs(kept.mean() - 0.6) < 0.01
     np.testing.assert_allclose(np.asarray(out)[kept], 1 / 0.6, rtol=1e-6)
-    again = layer(jnp.ones((64, 16, 16, 8)), layers.Context(train=True, rng=train._base_key(0)))
+    again = layer(jnp.ones((64, 16, 16, 8)), layers.Context(train=True, rng=program._base_key(0)))
     np.testing.assert_array_equal(out, again)
 
 
@@ -168,16 +171,17 @@ def test_dropout_mask_keeps_the_configured_fraction_and_rescales() -> None:
 DATA_PARALLEL_SCRIPT = textwrap.dedent("""
     import json, sys
     import jax
-    from fmnist_jax import data, train
-    from fmnist_jax.config import TrainConfig
-    dataset = data.synthetic_dataset(num_train=256, num_test=32, seed=0)
-    splits = data.make_splits(dataset, data.SplitSpec(mode="official", val_fraction=0.25, seed=0))
+    from fmnist_jax.data import catalogue, splitting
+    from fmnist_jax.training.config import TrainConfig
+    from fmnist_jax.training.loop import train
+    dataset = catalogue.synthetic_dataset(num_train=256, num_test=32, seed=0)
+    splits = splitting.make_splits(dataset, splitting.SplitSpec(mode="official", val_fraction=0.25, seed=0))
     spec = [{"type": "conv2d", "filters": 8, "kernel": 3, "activation": "relu"}, {"type": "maxpool"},
             {"type": "dropout", "rate": 0.25}, {"type": "flatten"}, {"type": "dense", "units": 10}]
     out = {"devices": len(jax.devices())}
     for mode in ("off", "auto"):
         cfg = TrainConfig(epochs=2, batch_size=32, chunk_steps=2, data_parallel=mode)
-        records = list(train.train(spec, cfg, splits))
+        records = list(train(spec, cfg, splits))
         out[mode] = {"data_parallel": records[0]["data_parallel"],
                      "losses": [r["loss"] for r in records if r["kind"] == "chunk"],
                      "val_loss": [r["val_loss"] for r in records if r["kind"] == "epoch"]}
@@ -203,13 +207,14 @@ MULTI_PROCESS_SCRIPT = textwrap.dedent("""
     import jax
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=sys.argv[1], num_processes=2, process_id=int(sys.argv[2]))
-    from fmnist_jax import data, train
-    from fmnist_jax.config import TrainConfig
-    dataset = data.synthetic_dataset(num_train=256, num_test=32, seed=0)
-    splits = data.make_splits(dataset, data.SplitSpec(mode="official", val_fraction=0.25, seed=0))
+    from fmnist_jax.data import catalogue, splitting
+    from fmnist_jax.training.config import TrainConfig
+    from fmnist_jax.training.loop import train
+    dataset = catalogue.synthetic_dataset(num_train=256, num_test=32, seed=0)
+    splits = splitting.make_splits(dataset, splitting.SplitSpec(mode="official", val_fraction=0.25, seed=0))
     spec = [{"type": "conv2d", "filters": 8, "kernel": 3, "activation": "relu"}, {"type": "maxpool"},
             {"type": "dropout", "rate": 0.25}, {"type": "flatten"}, {"type": "dense", "units": 10}]
-    records = list(train.train(spec, TrainConfig(epochs=2, batch_size=32, chunk_steps=2), splits))
+    records = list(train(spec, TrainConfig(epochs=2, batch_size=32, chunk_steps=2), splits))
     print(json.dumps({"devices": records[0]["devices"], "data_parallel": records[0]["data_parallel"],
                       "losses": [r["loss"] for r in records if r["kind"] == "chunk"]}))
 """)
@@ -242,15 +247,15 @@ def test_two_processes_with_jax_distributed_follow_the_single_device_loss_curve(
 # ----------------------------------------------------------------------------- bfloat16
 
 def test_bfloat16_trains_into_the_float32_accuracy_band() -> None:
-    dataset = data.synthetic_dataset(num_train=640, num_test=64, seed=4)
-    splits = data.make_splits(dataset, data.SplitSpec(mode="official", val_fraction=0.25, seed=0))
+    dataset = catalogue.synthetic_dataset(num_train=640, num_test=64, seed=4)
+    splits = splitting.make_splits(dataset, splitting.SplitSpec(mode="official", val_fraction=0.25, seed=0))
     spec = [{"type": "conv2d", "filters": 8, "kernel": 3, "padding": "same", "activation": "relu"},
             {"type": "maxpool"}, {"type": "batchnorm"}, {"type": "flatten"},
             {"type": "dense", "units": 32, "activation": "relu"}, {"type": "dense", "units": 10}]
     accuracy = {}
     for precision in ("float32", "bfloat16"):
         cfg = TrainConfig(epochs=4, batch_size=32, learning_rate=3e-3, chunk_steps=5, precision=precision)
-        final = train.run_to_completion(train.train(spec, cfg, splits))
+        final = loop.run_to_completion(loop.train(spec, cfg, splits))
         assert final["status"] == "completed"
         accuracy[precision] = final["val_accuracy"]
     assert accuracy["float32"] >= 0.9

@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fmnist_jax import cli, photos, predict
+from fmnist_jax.cli import main as cli
+from fmnist_jax.deploy import predict
+from fmnist_jax.photos import decode, pipeline, pipeline_params, synthetic
 
 SAMPLES = Path(__file__).parent / "data" / "fashion_mnist_test_samples.npz"
 # Pipeline acceptance, measured on 20 garments (2 per class) x 7 photo variants:
@@ -39,8 +41,8 @@ def _png(image: Image.Image, **options) -> bytes:
     return buffer.getvalue()
 
 
-def _spec(index: int, light: bool, rng: np.random.Generator) -> photos.PhotoSpec:
-    return photos.PhotoSpec(
+def _spec(index: int, light: bool, rng: np.random.Generator) -> synthetic.PhotoSpec:
+    return synthetic.PhotoSpec(
         light_background=light, size=(240, 180), garment_fraction=0.7, angle=float(rng.uniform(-8, 8)),
         offset=(float(rng.uniform(-0.7, 0.7)), float(rng.uniform(-0.7, 0.7))), tint=tuple(rng.uniform(0.5, 1.0, 3)),
         texture=("fabric", "wood", "wall")[index % 3], background_level=0.85 if light else 0.12,
@@ -49,8 +51,8 @@ def _spec(index: int, light: bool, rng: np.random.Generator) -> photos.PhotoSpec
 
 def photo_variants(index: int, image: np.ndarray, rng: np.random.Generator) -> dict[str, bytes]:
     """One garment as seven kinds of upload: light and dark textured JPEGs, EXIF-rotated, RGBA cut-out, 16-bit PNG, GIF."""
-    light = photos.render(image, _spec(index, True, rng), rng)
-    dark = photos.render(image, _spec(index, False, rng), rng)
+    light = synthetic.render(image, _spec(index, True, rng), rng)
+    dark = synthetic.render(image, _spec(index, False, rng), rng)
     light_image = Image.fromarray(np.round(light * 255).astype(np.uint8))
     exif = Image.Exif()
     exif[0x0112] = 6  # "rotate 90 degrees clockwise to display": stored sideways, as phones do
@@ -60,13 +62,13 @@ def photo_variants(index: int, image: np.ndarray, rng: np.random.Generator) -> d
     alpha = np.round(np.clip(negative / 0.08, 0, 1) * 255).astype(np.uint8)
     colour = np.round((1 - negative)[..., None] * np.array([0.8, 0.35, 0.3]) * 255).astype(np.uint8)
     colour[alpha == 0] = rng.integers(0, 256, (int((alpha == 0).sum()), 3), dtype=np.uint8)  # junk under transparency
-    gray16 = np.round(photos.render(image, _spec(index + 1, True, rng), rng).mean(axis=-1) * 65535).astype(np.uint16)
+    gray16 = np.round(synthetic.render(image, _spec(index + 1, True, rng), rng).mean(axis=-1) * 65535).astype(np.uint16)
     gif = io.BytesIO()
     light_image.quantize(64).save(gif, "GIF")
-    return {"light background": photos.encode(light, 80), "dark background": photos.encode(dark, 80),
+    return {"light background": synthetic.encode(light, 80), "dark background": synthetic.encode(dark, 80),
             "exif rotated": rotated.getvalue(), "rgba cut-out": _png(Image.fromarray(np.dstack([colour, alpha]), "RGBA")),
             "16-bit png": _png(Image.fromarray(gray16)), "palette gif": gif.getvalue(),
-            "plain png": photos.encode(light, 0)}
+            "plain png": synthetic.encode(light, 0)}
 
 
 def _correlation(a: np.ndarray, b: np.ndarray) -> float:
@@ -77,10 +79,10 @@ def _correlation(a: np.ndarray, b: np.ndarray) -> float:
 def pipeline_results(samples, demo_model):
     images, _ = samples
     rng = np.random.default_rng(0)
-    results: dict[str, list[tuple[np.ndarray, predict.PhotoResult]]] = {}
+    results: dict[str, list[tuple[np.ndarray, decode.PhotoResult]]] = {}
     for index, image in enumerate(images):
         for kind, payload in photo_variants(index, image, rng).items():
-            results.setdefault(kind, []).append((image, predict.preprocess_photo(payload, demo_model.preprocess, (28, 28, 1))))
+            results.setdefault(kind, []).append((image, pipeline.preprocess_photo(payload, demo_model.preprocess, (28, 28, 1))))
     return results
 
 
@@ -100,20 +102,20 @@ def test_demo_model_labels_photos_like_the_originals(pipeline_results, demo_mode
 def test_exif_orientation_is_applied(samples):
     image = samples[0][0]
     rng = np.random.default_rng(1)
-    upright = Image.fromarray(np.round(photos.render(image, _spec(0, True, rng), rng) * 255).astype(np.uint8))
+    upright = Image.fromarray(np.round(synthetic.render(image, _spec(0, True, rng), rng) * 255).astype(np.uint8))
     exif = Image.Exif()
     exif[0x0112] = 6
     sideways = io.BytesIO()
     upright.transpose(Image.Transpose.ROTATE_90).save(sideways, "PNG", exif=exif.tobytes())
-    decoded, _ = predict.decode_image(sideways.getvalue(), work_size=1024)
+    decoded, _ = decode.decode_image(sideways.getvalue(), work_size=1024)
     assert decoded.shape[:2] == (upright.height, upright.width)
     assert np.abs(decoded - np.asarray(upright, dtype=np.float32) / 255).max() < 1e-6
 
 
 def test_steps_show_the_whole_path(samples):
     rng = np.random.default_rng(2)
-    payload = photos.encode(photos.render(samples[0][0], _spec(0, True, rng), rng), 85)
-    result = predict.preprocess_photo(payload)
+    payload = synthetic.encode(synthetic.render(samples[0][0], _spec(0, True, rng), rng), 85)
+    result = pipeline.preprocess_photo(payload)
     assert [name for name, _ in result.steps] == ["original", "background removed", "cropped", "model input"]
     assert all(step.dtype == np.uint8 for _, step in result.steps)
     assert result.model_input.shape == (28, 28, 1) and result.model_input.dtype == np.uint8
@@ -123,30 +125,30 @@ def test_steps_show_the_whole_path(samples):
 
 def test_dataset_images_pass_through_unchanged(samples):
     for image in samples[0][:5]:
-        result = predict.preprocess_photo(_png(Image.fromarray(image)))
+        result = pipeline.preprocess_photo(_png(Image.fromarray(image)))
         assert np.array_equal(result.model_input[..., 0], image)
         assert result.info["passthrough"]
 
 
 def test_upscaled_dataset_image_is_not_inverted(samples):
     image = samples[0][3]
-    result = predict.preprocess_photo(_png(Image.fromarray(image).resize((112, 112), Image.Resampling.BICUBIC)))
+    result = pipeline.preprocess_photo(_png(Image.fromarray(image).resize((112, 112), Image.Resampling.BICUBIC)))
     assert result.info["inverted"] is False
     assert _correlation(result.model_input[..., 0], image) > 0.9
 
 
 def test_preprocess_parameters_are_validated():
-    assert predict.resolve_preprocess(None)["mode"] == "garment"
-    assert predict.resolve_preprocess(None, (32, 32, 3))["mode"] == "resize"
+    assert pipeline_params.resolve_preprocess(None)["mode"] == "garment"
+    assert pipeline_params.resolve_preprocess(None, (32, 32, 3))["mode"] == "resize"
     with pytest.raises(ValueError, match="unknown preprocessing setting"):
-        predict.resolve_preprocess({"colour": 1})
+        pipeline_params.resolve_preprocess({"colour": 1})
     with pytest.raises(ValueError, match="'fit' must be a number"):
-        predict.resolve_preprocess({"fit": 3})
+        pipeline_params.resolve_preprocess({"fit": 3})
 
 
 def test_resize_mode_for_colour_models():
     photo = Image.fromarray(np.random.default_rng(0).integers(0, 256, (60, 80, 3), dtype=np.uint8))
-    result = predict.preprocess_photo(_png(photo), None, (32, 32, 3))
+    result = pipeline.preprocess_photo(_png(photo), None, (32, 32, 3))
     assert result.model_input.shape == (32, 32, 3)
 
 
@@ -183,14 +185,14 @@ def _bad_files() -> dict[str, tuple[bytes, str]]:
 @pytest.mark.parametrize("name", list(_bad_files()))
 def test_bad_file_is_refused_with_a_clear_message(name):
     payload, expected = _bad_files()[name]
-    with pytest.raises(predict.ImageError, match=expected):
-        predict.preprocess_photo(payload)
+    with pytest.raises(decode.ImageError, match=expected):
+        pipeline.preprocess_photo(payload)
 
 
 def test_oversized_file_is_refused(monkeypatch):
-    monkeypatch.setattr(predict, "MAX_UPLOAD_BYTES", 1000)
-    with pytest.raises(predict.ImageError, match="limit is"):
-        predict.preprocess_photo(b"\x89PNG" + b"\x00" * 2000)
+    monkeypatch.setattr(decode, "MAX_UPLOAD_BYTES", 1000)
+    with pytest.raises(decode.ImageError, match="limit is"):
+        pipeline.preprocess_photo(b"\x89PNG" + b"\x00" * 2000)
 
 
 def test_bad_files_do_not_stop_the_batch(demo_model, samples):

@@ -1,4 +1,4 @@
-"""The studio's glue (fmnist_jax.project) and chart builders (fmnist_jax.charts), without Streamlit."""
+"""The studio's services (fmnist_jax.studio: projects, tasks, estimates, charts), without Streamlit."""
 from __future__ import annotations
 
 import json
@@ -7,8 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fmnist_jax import charts, config, data, layers, store
-from fmnist_jax import project as proj
+from fmnist_jax import store
+from fmnist_jax.data import augment, catalogue, splitting
+from fmnist_jax.model import layer_specs, presets
+from fmnist_jax.studio import charts, estimates, tasks
+from fmnist_jax.studio import projects as proj
+from fmnist_jax.training import config
 
 TINY_SPEC = [{"type": "flatten"}, {"type": "dense", "units": 10}]
 
@@ -21,66 +25,66 @@ def ws() -> store.Workspace:
 @pytest.fixture
 def tiny_project(ws: store.Workspace) -> dict:
     cfg = config.TrainConfig(epochs=1, batch_size=50, chunk_steps=4, learning_rate=0.02)
-    return ws.create_project("Tiny", dataset=proj.SYNTHETIC, model=layers.normalize_spec(TINY_SPEC),
+    return ws.create_project("Tiny", dataset=proj.SYNTHETIC, model=layer_specs.normalize_spec(TINY_SPEC),
                              config=cfg.to_dict())
 
 
 def test_a_new_project_gets_default_split_config_and_preset_model(ws: store.Workspace) -> None:
     project = ws.create_project("Plain")
-    assert proj.split_spec(project) == data.SplitSpec()
+    assert proj.split_spec(project) == splitting.SplitSpec()
     assert proj.train_config(project) == config.TrainConfig()
-    assert proj.model_spec(project) == layers.preset("fast")
+    assert proj.model_spec(project) == presets.preset("fast")
     assert proj.preset_of(project) == "fast"
     assert proj.train_limit(project) is None
 
 
 def test_an_edited_model_is_custom_and_a_stored_config_round_trips(tiny_project: dict) -> None:
     assert proj.preset_of(tiny_project) is None
-    assert proj.model_spec(tiny_project) == layers.normalize_spec(TINY_SPEC)
+    assert proj.model_spec(tiny_project) == layer_specs.normalize_spec(TINY_SPEC)
     assert proj.train_config(tiny_project).batch_size == 50
 
 
 def test_split_counts_are_checked_against_the_class_count() -> None:
     dataset = proj.synthetic_dataset()
-    assert proj.checked_split_counts(dataset, data.SplitSpec()) == {"train": 900, "validation": 100, "test": 200}
-    pooled = data.SplitSpec(mode="pooled", fractions=(0.99, 0.005, 0.005))
+    assert proj.checked_split_counts(dataset, splitting.SplitSpec()) == {"train": 900, "validation": 100, "test": 200}
+    pooled = splitting.SplitSpec(mode="pooled", fractions=(0.99, 0.005, 0.005))
     with pytest.raises(ValueError, match="validation split would have 6 examples"):
         proj.checked_split_counts(dataset, pooled)
 
 
 def test_splits_are_cached_per_dataset_and_spec() -> None:
     dataset = proj.synthetic_dataset()
-    first = proj.make_splits(dataset, data.SplitSpec(seed=3))
-    assert proj.make_splits(dataset, data.SplitSpec(seed=3)) is first
-    assert proj.make_splits(dataset, data.SplitSpec(seed=4)) is not first
+    first = proj.make_splits(dataset, splitting.SplitSpec(seed=3))
+    assert proj.make_splits(dataset, splitting.SplitSpec(seed=3)) is first
+    assert proj.make_splits(dataset, splitting.SplitSpec(seed=4)) is not first
 
 
 def test_check_trainable_names_what_to_fix(ws: store.Workspace, tiny_project: dict) -> None:
-    spec, cfg, train_size = proj.check_trainable(tiny_project)
-    assert train_size == 900 and cfg.batch_size == 50 and spec == layers.normalize_spec(TINY_SPEC)
+    spec, cfg, train_size = tasks.check_trainable(tiny_project)
+    assert train_size == 900 and cfg.batch_size == 50 and spec == layer_specs.normalize_spec(TINY_SPEC)
     limited = ws.update_project(tiny_project["id"], train_limit=20)
     with pytest.raises(ValueError, match="batch size 50 is larger than the training split \\(20 examples\\)"):
-        proj.check_trainable(limited)
+        tasks.check_trainable(limited)
     broken = ws.update_project(tiny_project["id"], train_limit=None, model=[{"type": "dense", "units": 10}])
     with pytest.raises(ValueError, match="layer 0 \\(Dense\\)"):
-        proj.check_trainable(broken)
+        tasks.check_trainable(broken)
 
 
 def test_augment_preview_runs_the_training_augmentation() -> None:
     images = proj.synthetic_dataset().train_images[:4]
-    unchanged = proj.augment_preview(images, config.AugmentConfig(), copies=2)
+    unchanged = estimates.augment_preview(images, augment.AugmentConfig(), copies=2)
     assert unchanged.dtype == np.uint8 and unchanged.shape == (8, 28, 28, 1)
     np.testing.assert_array_equal(unchanged, np.repeat(images, 2, axis=0))
-    mirrored = proj.augment_preview(images, {"flip": 1.0})
+    mirrored = estimates.augment_preview(images, {"flip": 1.0})
     np.testing.assert_array_equal(mirrored, images[:, :, ::-1])
     with pytest.raises(ValueError, match="rotation"):
-        proj.augment_preview(images, {"rotation": 500.0})
+        estimates.augment_preview(images, {"rotation": 500.0})
 
 
 def test_montage_and_upscale_shapes() -> None:
     images = np.zeros((5, 28, 28, 1), np.uint8)
-    assert proj.upscale(images[0], 3).shape == (84, 84)
-    assert proj.montage(images, columns=3, factor=2, gap=2).shape == (2 * 56 + 2, 3 * 56 + 4)
+    assert estimates.upscale(images[0], 3).shape == (84, 84)
+    assert estimates.montage(images, columns=3, factor=2, gap=2).shape == (2 * 56 + 2, 3 * 56 + 4)
 
 
 def test_job_progress_reads_a_snapshot() -> None:
@@ -88,23 +92,23 @@ def test_job_progress_reads_a_snapshot() -> None:
                 "chunks": [{"epoch": 1, "step": 5, "epoch_progress": 0.5, "loss": 1.0, "accuracy": 0.5,
                             "images_per_s": 100.0, "elapsed": 5.0}],
                 "epochs": []}
-    figures = proj.job_progress({**snapshot, "started": None})
+    figures = tasks.job_progress({**snapshot, "started": None})
     assert figures["fraction"] == pytest.approx(0.25)
     assert figures["epoch"] == 1 and figures["epochs"] == 2
     assert figures["eta"] == pytest.approx(15 * 100 / 100.0)  # 15 steps of 100 images at 100 images/s
     assert figures["best_epoch"] is None and figures["elapsed"] == 5.0
-    assert proj.job_progress({**snapshot, "started": 100.0, "finished": 130.0})["elapsed"] == 30.0
+    assert tasks.job_progress({**snapshot, "started": 100.0, "finished": 130.0})["elapsed"] == 30.0
 
 
 def test_estimate_uses_the_measured_rate_then_a_previous_run(ws: store.Workspace, tiny_project: dict) -> None:
     spec = proj.model_spec(tiny_project)
-    first = proj.estimate_epoch_seconds(ws, tiny_project["id"], spec, (28, 28, 1), 10, 1000, 100)
+    first = estimates.estimate_epoch_seconds(ws, tiny_project["id"], spec, (28, 28, 1), 10, 1000, 100)
     assert first["source"] == "measured matmul rate" and first["seconds"] > 0
     run_dir = ws.new_run_dir(tiny_project["id"], "earlier")
     store.atomic_write_json(run_dir / "run.json", {"name": "earlier", "spec": spec, "input_shape": [28, 28, 1],
-                                                   "class_names": list(data.CLASS_NAMES), "config": {}})
+                                                   "class_names": list(catalogue.CLASS_NAMES), "config": {}})
     store.append_jsonl(run_dir / "history.jsonl", {"kind": "epoch", "epoch": 1, "images_per_s": 500.0})
-    second = proj.estimate_epoch_seconds(ws, tiny_project["id"], spec, (28, 28, 1), 10, 1000, 100)
+    second = estimates.estimate_epoch_seconds(ws, tiny_project["id"], spec, (28, 28, 1), 10, 1000, 100)
     assert second["source"] == "speed of run earlier"
     assert second["seconds"] == pytest.approx(2.0)  # 1,000 images at the earlier run's 500 images/s
 
@@ -119,29 +123,29 @@ def test_sample_projects_get_unique_names(ws: store.Workspace) -> None:
 
 def test_a_trained_run_is_evaluated_once_and_cached(ws: store.Workspace, tiny_project: dict) -> None:
     registry = proj.get_registry()
-    job = proj.start_training(ws, tiny_project, "tiny run", registry)
+    job = tasks.start_training(ws, tiny_project, "tiny run", registry)
     final = registry.wait(job["id"], timeout=240)
     assert final["status"] == "completed", final["error"]
-    assert len(proj.run_history(job["run_dir"])) == 1
+    assert len(tasks.run_history(job["run_dir"])) == 1
     seen = []
-    metrics = proj.evaluate_run(ws, tiny_project["id"], job["name"], progress=lambda f, m: seen.append(f))
+    metrics = tasks.evaluate_run(ws, tiny_project["id"], job["name"], progress=lambda f, m: seen.append(f))
     assert metrics["count"] == 200 and len(metrics["confusion_matrix"]) == 10
     assert seen[-1] == pytest.approx(1.0)
     cached = Path(job["run_dir"]) / proj.EVALUATION_FILE
     assert cached.exists()
     calls = len(seen)
-    again = proj.evaluate_run(ws, tiny_project["id"], job["name"], progress=lambda f, m: seen.append(f))
+    again = tasks.evaluate_run(ws, tiny_project["id"], job["name"], progress=lambda f, m: seen.append(f))
     assert again["accuracy"] == metrics["accuracy"] and len(seen) == calls  # read from the cache, not recomputed
     with pytest.raises(ValueError, match="only a stopped or interrupted run can be resumed"):
-        proj.resume_training(ws, tiny_project, job["name"], registry)
-    rows = proj.runs_table(ws, tiny_project["id"])
+        tasks.resume_training(ws, tiny_project, job["name"], registry)
+    rows = tasks.runs_table(ws, tiny_project["id"])
     assert rows[0]["has_weights"] and rows[0]["status"] == "completed"
 
 
 # ----------------------------------------------------------------------------- charts
 
 def test_chart_builders_produce_vega_lite_specs() -> None:
-    names = list(data.CLASS_NAMES)
+    names = list(catalogue.CLASS_NAMES)
     built = [
         charts.class_balance([{"split": "train", "class": n, "count": 5} for n in names]),
         charts.pixel_histogram([{"intensity": float(i * 8), "count": i} for i in range(32)]),
@@ -165,8 +169,8 @@ def test_learning_curve_rows_place_chunks_between_epochs() -> None:
 
 
 def test_network_dot_lists_every_layer_and_its_shapes() -> None:
-    spec = layers.normalize_spec(layers.preset("lenet"))
-    dot = charts.network_dot(layers.describe(spec), spec)
+    spec = layer_specs.normalize_spec(presets.preset("lenet"))
+    dot = charts.network_dot(layer_specs.describe(spec), spec)
     assert dot.startswith("digraph network {") and dot.rstrip().endswith("}")
     assert dot.count(" -> ") == len(spec) + 1
     assert "6 filters 5×5, same, tanh" in dot and "10 class scores" in dot

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from fmnist_jax import public, settings, store, uploads
-from fmnist_jax.config import TrainConfig
+from fmnist_jax import settings, store
+from fmnist_jax.data.uploads import limits
+from fmnist_jax.studio import public
+from fmnist_jax.training.config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -105,8 +107,8 @@ def test_limits_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("FMNIST_PUBLIC_MAX_EPOCH_IMAGES", "1000")
     caps = public.limits()
     assert caps.upload_cap_mb == 25 and caps.max_epoch_images == 1000
-    assert uploads.limits_for_mode(public=True).max_archive_bytes == 25 * 2**20
-    assert uploads.limits_for_mode(public=False) == uploads.LOCAL_LIMITS
+    assert limits.limits_for_mode(public=True).max_archive_bytes == 25 * 2**20
+    assert limits.limits_for_mode(public=False) == limits.LOCAL_LIMITS
     monkeypatch.setenv("FMNIST_PUBLIC_MAX_JOBS", "many")
     with pytest.raises(ValueError, match="FMNIST_PUBLIC_MAX_JOBS must be a number"):
         public.limits()
@@ -126,13 +128,13 @@ def test_nothing_loads_pickles_or_evaluates_text() -> None:
                  r"allow_pickle\s*=\s*True", r"\byaml\.load\(", r"\btorch\.load\(", r"\bjoblib\.load\(", r"\bdill\.loads?\(",
                  r"\bmarshal\.loads?\(", r"__import__\("]
     offenders = []
-    for path in sorted((REPO / "fmnist_jax").glob("*.py")) + sorted((REPO / "pages").glob("*.py")) + [REPO / "app.py"]:
+    for path in sorted((REPO / "fmnist_jax").rglob("*.py")) + sorted((REPO / "pages").glob("*.py")) + [REPO / "app.py"]:
         if not path.exists():
             continue
         text = path.read_text()
         offenders += [f"{path.name}: {pattern}" for pattern in forbidden if re.search(pattern, text)]
     assert not offenders, offenders
     # every np.load names allow_pickle=False explicitly
-    for path in sorted((REPO / "fmnist_jax").glob("*.py")):
+    for path in sorted((REPO / "fmnist_jax").rglob("*.py")):
         for call in re.findall(r"np\.load\([^)]*\)", path.read_text()):
             assert "allow_pickle=False" in call, f"{path.name}: {call}"

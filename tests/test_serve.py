@@ -15,7 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from fmnist_jax import predict, serve
+from fmnist_jax.deploy import predict, serve
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = Path(__file__).parent / "data" / "fashion_mnist_test_samples.npz"

@@ -1,4 +1,4 @@
-"""The other TFDS image sets (MNIST, KMNIST, EMNIST letters, CIFAR-10) load through data.load_dataset.
+"""The other TFDS image sets (MNIST, KMNIST, EMNIST letters, CIFAR-10) load through catalogue.load_dataset.
 
 No network: preparation is mocked with tfds.testing.mock_data (examples made here, with each set's real
 shapes and label ranges), and an offline first load must fail at once with a clear DataUnavailable.
@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from fmnist_jax import data
+from fmnist_jax.data import catalogue, splitting
 
 tfds = pytest.importorskip("tensorflow_datasets")
 tf = pytest.importorskip("tensorflow")
@@ -44,7 +44,7 @@ def _examples(builder, split, *args, **kwargs):
 @pytest.fixture
 def reachable(monkeypatch: pytest.MonkeyPatch) -> None:
     """Pretend the download server answers (mock_data replaces the download itself)."""
-    monkeypatch.setattr(data, "_check_download_reachable", lambda name, builder, manual_dir: None)
+    monkeypatch.setattr(catalogue, "_check_download_reachable", lambda name, builder, manual_dir: None)
 
 
 @pytest.mark.parametrize("name", list(EXPECTED))
@@ -52,7 +52,7 @@ def test_catalogue_dataset_loads_and_caches(name: str, reachable: None, monkeypa
     monkeypatch.delenv("FMNIST_DATA_DIR", raising=False)
     shape, num_classes, first_name = EXPECTED[name]
     with tfds.testing.mock_data(as_dataset_fn=_examples):
-        dataset = data.load_dataset(name)
+        dataset = catalogue.load_dataset(name)
     assert dataset.train_images.shape == (NUM_EXAMPLES,) + shape
     assert dataset.test_images.shape == (NUM_EXAMPLES,) + shape
     assert dataset.num_classes == num_classes and dataset.class_names[0] == first_name
@@ -62,16 +62,16 @@ def test_catalogue_dataset_loads_and_caches(name: str, reachable: None, monkeypa
     assert np.array_equal(dataset.train_images[:, 0, 0, 0], dataset.train_labels + shift)
     # the second load comes from the workspace's .npy cache, without TFDS
     with monkeypatch.context() as patched:
-        patched.setattr(data, "_prepare_with_tfds", lambda *a, **k: pytest.fail("prepared twice"))
-        again = data.load_dataset(name)
+        patched.setattr(catalogue, "_prepare_with_tfds", lambda *a, **k: pytest.fail("prepared twice"))
+        again = catalogue.load_dataset(name)
     assert np.array_equal(again.train_images, dataset.train_images) and again.class_names == dataset.class_names
 
 
 def test_catalogue_dataset_trains_through_make_splits(reachable: None, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("FMNIST_DATA_DIR", raising=False)
     with tfds.testing.mock_data(as_dataset_fn=_examples):
-        dataset = data.load_dataset("cifar10")
-    splits = data.make_splits(dataset, data.SplitSpec(mode="pooled", fractions=(0.5, 0.25, 0.25), stratify=False))
+        dataset = catalogue.load_dataset("cifar10")
+    splits = splitting.make_splits(dataset, splitting.SplitSpec(mode="pooled", fractions=(0.5, 0.25, 0.25), stratify=False))
     assert splits.input_shape == (32, 32, 3) and sum(splits.counts().values()) == 2 * NUM_EXAMPLES
 
 
@@ -81,12 +81,12 @@ def test_offline_first_load_fails_fast_with_a_clear_message(monkeypatch: pytest.
     def offline(*args, **kwargs):
         raise socket.gaierror(-2, "Name or service not known")
 
-    monkeypatch.setattr(data.socket, "create_connection", offline)
+    monkeypatch.setattr(catalogue.socket, "create_connection", offline)
     monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare",
                         lambda *a, **k: pytest.fail("TFDS must not start a download it cannot finish"))
     start = time.monotonic()
-    with pytest.raises(data.DataUnavailable) as raised:
-        data.load_dataset("mnist")
+    with pytest.raises(catalogue.DataUnavailable) as raised:
+        catalogue.load_dataset("mnist")
     assert time.monotonic() - start < 10
     message = str(raised.value)
     assert "MNIST must be downloaded first" in message and "network is unreachable" in message
@@ -95,7 +95,7 @@ def test_offline_first_load_fails_fast_with_a_clear_message(monkeypatch: pytest.
 
 def test_other_datasets_use_their_own_manual_folder(tmp_path) -> None:
     # MNIST's files have Fashion-MNIST's names: the Fashion folder must never be offered to MNIST.
-    assert data.manual_dir_for("mnist", tmp_path) is None
+    assert catalogue.manual_dir_for("mnist", tmp_path) is None
     (tmp_path / "emnist__letters").mkdir()
-    assert data.manual_dir_for("emnist/letters", tmp_path) == tmp_path / "emnist__letters"
-    assert data.manual_dir_for("fashion_mnist", tmp_path) == tmp_path
+    assert catalogue.manual_dir_for("emnist/letters", tmp_path) == tmp_path / "emnist__letters"
+    assert catalogue.manual_dir_for("fashion_mnist", tmp_path) == tmp_path

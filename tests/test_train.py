@@ -7,9 +7,12 @@ import jax
 import numpy as np
 import pytest
 
-from fmnist_jax import data, store, train
-from fmnist_jax.config import AugmentConfig, TrainConfig
-from fmnist_jax.jobs import JobRegistry, train_and_test
+from fmnist_jax import store
+from fmnist_jax.data import catalogue, splitting
+from fmnist_jax.data.augment import AugmentConfig
+from fmnist_jax.studio.jobs import JobRegistry, train_and_test
+from fmnist_jax.training import checkpoint, loop, program, trained
+from fmnist_jax.training.config import TrainConfig
 
 TINY = [{"type": "conv2d", "filters": 4, "kernel": 3, "stride": 2, "padding": "same", "activation": "relu"},
         {"type": "batchnorm"}, {"type": "dropout", "rate": 0.1}, {"type": "flatten"},
@@ -21,18 +24,18 @@ def _records(gen) -> list[dict]:
 
 
 def test_tiny_model_overfits_64_examples() -> None:
-    dataset = data.synthetic_dataset(num_train=64 + 40, num_test=20, seed=1)
-    splits = data.make_splits(dataset, data.SplitSpec(mode="official", val_fraction=40 / 104, seed=0))
+    dataset = catalogue.synthetic_dataset(num_train=64 + 40, num_test=20, seed=1)
+    splits = splitting.make_splits(dataset, splitting.SplitSpec(mode="official", val_fraction=40 / 104, seed=0))
     assert len(splits.train_labels) == 64
     cfg = TrainConfig(epochs=40, batch_size=16, learning_rate=3e-3, chunk_steps=4)
-    records = _records(train.train(TINY, cfg, splits))
+    records = _records(loop.train(TINY, cfg, splits))
     epochs = [r for r in records if r["kind"] == "epoch"]
     assert len(epochs) == 40 and epochs[-1]["accuracy"] >= 0.99  # 160 steps
     assert epochs[-1]["loss"] < epochs[0]["loss"] / 5
 
 
-def test_records_have_the_documented_fields(tiny_splits: data.Splits) -> None:
-    records = _records(train.train(TINY, TrainConfig(epochs=2, batch_size=32, chunk_steps=2), tiny_splits))
+def test_records_have_the_documented_fields(tiny_splits: splitting.Splits) -> None:
+    records = _records(loop.train(TINY, TrainConfig(epochs=2, batch_size=32, chunk_steps=2), tiny_splits))
     kinds = [r["kind"] for r in records]
     assert kinds[0] == "start" and kinds[-1] == "done" and kinds.count("epoch") == 2
     chunk = next(r for r in records if r["kind"] == "chunk")
@@ -43,11 +46,11 @@ def test_records_have_the_documented_fields(tiny_splits: data.Splits) -> None:
     assert records[0]["device"] == jax.devices()[0].device_kind
 
 
-def test_stop_signal_stops_within_one_chunk(tiny_splits: data.Splits) -> None:
+def test_stop_signal_stops_within_one_chunk(tiny_splits: splitting.Splits) -> None:
     stop = threading.Event()
     cfg = TrainConfig(epochs=50, batch_size=8, chunk_steps=3)
     chunks = 0
-    for record in train.train(TINY, cfg, tiny_splits, stop=stop):
+    for record in loop.train(TINY, cfg, tiny_splits, stop=stop):
         if record["kind"] == "chunk":
             chunks += 1
             if chunks == 2:
@@ -57,11 +60,11 @@ def test_stop_signal_stops_within_one_chunk(tiny_splits: data.Splits) -> None:
     assert final["kind"] == "done" and final["status"] == "stopped"
 
 
-def test_nan_loss_gives_an_error_record_not_a_crash(tiny_splits: data.Splits) -> None:
+def test_nan_loss_gives_an_error_record_not_a_crash(tiny_splits: splitting.Splits) -> None:
     cfg = TrainConfig(epochs=3, batch_size=32, optimizer="sgd", momentum=0.0, learning_rate=10.0, chunk_steps=2)
     spec = [{"type": "flatten"}, {"type": "dense", "units": 256}, {"type": "dense", "units": 256},
             {"type": "dense", "units": 256}, {"type": "dense", "units": 10}]  # linear layers: updates grow geometrically
-    records = _records(train.train(spec, cfg, tiny_splits))
+    records = _records(loop.train(spec, cfg, tiny_splits))
     errors = [r for r in records if r["kind"] == "error"]
     assert errors and ("NaN" in errors[0]["message"] or "infinite" in errors[0]["message"])
     assert "lower the learning rate" in errors[0]["message"]
@@ -69,20 +72,20 @@ def test_nan_loss_gives_an_error_record_not_a_crash(tiny_splits: data.Splits) ->
                            "error": errors[0]["message"]}
 
 
-def test_checkpoint_round_trips_bit_exactly(tiny_splits: data.Splits, tmp_path) -> None:
+def test_checkpoint_round_trips_bit_exactly(tiny_splits: splitting.Splits, tmp_path) -> None:
     cfg = TrainConfig(epochs=1, batch_size=32)
-    _records(train.train(TINY, cfg, tiny_splits, run_dir=tmp_path))
+    _records(loop.train(TINY, cfg, tiny_splits, run_dir=tmp_path))
     payload, meta, warnings = store.load_latest_checkpoint(tmp_path)
     assert meta["epoch"] == 1 and warnings == []
-    graphdef, template = train.init_state(TINY, tiny_splits.input_shape, 10, cfg)
-    restored = train.state_from_bytes(jax.device_get(template), payload)
-    again = train.state_to_bytes(restored)
+    graphdef, template = program.init_state(TINY, tiny_splits.input_shape, 10, cfg)
+    restored = checkpoint.state_from_bytes(jax.device_get(template), payload)
+    again = checkpoint.state_to_bytes(restored)
     assert again == payload
     leaves = jax.tree_util.tree_leaves(restored)
     assert all(isinstance(leaf, np.ndarray) for leaf in leaves)
     with pytest.raises(ValueError, match="different model|shape"):
-        _, other = train.init_state([{"type": "flatten"}, {"type": "dense", "units": 10}], tiny_splits.input_shape, 10, cfg)
-        train.state_from_bytes(jax.device_get(other), payload)
+        _, other = program.init_state([{"type": "flatten"}, {"type": "dense", "units": 10}], tiny_splits.input_shape, 10, cfg)
+        checkpoint.state_from_bytes(jax.device_get(other), payload)
 
 
 def _epoch_losses(records: list[dict]) -> list[tuple[float, float]]:
@@ -90,16 +93,16 @@ def _epoch_losses(records: list[dict]) -> list[tuple[float, float]]:
 
 
 @pytest.mark.parametrize("stop_after_chunks", [3, 4])  # an epoch boundary, and mid-epoch
-def test_resume_equals_an_uninterrupted_run(tiny_splits: data.Splits, tmp_path, stop_after_chunks: int) -> None:
+def test_resume_equals_an_uninterrupted_run(tiny_splits: splitting.Splits, tmp_path, stop_after_chunks: int) -> None:
     cfg = TrainConfig(epochs=3, batch_size=32, chunk_steps=2, augment=AugmentConfig(flip=0.5, shift=0.1))
-    full = _records(train.train(TINY, cfg, tiny_splits, run_dir=tmp_path / "full"))
+    full = _records(loop.train(TINY, cfg, tiny_splits, run_dir=tmp_path / "full"))
     stop, chunks = threading.Event(), 0
-    for record in train.train(TINY, cfg, tiny_splits, run_dir=tmp_path / "cut", stop=stop):
+    for record in loop.train(TINY, cfg, tiny_splits, run_dir=tmp_path / "cut", stop=stop):
         if record["kind"] == "chunk":
             chunks += 1
             if chunks == stop_after_chunks:
                 stop.set()
-    resumed = _records(train.train(TINY, cfg, tiny_splits, run_dir=tmp_path / "cut", resume=True))
+    resumed = _records(loop.train(TINY, cfg, tiny_splits, run_dir=tmp_path / "cut", resume=True))
     assert resumed[0]["resumed_from"]["epoch"] >= 1
     history = store.read_jsonl(tmp_path / "cut" / "history.jsonl")
     assert [(h["loss"], h["val_loss"]) for h in history] == _epoch_losses(full)
@@ -107,34 +110,34 @@ def test_resume_equals_an_uninterrupted_run(tiny_splits: data.Splits, tmp_path, 
     assert (tmp_path / "cut" / "model.msgpack").read_bytes() == full_weights
 
 
-def test_corrupt_checkpoint_falls_back_to_the_previous_one(tiny_splits: data.Splits, tmp_path) -> None:
-    _records(train.train(TINY, TrainConfig(epochs=2, batch_size=32), tiny_splits, run_dir=tmp_path))
+def test_corrupt_checkpoint_falls_back_to_the_previous_one(tiny_splits: splitting.Splits, tmp_path) -> None:
+    _records(loop.train(TINY, TrainConfig(epochs=2, batch_size=32), tiny_splits, run_dir=tmp_path))
     newest = sorted((tmp_path / "checkpoints").glob("*.msgpack"))[-1]
     newest.write_bytes(newest.read_bytes()[:100])
     payload, meta, warnings = store.load_latest_checkpoint(tmp_path)
     assert meta["epoch"] == 1 and "corrupt or truncated" in warnings[0]
 
 
-def test_early_stopping_restores_the_best_epoch(tiny_splits: data.Splits) -> None:
+def test_early_stopping_restores_the_best_epoch(tiny_splits: splitting.Splits) -> None:
     cfg = TrainConfig(epochs=30, batch_size=32, early_stopping=True, patience=2, monitor="val_loss",
                       min_delta=0.5, learning_rate=3e-3)
-    records = _records(train.train(TINY, cfg, tiny_splits))
+    records = _records(loop.train(TINY, cfg, tiny_splits))
     done = records[-1]
     assert done["status"] == "early_stopped" and done["epochs_completed"] < 30
     assert done["epochs_completed"] - done["best_epoch"] == 2
 
 
-def test_train_and_test_reports_test_accuracy_and_trained_model_predicts(tiny_splits: data.Splits, tmp_path) -> None:
+def test_train_and_test_reports_test_accuracy_and_trained_model_predicts(tiny_splits: splitting.Splits, tmp_path) -> None:
     records = _records(train_and_test(TINY, TrainConfig(epochs=3, batch_size=32, learning_rate=3e-3), tiny_splits, tmp_path))
     test = next(r for r in records if r["kind"] == "test")
-    model = train.TrainedModel.from_run(tmp_path)
+    model = trained.TrainedModel.from_run(tmp_path)
     probs = model.predict_proba(tiny_splits.test_images)
     assert probs.shape == (64, 10) and np.allclose(probs.sum(1), 1, atol=1e-5)
     assert (probs.argmax(1) == tiny_splits.test_labels).mean() == pytest.approx(test["test_accuracy"])
     assert store.read_json(tmp_path / "run.json")["test_accuracy"] == pytest.approx(test["test_accuracy"])
 
 
-def test_job_registry_queues_runs_and_survives_a_crash(tiny_splits: data.Splits, tmp_path) -> None:
+def test_job_registry_queues_runs_and_survives_a_crash(tiny_splits: splitting.Splits, tmp_path) -> None:
     registry = JobRegistry(max_running=1)
 
     def broken():
@@ -151,11 +154,11 @@ def test_job_registry_queues_runs_and_survives_a_crash(tiny_splits: data.Splits,
     assert done["status"] == "completed" and done["epochs"] and done["result"]["test_accuracy"] is not None
 
 
-def test_a_killed_run_resumes_from_its_mid_epoch_checkpoint_exactly(tiny_splits: data.Splits, tmp_path) -> None:
+def test_a_killed_run_resumes_from_its_mid_epoch_checkpoint_exactly(tiny_splits: splitting.Splits, tmp_path) -> None:
     cfg = TrainConfig(epochs=2, batch_size=16, chunk_steps=2)  # 12 steps per epoch, 6 chunks
-    full = _records(train.train(TINY, cfg, tiny_splits, run_dir=tmp_path / "full"))
+    full = _records(loop.train(TINY, cfg, tiny_splits, run_dir=tmp_path / "full"))
     chunks = 0
-    generator = train.train(TINY, cfg, tiny_splits, run_dir=tmp_path / "killed", checkpoint_seconds=0)
+    generator = loop.train(TINY, cfg, tiny_splits, run_dir=tmp_path / "killed", checkpoint_seconds=0)
     for record in generator:
         if record["kind"] == "chunk":
             chunks += 1
@@ -164,6 +167,6 @@ def test_a_killed_run_resumes_from_its_mid_epoch_checkpoint_exactly(tiny_splits:
     del generator
     _, meta, _ = store.load_latest_checkpoint(tmp_path / "killed")
     assert (meta["epoch"], meta["step_in_epoch"]) == (1, 6)  # lost nothing but the chunk in flight
-    _records(train.train(TINY, cfg, tiny_splits, run_dir=tmp_path / "killed", resume=True))
+    _records(loop.train(TINY, cfg, tiny_splits, run_dir=tmp_path / "killed", resume=True))
     assert (tmp_path / "killed" / "model.msgpack").read_bytes() == (tmp_path / "full" / "model.msgpack").read_bytes()
     assert len(full) > 0

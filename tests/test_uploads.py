@@ -8,12 +8,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import upload_samples as samples
 from PIL import Image
 
-import upload_samples as samples
-from fmnist_jax import cli, data, layers, store, uploads
-from fmnist_jax.config import TrainConfig
-from fmnist_jax.train import TrainedModel, run_to_completion, train
+from fmnist_jax import store
+from fmnist_jax.cli import main as cli
+from fmnist_jax.data import catalogue, splitting
+from fmnist_jax.data.uploads import images, importer
+from fmnist_jax.data.uploads import limits as upload_limits
+from fmnist_jax.deploy import predict
+from fmnist_jax.model import layer_specs, layers, presets
+from fmnist_jax.photos import decode, pipeline_params
+from fmnist_jax.training.config import TrainConfig
+from fmnist_jax.training.loop import run_to_completion, train
+from fmnist_jax.training.trained import TrainedModel
 
 TINY_SPEC = [{"type": "conv2d", "filters": 8, "kernel": 3, "padding": "same", "activation": "relu"},
              {"type": "maxpool", "pool": 2, "stride": 2}, {"type": "flatten"}, {"type": "dense", "units": 3}]
@@ -79,58 +87,58 @@ FORMATS = ["folders", "flat-folders", "kaggle-csv", "kaggle-csv-zip", "dls-csv",
 def test_each_format_round_trips(kind: str, tmp_path: Path) -> None:
     path, expected = make_upload(kind, tmp_path)
     messages: list[str] = []
-    manifest = uploads.import_upload(path, progress=lambda fraction, message: messages.append(message))
+    manifest = importer.import_upload(path, progress=lambda fraction, message: messages.append(message))
     assert manifest["class_names"] == expected["names"]
     assert manifest["counts"] == expected["counts"]
     assert messages and manifest["skipped_count"] == 0
-    dataset = data.load_dataset(manifest["name"])
+    dataset = catalogue.load_dataset(manifest["name"])
     assert dataset.class_names == tuple(expected["names"])
     assert len(dataset.train_labels) == expected["counts"]["train"]
     assert dataset.has_val == (expected["counts"]["validation"] is not None)
-    assert manifest["arrays"]["train_images"] == data.array_digest(dataset.train_images)
+    assert manifest["arrays"]["train_images"] == splitting.array_digest(dataset.train_images)
     if "arrays" in expected:  # same-size arrays pass through bit for bit
         assert np.array_equal(dataset.train_images, expected["arrays"])
     # the split controls give three usable splits whatever the upload provided
-    splits = data.make_splits(dataset, data.SplitSpec(mode="official", val_fraction=0.2))
+    splits = splitting.make_splits(dataset, splitting.SplitSpec(mode="official", val_fraction=0.2))
     assert all(count >= 3 for count in splits.counts().values())
-    assert splits.counts() == data.split_counts(dataset, splits.spec)
+    assert splits.counts() == splitting.split_counts(dataset, splits.spec)
 
 
 @pytest.mark.parametrize("color", ["gray", "rgb"])
 def test_photos_go_through_the_prediction_pipeline(color: str, tmp_path: Path) -> None:
     path = samples.folder_zip(tmp_path / "photos.zip", {"train": 5})
-    dataset = uploads.load_upload(path, image_size=24, color=color)
+    dataset = importer.load_upload(path, image_size=24, color=color)
     assert dataset.input_shape == (24, 24, 1 if color == "gray" else 3)
     with zipfile.ZipFile(path) as archive:  # each training image is exactly what the Deploy page makes of the file
         first = sorted(n for n in archive.namelist() if n.startswith("train/bars/"))[0]
-        expected = uploads.prepare_image(archive.read(first), 24, color)
+        expected = images.prepare_image(archive.read(first), 24, color)
     assert any(np.array_equal(image, expected) for image in dataset.train_images[dataset.train_labels == 0])
 
 
 def test_default_options_follow_the_data(tmp_path: Path) -> None:
-    mixed = uploads.import_upload(samples.folder_zip(tmp_path / "mixed.zip", {"train": 5}))
-    assert (mixed["image_size"], mixed["color"]) == (uploads.DEFAULT_IMAGE_SIZE, "rgb")
+    mixed = importer.import_upload(samples.folder_zip(tmp_path / "mixed.zip", {"train": 5}))
+    assert (mixed["image_size"], mixed["color"]) == (upload_limits.DEFAULT_IMAGE_SIZE, "rgb")
     small_x, small_y = samples.arrays(4, size=20)
     path = tmp_path / "small.npz"
     path.write_bytes(_npz_bytes(x_train=small_x, y_train=small_y))
-    small = uploads.import_upload(path)
+    small = importer.import_upload(path)
     assert (small["image_size"], small["color"], small["input_shape"]) == (20, "gray", [20, 20, 1])
 
 
 def test_given_splits_are_respected_and_pooled_mode_pools_them(tmp_path: Path) -> None:
-    dataset = uploads.load_upload(samples.folder_zip(tmp_path / "splits.zip", {"train": 8, "val": 3, "test": 4}))
-    official = data.make_splits(dataset, data.SplitSpec(mode="official"))
+    dataset = importer.load_upload(samples.folder_zip(tmp_path / "splits.zip", {"train": 8, "val": 3, "test": 4}))
+    official = splitting.make_splits(dataset, splitting.SplitSpec(mode="official"))
     assert official.counts() == {"train": 24, "validation": 9, "test": 12}
     assert np.array_equal(official.val_images, dataset.val_images)
     assert np.array_equal(official.test_images, dataset.test_images)
-    pooled = data.make_splits(dataset, data.SplitSpec(mode="pooled", fractions=(0.6, 0.2, 0.2), seed=3))
+    pooled = splitting.make_splits(dataset, splitting.SplitSpec(mode="pooled", fractions=(0.6, 0.2, 0.2), seed=3))
     assert sum(pooled.counts().values()) == 45 and pooled.counts()["train"] == 27
 
 
 def test_a_tiny_model_learns_an_upload_in_one_epoch(tmp_path: Path) -> None:
-    dataset = uploads.load_upload(samples.folder_zip(tmp_path / "learn.zip", {"train": 40, "test": 4}),
+    dataset = importer.load_upload(samples.folder_zip(tmp_path / "learn.zip", {"train": 40, "test": 4}),
                                   image_size=16, color="gray")
-    splits = data.make_splits(dataset, data.SplitSpec(mode="official", val_fraction=0.1))
+    splits = splitting.make_splits(dataset, splitting.SplitSpec(mode="official", val_fraction=0.1))
     cfg = TrainConfig(epochs=1, batch_size=8, learning_rate=3e-3, chunk_steps=50, seed=0)
     done = run_to_completion(train(TINY_SPEC, cfg, splits))
     model = TrainedModel(TINY_SPEC, splits.input_shape, splits.class_names, done["weights"])
@@ -140,14 +148,14 @@ def test_a_tiny_model_learns_an_upload_in_one_epoch(tmp_path: Path) -> None:
 
 
 def test_rgb_32_builds_every_preset_that_fits() -> None:
-    rows = layers.preset_table((32, 32, 3), 3)
+    rows = presets.preset_table((32, 32, 3), 3)
     assert any(row["fits"] for row in rows)
     for row in rows:
-        spec = layers.preset(row["name"], 3)
+        spec = presets.preset(row["name"], 3)
         if not row["fits"]:
             assert row["reason"]  # says why (too deep for the input)
             continue
-        info = layers.describe(spec, (32, 32, 3), 3)
+        info = layer_specs.describe(spec, (32, 32, 3), 3)
         model = layers.build_model(spec, (32, 32, 3), 3)
         assert layers.count_params(model) == info["total_params"] == row["params"]
         import jax.numpy as jnp
@@ -156,7 +164,7 @@ def test_rgb_32_builds_every_preset_that_fits() -> None:
 
 
 def test_too_deep_preset_says_so() -> None:
-    rows = {row["name"]: row for row in layers.preset_table((4, 4, 1), 3)}
+    rows = {row["name"]: row for row in presets.preset_table((4, 4, 1), 3)}
     assert not rows["fast"]["fits"] and "layer" in rows["fast"]["reason"]
 
 
@@ -175,18 +183,17 @@ def test_cli_trains_on_an_upload_and_evaluate_finds_it(tmp_path: Path, capsys: p
     assert status == 0 and result["dataset"].startswith("upload/") and result["train_size"] > 0
     run = store.read_json(run_dir / "run.json")
     assert run["class_names"] == list(samples.CLASSES) and run["input_shape"] == [16, 16, 1]
-    assert run["preprocess"] == uploads.PREPROCESS  # photos will get the resize the training images got
+    assert run["preprocess"] == images.PREPROCESS  # photos will get the resize the training images got
     assert cli.main(["evaluate", str(run_dir), "--json"]) == 0
 
 
 def test_deploy_prediction_uses_the_uploads_class_names(tmp_path: Path) -> None:
-    predict = pytest.importorskip("fmnist_jax.predict")
     path = samples.folder_zip(tmp_path / "deploy.zip", {"train": 30})
-    dataset = uploads.load_upload(path, image_size=16, color="gray")
-    splits = data.make_splits(dataset, data.SplitSpec(mode="official", val_fraction=0.1))
+    dataset = importer.load_upload(path, image_size=16, color="gray")
+    splits = splitting.make_splits(dataset, splitting.SplitSpec(mode="official", val_fraction=0.1))
     done = run_to_completion(train(TINY_SPEC, TrainConfig(epochs=2, batch_size=8, learning_rate=3e-3), splits))
     model = TrainedModel(TINY_SPEC, splits.input_shape, splits.class_names, done["weights"],
-                         preprocess=predict.resolve_preprocess(uploads.PREPROCESS, splits.input_shape))
+                         preprocess=pipeline_params.resolve_preprocess(images.PREPROCESS, splits.input_shape))
     with zipfile.ZipFile(path) as archive:
         files = [(name, archive.read(name)) for name in sorted(archive.namelist()) if name.startswith("train/")][:6]
     results = predict.predict_files(model, files)
@@ -196,25 +203,25 @@ def test_deploy_prediction_uses_the_uploads_class_names(tmp_path: Path) -> None:
 
 def test_second_import_is_served_from_the_workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = samples.folder_zip(tmp_path / "again.zip", {"train": 4})
-    first = uploads.import_upload(path)
-    monkeypatch.setattr(uploads, "PARSERS", {})  # any re-conversion would fail
-    assert uploads.import_upload(path) == first
-    assert [m["name"] for m in uploads.list_uploads()] == [first["name"]]
-    assert uploads.read_manifest(first["name"])["id"] == first["id"]
-    uploads.delete_upload(first["name"])
-    assert uploads.list_uploads() == []
-    with pytest.raises(data.DataUnavailable, match="upload it again"):
-        data.load_dataset(first["name"])
+    first = importer.import_upload(path)
+    monkeypatch.setattr(importer, "PARSERS", {})  # any re-conversion would fail
+    assert importer.import_upload(path) == first
+    assert [m["name"] for m in importer.list_uploads()] == [first["name"]]
+    assert importer.read_manifest(first["name"])["id"] == first["id"]
+    importer.delete_upload(first["name"])
+    assert importer.list_uploads() == []
+    with pytest.raises(catalogue.DataUnavailable, match="upload it again"):
+        catalogue.load_dataset(first["name"])
 
 
 def test_import_stream_copies_under_the_cap_and_cleans_up(tmp_path: Path, workspace: Path) -> None:
     payload = samples.folder_zip(tmp_path / "stream.zip", {"train": 4}).read_bytes()
-    manifest = uploads.import_stream(io.BytesIO(payload), "../../My Photos.zip")
+    manifest = importer.import_stream(io.BytesIO(payload), "../../My Photos.zip")
     assert manifest["display_name"] == "../../My Photos.zip" and manifest["counts"]["train"] == 12
     assert not any((workspace / "datasets" / ".incoming").iterdir())
-    small = uploads.UploadLimits(**{**uploads.LOCAL_LIMITS.to_dict(), "max_archive_bytes": 1000})
-    with pytest.raises(uploads.UploadError, match="larger than the upload limit"):
-        uploads.import_stream(io.BytesIO(payload), "big.zip", limits=small)
+    small = upload_limits.UploadLimits(**{**upload_limits.LOCAL_LIMITS.to_dict(), "max_archive_bytes": 1000})
+    with pytest.raises(upload_limits.UploadError, match="larger than the upload limit"):
+        importer.import_stream(io.BytesIO(payload), "big.zip", limits=small)
     assert not any((workspace / "datasets" / ".incoming").iterdir())
 
 
@@ -228,7 +235,7 @@ def test_damaged_images_are_skipped_and_listed(tmp_path: Path) -> None:
         target.writestr("train/bars/truncated.png", png[: len(png) // 2])
         target.writestr("train/bars/notes.txt", b"not an image")
         target.writestr("train/bars/drawing.svg", b"<svg xmlns='http://www.w3.org/2000/svg'/>")
-    manifest = uploads.import_upload(path)
+    manifest = importer.import_upload(path)
     reasons = {entry["file"].rsplit("/", 1)[-1]: entry["reason"] for entry in manifest["skipped"]}
     assert set(reasons) == {"truncated.png", "notes.txt", "drawing.svg"}
     assert "SVG" in reasons["drawing.svg"] and "corrupt" in reasons["truncated.png"]
@@ -256,15 +263,15 @@ def _zip_with(path: Path, entries: list[tuple[zipfile.ZipInfo | str, bytes]]) ->
     return path
 
 
-def _refused(path: Path, match: str, limits: uploads.UploadLimits | None = None) -> None:
-    with pytest.raises(uploads.UploadError, match=match):
-        uploads.import_upload(path, limits=limits)
+def _refused(path: Path, match: str, limits: upload_limits.UploadLimits | None = None) -> None:
+    with pytest.raises(upload_limits.UploadError, match=match):
+        importer.import_upload(path, limits=limits)
 
 
 def test_oversized_archive_is_refused_before_reading(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workspace: Path) -> None:
     path = samples.folder_zip(tmp_path / "big.zip", {"train": 4})
     _NoReads(monkeypatch)
-    small = uploads.UploadLimits(**{**uploads.PUBLIC_LIMITS.to_dict(), "max_archive_bytes": 1024})
+    small = upload_limits.UploadLimits(**{**upload_limits.PUBLIC_LIMITS.to_dict(), "max_archive_bytes": 1024})
     _refused(path, "upload limit is 0 MB|the upload limit", small)
     _assert_no_leftovers(workspace)
 
@@ -272,7 +279,7 @@ def test_oversized_archive_is_refused_before_reading(tmp_path: Path, monkeypatch
 def test_too_many_files_is_refused_before_reading(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workspace: Path) -> None:
     path = _zip_with(tmp_path / "many.zip", [(f"a/{i}.png", b"") for i in range(60)])
     _NoReads(monkeypatch)
-    few = uploads.UploadLimits(**{**uploads.LOCAL_LIMITS.to_dict(), "max_files": 50})
+    few = upload_limits.UploadLimits(**{**upload_limits.LOCAL_LIMITS.to_dict(), "max_files": 50})
     _refused(path, "holds 60 files; the limit is 50", few)
     _assert_no_leftovers(workspace)
 
@@ -313,7 +320,7 @@ def test_decompression_bomb_image_is_refused_before_decoding(tmp_path: Path, wor
     buffer = io.BytesIO()
     Image.new("L", (12000, 12000)).save(buffer, "PNG")  # 144 megapixels, a few hundred kB
     path = _zip_with(tmp_path / "pixels.zip", [("a/huge.png", buffer.getvalue()), ("b/ok.png", buffer.getvalue())])
-    _refused(path, "megapixels", uploads.PUBLIC_LIMITS)
+    _refused(path, "megapixels", upload_limits.PUBLIC_LIMITS)
     _assert_no_leftovers(workspace)
 
 
@@ -321,20 +328,19 @@ def test_total_pixels_are_checked_from_headers(tmp_path: Path, workspace: Path) 
     buffer = io.BytesIO()
     Image.new("L", (1000, 1000)).save(buffer, "PNG")
     path = _zip_with(tmp_path / "total.zip", [(f"{c}/{i}.png", buffer.getvalue()) for c in "ab" for i in range(3)])
-    few_pixels = uploads.UploadLimits(**{**uploads.LOCAL_LIMITS.to_dict(), "max_total_pixels": 5_000_000})
+    few_pixels = upload_limits.UploadLimits(**{**upload_limits.LOCAL_LIMITS.to_dict(), "max_total_pixels": 5_000_000})
     _refused(path, "gigapixels", few_pixels)
     _assert_no_leftovers(workspace)
 
 
 def test_limits_are_stated_and_public_is_lower() -> None:
-    local, public = uploads.LOCAL_LIMITS, uploads.PUBLIC_LIMITS
+    local, public = upload_limits.LOCAL_LIMITS, upload_limits.PUBLIC_LIMITS
     assert local.max_archive_bytes >= 2**30 and local.max_files >= 100_000
     for field, value in public.to_dict().items():
         assert value <= local.to_dict()[field], field
     assert any("GB" in line for line in local.describe())
-    assert uploads.limits_for_mode(public=True).max_archive_bytes <= public.max_archive_bytes
-    predict = pytest.importorskip("fmnist_jax.predict")
-    assert local.max_image_pixels <= predict.MAX_PIXELS  # the header check never admits what the pipeline refuses
+    assert upload_limits.limits_for_mode(public=True).max_archive_bytes <= public.max_archive_bytes
+    assert local.max_image_pixels <= decode.MAX_PIXELS  # the header check never admits what the pipeline refuses
 
 
 def test_write_failure_leaves_no_partial_dataset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workspace: Path) -> None:
@@ -346,7 +352,7 @@ def test_write_failure_leaves_no_partial_dataset(tmp_path: Path, monkeypatch: py
             raise OSError(28, "No space left on device")
         return real_save(file, *args, **kwargs)
 
-    monkeypatch.setattr(data.np, "save", disk_full)
+    monkeypatch.setattr(catalogue.np, "save", disk_full)
     with pytest.raises(store.StoreError, match="read-only or full"):
-        uploads.import_upload(path)
+        importer.import_upload(path)
     _assert_no_leftovers(workspace)

@@ -4,6 +4,7 @@ A visitor gets a random workspace id (kept in the page URL so they can come back
 runs and uploads live under FMNIST_HOME/visitors/<id>/ and nobody can list another visitor's.
 The caps come from the environment (FMNIST_PUBLIC_*), with defaults a 2-core Space can carry.
 Local mode (settings.public_mode() is False) uses none of this.
+
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from . import settings
+from fmnist_jax import settings
 
 WORKSPACE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{15,63}")
 MARKER = ".last_used"
@@ -178,7 +179,7 @@ def check_job_size(epochs: int, train_size: int, caps: PublicLimits | None = Non
 
 def make_job_registry(caps: PublicLimits | None = None) -> Any:
     """A JobRegistry with the public caps (per visitor, in total, running at once)."""
-    from .jobs import JobRegistry
+    from fmnist_jax.studio.jobs import JobRegistry
 
     caps = caps or limits()
     return JobRegistry(max_running=caps.max_running, max_queued_per_owner=caps.max_jobs_per_visitor,

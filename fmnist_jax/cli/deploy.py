@@ -1,4 +1,5 @@
-"""CLI commands for deployment: predict, serve, export (same library calls as the Deploy page)."""
+"""CLI commands for deployment: predict, serve, export (same library calls as the Deploy page).
+"""
 from __future__ import annotations
 
 import argparse
@@ -6,13 +7,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .cli import EXIT_USAGE, CliError, print_json
+from fmnist_jax.cli.common import EXIT_USAGE, CliError, print_json
 
 MODEL_HELP = "a run folder, an exported bundle (.zip), or 'demo' (the shipped model)"
 
 
 def _load(source: str) -> Any:
-    from . import bundle, predict, store
+    from fmnist_jax import store
+    from fmnist_jax.deploy import bundle, predict
 
     try:
         return predict.load_model(source)
@@ -22,7 +24,7 @@ def _load(source: str) -> Any:
 
 def _read_images(paths: list[str]) -> tuple[list[tuple[str, bytes]], list[dict]]:
     """(name, bytes) of the readable files, and error records for the rest (missing, folder, too large)."""
-    from .predict import MAX_UPLOAD_BYTES
+    from fmnist_jax.photos.decode import MAX_UPLOAD_BYTES
 
     files, errors = [], []
     for name in paths:
@@ -41,7 +43,7 @@ def _read_images(paths: list[str]) -> tuple[list[tuple[str, bytes]], list[dict]]
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .predict import predict_files, public_record
+    from fmnist_jax.deploy.predict import predict_files, public_record
 
     model = _load(args.model)
     files, errors = _read_images(args.images)
@@ -61,7 +63,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from . import serve
+    from fmnist_jax.deploy import serve
 
     if not 0 < args.port < 65536:
         raise CliError(f"--port must be 1-65535, got {args.port}")
@@ -74,7 +76,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from . import bundle, store
+    from fmnist_jax import store
+    from fmnist_jax.deploy import bundle, onnx_export
 
     model = _load(args.model)
     out = Path(args.out)
@@ -85,7 +88,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             bundle.write_bundle(model, out)
             result = {"format": "bundle", "out": str(out), "bytes": out.stat().st_size}
         else:
-            difference = bundle.export_onnx(model, out, _check_images(model))
+            difference = onnx_export.export_onnx(model, out, _check_images(model))
             result = {"format": "onnx", "out": str(out), "bytes": out.stat().st_size, "max_abs_diff": difference,
                       "tolerance": bundle.ONNX_TOLERANCE}
     except (bundle.ExportError, store.StoreError) as error:
@@ -103,14 +106,16 @@ def _check_images(model: Any) -> Any:
     """Fashion-MNIST test images when they are cached locally and fit the model, plus the synthetic check batch."""
     import numpy as np
 
-    from . import bundle, data, settings
+    from fmnist_jax import settings
+    from fmnist_jax.data import catalogue
+    from fmnist_jax.deploy import onnx_export
 
-    images = bundle.check_images(model)
+    images = onnx_export.check_images(model)
     if model.input_shape == (28, 28, 1) and (settings.home_dir() / "datasets" / "fashion_mnist" / "meta.json").exists():
         try:
-            test_images = data.load_dataset("fashion_mnist").test_images[:192]
+            test_images = catalogue.load_dataset("fashion_mnist").test_images[:192]
             images = np.concatenate([np.asarray(test_images), images])
-        except (ValueError, data.DataUnavailable, OSError):
+        except (ValueError, catalogue.DataUnavailable, OSError):
             pass
     return images
 

@@ -3,6 +3,7 @@
 POST /predict takes multipart uploads in the field `files` and answers with the same JSON list as
 `predict --json`. Bad uploads get a 4xx JSON error, never a 500; the whole request body is capped
 before any of it is parsed, so an oversized upload costs a bounded amount of memory and gets a 413.
+
 """
 from __future__ import annotations
 
@@ -14,10 +15,12 @@ from fastapi import FastAPI, File, Request, UploadFile
 from fastapi.responses import JSONResponse, RedirectResponse
 from starlette.concurrency import run_in_threadpool
 
-from . import __version__, predict
+from fmnist_jax import __version__
+from fmnist_jax.deploy import predict
+from fmnist_jax.photos import decode
 
 MAX_FILES = 16
-DEFAULT_MAX_REQUEST_BYTES = 2 * predict.MAX_UPLOAD_BYTES
+DEFAULT_MAX_REQUEST_BYTES = 2 * decode.MAX_UPLOAD_BYTES
 DRAIN_FACTOR = 4  # read and discard up to this many times the cap so the client sees the 413, then hang up
 
 Message = dict[str, Any]
@@ -104,8 +107,8 @@ def create_app(model: Any, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES, m
     def model_info() -> dict:
         card = {k: v for k, v in model.card.items() if k != "config"}
         return {"class_names": list(model.class_names), "input_shape": list(model.input_shape), "card": card,
-                "preprocess": model.preprocess, "upload_types": predict.UPLOAD_TYPES,
-                "max_upload_bytes": predict.MAX_UPLOAD_BYTES, "max_files": max_files,
+                "preprocess": model.preprocess, "upload_types": decode.UPLOAD_TYPES,
+                "max_upload_bytes": decode.MAX_UPLOAD_BYTES, "max_files": max_files,
                 "max_request_bytes": max_request_bytes}
 
     @api.post("/predict", summary="Classify one or more uploaded images (multipart field `files`)")
@@ -115,9 +118,9 @@ def create_app(model: Any, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES, m
         uploads: list[tuple[str, bytes]] = []
         too_big = []
         for position, upload in enumerate(files):
-            payload = await upload.read(predict.MAX_UPLOAD_BYTES + 1)
+            payload = await upload.read(decode.MAX_UPLOAD_BYTES + 1)
             name = upload.filename or f"upload-{position + 1}"
-            if len(payload) > predict.MAX_UPLOAD_BYTES:
+            if len(payload) > decode.MAX_UPLOAD_BYTES:
                 too_big.append(name)
             uploads.append((name, payload))
         results = [predict.public_record(r) for r in await run_in_threadpool(predict.predict_files, model, uploads)]

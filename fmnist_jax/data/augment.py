@@ -1,14 +1,45 @@
-"""Jit-compatible augmentation of training batches, applied on the device.
+"""Jit-compatible augmentation of training batches, applied on the device, and its settings (AugmentConfig).
 
 Images are float32 (B, H, W, C) in [0, 1] with the garment bright on black, so pixels moved in from
 outside the frame are 0. Each transform draws its own random strength per image from its key.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
+
 import jax
 import jax.numpy as jnp
 
-from .config import AugmentConfig
+from fmnist_jax.checks import _number
+
+
+@dataclass
+class AugmentConfig:
+    """Training-batch augmentation strengths; every one is off (0) by default."""
+
+    flip: float = 0.0        # probability of a horizontal flip
+    shift: float = 0.0       # max translation as a fraction of the image side
+    rotation: float = 0.0    # max rotation in degrees
+    zoom: float = 0.0        # max relative zoom in or out
+    shear: float = 0.0       # max shear factor
+    erasing: float = 0.0     # probability of erasing one random rectangle
+    brightness: float = 0.0  # max brightness offset (fraction of full scale)
+    contrast: float = 0.0    # max relative contrast change
+    blur: float = 0.0        # probability of a 3x3 Gaussian blur
+    noise: float = 0.0       # std of Gaussian pixel noise (fraction of full scale)
+    thickness: float = 0.0   # probability of thicker or thinner outlines (grey dilation/erosion)
+
+    def validate(self) -> "AugmentConfig":
+        """Raise ValueError for strengths outside their ranges."""
+        limits = {"flip": 1, "shift": 0.5, "rotation": 180, "zoom": 0.9, "shear": 1, "erasing": 1,
+                  "brightness": 1, "contrast": 0.9, "blur": 1, "noise": 1, "thickness": 1}
+        for name, high in limits.items():
+            _number(f"augmentation '{name}'", getattr(self, name), 0, high)
+        return self
+
+    def active(self) -> bool:
+        """True if any augmentation is on."""
+        return any(getattr(self, f.name) for f in fields(self))
 
 
 def _affine(image: jax.Array, key: jax.Array, cfg: AugmentConfig) -> jax.Array:

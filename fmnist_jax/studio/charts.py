@@ -1,5 +1,6 @@
 """Altair chart builders for the studio (class balance, learning curves, confusion matrix, probabilities ...)
 and the DOT text of the network diagram. Inputs are plain lists and dicts, so the CLI and tests can use them.
+
 """
 from __future__ import annotations
 

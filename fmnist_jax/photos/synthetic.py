@@ -4,6 +4,7 @@ A Fashion-MNIST image is a negated product photo, so un-negating it gives back a
 scale it up, tint it, rotate it, place it off-centre on a textured light background (a bed sheet, a
 wooden floor, a wall) with a soft shadow, or keep it bright on a textured dark background, add sensor
 noise and compress it as a JPEG: roughly what a phone photo of the garment would look like.
+
 """
 from __future__ import annotations
 
@@ -129,7 +130,8 @@ def photo_bytes(image: np.ndarray, rng: np.random.Generator, light_background: b
 
 def evaluate_photo_like(model: object, images: np.ndarray, labels: np.ndarray, count: int = 1000, seed: int = 0) -> dict:
     """Accuracy of `model` on `count` photo-like renderings of (images, labels): the pipeline vs a naive resize."""
-    from .predict import ImageError, naive_input, preprocess_photo
+    from fmnist_jax.photos.decode import ImageError
+    from fmnist_jax.photos.pipeline import naive_input, preprocess_photo
 
     rng = np.random.default_rng(seed)
     pick = rng.permutation(len(labels))[:count]

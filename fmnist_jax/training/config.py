@@ -1,10 +1,14 @@
-"""One TrainConfig (with nested augmentation settings) shared by the UI, the CLI and saved runs."""
+"""One TrainConfig (with nested augmentation settings) shared by the UI, the CLI and saved runs.
+"""
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
+
+from fmnist_jax.checks import _choice, _number
+from fmnist_jax.data.augment import AugmentConfig
+from fmnist_jax.model.cpu_ops import CONV_IMPLS
 
 OPTIMIZERS = ("sgd", "rmsprop", "adadelta", "adagrad", "adamax", "adam", "nadam", "adamw")
 SCHEDULES = ("constant", "cosine", "warmup_cosine", "one_cycle", "step")
@@ -12,53 +16,6 @@ LOSSES = ("cross_entropy", "focal")
 MONITORS = ("val_accuracy", "val_loss")
 PRECISIONS = ("float32", "bfloat16")
 DATA_PARALLEL = ("auto", "off", "on")
-CONV_IMPLS = ("auto", "xla", "im2col")
-
-
-def _number(name: str, value: Any, low: float | None = None, high: float | None = None,
-            whole: bool = False, low_open: bool = False) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    if whole and int(value) != value:
-        raise ValueError(f"{name} must be a whole number, got {value!r}")
-    if low is not None and (value <= low if low_open else value < low):
-        raise ValueError(f"{name} must be {'above' if low_open else 'at least'} {low:g}, got {value!r}")
-    if high is not None and value > high:
-        raise ValueError(f"{name} must be at most {high:g}, got {value!r}")
-
-
-def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
-
-
-@dataclass
-class AugmentConfig:
-    """Training-batch augmentation strengths; every one is off (0) by default."""
-
-    flip: float = 0.0        # probability of a horizontal flip
-    shift: float = 0.0       # max translation as a fraction of the image side
-    rotation: float = 0.0    # max rotation in degrees
-    zoom: float = 0.0        # max relative zoom in or out
-    shear: float = 0.0       # max shear factor
-    erasing: float = 0.0     # probability of erasing one random rectangle
-    brightness: float = 0.0  # max brightness offset (fraction of full scale)
-    contrast: float = 0.0    # max relative contrast change
-    blur: float = 0.0        # probability of a 3x3 Gaussian blur
-    noise: float = 0.0       # std of Gaussian pixel noise (fraction of full scale)
-    thickness: float = 0.0   # probability of thicker or thinner outlines (grey dilation/erosion)
-
-    def validate(self) -> "AugmentConfig":
-        """Raise ValueError for strengths outside their ranges."""
-        limits = {"flip": 1, "shift": 0.5, "rotation": 180, "zoom": 0.9, "shear": 1, "erasing": 1,
-                  "brightness": 1, "contrast": 0.9, "blur": 1, "noise": 1, "thickness": 1}
-        for name, high in limits.items():
-            _number(f"augmentation '{name}'", getattr(self, name), 0, high)
-        return self
-
-    def active(self) -> bool:
-        """True if any augmentation is on."""
-        return any(getattr(self, f.name) for f in fields(self))
 
 
 @dataclass

@@ -3,6 +3,7 @@
 The Streamlit app keeps one JobRegistry per server process (through st.cache_resource); pages only
 read snapshots. Jobs write their metrics and checkpoints to the run folder as they go, so a refresh,
 a page switch or a server restart loses at most the current chunk.
+
 """
 from __future__ import annotations
 
@@ -14,11 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from . import store
-from .config import TrainConfig
-from .data import Splits
-from .evaluate import metrics_from_probs
-from .train import TrainedModel, TrainingError, train
+from fmnist_jax import store
+from fmnist_jax.data.splitting import Splits
+from fmnist_jax.evaluate import metrics_from_probs
+from fmnist_jax.training.config import TrainConfig
+from fmnist_jax.training.loop import TrainingError, train
+from fmnist_jax.training.trained import TrainedModel
 
 ACTIVE = ("queued", "running")
 MAX_CHUNK_RECORDS = 5000

@@ -1,0 +1,102 @@
+"""Command line: presets, train, evaluate, predict, serve, export. Same library calls as the UI.
+
+Errors print one line to stderr and exit with status 2; there are no tracebacks for user mistakes.
+
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, Sequence
+
+from fmnist_jax.cli.common import EXIT_USAGE, CliError, Parser, print_json
+from fmnist_jax.cli.train import cmd_evaluate, cmd_train
+
+# ----------------------------------------------------------------------------- presets
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    from fmnist_jax.model import presets
+
+    rows = presets.preset_table()
+    if args.json:
+        print_json([{"name": r["name"], "params": r["params"], "description": r["description"], "flops": r["flops"]} for r in rows])
+        return 0
+    print(f"{'name':<8} {'params':>11} {'MFLOPs':>8}  description")
+    for r in rows:
+        print(f"{r['name']:<8} {r['params']:>11,} {r['flops'] / 1e6:>8.1f}  {r['description']}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- parser
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser of `python -m fmnist_jax`."""
+    parser = Parser(prog="python -m fmnist_jax", description="Fashion-MNIST Studio command line")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    p = sub.add_parser("presets", help="list model presets with parameter counts")
+    p.add_argument("--json", action="store_true", help="print a JSON list")
+    p.set_defaults(func=cmd_presets)
+
+    p = sub.add_parser("train", help="train a model (or --resume a run)")
+    p.add_argument("--preset", help="model preset (fast, dls, lenet, wide); default fast")
+    p.add_argument("--model", help="model spec JSON file (a list of layers)")
+    p.add_argument("--config", help="TrainConfig JSON file; flags override it (default: the preset's recommended settings)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--optimizer")
+    p.add_argument("--lr", type=float, help="learning rate")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--schedule", help="constant, cosine, warmup_cosine, one_cycle or step")
+    p.add_argument("--label-smoothing", type=float)
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--augment", help="augmentation strengths, e.g. flip=0.5,shift=0.1,rotation=10")
+    p.add_argument("--precision", help="float32 or bfloat16")
+    p.add_argument("--chunk-steps", type=int, help="optimizer steps per compiled chunk (metrics/stop granularity)")
+    p.add_argument("--conv-impl", help="auto, xla, im2col or xla_dots (auto: xla_dots on CPU)")
+    p.add_argument("--split", choices=("official", "pooled"), default="official")
+    p.add_argument("--fractions", help="pooled split fractions train,val,test (default 0.8,0.1,0.1)")
+    p.add_argument("--val-fraction", type=float, help="official split: validation fraction of the 60k train images")
+    p.add_argument("--limit", type=int, help="train on the first N training examples only")
+    p.add_argument("--dataset", help="TFDS dataset name, or a path to an uploaded dataset (zip, csv, npz, IDX folder)")
+    p.add_argument("--data-dir", help="folder with the dataset's files (default $FMNIST_DATA_DIR)")
+    p.add_argument("--image-size", type=int, metavar="N",
+                   help="uploaded dataset: resize images to NxN (e.g. 28, 32, 48, 64; default: their own size if small)")
+    p.add_argument("--color", choices=("gray", "rgb"), help="uploaded dataset: grayscale or RGB (default: as the images are)")
+    p.add_argument("--out", help="run folder (default $FMNIST_HOME/runs/run-<time>)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped or killed run from its last checkpoint")
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="evaluate a run on a split")
+    p.add_argument("run_dir")
+    p.add_argument("--split", choices=("test", "validation", "train"), default="test")
+    p.add_argument("--data-dir")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
+
+    _add_deploy_commands(sub)
+    return parser
+
+
+def _add_deploy_commands(sub: Any) -> None:
+    from fmnist_jax.cli import deploy
+
+    deploy.add_commands(sub)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit status."""
+    from fmnist_jax import store
+    from fmnist_jax.data.catalogue import DataUnavailable
+
+    try:
+        args = build_parser().parse_args(argv)
+        return int(args.func(args) or 0)
+    except CliError as error:
+        print(f"error: {error}", file=sys.stderr)
+    except (ValueError, DataUnavailable, store.StoreError) as error:
+        print(f"error: {error}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+    return EXIT_USAGE

@@ -1,0 +1,83 @@
+"""Loading a model (demo, run, bundle, folder) and predicting uploaded files with top-k.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fmnist_jax.photos.decode import ImageError, PhotoResult
+from fmnist_jax.photos.pipeline import preprocess_photo
+from fmnist_jax.photos.pipeline_params import resolve_preprocess
+
+DEMO_DIR = Path(__file__).resolve().parents[2] / "models" / "demo"
+
+
+# ----------------------------------------------------------------------------- models and prediction
+
+def load_model(source: str, home: str | Path | None = None) -> Any:
+    """A TrainedModel from "demo", a run folder, an exported bundle (.zip) or a model folder; ValueError otherwise."""
+    from fmnist_jax import settings, store
+    from fmnist_jax.deploy import bundle
+    from fmnist_jax.training.trained import TrainedModel
+
+    if not isinstance(source, str) or not source.strip():
+        raise ValueError("choose a model: a run folder, an exported bundle (.zip) or 'demo'")
+    source = source.strip()
+    if source == "demo":
+        return bundle.load_model_dir(DEMO_DIR)
+    if "\x00" in source or len(source) > 4096:
+        raise ValueError("the model path contains a NUL character or is too long")
+    path = Path(source).expanduser()
+    if not path.exists() and not path.is_absolute():
+        workspace = settings.home_dir(home).resolve()
+        inside = (workspace / source).resolve()  # a run named relative to the workspace, never outside it
+        if inside.is_relative_to(workspace):
+            path = inside
+    if path.is_file():
+        return bundle.load_bundle(path)
+    if path.is_dir() and (path / "run.json").is_file():
+        try:
+            model = TrainedModel.from_run(path)
+            run = store.read_json(path / "run.json")
+        except store.StoreError as error:
+            raise ValueError(str(error)) from None
+        model.preprocess = resolve_preprocess(model.preprocess, model.input_shape)
+        model.card.update({"source": "run", "run": path.name, "config": run.get("config"),
+                           "dataset": run.get("dataset", "fashion_mnist"), "test_accuracy": run.get("test_accuracy")})
+        return model
+    if path.is_dir() and (path / "model.json").is_file():
+        return bundle.load_model_dir(path)
+    raise ValueError(f"{source!r} is not a model: give a run folder (with run.json), an exported bundle (.zip) or 'demo'")
+
+
+def _record(name: str, probs: np.ndarray, class_names: tuple[str, ...], steps: list) -> dict:
+    order = np.argsort(-probs, kind="stable")
+    index = int(order[0])
+    return {"file": name, "label": class_names[index], "index": index, "probability": float(probs[index]),
+            "top3": [[class_names[int(i)], float(probs[int(i)])] for i in order[:3]],
+            "probs": [float(p) for p in probs], "steps": steps}
+
+
+def predict_files(model: Any, files: list[tuple[str, bytes]]) -> list[dict]:
+    """Predict each (name, bytes) upload; a file that fails gets {"file", "error"} and the others still predict."""
+    results: list[dict | None] = [None] * len(files)
+    ready: list[tuple[int, PhotoResult]] = []
+    for position, (name, payload) in enumerate(files):
+        try:
+            ready.append((position, preprocess_photo(payload, model.preprocess, model.input_shape)))
+        except ImageError as error:
+            results[position] = {"file": name, "error": str(error)}
+    if ready:
+        probs = model.predict_proba(np.stack([photo.model_input for _, photo in ready]))
+        for (position, photo), row in zip(ready, probs):
+            results[position] = _record(files[position][0], row, model.class_names, photo.steps)
+    return [r for r in results if r is not None]
+
+
+def public_record(result: dict) -> dict:
+    """The JSON contract of the CLI and the REST API: file, label, index, probability, top3 (or file, error)."""
+    if "error" in result:
+        return {"file": result["file"], "error": result["error"]}
+    return {k: result[k] for k in ("file", "label", "index", "probability", "top3")}

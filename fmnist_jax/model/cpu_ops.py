@@ -1,0 +1,118 @@
+"""CPU tricks behind one switch (`conv_impl`): a convolution whose gradients are matmuls over patches,
+pooling by reshape + max for non-overlapping windows, and dropout masks from 16-bit uniforms.
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+
+from fmnist_jax.model.layer_specs import Shape, _same_pads, _window_out
+
+CONV_IMPLS = ("auto", "xla", "im2col", "xla_dots")
+
+
+# ----------------------------------------------------------------------------- modules
+
+def conv2d_apply(x: jax.Array, kernel: jax.Array, stride: int, padding: str, impl: str) -> jax.Array:
+    """2-D convolution, NHWC x HWIO: XLA's convolution, patches @ matrix, or XLA's forward with matmul gradients.
+
+    On CPU, XLA lowers the gradients of a convolution to slow generic loops (the kernel gradient is a
+    convolution whose window is the whole image), while its forward convolution and its matmuls are
+    fast. 'xla_dots' keeps XLA's forward (so inference never builds patches) and computes both
+    gradients from patches with matmuls; 'im2col' does everything as one matmul over extracted
+    patches. All give the same numbers up to float rounding.
+    """
+    if impl == "xla":
+        return _xla_conv(x, kernel, stride, padding)
+    if impl == "xla_dots" and stride == 1:
+        return _conv_matmul_grads(x, kernel, padding)
+    kh, kw, cin, cout = kernel.shape
+    return _patches(x, kh, kw, stride, padding) @ kernel.reshape(kh * kw * cin, cout)
+
+
+def _xla_conv(x: jax.Array, kernel: jax.Array, stride: int, padding: str) -> jax.Array:
+    pad = "SAME" if padding == "same" else "VALID"
+    return jax.lax.conv_general_dilated(x, kernel, (stride, stride), pad, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _padding(x: jax.Array, kh: int, kw: int, stride: int, padding: str) -> tuple[tuple[int, int], tuple[int, int]]:
+    if padding != "same":
+        return (0, 0), (0, 0)
+    return _same_pads(x.shape[1], kh, stride), _same_pads(x.shape[2], kw, stride)
+
+
+def _patches(x: jax.Array, kh: int, kw: int, stride: int, padding: str) -> jax.Array:
+    """(B, out_h, out_w, kh*kw*C): every output position's input window, taps in (row, column) order."""
+    pad_h, pad_w = _padding(x, kh, kw, stride, padding)
+    out_h = _window_out(x.shape[1], kh, stride, padding)
+    out_w = _window_out(x.shape[2], kw, stride, padding)
+    if padding == "same":
+        x = jnp.pad(x, ((0, 0), pad_h, pad_w, (0, 0)))
+    taps = [x[:, i:i + (out_h - 1) * stride + 1:stride, j:j + (out_w - 1) * stride + 1:stride, :]
+            for i in range(kh) for j in range(kw)]
+    return jnp.concatenate(taps, axis=-1) if len(taps) > 1 else taps[0]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _conv_matmul_grads(x: jax.Array, kernel: jax.Array, padding: str) -> jax.Array:
+    return _xla_conv(x, kernel, 1, padding)
+
+
+def _conv_matmul_grads_fwd(x: jax.Array, kernel: jax.Array, padding: str) -> tuple[jax.Array, tuple]:
+    return _xla_conv(x, kernel, 1, padding), (x, kernel)
+
+
+def _conv_matmul_grads_bwd(padding: str, residuals: tuple, grad: jax.Array) -> tuple[jax.Array, jax.Array]:
+    x, kernel = residuals
+    kh, kw, cin, cout = kernel.shape
+    batch, out_h, out_w, _ = grad.shape
+    grad_kernel = jnp.einsum("bhwk,bhwo->ko", _patches(x, kh, kw, 1, padding), grad).reshape(kernel.shape)
+    # input gradient: each output position's patch gradient (one matmul), added back onto the padded image
+    patch_grads = (grad @ kernel.reshape(kh * kw * cin, cout).T).reshape(batch, out_h, out_w, kh * kw, cin)
+    pad_h, pad_w = _padding(x, kh, kw, 1, padding)
+    full_h, full_w = x.shape[1] + sum(pad_h), x.shape[2] + sum(pad_w)
+    grad_padded = sum(
+        jnp.pad(patch_grads[:, :, :, i * kw + j, :], ((0, 0), (i, full_h - out_h - i), (j, full_w - out_w - j), (0, 0)))
+        for i in range(kh) for j in range(kw))
+    grad_x = grad_padded[:, pad_h[0]:pad_h[0] + x.shape[1], pad_w[0]:pad_w[0] + x.shape[2], :]
+    return grad_x.astype(x.dtype), grad_kernel.astype(kernel.dtype)
+
+
+_conv_matmul_grads.defvjp(_conv_matmul_grads_fwd, _conv_matmul_grads_bwd)
+
+
+def _tiled_pool(x: jax.Array, window: int, kind: str) -> jax.Array:
+    """Non-overlapping pooling as a reshape and a reduction (same values as reduce_window, VALID padding).
+
+    XLA's CPU backend turns the gradient of a max reduce_window into a select-and-scatter that
+    builds index tensors for every window (a quarter of dls's step time); the gradient of a plain
+    max reduction is one fused compare-and-select.
+    """
+    batch, height, width, channels = x.shape
+    out_h, out_w = height // window, width // window
+    tiles = x[:, :out_h * window, :out_w * window, :].reshape(batch, out_h, window, out_w, window, channels)
+    return tiles.max(axis=(2, 4)) if kind == "maxpool" else tiles.mean(axis=(2, 4))
+
+
+def _keep_mask(key: jax.Array, keep_probability: float, shape: Shape) -> jax.Array:
+    """Bernoulli(keep_probability) mask from 16-bit uniforms, two per 32-bit random word.
+
+    The counter-based generator costs the same per 32-bit word whatever the output type, and dropout
+    masks are a tenth of a CPU training step; 1/65536 steps are finer than any rate anyone sets.
+    """
+    size = math.prod(shape)
+    words = jax.random.bits(key, ((size + 1) // 2,), jnp.uint32)
+    halves = jnp.concatenate([words & 0xFFFF, words >> 16])[:size]
+    return (halves < round(keep_probability * 65536)).reshape(shape)
+
+
+def resolve_conv_impl(conv_impl: str = "auto") -> str:
+    """'auto' -> 'xla_dots' on CPU (XLA's forward, matmul gradients; measured in bench/NOTES.md), XLA's convolution elsewhere."""
+    if conv_impl not in CONV_IMPLS:
+        raise ValueError(f"conv_impl must be one of {', '.join(CONV_IMPLS)}, got {conv_impl!r}")
+    if conv_impl != "auto":
+        return conv_impl
+    return "xla_dots" if jax.default_backend() == "cpu" else "xla"

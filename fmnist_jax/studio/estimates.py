@@ -1,0 +1,136 @@
+"""Previews and estimates the pages show: augmentation previews, montages, device and memory
+figures, measured FLOP rate and epoch-time estimates.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from fmnist_jax import store
+from fmnist_jax.data.augment import AugmentConfig
+from fmnist_jax.model import layer_specs
+from fmnist_jax.studio.projects import CONV_EFFICIENCY
+from fmnist_jax.studio.tasks import run_history
+
+# ----------------------------------------------------------------------------- previews and estimates
+
+def augment_preview(images: np.ndarray, augment: AugmentConfig | dict, seed: int = 0, copies: int = 1) -> np.ndarray:
+    """Augmented uint8 copies of images, through the same augment_batch the training step runs.
+
+    Runs op by op (not jitted): each new slider value would otherwise compile a new program.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    from fmnist_jax.data.augment import augment_batch
+
+    cfg = augment if isinstance(augment, AugmentConfig) else AugmentConfig(**augment)
+    cfg.validate()
+    batch = np.repeat(np.asarray(images), copies, axis=0)
+    floats = jnp.asarray(batch, dtype=jnp.float32) / 255.0
+    if cfg.active():
+        floats = augment_batch(floats, jax.random.key(seed), cfg)
+    return np.asarray(jnp.round(floats * 255.0)).astype(np.uint8)
+
+
+def upscale(image: np.ndarray, factor: int = 4) -> np.ndarray:
+    """Nearest-neighbour enlargement of an (H, W[, C]) image so browsers do not blur small images."""
+    image = np.asarray(image)
+    if image.ndim == 3 and image.shape[-1] == 1:
+        image = image[..., 0]
+    return np.repeat(np.repeat(image, factor, axis=0), factor, axis=1)
+
+
+def montage(images: np.ndarray, columns: int, factor: int = 3, gap: int = 2) -> np.ndarray:
+    """Tile uint8 (N, H, W[, 1]) images into one grid image with grey gaps."""
+    images = np.asarray(images)
+    if images.ndim == 4:
+        images = images[..., 0]
+    count, height, width = images.shape
+    rows = max(1, math.ceil(count / columns))
+    cell_h, cell_w = height * factor, width * factor
+    canvas = np.full((rows * cell_h + (rows - 1) * gap, columns * cell_w + (columns - 1) * gap), 90, np.uint8)
+    for i, image in enumerate(images):
+        r, c = divmod(i, columns)
+        canvas[r * (cell_h + gap):r * (cell_h + gap) + cell_h, c * (cell_w + gap):c * (cell_w + gap) + cell_w] = upscale(image, factor)
+    return canvas
+
+
+def device_info() -> dict:
+    """JAX backend, device kind and count, plus memory in use."""
+    from fmnist_jax.training.program import device_summary
+
+    return {**device_summary(), **memory_in_use()}
+
+
+def memory_in_use() -> dict:
+    """Process resident memory and, where the backend reports it, accelerator memory in bytes."""
+    out: dict[str, int | None] = {"process_bytes": None, "device_bytes": None}
+    try:
+        with open("/proc/self/statm") as stream:
+            out["process_bytes"] = int(stream.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import jax
+
+        stats = jax.devices()[0].memory_stats()
+        if stats:
+            out["device_bytes"] = int(stats.get("bytes_in_use", 0))
+    except Exception:  # not every backend implements memory_stats
+        pass
+    return out
+
+
+_FLOPS_CACHE: dict[str, float] = {}
+
+
+def measured_flops_per_second() -> float:
+    """Matmul FLOP/s of the default device, measured once per process (about a quarter of a second)."""
+    if "matmul" not in _FLOPS_CACHE:
+        import jax
+        import jax.numpy as jnp
+
+        size = 512
+        a = jnp.ones((size, size), jnp.float32)
+        step = jax.jit(lambda x: (x @ x) * 1e-3)
+        step(a).block_until_ready()
+        repeats, t0 = 0, time.perf_counter()
+        while repeats < 5 or time.perf_counter() - t0 < 0.2:
+            step(a).block_until_ready()
+            repeats += 1
+        _FLOPS_CACHE["matmul"] = 2 * size ** 3 * repeats / (time.perf_counter() - t0)
+    return _FLOPS_CACHE["matmul"]
+
+
+def estimate_epoch_seconds(ws: store.Workspace, project_id: str, spec: list, input_shape: tuple, num_classes: int,
+                           train_size: int, val_size: int = 0) -> dict:
+    """Estimated seconds per epoch (training plus the validation pass) from the model's FLOPs and a throughput.
+
+    The throughput comes from this project's most recent run with history (its images/s times its
+    model's FLOPs per image; its epochs included validation too), or else from a measured matmul rate
+    times CONV_EFFICIENCY.
+    """
+    info = layer_specs.describe(spec, input_shape, num_classes)
+    flops_per_image = info["train_flops_per_image"]
+    epoch_flops = train_size * flops_per_image + val_size * info["forward_flops"]
+    for run in ws.list_runs(project_id):
+        history = run_history(run["path"]) if run.get("path") else []
+        if not history:
+            continue
+        try:
+            run_record = store.read_json(Path(run["path"]) / "run.json")
+            run_flops = layer_specs.describe(run_record["spec"], tuple(run_record["input_shape"]),
+                                        len(run_record["class_names"]))["train_flops_per_image"]
+        except (store.StoreError, KeyError, ValueError):
+            continue
+        rate = float(np.median([h["images_per_s"] for h in history])) * run_flops
+        return {"seconds": train_size * flops_per_image / rate, "flops_per_s": rate,
+                "source": f"speed of run {run['name']}", "flops_per_image": flops_per_image}
+    rate = measured_flops_per_second() * CONV_EFFICIENCY
+    return {"seconds": epoch_flops / rate, "flops_per_s": rate, "source": "measured matmul rate",
+            "flops_per_image": flops_per_image}

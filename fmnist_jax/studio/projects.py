@@ -1,0 +1,248 @@
+"""Project-level glue for the studio: stored project records -> split spec, model spec, TrainConfig and data;
+background-training submission; previews, estimates and cached evaluations the pages show.
+
+Everything here works without Streamlit (the pages wrap `get_registry` in st.cache_resource).
+
+"""
+from __future__ import annotations
+
+import copy
+import os
+import threading
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Callable
+
+from fmnist_jax import settings, store
+from fmnist_jax.data import catalogue, splitting
+from fmnist_jax.model import layer_specs, presets
+from fmnist_jax.training.config import TrainConfig
+
+Progress = Callable[[float, str], None]
+
+SYNTHETIC = "synthetic"
+DATASET_LABELS = {"fashion_mnist": "Fashion-MNIST (Zalando, 70,000 images)",
+                  SYNTHETIC: "Synthetic demo data (1,200 images, instant)"}
+SAMPLE_PROJECT_NAME = "Fashion-MNIST sample"
+SAMPLE_CONFIG = {"epochs": 5, "batch_size": 128, "optimizer": "adam", "learning_rate": 2e-3,
+                 "schedule": "cosine", "label_smoothing": 0.05}
+# Matmul throughput overstates what a small CNN reaches; the 'fast' preset trained at about this share of it
+# on a busy 2-core CPU (183 images/s against 97 GFLOP/s of matmul; validation time included).
+CONV_EFFICIENCY = 0.15
+EVALUATION_FILE = "evaluation-studio.json"
+
+
+# ----------------------------------------------------------------------------- workspace and jobs
+
+def workspace(home: str | os.PathLike | None = None) -> store.Workspace:
+    """The projects workspace (FMNIST_HOME unless `home` is given)."""
+    return store.Workspace(home)
+
+
+def owner_of(ws: store.Workspace) -> str:
+    """The job-registry owner for a workspace (its folder name is the visitor id in public mode): jobs of
+    different workspaces never clash, and public per-visitor caps count per workspace."""
+    return ws.home.name if settings.public_mode() else str(ws.home)
+
+
+_REGISTRY = None
+_REGISTRY_LOCK = threading.Lock()
+
+
+def get_registry() -> Any:
+    """The process-wide JobRegistry: one training job at a time, others queue (public mode adds per-visitor caps)."""
+    global _REGISTRY
+    with _REGISTRY_LOCK:
+        if _REGISTRY is None:
+            from fmnist_jax.studio.jobs import JobRegistry
+            from fmnist_jax.training.program import enable_compile_cache
+
+            enable_compile_cache()
+            if settings.public_mode():
+                from fmnist_jax.studio import public
+
+                _REGISTRY = public.make_job_registry()
+            else:
+                _REGISTRY = JobRegistry(max_running=1)
+        return _REGISTRY
+
+
+_LAST_CLEANUP = [0.0]
+CLEANUP_EVERY_SECONDS = 600
+
+
+def cleanup_public_workspaces(keep: str) -> list[str]:
+    """In public mode, delete idle visitor workspaces (at most every CLEANUP_EVERY_SECONDS); returns removed ids."""
+    if not settings.public_mode() or time.time() - _LAST_CLEANUP[0] < CLEANUP_EVERY_SECONDS:
+        return []
+    from fmnist_jax.studio import public
+
+    _LAST_CLEANUP[0] = time.time()
+    return public.cleanup_idle(keep=[keep])
+
+
+# ----------------------------------------------------------------------------- project record -> objects
+
+def split_spec(project: dict) -> splitting.SplitSpec:
+    """The project's split settings (defaults: official test set, 10% validation, seed 0, stratified)."""
+    stored = project.get("split")
+    return splitting.SplitSpec.from_dict(stored) if stored else splitting.SplitSpec()
+
+
+def train_config(project: dict) -> TrainConfig:
+    """The project's TrainConfig (defaults where nothing is stored yet)."""
+    stored = project.get("config")
+    return TrainConfig.from_dict(stored) if stored else TrainConfig()
+
+
+def recommended_config(project: dict) -> tuple[TrainConfig, str] | None:
+    """(the recommended TrainConfig, what it is and reaches) for a project whose model is an unedited preset
+    with a measured recipe; None for custom models and presets without one. Seed, precision and chunk size
+    keep the project's values: they are the user's choices, not part of the recipe."""
+    name = preset_of(project)
+    if name is None or not presets.PRESETS[name].train_defaults:
+        return None
+    current = train_config(project)
+    recipe = TrainConfig.from_dict({**presets.PRESETS[name].train_defaults, "seed": current.seed,
+                                    "precision": current.precision, "chunk_steps": current.chunk_steps})
+    return recipe, presets.PRESETS[name].recipe_note
+
+
+def model_spec(project: dict, num_classes: int = 10) -> list[dict]:
+    """The project's layer list: its edited model, else its preset."""
+    if project.get("model"):
+        return copy.deepcopy(project["model"])
+    return presets.preset(project.get("model_preset") or "fast", num_classes)
+
+
+def data_folder(project: dict) -> str | None:
+    """The manual-download data folder the project uses (its own setting, else FMNIST_DATA_DIR; public mode: the server's)."""
+    value = (None if settings.public_mode() else project.get("data_dir")) or os.environ.get("FMNIST_DATA_DIR")
+    return str(value) if value else None
+
+
+def train_limit(project: dict) -> int | None:
+    """How many training examples to use (None: all)."""
+    limit = project.get("train_limit")
+    return int(limit) if limit else None
+
+
+def preset_of(project: dict) -> str | None:
+    """The preset name if the model is still the unedited preset, else None (custom)."""
+    name = project.get("model_preset")
+    if not name or name not in presets.PRESETS:
+        return None
+    if project.get("model") and layer_specs.normalize_spec(project["model"]) != layer_specs.normalize_spec(presets.preset(name)):
+        return None
+    return name
+
+
+# ----------------------------------------------------------------------------- data
+
+_SYNTHETIC_LOCK = threading.Lock()
+_SYNTHETIC_DATASET: catalogue.Dataset | None = None
+
+
+def synthetic_dataset() -> catalogue.Dataset:
+    """The small synthetic dataset offered for demos and tests (built once per process)."""
+    global _SYNTHETIC_DATASET
+    with _SYNTHETIC_LOCK:
+        if _SYNTHETIC_DATASET is None:
+            _SYNTHETIC_DATASET = catalogue.synthetic_dataset(num_train=1000, num_test=200, seed=0)
+            for array in (_SYNTHETIC_DATASET.train_images, _SYNTHETIC_DATASET.test_images):
+                array.flags.writeable = False
+        return _SYNTHETIC_DATASET
+
+
+def load_dataset(project_or_run: dict, progress: Progress | None = None,
+                 home: str | os.PathLike | None = None) -> catalogue.Dataset:
+    """The dataset a project (or run record) names, loaded once per process and shared read-only.
+
+    TFDS datasets live in the server's workspace; an upload lives in the workspace it was uploaded to
+    (the record's upload_home: a visitor's own folder in public mode).
+    """
+    name = project_or_run.get("dataset") or "fashion_mnist"
+    if name == SYNTHETIC:
+        return synthetic_dataset()
+    if name.startswith("upload/"):
+        return catalogue.shared_dataset(name, home=home or project_or_run.get("upload_home"), progress=progress)
+    folder = data_folder(project_or_run)
+    if name in catalogue.TFDS_DATASETS:
+        catalogue.check_data_dir(folder, name)
+    return catalogue.shared_dataset(name, data_dir=folder, home=home, progress=progress)
+
+
+_SPLITS: OrderedDict[tuple, splitting.Splits] = OrderedDict()
+_SPLITS_LOCK = threading.Lock()
+_SPLITS_KEEP = 3
+
+
+def make_splits(dataset: catalogue.Dataset, spec: splitting.SplitSpec) -> splitting.Splits:
+    """data.make_splits, remembering the last few results (the pages redraw often; training reuses them)."""
+    key = (dataset.name, id(dataset), tuple(sorted((k, str(v)) for k, v in spec.to_dict().items())))
+    with _SPLITS_LOCK:
+        if key in _SPLITS:
+            _SPLITS.move_to_end(key)
+            return _SPLITS[key]
+    splits = splitting.make_splits(dataset, spec)
+    with _SPLITS_LOCK:
+        _SPLITS[key] = splits
+        while len(_SPLITS) > _SPLITS_KEEP:
+            _SPLITS.popitem(last=False)
+    return splits
+
+
+def load_splits(project_or_run: dict, progress: Progress | None = None) -> splitting.Splits:
+    """The train/validation/test splits of a project or run record (before any training limit)."""
+    dataset = load_dataset(project_or_run, progress)
+    return make_splits(dataset, split_spec(project_or_run))
+
+
+def split_counts(dataset: catalogue.Dataset, spec: splitting.SplitSpec) -> dict[str, int]:
+    """Examples per split for a spec, without splitting (instant)."""
+    return splitting.split_counts(dataset, spec)
+
+
+def checked_split_counts(dataset: catalogue.Dataset, spec: splitting.SplitSpec) -> dict[str, int]:
+    """split_counts after validating the spec; ValueError if a split would hold fewer images than classes."""
+    spec.validate()
+    counts = split_counts(dataset, spec)
+    for part, count in counts.items():
+        if count < dataset.num_classes:
+            raise ValueError(f"the {part} split would have {count} examples, fewer than the {dataset.num_classes} "
+                             f"classes; give it a larger fraction")
+    return counts
+
+
+# ----------------------------------------------------------------------------- projects
+
+def create_sample_project(ws: store.Workspace) -> dict:
+    """A ready-to-train project: Fashion-MNIST, official split, the 'fast' preset, 5 epochs of Adam."""
+    existing = {p["name"].lower() for p in ws.list_projects()}
+    name, n = SAMPLE_PROJECT_NAME, 2
+    while name.lower() in existing:
+        name, n = f"{SAMPLE_PROJECT_NAME} {n}", n + 1
+    cfg = TrainConfig().replace(**SAMPLE_CONFIG)
+    return ws.create_project(
+        name, "A sample project: the 'fast' CNN on Fashion-MNIST with the official test set. Press Start on Training.",
+        split=splitting.SplitSpec().to_dict(), model=presets.preset("fast"), model_preset="fast",
+        config=cfg.to_dict(), data_dir=data_folder({}))
+
+
+def project_summary(ws: store.Workspace, project: dict) -> dict:
+    """One row of the projects table."""
+    def pct(value: Any) -> str:
+        return f"{value:.2%}" if isinstance(value, (int, float)) and value else "–"
+    return {"name": project["name"], "description": project.get("description", ""),
+            "dataset": DATASET_LABELS.get(project.get("dataset") or "fashion_mnist", project.get("dataset")),
+            "model": preset_of(project) or ("custom" if project.get("model") else project.get("model_preset") or "fast"),
+            "runs": project.get("runs", 0), "last_run": project.get("last_run") or "–",
+            "best_val_accuracy": pct(project.get("best_val_accuracy")),
+            "best_test_accuracy": pct(project.get("best_test_accuracy")),
+            "updated": time.strftime("%Y-%m-%d %H:%M", time.localtime(project.get("updated", 0)))}
+
+
+def home_dir() -> Path:
+    """The workspace folder (for display)."""
+    return settings.home_dir()

@@ -1,0 +1,188 @@
+"""Background tasks of a project: training (start, resume, progress), run tables and evaluation.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from fmnist_jax import settings, store
+from fmnist_jax.data import catalogue, splitting
+from fmnist_jax.model import layer_specs
+from fmnist_jax.studio.projects import (
+    EVALUATION_FILE,
+    Progress,
+    checked_split_counts,
+    data_folder,
+    get_registry,
+    load_dataset,
+    load_splits,
+    model_spec,
+    owner_of,
+    preset_of,
+    split_spec,
+    train_config,
+    train_limit,
+)
+from fmnist_jax.training.config import TrainConfig
+
+# ----------------------------------------------------------------------------- training jobs
+
+def _prepare_for(record: dict, spec: list, cfg: TrainConfig, limit: int | None) -> Callable[[], tuple]:
+    def prepare() -> tuple[list, TrainConfig, splitting.Splits]:
+        splits = load_splits(record).limit_train(limit)
+        return spec, cfg, splits
+    return prepare
+
+
+def check_trainable(project: dict, dataset: catalogue.Dataset | None = None) -> tuple[list, TrainConfig, int]:
+    """(spec, config, train size) if the project can train as it stands; ValueError saying what to fix."""
+    dataset = dataset or load_dataset(project)
+    counts = checked_split_counts(dataset, split_spec(project))
+    limit = train_limit(project)
+    train_size = min(counts["train"], limit) if limit else counts["train"]
+    spec = model_spec(project, dataset.num_classes)
+    layer_specs.describe(spec, dataset.input_shape, dataset.num_classes)
+    cfg = train_config(project).validate(train_size=train_size)
+    return spec, cfg, train_size
+
+
+def start_training(ws: store.Workspace, project: dict, run_name: str | None = None, registry: Any = None) -> dict:
+    """Validate the project's settings and queue a training job; returns the job snapshot (ValueError if refused)."""
+    registry = registry or get_registry()
+    spec, cfg, train_size = check_trainable(project)
+    if settings.public_mode():
+        from fmnist_jax.studio import public
+
+        public.check_job_size(cfg.epochs, train_size)
+    active = registry.for_project(project["id"], owner_of(ws))
+    if active and active["status"] in ("queued", "running"):
+        raise ValueError("this project already has a training job queued or running; stop it or wait for it to finish")
+    run_dir = ws.new_run_dir(project["id"], run_name or None)
+    record = {"dataset": project.get("dataset") or "fashion_mnist", "data_dir": data_folder(project),
+              "split": split_spec(project).to_dict(), "upload_home": project.get("upload_home")}
+    run_meta = {"preset": preset_of(project), "dataset": record["dataset"], "data_dir": record["data_dir"],
+                "limit": train_limit(project), "source": "studio", "project_id": project["id"],
+                **({"upload_home": record["upload_home"]} if record["upload_home"] else {})}
+    try:
+        return registry.submit(project["id"], run_dir, _prepare_for(record, spec, cfg, train_limit(project)),
+                               name=run_dir.name, owner=owner_of(ws), run_meta=run_meta)
+    except ValueError:
+        if run_dir.exists() and not any(run_dir.iterdir()):
+            run_dir.rmdir()
+        raise
+
+
+def resume_training(ws: store.Workspace, project: dict, run_id: str, registry: Any = None) -> dict:
+    """Queue a job that continues a stopped run from its last checkpoint, with the run's own settings."""
+    registry = registry or get_registry()
+    run_dir = store.safe_child(ws.runs_dir(project["id"]), run_id)
+    run = store.read_json(run_dir / "run.json")
+    if run.get("status") not in ("stopped", "failed", "running"):
+        raise ValueError(f"run {run_id} is {run.get('status')}; only a stopped or interrupted run can be resumed")
+    store.load_latest_checkpoint(run_dir)  # StoreError with the reason if nothing usable is there
+    cfg = TrainConfig.from_dict(run["config"])
+    prepare = _prepare_for(run, run["spec"], cfg, run.get("limit"))
+    return registry.submit(project["id"], run_dir, prepare, name=run_dir.name, resume=True, owner=owner_of(ws),
+                           run_meta={})
+
+
+def job_progress(snapshot: dict) -> dict:
+    """Figures for the progress panel: epoch x/N, fraction done, images/s, s/epoch, elapsed, ETA, best epoch."""
+    start, chunks, epochs = snapshot.get("start") or {}, snapshot.get("chunks") or [], snapshot.get("epochs") or []
+    total_epochs = start.get("epochs") or 0
+    steps_per_epoch = start.get("steps_per_epoch") or 0
+    resumed = (start.get("resumed_from") or {}).get("epoch", 0)
+    last_chunk = chunks[-1] if chunks else None
+    if last_chunk and steps_per_epoch and total_epochs:
+        done_fraction = min(1.0, last_chunk["step"] / (steps_per_epoch * total_epochs))
+        current_epoch = last_chunk["epoch"]
+    else:
+        done_fraction = len(epochs) / total_epochs if total_epochs else 0.0
+        current_epoch = (epochs[-1]["epoch"] if epochs else resumed) or 0
+    if snapshot.get("status") == "completed":
+        done_fraction = 1.0
+    # wall time since the job left the queue: data preparation and compilation included, as the user waits for both
+    started, finished = snapshot.get("started"), snapshot.get("finished")
+    elapsed = ((finished or time.time()) - started) if started else (last_chunk["elapsed"] if last_chunk else 0.0)
+    recent = [c["images_per_s"] for c in chunks[-5:]]
+    images_per_s = float(np.median(recent)) if recent else None
+    seconds_per_epoch = epochs[-1]["seconds"] if epochs else None
+    eta = None
+    if images_per_s and steps_per_epoch and total_epochs and last_chunk:
+        remaining_steps = steps_per_epoch * total_epochs - last_chunk["step"]
+        batch = (start.get("train_size") or 0) / max(1, steps_per_epoch)
+        eta = remaining_steps * batch / images_per_s
+    best = max(epochs, key=lambda e: e["val_accuracy"]) if epochs else None
+    return {"epoch": current_epoch, "epochs": total_epochs, "fraction": done_fraction, "images_per_s": images_per_s,
+            "seconds_per_epoch": seconds_per_epoch, "elapsed": elapsed, "eta": eta,
+            "best_epoch": best["epoch"] if best else None, "best_val_accuracy": best["val_accuracy"] if best else None}
+
+
+def run_history(run_dir: str | os.PathLike) -> list[dict]:
+    """The per-epoch metric records a run wrote (empty if none yet)."""
+    return [r for r in store.read_jsonl(Path(run_dir) / "history.jsonl") if r.get("kind") == "epoch"]
+
+
+def runs_table(ws: store.Workspace, project_id: str) -> list[dict]:
+    """The run history rows (newest first) with elapsed time and weights availability."""
+    rows = []
+    for run in ws.list_runs(project_id):
+        path = Path(run.get("path", ""))
+        rows.append({**run, "has_weights": (path / "model.msgpack").exists()})
+    return rows
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+def evaluate_run(ws: store.Workspace, project_id: str, run_id: str, progress: Progress | None = None) -> dict:
+    """Test-set evaluation of a run (confusion matrix, per-class metrics, mistakes), cached in the run folder."""
+    from fmnist_jax.evaluate import evaluate_model
+    from fmnist_jax.training.trained import TrainedModel
+
+    run_dir = store.safe_child(ws.runs_dir(project_id), run_id)
+    weights = run_dir / "model.msgpack"
+    if not weights.exists():
+        raise store.StoreError(f"run {run_id} has no trained weights yet (still running, or it failed)")
+    stamp = [weights.stat().st_mtime_ns, weights.stat().st_size]
+    cache = run_dir / EVALUATION_FILE
+    if cache.exists():
+        try:
+            cached = store.read_json(cache)
+            if cached.get("weights_stamp") == stamp:
+                return cached
+        except store.StoreError:
+            pass
+    run = store.read_json(run_dir / "run.json")
+    progress = progress or (lambda fraction, message: None)
+    progress(0.0, "Loading the test split")
+    splits = load_splits(run)
+    progress(0.05, "Loading the model")
+    model = TrainedModel.from_run(run_dir)
+    metrics = evaluate_model(model, splits.test_images, splits.test_labels,
+                             progress=lambda f, m: progress(0.05 + 0.95 * f, m), batch=1000)
+    metrics["weights_stamp"] = stamp
+    try:
+        store.atomic_write_json(cache, metrics)
+    except store.StoreError:
+        pass  # a read-only workspace only loses the cache
+    return metrics
+
+
+def gallery_images(run_or_project: dict) -> tuple[np.ndarray, np.ndarray]:
+    """The test images and labels of a run (or project) split, for galleries."""
+    splits = load_splits(run_or_project)
+    return splits.test_images, splits.test_labels
+
+
+def read_run(ws: store.Workspace, project_id: str, run_id: str) -> dict:
+    """A run's stored record (StoreError if missing)."""
+    return store.read_json(store.safe_child(ws.runs_dir(project_id), run_id) / "run.json")
+
+
+def run_dir_of(ws: store.Workspace, project_id: str, run_id: str) -> Path:
+    """A run's folder (ValueError for unsafe ids)."""
+    return store.safe_child(ws.runs_dir(project_id), run_id)

@@ -1,0 +1,331 @@
+"""The training generator: yields metric records chunk by chunk, writes the run as it goes.
+
+`train` is the loop only; the run folder's bookkeeping is `RunWriter`'s (a no-op without a folder) and
+the early-stopping and best-weights rule is `BestTracker`'s.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fmnist_jax import store
+from fmnist_jax.data.splitting import Splits
+from fmnist_jax.model import layer_specs
+from fmnist_jax.training.checkpoint import (
+    _checkpoint,
+    _jsonl,
+    _update_run,
+    _write_run,
+    state_from_bytes,
+    state_to_bytes,
+)
+from fmnist_jax.training.config import TrainConfig
+from fmnist_jax.training.optim import make_schedule
+from fmnist_jax.training.program import (
+    _base_key,
+    _mesh_for,
+    build_program,
+    device_summary,
+    evaluate_arrays,
+    init_state,
+)
+
+
+class TrainingError(RuntimeError):
+    """Training cannot start (bad config for this data, unusable checkpoint)."""
+
+
+# ----------------------------------------------------------------------------- best weights and early stopping
+
+@dataclass
+class BestTracker:
+    """The best epoch so far by the monitored metric, its weights when they are to be restored, and the patience count."""
+
+    cfg: TrainConfig
+    epoch: int | None = None
+    value: float | None = None
+    val_accuracy: float | None = None
+    state: bytes | None = None
+    since: int = 0
+
+    def as_meta(self) -> dict:
+        """The fields a checkpoint stores (the shape `_checkpoint` expects)."""
+        return {"epoch": self.epoch, "value": self.value, "val_accuracy": self.val_accuracy, "since": self.since,
+                "state": self.state}
+
+    def restore(self, meta: dict, run_path: Path) -> None:
+        """Take the best-epoch record of a checkpoint's metadata (and best.msgpack) when resuming."""
+        self.epoch, self.value, self.val_accuracy = (meta.get(f"best_{k}") for k in ("epoch", "value", "val_accuracy"))
+        self.since = meta.get("best_since", 0)
+        if self.epoch is not None and (run_path / "best.msgpack").exists():
+            self.state = (run_path / "best.msgpack").read_bytes()
+
+    def update(self, epoch: int, val_loss: float, val_accuracy: float, state: dict) -> bool:
+        """Record one finished epoch; True when it is the new best."""
+        monitored = val_accuracy if self.cfg.monitor == "val_accuracy" else -val_loss
+        if self.value is not None and monitored <= self.value + self.cfg.min_delta:
+            self.since += 1
+            return False
+        self.epoch, self.value, self.val_accuracy, self.since = epoch, monitored, val_accuracy, 0
+        if self.cfg.early_stopping and self.cfg.restore_best:
+            self.state = state_to_bytes({"params": state["params"], "batch_stats": state["batch_stats"]})
+        return True
+
+    def should_stop(self) -> bool:
+        """Early stopping: no improvement for `patience` epochs."""
+        return self.cfg.early_stopping and self.since >= self.cfg.patience
+
+
+# ----------------------------------------------------------------------------- the run folder
+
+@dataclass
+class RunWriter:
+    """Writes a run folder as training goes (run.json, history.jsonl, checkpoints, model); without a folder, nothing."""
+
+    run_path: Path | None
+    checkpoint_seconds: float = 5.0
+    last_checkpoint: float = field(default_factory=time.perf_counter)
+
+    def start(self, spec: list, cfg: TrainConfig, splits: Splits, run_meta: dict | None, history: list) -> None:
+        if self.run_path is not None:
+            _write_run(self.run_path, spec, cfg, splits, run_meta, status="running", history=history)
+
+    def mid_epoch(self, state: dict, epoch: int, step: int, sums: np.ndarray, best: BestTracker) -> None:
+        """A checkpoint inside an epoch, at most every `checkpoint_seconds`."""
+        if self.run_path is not None and time.perf_counter() - self.last_checkpoint >= self.checkpoint_seconds:
+            _checkpoint(self.run_path, state, epoch, step, sums, best.as_meta())
+            self.last_checkpoint = time.perf_counter()
+
+    def stopped(self, state: dict, epoch: int, step: int, sums: np.ndarray, best: BestTracker, epochs_done: int) -> None:
+        if self.run_path is not None:
+            _checkpoint(self.run_path, state, epoch, step, sums, best.as_meta())
+            _update_run(self.run_path, status="stopped", epochs_completed=epochs_done)
+
+    def epoch_done(self, record: dict, state: dict, best: BestTracker, epochs_done: int) -> None:
+        if self.run_path is None:
+            return
+        store.append_jsonl(self.run_path / "history.jsonl", record)
+        if best.state is not None and best.epoch == record["epoch"]:
+            store.atomic_write_bytes(self.run_path / "best.msgpack", best.state)
+        _checkpoint(self.run_path, state, record["epoch"], 0, np.zeros(3), best.as_meta())
+        _update_run(self.run_path, epochs_completed=epochs_done, best_val_accuracy=best.val_accuracy,
+                    best_epoch=best.epoch, seconds=record["elapsed"])
+
+    def failed(self, message: str) -> None:
+        if self.run_path is not None:
+            _update_run(self.run_path, status="failed", error=message)
+
+    def finished(self, final: dict, status: str, epochs_done: int) -> None:
+        if self.run_path is not None:
+            store.atomic_write_bytes(self.run_path / "model.msgpack", state_to_bytes(final))
+            _update_run(self.run_path, status=status, epochs_completed=epochs_done)
+
+
+def _resume(run_path: Path | None, state: Any, best: BestTracker) -> tuple[Any, int, int, np.ndarray, list, list]:
+    """(state, epoch, step in epoch, the epoch's running sums, history, warnings) from the newest valid checkpoint."""
+    if run_path is None:
+        raise TrainingError("resume needs a run directory")
+    try:
+        payload, meta, warnings = store.load_latest_checkpoint(run_path)
+        state = state_from_bytes(jax.device_get(state), payload)
+    except (store.StoreError, ValueError) as error:
+        raise TrainingError(f"cannot resume {run_path}: {error}") from None
+    carried = np.asarray(meta.get("epoch_sums", [0, 0, 0]), dtype=np.float64)
+    history = [r for r in store.read_jsonl(run_path / "history.jsonl") if r.get("epoch", 0) <= meta["epoch"]]
+    best.restore(meta, run_path)
+    store.atomic_write_bytes(run_path / "history.jsonl", "".join(_jsonl(r) for r in history).encode())
+    return state, meta["epoch"], meta["step_in_epoch"], carried, history, warnings
+
+
+# ----------------------------------------------------------------------------- the training generator
+
+@dataclass
+class _Loop:
+    """What one training run keeps between chunks: the compiled chunk, the device-resident data and the clock."""
+
+    cfg: TrainConfig
+    splits: Splits
+    steps_per_epoch: int
+    chunk_len: int
+    compiled: Any
+    eval_fn: Any
+    train_images: jax.Array
+    train_labels: jax.Array
+    base_key: jax.Array
+    t0: float = 0.0
+    elapsed_before: float = 0.0
+
+    def epoch_inputs(self, epoch: int) -> tuple[jax.Array, jax.Array]:
+        """The epoch's shuffling permutation and augmentation/dropout key (both from the seed)."""
+        epoch_key = jax.random.fold_in(self.base_key, epoch)
+        perm = jax.random.permutation(jax.random.fold_in(epoch_key, 0), len(self.splits.train_labels)).astype(jnp.int32)
+        return perm, jax.random.fold_in(epoch_key, 1)
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.perf_counter() - self.t0
+
+    def evaluate(self, state: dict, images: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+        loss, accuracy, _ = evaluate_arrays(self.eval_fn, state["params"], state["batch_stats"], images, labels,
+                                            self.cfg.eval_batch_size)
+        return loss, accuracy
+
+
+def _not_finite_message(loss: float, epoch: int, cfg: TrainConfig) -> str:
+    return (f"the loss became {'NaN' if np.isnan(loss) else 'infinite'} in epoch {epoch + 1}; "
+            f"lower the learning rate (now {cfg.learning_rate:g}) or enable gradient clipping")
+
+
+def _epoch_chunks(loop: _Loop, box: dict, epoch: int, step: int, sums: np.ndarray, stop: threading.Event,
+                  writer: RunWriter, best: BestTracker) -> Iterator[dict]:
+    """Run one epoch's chunks from `step`, yielding 'chunk' records; `box` carries the state and the outcome
+    ("ok", "stopped" or an error message) back to the caller."""
+    perm, epoch_key = loop.epoch_inputs(epoch)
+    while step < loop.steps_per_epoch:
+        chunk_t0 = time.perf_counter()
+        box["state"], chunk_sums = loop.compiled(box["state"], loop.train_images, loop.train_labels, perm, epoch_key,
+                                                 jnp.int32(step))
+        chunk_sums = np.asarray(chunk_sums, dtype=np.float64)
+        step = min(step + loop.chunk_len, loop.steps_per_epoch)
+        chunk_seconds = time.perf_counter() - chunk_t0
+        if not np.isfinite(chunk_sums[0]):
+            box["outcome"] = _not_finite_message(chunk_sums[0], epoch, loop.cfg)
+            return
+        sums += chunk_sums
+        if step < loop.steps_per_epoch:
+            # mid-epoch checkpoint before reporting: a crash or kill -9 loses at most the chunk in flight
+            writer.mid_epoch(box["state"], epoch, step, sums, best)
+        yield {"kind": "chunk", "epoch": epoch + 1, "step": epoch * loop.steps_per_epoch + step,
+               "epoch_progress": step / loop.steps_per_epoch, "loss": float(sums[0] / sums[2]),
+               "accuracy": float(sums[1] / sums[2]), "images_per_s": float(chunk_sums[2] / max(chunk_seconds, 1e-9)),
+               "elapsed": loop.elapsed()}
+        if stop.is_set() and step < loop.steps_per_epoch:
+            box["outcome"], box["step"] = "stopped", step
+            return
+    box["outcome"] = "ok"
+
+
+def _epoch_record(loop: _Loop, state: dict, epoch: int, sums: np.ndarray, first_step: int, epoch_start: float,
+                  test_each_epoch: bool) -> dict:
+    """The 'epoch' record: training sums, validation (and optionally test) metrics, speed and learning rate."""
+    cfg, steps = loop.cfg, loop.steps_per_epoch
+    val_loss, val_acc = loop.evaluate(state, loop.splits.val_images, loop.splits.val_labels)
+    seconds = time.perf_counter() - epoch_start
+    record = {"kind": "epoch", "epoch": epoch + 1, "loss": float(sums[0] / sums[2]), "accuracy": float(sums[1] / sums[2]),
+              "val_loss": val_loss, "val_accuracy": val_acc, "seconds": seconds, "elapsed": loop.elapsed(),
+              "images_per_s": (steps - first_step) * cfg.batch_size / seconds,
+              "learning_rate": float(make_schedule(cfg, steps)((epoch + 1) * steps - 1))}
+    if test_each_epoch:
+        record["test_loss"], record["test_accuracy"] = loop.evaluate(state, loop.splits.test_images, loop.splits.test_labels)
+    return record
+
+
+def _prepare(spec: Any, cfg: TrainConfig, splits: Splits) -> tuple[list, int, Any, Any, Any, Any, Any]:
+    """Validate, build the initial state and the jitted programs: (spec, steps/epoch, mesh, state, chunk, eval, graphdef)."""
+    cfg.validate(train_size=len(splits.train_labels))
+    spec = layer_specs.normalize_spec(spec)
+    layer_specs.describe(spec, splits.input_shape, splits.num_classes)
+    steps_per_epoch = len(splits.train_labels) // cfg.batch_size
+    mesh = _mesh_for(cfg)
+    if mesh is not None and cfg.batch_size % mesh.size:
+        raise ValueError(f"batch size {cfg.batch_size} must be divisible by the {mesh.size} devices for data-parallel training")
+    graphdef, state = init_state(spec, splits.input_shape, splits.num_classes, cfg, steps_per_epoch=steps_per_epoch)
+    chunk_fn, eval_fn, _ = build_program(graphdef, cfg, steps_per_epoch, mesh)
+    return spec, steps_per_epoch, mesh, state, chunk_fn, eval_fn, graphdef
+
+
+def _start_record(loop: _Loop, cfg: TrainConfig, mesh: Any, compile_seconds: float, resumed: dict | None,
+                  warnings: list) -> dict:
+    device = device_summary()
+    return {"kind": "start", "epochs": cfg.epochs, "steps_per_epoch": loop.steps_per_epoch, "chunk_steps": loop.chunk_len,
+            "train_size": len(loop.splits.train_labels), "val_size": len(loop.splits.val_labels),
+            "device": device["kind"], "platform": device["platform"], "devices": device["count"],
+            "data_parallel": mesh is not None, "compile_seconds": round(compile_seconds, 3),
+            "resumed_from": resumed, "warnings": warnings, "time": time.time()}
+
+
+def _done_record(status: str, history: list, best: BestTracker, final: dict) -> dict:
+    last = history[-1] if history else {}
+    return {"kind": "done", "status": status, "epochs_completed": len(history), "best_epoch": best.epoch,
+            "best_val_accuracy": best.val_accuracy, "train_accuracy": last.get("accuracy"),
+            "val_accuracy": last.get("val_accuracy"), "seconds": last.get("elapsed", 0.0),
+            "images_per_s": float(np.median([h["images_per_s"] for h in history])) if history else None,
+            "weights": final}
+
+
+def train(spec: Any, cfg: TrainConfig, splits: Splits, *, run_dir: str | Path | None = None,
+          stop: threading.Event | None = None, resume: bool = False, eval_test_each_epoch: bool = False,
+          run_meta: dict | None = None, checkpoint_seconds: float = 5.0) -> Iterator[dict]:
+    """Train `spec` on `splits`, yielding 'start', 'chunk', 'epoch' and finally 'done' (or 'error') records.
+
+    With `run_dir`, writes run.json, history.jsonl and an atomic checkpoint after every epoch and on stop;
+    mid-epoch checkpoints follow at most every `checkpoint_seconds` (0: after every chunk), so a killed
+    process loses little. With `resume=True`, continues from the newest valid checkpoint in `run_dir`.
+    """
+    spec, steps_per_epoch, mesh, state, chunk_fn, eval_fn, _ = _prepare(spec, cfg, splits)
+    stop, run_path = stop or threading.Event(), (Path(run_dir) if run_dir else None)
+    best, writer = BestTracker(cfg), RunWriter(run_path, checkpoint_seconds)
+    history, warnings, start_epoch, start_step, carried = [], [], 0, 0, np.zeros(3)
+    if resume:
+        state, start_epoch, start_step, carried, history, warnings = _resume(run_path, state, best)
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()) if mesh else jax.devices()[0]
+    box = {"state": jax.device_put(state, replicated)}
+    loop = _Loop(cfg, splits, steps_per_epoch, min(cfg.chunk_steps, steps_per_epoch), None, eval_fn,
+                 jax.device_put(splits.train_images, replicated), jax.device_put(splits.train_labels, replicated),
+                 _base_key(cfg.seed))
+    compile_start = time.perf_counter()
+    perm0, key0 = loop.epoch_inputs(start_epoch)
+    loop.compiled = chunk_fn.lower(box["state"], loop.train_images, loop.train_labels, perm0, key0, jnp.int32(0),
+                                   length=loop.chunk_len).compile()
+    resumed = {"epoch": start_epoch, "step_in_epoch": start_step} if resume else None
+    writer.start(spec, cfg, splits, run_meta, history)
+    yield _start_record(loop, cfg, mesh, time.perf_counter() - compile_start, resumed, warnings)
+
+    status, loop.t0 = "completed", time.perf_counter()
+    writer.last_checkpoint = loop.t0
+    loop.elapsed_before = history[-1]["elapsed"] if history else 0.0
+    for epoch in range(start_epoch, cfg.epochs):
+        epoch_start, first_step = time.perf_counter(), (start_step if epoch == start_epoch else 0)
+        sums = carried if epoch == start_epoch else np.zeros(3)
+        yield from _epoch_chunks(loop, box, epoch, first_step, sums, stop, writer, best)
+        if box["outcome"] == "stopped":
+            writer.stopped(box["state"], epoch, box["step"], sums, best, len(history))
+            status = "stopped"
+            break
+        if box["outcome"] != "ok":
+            writer.failed(box["outcome"])
+            yield {"kind": "error", "message": box["outcome"], "epoch": epoch + 1}
+            yield {"kind": "done", "status": "failed", "epochs_completed": len(history), "error": box["outcome"]}
+            return
+        record = _epoch_record(loop, box["state"], epoch, sums, first_step, epoch_start, eval_test_each_epoch)
+        best.update(epoch + 1, record["val_loss"], record["val_accuracy"], box["state"])
+        record["best_epoch"], record["best_val_accuracy"] = best.epoch, best.val_accuracy
+        history.append(record)
+        writer.epoch_done(record, box["state"], best, len(history))
+        yield record
+        if best.should_stop() or stop.is_set():
+            status = "early_stopped" if best.should_stop() else "stopped"
+            break
+
+    state = box["state"]
+    final = jax.device_get({"params": state["params"], "batch_stats": state["batch_stats"]})
+    if best.state is not None and status != "stopped":
+        final = state_from_bytes(final, best.state)
+    writer.finished(final, status, len(history))
+    yield _done_record(status, history, best, final)
+
+
+def run_to_completion(records: Iterator[dict], on_record: Callable[[dict], None] | None = None) -> dict:
+    """Drain a training generator and return its final 'done' record."""
+    final: dict = {}
+    for record in records:
+        if on_record:
+            on_record(record)
+        final = record
+    return final

@@ -1,0 +1,82 @@
+"""Optimizers, learning-rate schedules and the loss.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from fmnist_jax.training.config import TrainConfig
+
+# ----------------------------------------------------------------------------- optimizer and loss
+
+def make_schedule(cfg: TrainConfig, steps_per_epoch: int) -> optax.Schedule:
+    """The learning-rate schedule over the planned steps."""
+    total = max(1, cfg.epochs * steps_per_epoch)
+    lr = cfg.learning_rate
+    if cfg.schedule == "constant":
+        return optax.constant_schedule(lr)
+    if cfg.schedule == "cosine":
+        return optax.cosine_decay_schedule(lr, total)
+    if cfg.schedule == "warmup_cosine":
+        warmup = min(total - 1, int(cfg.warmup_epochs * steps_per_epoch))
+        return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, total, end_value=0.0)
+    if cfg.schedule == "one_cycle":
+        return optax.cosine_onecycle_schedule(total, lr)
+    boundaries = {e * steps_per_epoch: cfg.step_factor for e in range(cfg.step_every_epochs, cfg.epochs, cfg.step_every_epochs)}
+    return optax.piecewise_constant_schedule(lr, boundaries)
+
+
+def learning_rate_curve(cfg: TrainConfig, steps_per_epoch: int, points: int = 100) -> list[dict]:
+    """(step, epoch, learning_rate) samples of the schedule, for the Hyperparameters page preview."""
+    schedule = make_schedule(cfg, steps_per_epoch)
+    total = max(1, cfg.epochs * steps_per_epoch)
+    steps = np.unique(np.linspace(0, total - 1, points).astype(int))
+    return [{"step": int(s), "epoch": float(s / steps_per_epoch), "learning_rate": float(schedule(int(s)))} for s in steps]
+
+
+def make_optimizer(cfg: TrainConfig, steps_per_epoch: int) -> optax.GradientTransformation:
+    """The Optax optimizer a config names, with its schedule, weight decay and clipping."""
+    lr = make_schedule(cfg, steps_per_epoch)
+    name = cfg.optimizer
+    if name == "sgd":
+        base = optax.sgd(lr, momentum=cfg.momentum or None, nesterov=cfg.nesterov)
+    elif name == "rmsprop":
+        base = optax.rmsprop(lr, decay=cfg.rho, eps=cfg.epsilon, momentum=cfg.momentum or None)
+    elif name == "adadelta":
+        base = optax.adadelta(lr, rho=cfg.rho, eps=cfg.epsilon)
+    elif name == "adagrad":
+        base = optax.adagrad(lr, eps=cfg.epsilon)
+    elif name == "adamax":
+        base = optax.adamax(lr, b1=cfg.beta1, b2=cfg.beta2, eps=cfg.epsilon)
+    elif name == "adam":
+        base = optax.adam(lr, b1=cfg.beta1, b2=cfg.beta2, eps=cfg.epsilon)
+    elif name == "nadam":
+        base = optax.nadam(lr, b1=cfg.beta1, b2=cfg.beta2, eps=cfg.epsilon)
+    elif name == "adamw":
+        base = optax.adamw(lr, b1=cfg.beta1, b2=cfg.beta2, eps=cfg.epsilon, weight_decay=cfg.weight_decay)
+    else:
+        raise ValueError(f"unknown optimizer {name!r}")
+    chain = []
+    if cfg.grad_clip:
+        chain.append(optax.clip_by_global_norm(cfg.grad_clip))
+    if cfg.weight_decay and name != "adamw":
+        chain.append(optax.add_decayed_weights(cfg.weight_decay))
+    return optax.chain(*chain, base) if chain else base
+
+
+def loss_and_correct(logits: jax.Array, labels: jax.Array, cfg: TrainConfig) -> tuple[jax.Array, jax.Array]:
+    """Mean training loss (cross-entropy with label smoothing, or focal) and number of correct predictions."""
+    num_classes = logits.shape[-1]
+    log_probs = jax.nn.log_softmax(logits)
+    onehot = jax.nn.one_hot(labels, num_classes)
+    if cfg.label_smoothing:
+        onehot = onehot * (1 - cfg.label_smoothing) + cfg.label_smoothing / num_classes
+    if cfg.loss == "focal":
+        weight = (1.0 - jnp.exp(log_probs)) ** cfg.focal_gamma
+        per_example = -(weight * onehot * log_probs).sum(-1)
+    else:
+        per_example = -(onehot * log_probs).sum(-1)
+    correct = (logits.argmax(-1) == labels).sum()
+    return per_example.mean(), correct

@@ -1,0 +1,220 @@
+"""The jitted training chunk and evaluation: forward functions, data parallelism, micro-batches,
+initial state, and the compilation cache.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from fmnist_jax.data.augment import augment_batch
+from fmnist_jax.model import cpu_ops, layers
+from fmnist_jax.training.config import TrainConfig
+from fmnist_jax.training.optim import loss_and_correct, make_optimizer
+
+PRNG_IMPL = "threefry2x32"
+
+
+def enable_compile_cache(home: str | Path | None = None) -> None:
+    """Persist compiled XLA programs under the workspace so a second start skips compilation."""
+    from fmnist_jax import settings
+
+    jax.config.update("jax_compilation_cache_dir", str(settings.home_dir(home) / "jax_cache"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
+
+def device_summary() -> dict:
+    """Backend, device kind and count, e.g. {'platform': 'cpu', 'kind': 'cpu', 'count': 1}."""
+    devices = jax.devices()
+    return {"platform": devices[0].platform, "kind": devices[0].device_kind, "count": len(devices)}
+
+
+# ----------------------------------------------------------------------------- compiled steps
+
+def _context(cfg: TrainConfig, train: bool, rng: jax.Array | None) -> layers.Context:
+    dtype = jnp.bfloat16 if cfg.precision == "bfloat16" else jnp.float32
+    return layers.Context(train=train, rng=rng, dtype=dtype, conv_impl=cpu_ops.resolve_conv_impl(cfg.conv_impl))
+
+
+def make_forward(graphdef: Any, cfg: TrainConfig) -> Callable:
+    """forward(params, batch_stats, images_float, train, rng) -> (logits, new_batch_stats)."""
+    def forward(params: Any, batch_stats: Any, images: jax.Array, train: bool, rng: jax.Array | None):
+        # fresh Variable objects owned by the current trace (NNX refuses to mutate ones from outer traces)
+        model = nnx.merge(graphdef, jax.tree.map(lambda v: v, params), jax.tree.map(lambda v: v, batch_stats))
+        logits = model(images, _context(cfg, train, rng))
+        return logits, nnx.state(model, nnx.BatchStat)
+    return forward
+
+
+def _mesh_for(cfg: TrainConfig) -> jax.sharding.Mesh | None:
+    devices = jax.devices()
+    if cfg.data_parallel == "off" or (cfg.data_parallel == "auto" and len(devices) == 1):
+        return None
+    return jax.sharding.Mesh(np.array(devices), ("data",))
+
+
+CPU_MICRO_BATCH = 32
+
+
+def _micro_batches(batch: int, mesh: jax.sharding.Mesh | None, batch_stats: Any) -> int:
+    """How many pieces a CPU computes one batch's gradient in (1 = all at once).
+
+    Only for models without batch statistics (BatchNorm over a piece would change the maths) and
+    single-device runs; accelerators want the whole batch at once.
+    """
+    if mesh is not None or jax.default_backend() != "cpu" or jax.tree.leaves(batch_stats):
+        return 1
+    parts = batch // CPU_MICRO_BATCH
+    return parts if parts > 1 and batch % parts == 0 else 1
+
+
+CPU_INFERENCE_PIECE = 256
+
+
+def inference_logits(forward: Callable, params: Any, batch_stats: Any, images: jax.Array) -> jax.Array:
+    """Logits of uint8 images in inference mode; on a CPU, in pieces of at most CPU_INFERENCE_PIECE images.
+
+    A 1,000-image batch of activations spills out of the CPU's caches; the same work in pieces of
+    about 250 runs 1.4x faster (bench/NOTES.md). Inference has no batch statistics, so this is exact.
+    """
+    def logits_of(part: jax.Array) -> jax.Array:
+        return forward(params, batch_stats, part.astype(jnp.float32) / 255.0, False, None)[0]
+
+    count = images.shape[0]
+    pieces = next(k for k in range(1, count + 1) if count % k == 0 and count // k <= CPU_INFERENCE_PIECE)
+    if pieces == 1 or jax.default_backend() != "cpu":
+        return logits_of(images)
+    logits = jax.lax.map(logits_of, images.reshape((pieces, count // pieces) + images.shape[1:]))
+    return logits.reshape((count,) + logits.shape[2:])
+
+
+def make_batch_gradients(forward: Callable, cfg: TrainConfig, mesh: jax.sharding.Mesh | None) -> Callable:
+    """(state, images, labels, key) -> ((loss, (new batch_stats, correct)), gradients) for one training batch."""
+    batch = cfg.batch_size
+
+    def loss_fn(params: Any, batch_stats: Any, images: jax.Array, labels: jax.Array, key: jax.Array):
+        logits, new_stats = forward(params, batch_stats, images, True, key)
+        loss, correct = loss_and_correct(logits, labels, cfg)
+        return loss, (new_stats, correct)
+
+    # batch_stats is an argument (not a closure) so NNX mutates it at the trace level it lives on
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def batch_gradients(state: dict, images: jax.Array, labels: jax.Array, key: jax.Array):
+        parts = _micro_batches(batch, mesh, state["batch_stats"])
+        if parts == 1:
+            return grad_fn(state["params"], state["batch_stats"], images, labels, key)
+        # Same gradient as the whole batch at once (the model has no batch statistics), computed in
+        # cache-sized pieces: on a CPU the patch matrices of a large batch spill out of cache.
+        images = images.reshape((parts, batch // parts) + images.shape[1:])
+        labels = labels.reshape(parts, batch // parts)
+
+        def accumulate(part: jax.Array, totals: tuple):
+            (loss, (_, correct)), grads = grad_fn(state["params"], state["batch_stats"], images[part], labels[part],
+                                                  jax.random.fold_in(key, part))
+            return jax.tree.map(jnp.add, totals, (loss, correct, grads))
+
+        zeros = (jnp.float32(0), jnp.int32(0), jax.tree.map(jnp.zeros_like, state["params"]))
+        loss, correct, grads = jax.lax.fori_loop(0, parts, accumulate, zeros)
+        return (loss / parts, (state["batch_stats"], correct)), jax.tree.map(lambda g: g / parts, grads)
+
+    return batch_gradients
+
+
+def make_evaluate(forward: Callable) -> Callable:
+    """(params, batch_stats, images, labels, mask) -> ([summed NLL, correct] over the mask, logits)."""
+    def evaluate(params: Any, batch_stats: Any, images: jax.Array, labels: jax.Array, mask: jax.Array):
+        logits = inference_logits(forward, params, batch_stats, images)
+        log_probs = jax.nn.log_softmax(logits)
+        nll = -jnp.take_along_axis(log_probs, labels[:, None], axis=1)[:, 0]
+        correct = (logits.argmax(-1) == labels)
+        return jnp.stack([(nll * mask).sum(), (correct * mask).sum()]), logits
+
+    return evaluate
+
+
+def build_program(graphdef: Any, cfg: TrainConfig, steps_per_epoch: int, mesh: jax.sharding.Mesh | None) -> tuple[Callable, Callable, optax.GradientTransformation]:
+    """The jitted chunk (a loop of train steps) and eval functions; compiled on first call."""
+    tx = make_optimizer(cfg, steps_per_epoch)
+    forward = make_forward(graphdef, cfg)
+    batch = cfg.batch_size
+    batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")) if mesh else None
+    batch_gradients = make_batch_gradients(forward, cfg, mesh)
+
+    def shard(x: jax.Array) -> jax.Array:
+        return jax.lax.with_sharding_constraint(x, batch_sharding) if batch_sharding is not None else x
+
+    def train_step(state: dict, images: jax.Array, labels: jax.Array, key: jax.Array) -> tuple[dict, jax.Array]:
+        (loss, (new_stats, correct)), grads = batch_gradients(state, images, labels, key)
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        new_state = {"params": params, "batch_stats": new_stats, "opt_state": opt_state, "step": state["step"] + 1}
+        return new_state, jnp.stack([loss * images.shape[0], correct.astype(jnp.float32), jnp.float32(images.shape[0])])
+
+    def chunk(state: dict, images: jax.Array, labels: jax.Array, perm: jax.Array, epoch_key: jax.Array,
+              start: jax.Array, length: int) -> tuple[dict, jax.Array]:
+        def body(step_in_epoch: jax.Array, carry: tuple[dict, jax.Array]) -> tuple[dict, jax.Array]:
+            state, sums = carry
+            idx = jax.lax.dynamic_slice(perm, (step_in_epoch * batch,), (batch,))
+            x = shard(images[idx].astype(jnp.float32) / 255.0)
+            y = shard(labels[idx])
+            key = jax.random.fold_in(epoch_key, step_in_epoch)
+            if cfg.augment.active():
+                x = augment_batch(x, jax.random.fold_in(key, 7919), cfg.augment)
+            state, step_sums = train_step(state, x, y, key)
+            return state, sums + step_sums
+
+        # A loop with a run-time trip count: the epoch's last, shorter chunk reuses this program, and
+        # no per-step conditional forces XLA to copy the optimizer state in and out of its branches.
+        stop = jnp.minimum(start + length, steps_per_epoch)
+        return jax.lax.fori_loop(start, stop, body, (state, jnp.zeros(3, jnp.float32)))
+
+    chunk_jit = jax.jit(chunk, static_argnames=("length",), donate_argnums=(0,))
+    return chunk_jit, jax.jit(make_evaluate(forward)), tx
+
+
+# ----------------------------------------------------------------------------- state
+
+def init_state(spec: Any, splits_shape: tuple[int, int, int], num_classes: int, cfg: TrainConfig,
+               tx: optax.GradientTransformation | None = None, steps_per_epoch: int = 1) -> tuple[Any, dict]:
+    """(graphdef, state) for a fresh model: params, batch stats, optimizer state and step counter."""
+    model = layers.build_model(spec, splits_shape, num_classes, seed=cfg.seed)
+    graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+    tx = tx or make_optimizer(cfg, steps_per_epoch)
+    state = {"params": params, "batch_stats": batch_stats, "opt_state": tx.init(params), "step": jnp.int32(0)}
+    return graphdef, state
+
+
+def _base_key(seed: int) -> jax.Array:
+    return jax.random.key(seed, impl=PRNG_IMPL)
+
+
+# ----------------------------------------------------------------------------- evaluation helper
+
+def evaluate_arrays(evaluate_fn: Callable, params: Any, batch_stats: Any, images: np.ndarray, labels: np.ndarray,
+                    batch: int, want_logits: bool = False) -> tuple[float, float, np.ndarray | None]:
+    """(mean loss, accuracy, logits or None) over arrays, in fixed-size padded batches (one compile)."""
+    total = len(labels)
+    if total == 0:
+        return float("nan"), float("nan"), None
+    batch = min(batch, total)
+    sums = np.zeros(2)
+    outputs = []
+    for start in range(0, total, batch):
+        x = images[start:start + batch]
+        y = labels[start:start + batch]
+        count = len(y)
+        if count < batch:
+            x = np.concatenate([x, np.zeros((batch - count,) + x.shape[1:], x.dtype)])
+            y = np.concatenate([y, np.zeros(batch - count, y.dtype)])
+        mask = (np.arange(batch) < count).astype(np.float32)
+        part, logits = evaluate_fn(params, batch_stats, x, y, mask)
+        sums += np.asarray(part)
+        if want_logits:
+            outputs.append(np.asarray(logits)[:count])
+    return float(sums[0] / total), float(sums[1] / total), (np.concatenate(outputs) if want_logits else None)
