@@ -17,10 +17,10 @@ ENV HOME=/home/user \
     STREAMLIT_BROWSER_GATHER_USAGE_STATS=false
 WORKDIR /home/user/app
 
-COPY --chown=user requirements.txt .
+COPY --chown=user requirements.txt constraints.txt ./
 RUN python -m venv "$VIRTUAL_ENV" \
     && pip install --no-cache-dir --upgrade pip \
-    && pip install --no-cache-dir -r requirements.txt
+    && pip install --no-cache-dir -r requirements.txt -c constraints.txt
 
 COPY --chown=user . .
 RUN mkdir -p "$FMNIST_HOME"

@@ -30,6 +30,14 @@ class StoreError(RuntimeError):
 
 # ----------------------------------------------------------------------------- atomic files
 
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
+_FILE_MODE = 0o666 & ~_umask()  # what open() would give: 0644 under the usual umask 022
+
 def atomic_write_bytes(path: Path, payload: bytes) -> None:
     """Write `payload` to `path` via a temp file in the same folder and os.replace (never half-written)."""
     path = Path(path)
@@ -43,6 +51,7 @@ def atomic_write_bytes(path: Path, payload: bytes) -> None:
             stream.write(payload)
             stream.flush()
             os.fsync(stream.fileno())
+        os.chmod(tmp_name, _FILE_MODE)  # mkstemp makes 0600; exported files are meant to be shared
         os.replace(tmp_name, path)
     except OSError as error:
         try:

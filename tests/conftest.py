@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from fmnist_jax import data
+from fmnist_jax.data import catalogue, splitting
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -20,10 +20,10 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture
-def tiny_splits() -> data.Splits:
+def tiny_splits() -> splitting.Splits:
     """192 train / 64 validation / 64 test synthetic 28x28x1 images over 10 classes."""
-    dataset = data.synthetic_dataset(num_train=256, num_test=64, seed=0)
-    return data.make_splits(dataset, data.SplitSpec(mode="official", val_fraction=0.25, seed=0))
+    dataset = catalogue.synthetic_dataset(num_train=256, num_test=64, seed=0)
+    return splitting.make_splits(dataset, splitting.SplitSpec(mode="official", val_fraction=0.25, seed=0))
 
 
 def real_data_dir() -> Path | None:
@@ -32,7 +32,7 @@ def real_data_dir() -> Path | None:
     if not value:
         return None
     folder = Path(value)
-    return folder if all((folder / f).is_file() for f in data.FASHION_FILES) else None
+    return folder if all((folder / f).is_file() for f in catalogue.FASHION_FILES) else None
 
 
 requires_real_data = pytest.mark.skipif(
@@ -51,3 +51,11 @@ def real_home(shared_home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Point FMNIST_HOME at the session's shared workspace (real data prepared once)."""
     monkeypatch.setenv("FMNIST_HOME", str(shared_home))
     return shared_home
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests on the real files are slow too: `pytest -m "not slow"` leaves them out of the quick inner loop."""
+    for item in items:
+        if any(mark.name == "skipif" and "FMNIST_DATA_DIR" in str(mark.kwargs.get("reason", ""))
+               for mark in item.iter_markers()):
+            item.add_marker(pytest.mark.slow)

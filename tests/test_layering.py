@@ -51,3 +51,82 @@ def test_the_checker_sees_every_import_form(tmp_path: Path) -> None:
     sample.write_text("import os\nimport jax.numpy as jnp\nfrom flax import nnx\nimport importlib\n"
                       "importlib.import_module('optax')\nx = 'import streamlit'  # a string, not an import\n")
     assert imported_packages(sample) == {"os", "jax", "flax", "importlib", "optax"}
+
+
+# ----------------------------------------------------------------------------- the library's shape
+
+MAX_MODULE_LINES = 400
+MAX_FUNCTION_LINES = 60
+LONG_FUNCTION_MARK = "# long:"  # a comment on the def line (or the line above) that says why a function must be longer
+# Stages in pipeline order: a module may import its own stage and the ones to its left, never the ones to its right.
+STAGES = ["checks", "settings", "store", "data", "model", "training", "evaluate", "photos", "deploy", "studio", "cli"]
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(REPO).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def project_imports(path: Path) -> set[str]:
+    """fmnist_jax modules a file imports at module level (imports inside functions are deferred on purpose)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("fmnist_jax"):
+            for alias in node.names:
+                candidate = f"{node.module}.{alias.name}"
+                found.add(candidate if (REPO / Path(*candidate.split(".")).with_suffix(".py")).exists()
+                          or (REPO / Path(*candidate.split("."))).is_dir() else node.module)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("fmnist_jax"))
+    return found
+
+
+def stage_of(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[1] in STAGES else None
+
+
+def test_there_is_no_import_cycle() -> None:
+    graph = {module_name(p): project_imports(p) for p in LIBRARY_FILES}
+    done: set[str] = set()
+
+    def visit(node: str, path: list[str]) -> None:
+        if node in path:
+            raise AssertionError("import cycle: " + " -> ".join(path[path.index(node):] + [node]))
+        if node in done:
+            return
+        for target in graph.get(node, ()):
+            visit(target, path + [node])
+        done.add(node)
+
+    for module in graph:
+        visit(module, [])
+
+
+@pytest.mark.parametrize("path", LIBRARY_FILES, ids=lambda p: str(p.relative_to(REPO)))
+def test_imports_go_down_the_pipeline(path: Path) -> None:
+    own = stage_of(module_name(path))
+    if own is None:
+        return
+    upward = [m for m in project_imports(path) if stage_of(m) and STAGES.index(stage_of(m)) > STAGES.index(own)]
+    assert not upward, f"{module_name(path)} ({own}) imports later stages: {upward}"
+
+
+@pytest.mark.parametrize("path", LIBRARY_FILES, ids=lambda p: str(p.relative_to(REPO)))
+def test_modules_and_functions_stay_small(path: Path) -> None:
+    source = path.read_text()
+    lines = source.splitlines()
+    assert len(lines) <= MAX_MODULE_LINES, f"{path.name} has {len(lines)} lines (limit {MAX_MODULE_LINES}): split it"
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            length = node.end_lineno - node.lineno + 1
+            explained = any(LONG_FUNCTION_MARK in lines[i] for i in (node.lineno - 2, node.lineno - 1) if i >= 0)
+            assert length <= MAX_FUNCTION_LINES or explained, \
+                f"{path.name}:{node.lineno} {node.name} has {length} lines (limit {MAX_FUNCTION_LINES})"
+
+
+def test_tests_never_skip_the_projects_own_modules() -> None:
+    for path in sorted((REPO / "tests").glob("*.py")):
+        source = path.read_text()
+        assert 'importorskip("' + 'fmnist_jax' not in source, f"{path.name} makes an import of the project optional"

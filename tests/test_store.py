@@ -37,3 +37,14 @@ def test_names_with_path_characters_stay_inside_the_workspace(name, workspace) -
     assert folder.parent == (workspace / "projects").resolve() and "/" not in project["id"]
     with pytest.raises(ValueError):
         store.Workspace().project_dir("../outside")
+
+
+def test_written_files_get_the_usual_permissions(tmp_path) -> None:
+    import os
+    import stat
+
+    target = tmp_path / "model.onnx"
+    store.atomic_write_bytes(target, b"payload")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~umask  # not mkstemp's 0600
