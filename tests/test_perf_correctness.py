@@ -18,11 +18,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import REPO
+from flax import nnx
 
 from fmnist_jax.data import catalogue, splitting
 from fmnist_jax.model import cpu_ops, layer_specs, layers, presets
 from fmnist_jax.training import loop, program
 from fmnist_jax.training.config import TrainConfig
+from fmnist_jax.training.program import init_state
 
 pytestmark = pytest.mark.slow  # starts servers, browsers or trains: out of the quick inner loop
 
@@ -260,3 +262,26 @@ def test_bfloat16_trains_into_the_float32_accuracy_band() -> None:
         accuracy[precision] = final["val_accuracy"]
     assert accuracy["float32"] >= 0.9
     assert accuracy["bfloat16"] >= accuracy["float32"] - 0.05
+
+
+@pytest.mark.parametrize("count", [1, 255, 257, 521, 1000])
+def test_inference_pieces_match_one_batch_for_awkward_counts(count: int) -> None:
+    from fmnist_jax.training.program import (
+        CPU_INFERENCE_PIECE,
+        inference_logits,
+        make_forward,
+    )
+
+    spec = [{"type": "conv2d", "filters": 4, "kernel": 3, "activation": "relu"}, {"type": "flatten"},
+            {"type": "dense", "units": 10}]
+    _, state = init_state(spec, (28, 28, 1), 10, TrainConfig())
+    graphdef = nnx.split(layers.build_model(spec, (28, 28, 1), 10), nnx.Param, nnx.BatchStat)[0]
+    forward = make_forward(graphdef, TrainConfig())
+    images = np.random.default_rng(count).integers(0, 256, (count, 28, 28, 1), dtype=np.uint8)
+    pieces = np.asarray(inference_logits(forward, state["params"], state["batch_stats"], jnp.asarray(images)))
+    whole = np.concatenate([np.asarray(forward(state["params"], state["batch_stats"],
+                                               jnp.asarray(images[i:i + 64], jnp.float32) / 255.0, False, None)[0])
+                            for i in range(0, count, 64)])
+    assert pieces.shape == (count, 10)
+    np.testing.assert_allclose(pieces, whole, rtol=1e-5, atol=1e-5)
+    assert CPU_INFERENCE_PIECE >= 64

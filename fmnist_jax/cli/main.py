@@ -65,6 +65,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--color", choices=("gray", "rgb"), help="uploaded dataset: grayscale or RGB (default: as the images are)")
     p.add_argument("--out", help="run folder (default $FMNIST_HOME/runs/run-<time>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped or killed run from its last checkpoint")
+    p.add_argument("--init-from", metavar="MODEL", help="transfer learning: start from a trained model (run folder, "
+                                                        "bundle or 'demo'); its layers and classes are kept")
+    p.add_argument("--freeze", type=int, metavar="N", help="transfer learning: keep the first N layers as they are")
+    p.add_argument("--photos", metavar="FOLDER", help="adapt --init-from to real photos: class folders and a "
+                                                       "classes.json of acceptable classes per folder ([] = not a class)")
+    p.add_argument("--photo-mode", choices=("grabcut", "garment"), default="grabcut",
+                   help="photo pipeline the adapted model trains and predicts with (default grabcut)")
+    p.add_argument("--photo-held-out", type=float, default=0.2, help="share of each folder kept for validation and calibration")
+    p.add_argument("--photo-repeat", type=int, default=5, help="mean times each training photo appears per epoch")
+    p.add_argument("--outlier-weight", type=float, help="weight of the 'not sure' loss for photos outside the classes")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     p.set_defaults(func=cmd_train)
 

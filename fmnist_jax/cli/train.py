@@ -19,7 +19,8 @@ def _build_config(args: argparse.Namespace, base: dict | None) -> Any:
     overrides = {"epochs": args.epochs, "batch_size": args.batch_size, "optimizer": args.optimizer,
                  "learning_rate": args.lr, "seed": args.seed, "schedule": args.schedule,
                  "chunk_steps": args.chunk_steps, "precision": args.precision, "conv_impl": args.conv_impl,
-                 "label_smoothing": args.label_smoothing, "weight_decay": args.weight_decay}
+                 "label_smoothing": args.label_smoothing, "weight_decay": args.weight_decay,
+                 "freeze_layers": args.freeze, "outlier_weight": args.outlier_weight}
     changes = {k: v for k, v in overrides.items() if v is not None}
     if args.augment:
         augment = dict(cfg.augment.__dict__)
@@ -162,18 +163,31 @@ def _show_records(records: Any, args: argparse.Namespace, epochs: int) -> tuple[
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from fmnist_jax.model import layer_specs, presets
-    from fmnist_jax.studio.jobs import train_and_test
-    from fmnist_jax.training.loop import TrainingError
     from fmnist_jax.training.program import enable_compile_cache
 
     enable_compile_cache()
+    if args.photos or args.init_from:
+        from fmnist_jax.cli.adapt import cmd_adapt
+
+        return cmd_adapt(args)
+    return cmd_train_plain(args)
+
+
+def cmd_train_plain(args: argparse.Namespace, spec: list | None = None, init_weights: dict | None = None,
+                    meta: dict | None = None) -> int:
+    """Train a preset, a spec file, or (transfer learning) `spec` starting from `init_weights`."""
+    from fmnist_jax.model import layer_specs, presets
+    from fmnist_jax.studio.jobs import train_and_test
+    from fmnist_jax.training.loop import TrainingError
+
     resuming = bool(args.resume)
     plan = _plan_resume(args, Path(args.resume)) if resuming else _plan_new(args)
+    if spec is not None:
+        plan.update(spec=spec, preset=None)
     cfg, spec, dataset, run_dir = plan["cfg"], plan["spec"], plan["dataset"], plan["run_dir"]
     splits = load_splits_for(dataset, plan["split"], args.data_dir, None if args.json else _progress_bar)
     splits = splits.limit_train(plan["limit"])
-    meta = {"preset": plan["preset"], "dataset": dataset, "limit": plan["limit"], "source": "cli"}
+    meta = {"preset": plan["preset"], "dataset": dataset, "limit": plan["limit"], "source": "cli", **(meta or {})}
     if not resuming:
         if plan["preset"] is not None:
             spec = presets.preset(plan["preset"], splits.num_classes)
@@ -185,7 +199,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
             meta["preprocess"] = importer.preprocess_settings(dataset)  # photos get the resize the images got
     try:
-        records = train_and_test(spec, cfg, splits, run_dir, resume=resuming, run_meta=meta)
+        records = train_and_test(spec, cfg, splits, run_dir, resume=resuming, run_meta=meta, init_weights=init_weights)
         start_info, final, test = _show_records(records, args, cfg.epochs)
     except TrainingError as error:
         raise CliError(str(error)) from None

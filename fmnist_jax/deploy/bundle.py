@@ -46,7 +46,8 @@ def model_files(model: TrainedModel, config: dict | None = None) -> dict[str, by
 
     description = {"format": FORMAT, "version": FORMAT_VERSION, "spec": model.spec, "input_shape": list(model.input_shape),
                    "class_names": list(model.class_names),
-                   "preprocess": resolve_preprocess(model.preprocess, model.input_shape)}
+                   "preprocess": resolve_preprocess(model.preprocess, model.input_shape),
+                   "calibration": model.calibration}
     card = {k: v for k, v in model.card.items() if k != "config"}
     files = {"model.json": _json_bytes(description), "model.msgpack": model.weights_bytes(), "card.json": _json_bytes(card)}
     config = config if config is not None else model.card.get("config")
@@ -89,7 +90,8 @@ def model_from_files(files: dict[str, bytes], where: str) -> TrainedModel:
         input_shape = layer_specs.check_input_shape(description["input_shape"])
         preprocess = resolve_preprocess(description.get("preprocess"), input_shape)
         model = TrainedModel(description["spec"], input_shape, tuple(class_names), files["model.msgpack"], preprocess,
-                             {**card, "config": config} if config is not None else card)
+                             {**card, "config": config} if config is not None else card,
+                             calibration=description.get("calibration"))
     except KeyError as error:
         raise BundleError(f"{where}: model.json lacks {error}") from None
     except (ValueError, TypeError) as error:

@@ -52,10 +52,11 @@ def load_model(source: str, home: str | Path | None = None) -> Any:
     raise ValueError(f"{source!r} is not a model: give a run folder (with run.json), an exported bundle (.zip) or 'demo'")
 
 
-def _record(name: str, probs: np.ndarray, class_names: tuple[str, ...], steps: list) -> dict:
+def _record(name: str, probs: np.ndarray, class_names: tuple[str, ...], steps: list, unsure: bool) -> dict:
     order = np.argsort(-probs, kind="stable")
     index = int(order[0])
     return {"file": name, "label": class_names[index], "index": index, "probability": float(probs[index]),
+            "unsure": bool(unsure),
             "top3": [[class_names[int(i)], float(probs[int(i)])] for i in order[:3]],
             "probs": [float(p) for p in probs], "steps": steps}
 
@@ -71,13 +72,16 @@ def predict_files(model: Any, files: list[tuple[str, bytes]]) -> list[dict]:
             results[position] = {"file": name, "error": str(error)}
     if ready:
         probs = model.predict_proba(np.stack([photo.model_input for _, photo in ready]))
-        for (position, photo), row in zip(ready, probs):
-            results[position] = _record(files[position][0], row, model.class_names, photo.steps)
+        for (position, photo), row, unsure in zip(ready, probs, model.is_unsure(probs)):
+            results[position] = _record(files[position][0], row, model.class_names, photo.steps, unsure)
     return [r for r in results if r is not None]
 
 
 def public_record(result: dict) -> dict:
-    """The JSON contract of the CLI and the REST API: file, label, index, probability, top3 (or file, error)."""
+    """The JSON contract of the CLI and the REST API: file, label, index, probability, top3, unsure (or file, error).
+
+    `label`/`index` stay the top class; `unsure` says the calibrated top probability is below the model's
+    threshold (the garment may be none of the classes)."""
     if "error" in result:
         return {"file": result["file"], "error": result["error"]}
-    return {k: result[k] for k in ("file", "label", "index", "probability", "top3")}
+    return {k: result[k] for k in ("file", "label", "index", "probability", "top3", "unsure")}

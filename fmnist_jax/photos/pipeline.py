@@ -6,6 +6,7 @@ import numpy as np
 from PIL import Image
 
 from fmnist_jax.photos.decode import ImageError, PhotoResult, _open, decode_image
+from fmnist_jax.photos.grabcut import grabcut_photo
 from fmnist_jax.photos.pipeline_params import resolve_preprocess
 from fmnist_jax.photos.segment import (
     _background,
@@ -75,6 +76,8 @@ def preprocess_photo(data: bytes, params: dict | None = None, input_shape: tuple
         steps.append(("model input", model_input[..., 0] if channels == 1 else model_input))
         return PhotoResult(model_input, steps, {"mode": "garment", "passthrough": True, "inverted": False, "notes": notes})
 
+    if params["mode"] == "grabcut":
+        return grabcut_photo(rgb, original, params, (canvas_h, canvas_w), channels, notes)
     features = _features(rgb, params["chroma_weight"])
     background, inliers = _background(features, ring)
     background_luma = background[..., 0]

@@ -28,14 +28,14 @@ MAX_CHUNK_RECORDS = 5000
 
 def train_and_test(spec: Any, cfg: TrainConfig, splits: Splits, run_dir: str | Path | None = None,
                    stop: threading.Event | None = None, resume: bool = False, run_meta: dict | None = None,
-                   eval_test_each_epoch: bool = False) -> Iterator[dict]:
+                   eval_test_each_epoch: bool = False, init_weights: dict | None = None) -> Iterator[dict]:
     """Training records, then one 'test' record with test-set loss and accuracy, then the final 'done'.
 
     The shared path of the CLI, the background jobs and the benchmarks.
     """
     done = None
     for record in train(spec, cfg, splits, run_dir=run_dir, stop=stop, resume=resume, run_meta=run_meta,
-                        eval_test_each_epoch=eval_test_each_epoch):
+                        eval_test_each_epoch=eval_test_each_epoch, init_weights=init_weights):
         if record["kind"] == "done":
             done = record
             break

@@ -36,9 +36,10 @@ def state_from_bytes(template: Any, payload: bytes) -> Any:
         if key not in stored:
             raise ValueError(f"checkpoint lacks {key}; it belongs to a different model")
         value = stored[key]
-        if not isinstance(value, np.ndarray) or value.shape != np.shape(leaf):
-            raise ValueError(f"checkpoint shape of {key} is {getattr(value, 'shape', '?')}, the model needs {np.shape(leaf)}")
-        leaves.append(value.astype(np.asarray(leaf).dtype))
+        shape = tuple(leaf.shape) if hasattr(leaf, "shape") else np.shape(leaf)  # arrays or abstract shapes
+        if not isinstance(value, np.ndarray) or value.shape != shape:
+            raise ValueError(f"checkpoint shape of {key} is {getattr(value, 'shape', '?')}, the model needs {shape}")
+        leaves.append(value.astype(leaf.dtype if hasattr(leaf, "dtype") else np.asarray(leaf).dtype))
     if len(stored) != len(flat):
         raise ValueError("checkpoint has extra entries; it belongs to a different model")
     return jax.tree_util.tree_unflatten(treedef, leaves)

@@ -53,6 +53,8 @@ class TrainConfig:
     eval_batch_size: int = 1000
     data_parallel: str = "auto"
     conv_impl: str = "auto"
+    outlier_weight: float = 1.0   # weight of the "not sure" loss for examples outside the classes (set labels)
+    freeze_layers: int = 0        # transfer learning: the first N layers keep the starting model's weights
 
     def validate(self, train_size: int | None = None) -> "TrainConfig":
         """Raise ValueError with a message a user can act on; returns self for chaining."""
@@ -78,6 +80,8 @@ class TrainConfig:
         _number("label smoothing", self.label_smoothing, 0, 0.5)
         _number("focal gamma", self.focal_gamma, 0, 10)
         _number("patience", self.patience, 1, 10_000, whole=True)
+        _number("outlier weight", self.outlier_weight, 0, 100)
+        _number("frozen layers", self.freeze_layers, 0, 200, whole=True)
         _number("min delta", self.min_delta, 0, 1)
         _choice("early-stopping monitor", self.monitor, MONITORS)
         _number("seed", self.seed, 0, 2**31 - 1, whole=True)

@@ -226,7 +226,18 @@ def _epoch_record(loop: _Loop, state: dict, epoch: int, sums: np.ndarray, first_
     return record
 
 
-def _prepare(spec: Any, cfg: TrainConfig, splits: Splits) -> tuple[list, int, Any, Any, Any, Any, Any]:
+def _start_from(state: dict, init_weights: dict) -> dict:
+    """The initial state with a trained model's weights (transfer learning); TrainingError if they do not fit."""
+    try:
+        weights = state_from_bytes({"params": state["params"], "batch_stats": state["batch_stats"]},
+                                   state_to_bytes(init_weights))
+    except ValueError as error:
+        raise TrainingError(f"the starting model does not fit this model's layers: {error}") from None
+    return {**state, **weights}
+
+
+def _prepare(spec: Any, cfg: TrainConfig, splits: Splits,
+             init_weights: dict | None = None) -> tuple[list, int, Any, Any, Any, Any, Any]:
     """Validate, build the initial state and the jitted programs: (spec, steps/epoch, mesh, state, chunk, eval, graphdef)."""
     cfg.validate(train_size=len(splits.train_labels))
     spec = layer_specs.normalize_spec(spec)
@@ -236,6 +247,8 @@ def _prepare(spec: Any, cfg: TrainConfig, splits: Splits) -> tuple[list, int, An
     if mesh is not None and cfg.batch_size % mesh.size:
         raise ValueError(f"batch size {cfg.batch_size} must be divisible by the {mesh.size} devices for data-parallel training")
     graphdef, state = init_state(spec, splits.input_shape, splits.num_classes, cfg, steps_per_epoch=steps_per_epoch)
+    if init_weights is not None:
+        state = _start_from(state, init_weights)
     chunk_fn, eval_fn, _ = build_program(graphdef, cfg, steps_per_epoch, mesh)
     return spec, steps_per_epoch, mesh, state, chunk_fn, eval_fn, graphdef
 
@@ -261,14 +274,15 @@ def _done_record(status: str, history: list, best: BestTracker, final: dict) -> 
 
 def train(spec: Any, cfg: TrainConfig, splits: Splits, *, run_dir: str | Path | None = None,
           stop: threading.Event | None = None, resume: bool = False, eval_test_each_epoch: bool = False,
-          run_meta: dict | None = None, checkpoint_seconds: float = 5.0) -> Iterator[dict]:
+          run_meta: dict | None = None, checkpoint_seconds: float = 5.0, init_weights: dict | None = None) -> Iterator[dict]:
     """Train `spec` on `splits`, yielding 'start', 'chunk', 'epoch' and finally 'done' (or 'error') records.
 
     With `run_dir`, writes run.json, history.jsonl and an atomic checkpoint after every epoch and on stop;
     mid-epoch checkpoints follow at most every `checkpoint_seconds` (0: after every chunk), so a killed
     process loses little. With `resume=True`, continues from the newest valid checkpoint in `run_dir`.
+    `init_weights` ({"params", "batch_stats"} of a trained model with the same layers) starts from that model.
     """
-    spec, steps_per_epoch, mesh, state, chunk_fn, eval_fn, _ = _prepare(spec, cfg, splits)
+    spec, steps_per_epoch, mesh, state, chunk_fn, eval_fn, _ = _prepare(spec, cfg, splits, init_weights)
     stop, run_path = stop or threading.Event(), (Path(run_dir) if run_dir else None)
     best, writer = BestTracker(cfg), RunWriter(run_path, checkpoint_seconds)
     history, warnings, start_epoch, start_step, carried = [], [], 0, 0, np.zeros(3)

@@ -59,6 +59,8 @@ def make_optimizer(cfg: TrainConfig, steps_per_epoch: int) -> optax.GradientTran
     else:
         raise ValueError(f"unknown optimizer {name!r}")
     chain = []
+    if cfg.freeze_layers:
+        chain.append(_freeze_first_layers(cfg.freeze_layers))
     if cfg.grad_clip:
         chain.append(optax.clip_by_global_norm(cfg.grad_clip))
     if cfg.weight_decay and name != "adamw":
@@ -66,8 +68,48 @@ def make_optimizer(cfg: TrainConfig, steps_per_epoch: int) -> optax.GradientTran
     return optax.chain(*chain, base) if chain else base
 
 
+def acceptable(labels: jax.Array, num_classes: int) -> jax.Array:
+    """(N, C) float mask of the classes that count as right (see data.label_sets: labels < 0 are sets)."""
+    bits = jnp.where(labels < 0, -labels - 1, 0)
+    from_sets = (bits[:, None] >> jnp.arange(num_classes)[None, :]) & 1
+    single = jax.nn.one_hot(jnp.maximum(labels, 0), num_classes)
+    return jnp.where(labels[:, None] < 0, from_sets.astype(jnp.float32), single)
+
+
+def set_nll(log_probs: jax.Array, labels: jax.Array, outlier_weight: float) -> jax.Array:
+    """Per-example loss for set-valued labels: -log of the acceptable set's total probability; for examples
+    outside the classes (empty set), `outlier_weight` x cross-entropy to the uniform answer (outlier exposure)."""
+    mask = acceptable(labels, log_probs.shape[-1])
+    inside = mask.sum(-1) > 0
+    set_log_prob = jax.nn.logsumexp(jnp.where(mask > 0, log_probs, -jnp.inf), axis=-1)
+    uniform = -log_probs.mean(-1)
+    return jnp.where(inside, -jnp.where(inside, set_log_prob, 0.0), outlier_weight * uniform)
+
+
+def correct_count(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Predictions whose top class is in the label's acceptable set (outside-the-classes examples never count)."""
+    mask = acceptable(labels, logits.shape[-1])
+    return jnp.take_along_axis(mask, logits.argmax(-1)[:, None], axis=1)[:, 0].sum()
+
+
+def _freeze_first_layers(count: int) -> optax.GradientTransformation:
+    """Zero the updates of the first `count` layers (transfer learning keeps what they learnt)."""
+    def frozen(params: object) -> object:
+        def label(path: tuple, _leaf: object) -> bool:
+            keys = [getattr(k, "key", getattr(k, "idx", None)) for k in path]
+            index = next((k for k in keys if isinstance(k, int)), None)
+            return index is not None and index < count
+        return jax.tree_util.tree_map_with_path(label, params)
+
+    return optax.masked(optax.set_to_zero(), frozen)
+
+
 def loss_and_correct(logits: jax.Array, labels: jax.Array, cfg: TrainConfig) -> tuple[jax.Array, jax.Array]:
-    """Mean training loss (cross-entropy with label smoothing, or focal) and number of correct predictions."""
+    """Mean training loss (cross-entropy with label smoothing, or focal) and number of correct predictions.
+
+    Set-valued labels (negative, see data.label_sets) take `set_nll` instead: the choice between equally
+    acceptable classes is left to the model, and label smoothing does not apply to them.
+    """
     num_classes = logits.shape[-1]
     log_probs = jax.nn.log_softmax(logits)
     onehot = jax.nn.one_hot(labels, num_classes)
@@ -78,5 +120,5 @@ def loss_and_correct(logits: jax.Array, labels: jax.Array, cfg: TrainConfig) -> 
         per_example = -(weight * onehot * log_probs).sum(-1)
     else:
         per_example = -(onehot * log_probs).sum(-1)
-    correct = (logits.argmax(-1) == labels).sum()
-    return per_example.mean(), correct
+    per_example = jnp.where(labels < 0, set_nll(log_probs, labels, cfg.outlier_weight), per_example)
+    return per_example.mean(), correct_count(logits, labels)

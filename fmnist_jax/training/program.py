@@ -15,7 +15,12 @@ from flax import nnx
 from fmnist_jax.data.augment import augment_batch
 from fmnist_jax.model import cpu_ops, layers
 from fmnist_jax.training.config import TrainConfig
-from fmnist_jax.training.optim import loss_and_correct, make_optimizer
+from fmnist_jax.training.optim import (
+    acceptable,
+    loss_and_correct,
+    make_optimizer,
+    set_nll,
+)
 
 PRNG_IMPL = "threefry2x32"
 
@@ -86,11 +91,15 @@ def inference_logits(forward: Callable, params: Any, batch_stats: Any, images: j
         return forward(params, batch_stats, part.astype(jnp.float32) / 255.0, False, None)[0]
 
     count = images.shape[0]
-    pieces = next(k for k in range(1, count + 1) if count % k == 0 and count // k <= CPU_INFERENCE_PIECE)
-    if pieces == 1 or jax.default_backend() != "cpu":
+    pieces = -(-count // CPU_INFERENCE_PIECE)
+    if pieces <= 1 or jax.default_backend() != "cpu":
         return logits_of(images)
-    logits = jax.lax.map(logits_of, images.reshape((pieces, count // pieces) + images.shape[1:]))
-    return logits.reshape((count,) + logits.shape[2:])
+    # Equal pieces of ceil(count / pieces) images, the last padded with blank images whose logits are
+    # dropped: an awkward count (a prime, say) never degrades to pieces of one image.
+    piece = -(-count // pieces)
+    padded = jnp.concatenate([images, jnp.zeros((pieces * piece - count,) + images.shape[1:], images.dtype)])
+    logits = jax.lax.map(logits_of, padded.reshape((pieces, piece) + images.shape[1:]))
+    return logits.reshape((pieces * piece,) + logits.shape[2:])[:count]
 
 
 def make_batch_gradients(forward: Callable, cfg: TrainConfig, mesh: jax.sharding.Mesh | None) -> Callable:
@@ -131,9 +140,10 @@ def make_evaluate(forward: Callable) -> Callable:
     def evaluate(params: Any, batch_stats: Any, images: jax.Array, labels: jax.Array, mask: jax.Array):
         logits = inference_logits(forward, params, batch_stats, images)
         log_probs = jax.nn.log_softmax(logits)
-        nll = -jnp.take_along_axis(log_probs, labels[:, None], axis=1)[:, 0]
-        correct = (logits.argmax(-1) == labels)
-        return jnp.stack([(nll * mask).sum(), (correct * mask).sum()]), logits
+        nll = -jnp.take_along_axis(log_probs, jnp.maximum(labels, 0)[:, None], axis=1)[:, 0]
+        nll = jnp.where(labels < 0, set_nll(log_probs, labels, 1.0), nll)  # set-valued labels (data.label_sets)
+        right = jnp.take_along_axis(acceptable(labels, logits.shape[-1]), logits.argmax(-1)[:, None], axis=1)[:, 0]
+        return jnp.stack([(nll * mask).sum(), (right * mask).sum()]), logits
 
     return evaluate
 

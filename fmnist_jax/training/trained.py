@@ -21,22 +21,39 @@ class TrainedModel:
     """A trained network ready for inference: spec, weights, class names and preprocessing settings."""
 
     def __init__(self, spec: list, input_shape: tuple[int, int, int], class_names: tuple[str, ...], weights: dict,
-                 preprocess: dict | None = None, card: dict | None = None, conv_impl: str = "auto"):
+                 preprocess: dict | None = None, card: dict | None = None, conv_impl: str = "auto",
+                 calibration: dict | None = None):
         self.spec = layer_specs.normalize_spec(spec)
         self.input_shape = tuple(int(v) for v in input_shape)
         self.class_names = tuple(class_names)
         self.preprocess = dict(preprocess or {})
         self.card = dict(card or {})
-        model = layers.build_model(self.spec, self.input_shape, len(self.class_names))
-        self.graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
-        template = jax.device_get({"params": params, "batch_stats": batch_stats})
+        self.calibration = check_calibration(calibration)
+        # Shapes only (nnx.eval_shape): the real values come from `weights`, so nothing is initialised twice.
+        abstract = nnx.eval_shape(lambda: layers.build_model(self.spec, self.input_shape, len(self.class_names)))
+        self.graphdef, params, batch_stats = nnx.split(abstract, nnx.Param, nnx.BatchStat)
+        template = {"params": params, "batch_stats": batch_stats}
         if not isinstance(weights, (bytes, bytearray)):
             weights = state_to_bytes(weights)  # one validation path for every source of weights
         weights = state_from_bytes(template, bytes(weights))
         self.weights = jax.device_put(weights)
         ctx_cfg = TrainConfig(conv_impl=conv_impl)
         forward = make_forward(self.graphdef, ctx_cfg)
-        self._probs = jax.jit(lambda w, x: jax.nn.softmax(inference_logits(forward, w["params"], w["batch_stats"], x)))
+        self._logits = jax.jit(lambda w, x: inference_logits(forward, w["params"], w["batch_stats"], x))
+
+    @property
+    def temperature(self) -> float:
+        """Softmax temperature fitted on held-out data (1.0: uncalibrated)."""
+        return self.calibration["temperature"]
+
+    @property
+    def unsure_threshold(self) -> float:
+        """Below this top probability the answer is "not sure" (0.0: never)."""
+        return self.calibration["unsure_threshold"]
+
+    def is_unsure(self, probs: np.ndarray) -> np.ndarray:
+        """Boolean per row of calibrated probabilities: the top class is below the model's threshold."""
+        return np.asarray(probs).max(axis=-1) < self.unsure_threshold
 
     @property
     def num_classes(self) -> int:
@@ -44,7 +61,11 @@ class TrainedModel:
         return len(self.class_names)
 
     def predict_proba(self, images: np.ndarray, batch: int = 1000) -> np.ndarray:
-        """Class probabilities for uint8 images shaped (N, H, W, C); batches are padded to powers of two."""
+        """Calibrated class probabilities (softmax of logits / temperature) for uint8 images (N, H, W, C)."""
+        return _softmax(self.predict_logits(images, batch) / self.temperature)
+
+    def predict_logits(self, images: np.ndarray, batch: int = 1000) -> np.ndarray:
+        """Logits for uint8 images shaped (N, H, W, C); batches are padded to powers of two (few compiles)."""
         images = np.asarray(images)
         if images.ndim == 3:
             images = images[..., None]
@@ -55,7 +76,7 @@ class TrainedModel:
             part = images[start:start + batch]
             size = 1 << max(0, math.ceil(math.log2(len(part))))  # few distinct shapes -> few compiles
             padded = np.concatenate([part, np.zeros((size - len(part),) + part.shape[1:], part.dtype)]) if size > len(part) else part
-            out.append(np.asarray(self._probs(self.weights, padded))[:len(part)])
+            out.append(np.asarray(self._logits(self.weights, padded))[:len(part)])
         return np.concatenate(out) if out else np.zeros((0, self.num_classes), np.float32)
 
     def weights_bytes(self) -> bytes:
@@ -71,4 +92,22 @@ class TrainedModel:
         if not weights_path.exists():
             raise store.StoreError(f"run {run_path.name} has no trained weights yet (still running, or it failed)")
         return cls(run["spec"], tuple(run["input_shape"]), tuple(run["class_names"]), weights_path.read_bytes(),
-                   run.get("preprocess"), {k: run.get(k) for k in ("test_accuracy", "best_val_accuracy", "epochs_completed")})
+                   run.get("preprocess"), {k: run.get(k) for k in ("test_accuracy", "best_val_accuracy", "epochs_completed")},
+                   calibration=run.get("calibration"))
+
+
+def check_calibration(calibration: dict | None) -> dict:
+    """{"temperature", "unsure_threshold"} with defaults (1.0, 0.0); ValueError for values that make no sense."""
+    calibration = dict(calibration or {})
+    temperature = calibration.get("temperature", 1.0)
+    threshold = calibration.get("unsure_threshold", 0.0)
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0.01 <= temperature <= 100:
+        raise ValueError(f"calibration temperature must be a number from 0.01 to 100, got {temperature!r}")
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 <= threshold < 1.0:
+        raise ValueError(f"the 'not sure' threshold must be a number from 0 to below 1, got {threshold!r}")
+    return {**calibration, "temperature": float(temperature), "unsure_threshold": float(threshold)}
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return (shifted / shifted.sum(axis=-1, keepdims=True)).astype(np.float32)
