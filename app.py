@@ -147,6 +147,8 @@ def _manage_project(project: dict) -> None:
 def home() -> None:
     """The Projects page: first-visit guide with a one-click sample, create, list, open, rename, duplicate, delete."""
     ws = ui.workspace()
+    ui.try_a_photo()
+    st.divider()
     ui.page_title(None, "Fashion-MNIST Studio",
                   "Build, train and deploy an image classifier for clothes, step by step, in your browser. "
                   "Runs on JAX; everything is saved in your workspace as you go.")
@@ -161,19 +163,18 @@ def home() -> None:
                 icon=":material/public:")
     projects = ws.list_projects()
     if not projects:
-        st.subheader("How it works")
-        _how_it_works()
-        st.write("")
         left, right = st.columns([1, 1], gap="large")
         with left:
-            st.markdown("##### Try it in one click")
+            st.markdown("##### Train your own in one click")
             st.caption("A sample project with sensible defaults: Fashion-MNIST with the official test set, "
-                       "a fast CNN and 5 epochs of Adam (a few minutes on a laptop CPU).")
+                       "a fast CNN and its recommended training recipe (a few minutes on a laptop CPU).")
             st.button("Create the sample project", type="primary", icon=":material/auto_awesome:",
                       on_click=_create_sample, key="create-sample")
         with right:
             st.markdown("##### Or start from scratch")
             _new_project_form()
+        st.subheader("How it works")
+        _how_it_works()
         return
 
     open_id = st.session_state.get("project_id")

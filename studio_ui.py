@@ -9,7 +9,9 @@ from typing import Any
 import streamlit as st
 
 from fmnist_jax import settings, store
-from fmnist_jax.studio import estimates, public, tasks
+from fmnist_jax.deploy import predict
+from fmnist_jax.photos import decode
+from fmnist_jax.studio import charts, estimates, public, tasks
 from fmnist_jax.studio import projects as proj
 
 HOME_PAGE = "app.py"
@@ -237,3 +239,84 @@ def _queue_panel() -> None:
 def stamp(seconds: float | None) -> str:
     """A local date-time for a Unix time, or '–'."""
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(seconds)) if seconds else "–"
+
+
+# ----------------------------------------------------------------------------- predictions (home try-out and Deploy)
+
+STEP_TITLES = {"original": "Your photo", "background removed": "Background removed", "garment found": "Garment found",
+               "cropped": "Cropped & inverted", "model input": "What the model sees"}
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def cached_model(source: str, stamp: str) -> Any:
+    """A loaded model, shared read-only by every session; `stamp` changes when the weights file does."""
+    return predict.load_model(source)
+
+
+def _thumbnail(image: Any) -> Any:
+    small = max(image.shape[:2]) <= 64
+    return estimates.upscale(image, max(1, 140 // max(image.shape[:2]))) if small else image
+
+
+def prediction_card(result: dict, model: Any, show_all: bool = False) -> None:
+    """One prediction in a compact row (photo, what the model sees, the answer with its bars); the pipeline's
+    steps in an expander, so a phone shows each result in about one screen."""
+    if "error" in result:
+        st.error(f"**{plain(result['file'])}**: {plain(result['error'])}", icon=":material/broken_image:")
+        return
+    with st.container(border=True):
+        answer = ":gray[**not sure**]" if result.get("unsure") else f":orange[**{result['label']}**]"
+        detail = (f"best guess {result['label']}, {result['probability']:.0%}" if result.get("unsure")
+                  else f"{result['probability']:.0%}")
+        st.markdown(f"**{plain(result['file'])}** → {answer} ({detail})")
+        steps = dict(result["steps"])
+        photo, seen, bars = st.columns([1, 1, 2.2], vertical_alignment="center")
+        photo.image(steps["original"], caption=STEP_TITLES["original"], width="stretch")
+        seen.image(_thumbnail(steps["model input"]), caption=STEP_TITLES["model input"], width="stretch")
+        with bars:
+            st.altair_chart(charts.probabilities(model.class_names, result["probs"], None if show_all else 3),
+                            width="stretch")
+        with st.expander("How the photo was prepared", icon=":material/photo_filter:"):
+            columns = st.columns(len(result["steps"]))
+            for column, (name, image) in zip(columns, result["steps"]):
+                column.image(_thumbnail(image), caption=STEP_TITLES.get(name, name.capitalize()), width="stretch")
+
+
+def photo_files(uploads: list, camera: Any) -> list[tuple[str, bytes]]:
+    """(name, bytes) of uploaded files and a camera shot."""
+    files = [(upload.name, upload.getvalue()) for upload in uploads or []]
+    if camera is not None:
+        files.append(("camera photo", camera.getvalue()))
+    return files
+
+
+def try_a_photo() -> None:
+    """Zero clicks to a prediction: upload photos or take one, answered by the shipped demo model."""
+    st.markdown("#### :material/checkroom: What garment is this?")
+    st.caption("Upload photos of clothes or take one: the demo model answers at once, no project needed. "
+               "It knows T-shirts, trousers, pullovers, dresses, coats, sandals, shirts, sneakers, bags and "
+               "ankle boots, and says *not sure* for other things.")
+    upload_col, camera_col = st.columns([3, 2])
+    uploads = upload_col.file_uploader("Photos of garments", type=decode.UPLOAD_TYPES, accept_multiple_files=True,
+                                       key="try-upload", label_visibility="collapsed")
+    with camera_col:
+        use_camera = st.toggle("Use the camera", key="try-camera-on", help="Take a photo with this device's camera.")
+    camera = st.camera_input("Take a photo", key="try-camera") if use_camera else None
+    files = photo_files(uploads, camera)
+    if not files:
+        return
+    if settings.public_mode():
+        wait = public.DEMO_LIMITER.allow(st.session_state.get("workspace-id") or "anonymous", len(files))
+        if wait:
+            st.warning(f"Too many photos in a minute for the public demo; try again in {wait:.0f} s.",
+                       icon=":material/hourglass:")
+            return
+    try:
+        model = cached_model("demo", "demo")
+    except (ValueError, store.StoreError, OSError) as error:
+        st.error(f"The demo model cannot be loaded: {plain(error)}", icon=":material/error:")
+        return
+    with st.spinner("Looking at your photo…"):
+        results = predict.predict_files(model, files)
+    for result in results:
+        prediction_card(result, model)

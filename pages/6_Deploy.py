@@ -12,11 +12,9 @@ import studio_ui as ui
 from fmnist_jax import settings, store
 from fmnist_jax.deploy import bundle, onnx_export, predict
 from fmnist_jax.photos import decode
-from fmnist_jax.studio import charts, estimates, tasks
+from fmnist_jax.studio import tasks
 
 DEMO = "demo"
-STEP_TITLES = {"original": "Your photo", "background removed": "Background removed", "cropped": "Cropped & inverted",
-               "model input": "What the model sees"}
 
 ui.frame()
 ui.page_title("6", "Deploy", "Try the model on your own photos of clothes. Photos go through the same treatment the "
@@ -26,16 +24,10 @@ pid = project["id"]
 ws = ui.workspace()
 
 
-@st.cache_resource(show_spinner=False, max_entries=4)
-def load_model(source: str, stamp: str):
-    """A loaded model, shared read-only by every session; `stamp` changes when the weights file does."""
-    return predict.load_model(source)
-
-
 def demo_problem() -> str | None:
     """Why the shipped demo model cannot serve (None when it can)."""
     try:
-        load_model(DEMO, "demo")
+        ui.cached_model(DEMO, "demo")
     except (ValueError, store.StoreError, OSError) as error:  # a missing or damaged demo only removes it from the choices
         return str(error)
     return None
@@ -73,7 +65,7 @@ with left:
     stamp = str(weights.stat().st_mtime_ns) if weights is not None and weights.exists() else "demo"
     try:
         with st.spinner("Loading the model…"):
-            model = load_model(source, stamp)
+            model = ui.cached_model(source, stamp)
     except (ValueError, store.StoreError, OSError) as error:  # a broken bundle or run: said, not a traceback
         st.error(f"This model cannot be loaded: {ui.plain(error)}", icon=":material/error:")
         st.stop()
@@ -148,17 +140,4 @@ if len(results) > 1:
     st.caption(f"{len(ok)} of {len(results)} images predicted" + (f"; {len(results) - len(ok)} could not be read."
                                                                     if len(ok) < len(results) else "."))
 for result in results:
-    if "error" in result:
-        st.error(f"**{ui.plain(result['file'])}**: {ui.plain(result['error'])}", icon=":material/broken_image:")
-        continue
-    with st.container(border=True):
-        st.markdown(f"**{result['file']}** → :orange[**{result['label']}**] ({result['probability']:.1%})")
-        steps = result["steps"]
-        columns = st.columns([1.3] * len(steps) + [2.6])
-        for column, (name, image) in zip(columns, steps):
-            small = max(image.shape[:2]) <= 64
-            column.image(estimates.upscale(image, max(1, 140 // max(image.shape[:2]))) if small else image,
-                         caption=STEP_TITLES.get(name, name.capitalize()), width="stretch")
-        with columns[-1]:
-            st.altair_chart(charts.probabilities(model.class_names, result["probs"], None if show_all else 3),
-                            width="stretch")
+    ui.prediction_card(result, model, show_all)

@@ -208,7 +208,7 @@ def test_bad_files_do_not_stop_the_batch(demo_model, samples):
 
 def test_prediction_record_fields(demo_model, samples):
     [result] = predict.predict_files(demo_model, [("a.png", _png(Image.fromarray(samples[0][0])))])
-    assert set(result) == {"file", "label", "index", "probability", "top3", "probs", "steps"}
+    assert set(result) == {"file", "label", "index", "probability", "top3", "probs", "steps", "unsure"}
     assert result["label"] == demo_model.class_names[result["index"]] == result["top3"][0][0]
     assert len(result["top3"]) == 3 and result["top3"][0][1] == pytest.approx(result["probability"])
     assert sum(result["probs"]) == pytest.approx(1.0, abs=1e-5)

@@ -19,7 +19,7 @@ from fmnist_jax.cli.train import (
 # held out of real-photos-train (bench/NOTES.md, "Real photos").
 ADAPT_DEFAULTS: dict[str, Any] = {
     "epochs": 2, "batch_size": 64, "optimizer": "adam", "learning_rate": 1e-3, "schedule": "warmup_cosine",
-    "warmup_epochs": 0.1, "label_smoothing": 0.1, "outlier_weight": 0.5, "chunk_steps": 50,
+    "warmup_epochs": 0.1, "label_smoothing": 0.1, "outlier_weight": 1.0, "set_loss": "best", "chunk_steps": 50,
     "augment": {"flip": 0.5, "shift": 0.08, "zoom": 0.1, "rotation": 8.0, "brightness": 0.1, "contrast": 0.2},
 }
 
@@ -59,14 +59,22 @@ def _photo_splits(args: argparse.Namespace, base: Any, preprocess: dict, seed: i
     return splits, inputs
 
 
-def _calibrate(run_dir: Path, splits: Any) -> dict:
-    """Fit the temperature and the "not sure" threshold on the held-out photos; store them in run.json."""
+def _calibrate(run_dir: Path, splits: Any, calibration_from: str | None) -> dict:
+    """Fit the temperature and the "not sure" threshold on the held-out photos (or take them from another
+    run's held-out photos); store them in run.json."""
     from fmnist_jax import store
     from fmnist_jax.training.calibrate import calibrate
     from fmnist_jax.training.trained import TrainedModel
 
-    model = TrainedModel.from_run(run_dir)
-    calibration = calibrate(model.predict_logits(splits.val_images), splits.val_labels)
+    if calibration_from:
+        try:
+            calibration = store.read_json(Path(calibration_from) / "run.json")["calibration"]
+        except (store.StoreError, KeyError, TypeError):
+            raise CliError(f"--calibration-from: {calibration_from} is not a run with a calibration") from None
+        calibration = {**calibration, "from_run": str(Path(calibration_from).resolve())}
+    else:
+        model = TrainedModel.from_run(run_dir)
+        calibration = calibrate(model.predict_logits(splits.val_images), splits.val_labels)
     record = store.read_json(run_dir / "run.json")
     record.pop("schema", None)
     record["calibration"] = calibration
@@ -84,6 +92,9 @@ def cmd_adapt(args: argparse.Namespace) -> int:
         raise CliError("--init-from keeps the starting model's layers; it cannot be combined with --resume, --model or --preset")
     if args.photos and not args.init_from:
         raise CliError("--photos adapts a trained model: give --init-from MODEL (for example --init-from demo)")
+    if args.photos and not args.photo_held_out and not args.calibration_from:
+        raise CliError("with --photo-held-out 0 no photo is left to calibrate on: give --calibration-from RUN, a run "
+                       "of the same recipe with held-out photos")
     base = _base_model(args)
     if not args.photos:
         return cmd_train_plain(args, spec=base.spec, init_weights=base.weights,
@@ -106,7 +117,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
         start_info, final, test = _show_records(records, args, cfg.epochs)
     except TrainingError as error:
         raise CliError(str(error)) from None
-    calibration = _calibrate(run_dir, splits) if final.get("status") != "failed" else None
+    calibration = _calibrate(run_dir, splits, args.calibration_from) if final.get("status") != "failed" else None
     result = {"run_dir": str(run_dir), "init_from": args.init_from, "epochs": final.get("epochs_completed"),
               "status": final.get("status"), "train_accuracy": final.get("train_accuracy"),
               "val_accuracy": final.get("val_accuracy"), "best_val_accuracy": final.get("best_val_accuracy"),

@@ -73,7 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--photo-mode", choices=("grabcut", "garment"), default="grabcut",
                    help="photo pipeline the adapted model trains and predicts with (default grabcut)")
     p.add_argument("--photo-held-out", type=float, default=0.2, help="share of each folder kept for validation and calibration")
-    p.add_argument("--photo-repeat", type=int, default=5, help="mean times each training photo appears per epoch")
+    p.add_argument("--photo-repeat", type=int, default=6, help="mean times each training photo appears per epoch")
+    p.add_argument("--calibration-from", metavar="RUN_DIR", help="take the temperature and 'not sure' threshold from "
+                                                                 "a run with held-out photos (for --photo-held-out 0)")
     p.add_argument("--outlier-weight", type=float, help="weight of the 'not sure' loss for photos outside the classes")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     p.set_defaults(func=cmd_train)

@@ -87,9 +87,18 @@ def export_forward(model: TrainedModel) -> Any:
                 if bias is not None:
                     x = x + jnp.asarray(bias)
                 x = layers.ACTIVATIONS[spec["activation"]](x)
-        return jax.nn.softmax(x, axis=-1)
+        return jax.nn.softmax(x / temperature, axis=-1)
 
+    temperature = float(model.temperature)  # calibrated probabilities, as every other path serves them
     return probabilities
+
+
+def metadata(model: TrainedModel) -> dict[str, str]:
+    """What a consumer of the ONNX file needs to answer like the studio: classes, calibration, the photo pipeline."""
+    import json
+
+    return {"class_names": json.dumps(list(model.class_names)), "temperature": repr(model.temperature),
+            "unsure_threshold": repr(model.unsure_threshold), "preprocess": json.dumps(model.preprocess)}
 
 
 def check_images(model: TrainedModel, count: int = 64, seed: int = 0) -> np.ndarray:
@@ -116,7 +125,11 @@ def onnx_bytes(model: TrainedModel, images: np.ndarray | None = None, tolerance:
     except Exception as error:  # jax2onnx reports unsupported primitives with many exception types
         raise ExportError(f"jax2onnx could not convert this model: {type(error).__name__}: {error}") from None
     proto.doc_string = ("Fashion-MNIST Studio model. Input 'images': float32 (N, H, W, C) in [0, 1]; "
-                        "output 'probabilities': (N, classes). Classes: " + ", ".join(model.class_names))
+                        "output 'probabilities': (N, classes), calibrated. Answer 'not sure' when the top "
+                        "probability is below metadata 'unsure_threshold'. Classes: " + ", ".join(model.class_names))
+    for key, value in metadata(model).items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
     payload = proto.SerializeToString()
     images = check_images(model) if images is None else np.asarray(images)
     if images.ndim == 3:

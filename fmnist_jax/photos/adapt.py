@@ -22,16 +22,16 @@ from fmnist_jax.photos.folders import PhotoInputs, split_photos
 class PhotoMix:
     """How photos and Fashion-MNIST are mixed for adaptation."""
 
-    held_out: float = 0.2     # share of each folder's photos kept for validation and calibration
-    photo_repeat: int = 5     # mean times each training photo appears per epoch
-    balance: float = 0.5      # repeat weight count^-balance per folder (0: as they come, 1: equal folders)
+    held_out: float = 0.2     # share of each folder's photos kept for validation and calibration (0: none)
+    photo_repeat: int = 6     # mean times each training photo appears per epoch
+    balance: float = 1.0      # repeat weight count^-balance per folder (0: as they come, 1: equal folders)
     fmnist_ratio: float = 1.0 # Fashion-MNIST images per photo sample in the training split
     seed: int = 0
 
     def validate(self) -> "PhotoMix":
         """ValueError with a message a user can act on."""
-        if not 0.05 <= self.held_out <= 0.5:
-            raise ValueError(f"the held-out share of photos must be 0.05-0.5, got {self.held_out}")
+        if not (self.held_out == 0 or 0.05 <= self.held_out <= 0.5):
+            raise ValueError(f"the held-out share of photos must be 0 (train on all) or 0.05-0.5, got {self.held_out}")
         if not 1 <= self.photo_repeat <= 100:
             raise ValueError(f"photo repeats must be 1-100, got {self.photo_repeat}")
         if not 0 <= self.balance <= 1:
@@ -48,21 +48,31 @@ def _repeats(folders: np.ndarray, mean_repeat: int, balance: float) -> np.ndarra
     return np.maximum(1, np.round(mean_repeat * weights / weights.mean())).astype(np.int64)
 
 
+FMNIST_VALIDATION = 2000  # validation images when no photo is held out (the final fit on every photo)
+
+
 def adaptation_splits(fashion: Dataset, photos: PhotoInputs, mix: PhotoMix) -> tuple[Splits, np.ndarray]:
     """(splits, indices of the held-out photos in `photos`): train = repeated photos + Fashion-MNIST,
-    validation = held-out photos, test = Fashion-MNIST test."""
+    validation = held-out photos (or, with none held out, Fashion-MNIST images kept out of training),
+    test = Fashion-MNIST test."""
     mix.validate()
     if photos.images.shape[1:] != fashion.input_shape:
         raise ValueError(f"photos are {photos.images.shape[1:]} but the dataset is {fashion.input_shape}")
-    train_idx, held_idx = split_photos(photos, mix.held_out, mix.seed)
+    if mix.held_out:
+        train_idx, held_idx = split_photos(photos, mix.held_out, mix.seed)
+    else:
+        train_idx, held_idx = np.arange(len(photos.labels)), np.zeros(0, np.int64)
     folders = np.asarray(photos.folders)
     repeated = np.repeat(train_idx, _repeats(folders[train_idx], mix.photo_repeat, mix.balance))
-    rng = np.random.default_rng(mix.seed)
-    fmnist_count = min(len(fashion.train_labels), int(round(mix.fmnist_ratio * len(repeated))))
-    fmnist_idx = np.sort(rng.choice(len(fashion.train_labels), fmnist_count, replace=False))
+    order = np.random.default_rng(mix.seed).permutation(len(fashion.train_labels))
+    fmnist_count = min(len(order) - FMNIST_VALIDATION, int(round(mix.fmnist_ratio * len(repeated))))
+    fmnist_idx, fmnist_val = np.sort(order[:fmnist_count]), np.sort(order[-FMNIST_VALIDATION:])
     train_images = np.concatenate([fashion.train_images[fmnist_idx], photos.images[repeated]])
     train_labels = np.concatenate([fashion.train_labels[fmnist_idx], photos.labels[repeated]]).astype(np.int32)
-    splits = Splits(train_images, train_labels, photos.images[held_idx], photos.labels[held_idx],
-                    fashion.test_images, fashion.test_labels, fashion.class_names,
-                    SplitSpec(mode="official", seed=mix.seed))
+    if len(held_idx):
+        val_images, val_labels = photos.images[held_idx], photos.labels[held_idx]
+    else:
+        val_images, val_labels = fashion.train_images[fmnist_val], fashion.train_labels[fmnist_val]
+    splits = Splits(train_images, train_labels, val_images, val_labels, fashion.test_images, fashion.test_labels,
+                    fashion.class_names, SplitSpec(mode="official", seed=mix.seed))
     return splits, held_idx

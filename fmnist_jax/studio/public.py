@@ -12,6 +12,7 @@ import os
 import re
 import secrets
 import shutil
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -184,3 +185,35 @@ def make_job_registry(caps: PublicLimits | None = None) -> Any:
     caps = caps or limits()
     return JobRegistry(max_running=caps.max_running, max_queued_per_owner=caps.max_jobs_per_visitor,
                        max_total=caps.max_jobs_total)
+
+
+# ----------------------------------------------------------------------------- rate limits
+
+class RateLimiter:
+    """At most `limit` events per `window` seconds per key (a visitor, a client address); thread-safe.
+
+    Bounded: at most `max_keys` keys are remembered (the least recently seen are forgotten first), so a
+    flood of new visitors cannot grow it without end.
+    """
+
+    def __init__(self, limit: int, window: float = 60.0, max_keys: int = 10_000):
+        self.limit, self.window, self.max_keys = int(limit), float(window), int(max_keys)
+        self._events: dict[str, list[float]] = {}
+        self._lock = threading.Lock()
+
+    def allow(self, key: str, count: int = 1, now: float | None = None) -> float:
+        """Record `count` events for `key` and return 0.0, or return the seconds to wait (nothing recorded)."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            recent = [t for t in self._events.pop(key, []) if now - t < self.window]
+            if len(recent) + count > self.limit:
+                self._events[key] = recent
+                return max(0.1, self.window - (now - recent[0])) if recent else self.window
+            self._events[key] = recent + [now] * count
+            while len(self._events) > self.max_keys:
+                self._events.pop(next(iter(self._events)))
+            return 0.0
+
+
+DEMO_PREDICTIONS_PER_MINUTE = 30  # per visitor on a public Space: plenty for people, a brake on scripts
+DEMO_LIMITER = RateLimiter(DEMO_PREDICTIONS_PER_MINUTE)

@@ -16,6 +16,7 @@ LOSSES = ("cross_entropy", "focal")
 MONITORS = ("val_accuracy", "val_loss")
 PRECISIONS = ("float32", "bfloat16")
 DATA_PARALLEL = ("auto", "off", "on")
+SET_LOSSES = ("best", "any")
 
 
 @dataclass
@@ -54,6 +55,7 @@ class TrainConfig:
     data_parallel: str = "auto"
     conv_impl: str = "auto"
     outlier_weight: float = 1.0   # weight of the "not sure" loss for examples outside the classes (set labels)
+    set_loss: str = "best"        # set labels: "best" = -log of the likeliest acceptable class, "any" = of their sum
     freeze_layers: int = 0        # transfer learning: the first N layers keep the starting model's weights
 
     def validate(self, train_size: int | None = None) -> "TrainConfig":
@@ -81,6 +83,7 @@ class TrainConfig:
         _number("focal gamma", self.focal_gamma, 0, 10)
         _number("patience", self.patience, 1, 10_000, whole=True)
         _number("outlier weight", self.outlier_weight, 0, 100)
+        _choice("set loss", self.set_loss, SET_LOSSES)
         _number("frozen layers", self.freeze_layers, 0, 200, whole=True)
         _number("min delta", self.min_delta, 0, 1)
         _choice("early-stopping monitor", self.monitor, MONITORS)
