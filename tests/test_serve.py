@@ -57,7 +57,7 @@ def test_predict_returns_the_cli_json(client, model, sample_png):
     assert response.status_code == 200
     rows = response.json()
     assert [r["file"] for r in rows] == ["a.png", "b.png"]
-    assert set(rows[0]) == {"file", "label", "index", "probability", "top3"}
+    assert set(rows[0]) == {"file", "label", "index", "probability", "top3", "unsure"} and isinstance(rows[0]["unsure"], bool)
     expected = predict.predict_files(model, [("a.png", sample_png)])[0]
     assert rows[0]["label"] == expected["label"] and rows[0]["probability"] == pytest.approx(expected["probability"], abs=1e-6)
 
