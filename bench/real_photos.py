@@ -12,6 +12,7 @@ API send it; "naive" squashes the photo to 28x28 grey instead (what an app witho
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import time
@@ -25,8 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _common import emit_json, load_average, print_table  # noqa: E402
 
 from fmnist_jax.deploy import predict  # noqa: E402
-from fmnist_jax.photos import folders, pipeline  # noqa: E402
+from fmnist_jax.photos import folders, pipeline, pipeline_params  # noqa: E402
 from fmnist_jax.photos.decode import ImageError  # noqa: E402
+from fmnist_jax.training.trained import check_calibration  # noqa: E402
 
 
 def wilson(right: int, total: int, z: float = 1.96) -> tuple[float, float]:
@@ -123,12 +125,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder", help="photo folder with class subfolders and classes.json")
     parser.add_argument("--model", default="demo", help="run folder, bundle (.zip), model folder or 'demo'")
+    parser.add_argument("--preprocess", help="JSON object of photo-pipeline settings to override (ablations)")
+    parser.add_argument("--unsure-threshold", type=float, help="override the model's 'not sure' threshold (0: never)")
     parser.add_argument("--sheet", type=Path, help="write a contact sheet of the failures to this PNG")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     args = parser.parse_args()
 
     start = time.perf_counter()
     model = predict.load_model(args.model)
+    if args.preprocess:
+        model.preprocess = pipeline_params.resolve_preprocess({**model.preprocess, **json.loads(args.preprocess)},
+                                                              model.input_shape)
+    if args.unsure_threshold is not None:
+        model.calibration = check_calibration({**model.calibration, "unsure_threshold": args.unsure_threshold})
     photo_folder = folders.read_photo_folder(args.folder, model.class_names)
     rows = score(model, photo_folder)["rows"]
     result = summarise(model, photo_folder, rows)

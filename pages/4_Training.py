@@ -63,6 +63,33 @@ with st.container(border=True):
                          f":gray[augmentation {'on' if cfg.augment.active() else 'off'}, seed {cfg.seed}]")
 
 
+def transfer_panel() -> None:
+    """Transfer learning: start the next run from a trained model with the same layers, optionally frozen."""
+    choices = {"": "Random weights (train from scratch)",
+               **tasks.starting_models(ws, project, spec, dataset.num_classes)}
+    current = project.get("init_from") or ""
+    with st.expander("Start from a trained model (transfer learning)", icon=":material/move_up:",
+                     expanded=bool(current)):
+        if len(choices) == 1:
+            st.caption("No trained model has exactly this model's layers yet; train one run first, or pick the "
+                       "demo's preset (fast) on the Model page to start from the demo model.")
+            return
+        left, right = st.columns([3, 1])
+        choice = left.selectbox("Start from", list(choices), format_func=choices.get,
+                                index=list(choices).index(current) if current in choices else 0, key=f"init-from-{pid}",
+                                help="The new run starts from this model's weights instead of random ones.")
+        freeze = right.number_input("Freeze first layers", 0, len(spec), int(cfg.freeze_layers), key=f"freeze-{pid}",
+                                    disabled=not choice, help="These layers keep the starting model's weights.")
+        if choice != current or freeze != cfg.freeze_layers:
+            ui.save_project(project, init_from=choice or None,
+                            config={**cfg.to_dict(), "freeze_layers": int(freeze) if choice else 0})
+            st.rerun()
+
+
+if problem is None:
+    transfer_panel()
+
+
 # ----------------------------------------------------------------------------- live job panel
 
 def _start() -> None:

@@ -12,6 +12,7 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from fmnist_jax import store
+from fmnist_jax.deploy import predict
 from fmnist_jax.model import layer_specs
 from fmnist_jax.studio import projects as proj
 from fmnist_jax.studio import tasks
@@ -438,3 +439,30 @@ def test_deploy_page_offers_the_bundle_and_a_checked_onnx_export(trained: dict) 
     at.button(key=f"onnx-make-{pid}").click().run()
     assert not at.exception and not at.error, texts(at, "error")
     assert any(b.label == "Download ONNX" for b in at.get("download_button"))
+
+
+def test_training_page_starts_a_run_from_a_trained_model_with_frozen_layers(seeded: dict) -> None:
+    pid = seeded["id"]
+    at = open_app("pages/4_Training.py", pid)
+    at.button(key="start-training").click().run()
+    first = _wait_for(pid, lambda s: s["status"] not in ("queued", "running"), at)
+    assert first["status"] == "completed", first.get("error")
+    at.run()
+    choices = at.selectbox(key=f"init-from-{pid}")
+    assert any(first["name"] in option for option in choices.options)  # the finished run has these layers
+    choices.set_value(first["name"]).run()
+    at.number_input(key=f"freeze-{pid}").set_value(2).run()  # flatten + dense: the whole tiny model
+    assert not at.exception
+    project = store.Workspace().get_project(pid)
+    assert project["init_from"] == first["name"] and project["config"]["freeze_layers"] == 2
+    at.text_input(key=f"run-name-{pid}").input("transfer").run()
+    at.button(key="start-training").click().run()
+    second = _wait_for(pid, lambda s: s["name"] == "transfer" and s["status"] not in ("queued", "running"), at)
+    assert second["status"] == "completed", second.get("error")
+    ws = store.Workspace()
+    run = tasks.read_run(ws, pid, "transfer")
+    assert run["init_from"] == first["name"] and run["config"]["freeze_layers"] == 2
+    start = predict.load_model(str(tasks.run_dir_of(ws, pid, first["name"])))
+    after = predict.load_model(str(tasks.run_dir_of(ws, pid, "transfer")))
+    dense = lambda model: np.asarray(model.weights["params"]["layers"][1]["kernel"])  # noqa: E731
+    np.testing.assert_array_equal(dense(start), dense(after))  # frozen: exactly the starting weights

@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterator
 
 from fmnist_jax import store
 from fmnist_jax.data.splitting import Splits
+from fmnist_jax.deploy import predict
 from fmnist_jax.evaluate import metrics_from_probs
 from fmnist_jax.training.config import TrainConfig
 from fmnist_jax.training.loop import TrainingError, train
@@ -70,6 +71,7 @@ class Job:
     prepare: Callable[[], tuple[Any, TrainConfig, Splits]] = field(repr=False)
     resume: bool = False
     run_meta: dict = field(default_factory=dict)
+    init_from: str | None = None   # transfer learning: the model (demo, run folder, bundle) whose weights start the run
     status: str = "queued"
     created: float = field(default_factory=time.time)
     started: float | None = None
@@ -106,7 +108,8 @@ class JobRegistry:
             worker.start()
 
     def submit(self, project_id: str, run_dir: Path, prepare: Callable[[], tuple[Any, TrainConfig, Splits]],
-               name: str | None = None, resume: bool = False, owner: str = "local", run_meta: dict | None = None) -> dict:
+               name: str | None = None, resume: bool = False, owner: str = "local", run_meta: dict | None = None,
+               init_from: str | None = None) -> dict:
         """Queue a job; ValueError if this project already has one queued or running, or a cap is reached."""
         with self._lock:
             active = [j for j in self._jobs.values() if j.status in ACTIVE]
@@ -117,7 +120,7 @@ class JobRegistry:
             if self.max_total is not None and len(active) >= self.max_total:
                 raise ValueError(f"the server is busy ({len(active)} jobs queued or running); try again in a few minutes")
             job = Job(next(self._ids), project_id, Path(run_dir), name or Path(run_dir).name, owner, prepare,
-                      resume=resume, run_meta=dict(run_meta or {}))
+                      resume=resume, run_meta=dict(run_meta or {}), init_from=init_from)
             self._jobs[job.id] = job
             self._wake.notify_all()
             return job.snapshot()
@@ -182,7 +185,9 @@ class JobRegistry:
             job = self._next()
             try:
                 spec, cfg, splits = job.prepare()
-                for record in train_and_test(spec, cfg, splits, job.run_dir, job.stop_event, job.resume, job.run_meta):
+                init_weights = predict.load_model(job.init_from).weights if job.init_from and not job.resume else None
+                for record in train_and_test(spec, cfg, splits, job.run_dir, job.stop_event, job.resume, job.run_meta,
+                                             init_weights=init_weights):
                     self._record(job, record)
             except (ValueError, TrainingError, store.StoreError) as error:
                 self._fail(job, str(error))

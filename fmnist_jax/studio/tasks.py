@@ -11,6 +11,7 @@ import numpy as np
 
 from fmnist_jax import settings, store
 from fmnist_jax.data import catalogue, splitting
+from fmnist_jax.deploy import predict
 from fmnist_jax.model import layer_specs
 from fmnist_jax.studio.projects import (
     EVALUATION_FILE,
@@ -61,15 +62,17 @@ def start_training(ws: store.Workspace, project: dict, run_name: str | None = No
     active = registry.for_project(project["id"], owner_of(ws))
     if active and active["status"] in ("queued", "running"):
         raise ValueError("this project already has a training job queued or running; stop it or wait for it to finish")
+    init_from = starting_model(ws, project, spec) if project.get("init_from") else None
     run_dir = ws.new_run_dir(project["id"], run_name or None)
     record = {"dataset": project.get("dataset") or "fashion_mnist", "data_dir": data_folder(project),
               "split": split_spec(project).to_dict(), "upload_home": project.get("upload_home")}
     run_meta = {"preset": preset_of(project), "dataset": record["dataset"], "data_dir": record["data_dir"],
                 "limit": train_limit(project), "source": "studio", "project_id": project["id"],
-                **({"upload_home": record["upload_home"]} if record["upload_home"] else {})}
+                **({"upload_home": record["upload_home"]} if record["upload_home"] else {}),
+                **({"init_from": project["init_from"]} if init_from else {})}
     try:
         return registry.submit(project["id"], run_dir, _prepare_for(record, spec, cfg, train_limit(project)),
-                               name=run_dir.name, owner=owner_of(ws), run_meta=run_meta)
+                               name=run_dir.name, owner=owner_of(ws), run_meta=run_meta, init_from=init_from)
     except ValueError:
         if run_dir.exists() and not any(run_dir.iterdir()):
             run_dir.rmdir()
@@ -125,6 +128,44 @@ def job_progress(snapshot: dict) -> dict:
 def run_history(run_dir: str | os.PathLike) -> list[dict]:
     """The per-epoch metric records a run wrote (empty if none yet)."""
     return [r for r in store.read_jsonl(Path(run_dir) / "history.jsonl") if r.get("kind") == "epoch"]
+
+
+DEMO_CHOICE = "demo"
+
+
+def starting_models(ws: store.Workspace, project: dict, spec: list, num_classes: int) -> dict[str, str]:
+    """Models a run of this project can start from (transfer learning): {choice id: label}. Only models with
+    exactly this project's layers and number of classes qualify: their weights must fit."""
+    wanted = layer_specs.normalize_spec(spec)
+    choices = {}
+    demo = predict.load_model(DEMO_CHOICE)
+    if demo.spec == wanted and demo.num_classes == num_classes:
+        choices[DEMO_CHOICE] = "The demo model (Fashion-MNIST + real photos)"
+    for run in runs_table(ws, project["id"]):
+        if not run["has_weights"]:
+            continue
+        record = store.read_json(Path(run["path"]) / "run.json")
+        if layer_specs.normalize_spec(record["spec"]) == wanted and len(record["class_names"]) == num_classes:
+            accuracy = run.get("test_accuracy")
+            choices[run["id"]] = f"Run {run['id']}" + (f" ({accuracy:.1%} test)" if accuracy is not None else "")
+    return choices
+
+
+def starting_model(ws: store.Workspace, project: dict, spec: list) -> str:
+    """The model source (demo or a run folder) the project's next run starts from; ValueError if it no longer fits."""
+    choice = project["init_from"]
+    if choice == DEMO_CHOICE:
+        source = DEMO_CHOICE
+    else:
+        source = str(store.safe_child(ws.runs_dir(project["id"]), choice))
+    try:
+        model = predict.load_model(source)
+    except ValueError as error:
+        raise ValueError(f"the starting model {choice} cannot be loaded ({error}); choose another or start from scratch") from None
+    if model.spec != layer_specs.normalize_spec(spec):
+        raise ValueError(f"the starting model {choice} has different layers from this project's model; "
+                         f"choose a model with the same layers or start from scratch")
+    return source
 
 
 def runs_table(ws: store.Workspace, project_id: str) -> list[dict]:
