@@ -74,3 +74,26 @@ def test_sweep_quick() -> None:
     for candidate in out["candidates"]:
         assert [c["epoch"] for c in candidate["curve"]] == [1]
         assert 0.0 <= candidate["final_val_accuracy"] <= 1.0
+
+
+def test_csv_memory_quick() -> None:
+    out = _run("csv_memory.py")
+    assert out["rows"] == 2000 and out["counts"]["train"] == 2000
+    assert out["peak_kib"] >= out["baseline_kib"] > 0 and out["seconds"] > 0
+
+
+def test_real_photos_bench_scores_a_folder(tmp_path) -> None:
+    """bench/real_photos.py on a small photo folder made here (the real development set is the README's run)."""
+    from test_photos_adapt import _photo_folder
+
+    root = _photo_folder(tmp_path / "photos")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "real_photos.py"), str(root), "--model", "demo", "--json",
+                             "--sheet", str(tmp_path / "sheet.png")], cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert set(out["per_folder"]) == {"tops", "trousers", "other"} and out["n"] == 36
+    assert {k: v["total"] for k, v in out["per_folder"].items()} == {"tops": 12, "trousers": 12, "other": 12}
+    assert 0 <= out["accuracy"] <= 1 and 0 <= out["unsure_unknown"] <= 1
+    assert (tmp_path / "sheet.png").stat().st_size > 0

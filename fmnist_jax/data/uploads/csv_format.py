@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-import warnings
 from typing import Iterator
 
 import numpy as np
@@ -101,34 +100,60 @@ def _read_pixel_csv(source: Source, member: Member, limits: UploadLimits,
     rows_estimate = member.size // max(1, 2 * pixel_count)
     _check_pixels(rows_estimate, side, side, member.name, limits)
     progress(0.1, f"reading {member.name}")
-    try:
-        with source.open(member) as raw, warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "input contained no data": reported below as a clear error
-            text = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="replace")
-            table = np.loadtxt(text, delimiter=",", skiprows=1 if has_header else 0, dtype=np.float32, ndmin=2,
-                               usecols=[i for i in range(len(header)) if i != label_col])
-    except ValueError:
-        raise UploadError(_describe_csv_problem(source, member, header, has_header, label_col)) from None
-    if table.shape[0] == 0:
+    scan = _scan_pixels(source, member, header, has_header, label_col)
+    if scan["rows"] == 0:
         raise UploadError(f"{member.name} has a header but no rows")
-    rows = [row for row in _csv_rows(source, member) if any(cell.strip() for cell in row)]
-    if any(len(row) != len(header) for row in rows):  # loadtxt's usecols would silently drop extra values
-        raise UploadError(_describe_csv_problem(source, member, header, has_header, label_col))
-    labels = [row[label_col] for i, row in enumerate(rows) if i > 0 or not has_header]
-    if len(labels) != len(table):
-        raise UploadError(f"{member.name} has {len(labels):,} labels for {len(table):,} rows of pixels; check for quoted line breaks")
-    if np.isnan(table).any():
-        row, col = np.argwhere(np.isnan(table))[0]
-        raise UploadError(f"{member.name} row {row + 1}: pixel column {col + 1} is empty or not a number")
-    low, high = float(table.min()), float(table.max())
+    low, high = scan["low"], scan["high"]
     if low < 0 or high > 255:
-        row = int(np.argwhere((table < 0) | (table > 255))[0][0])
-        raise UploadError(f"{member.name} row {row + 1}: pixel values must be 0-255, found {low:g} to {high:g}")
-    if high <= 1.0 and not np.array_equal(table, np.round(table)):
-        table = table * 255.0  # pixels given as fractions 0-1
-    images = np.round(table).astype(np.uint8)
+        raise UploadError(f"{member.name} row {scan['out_of_range_row']}: pixel values must be 0-255, found {low:g} to {high:g}")
+    scale = 255.0 if high <= 1.0 and scan["fractional"] else 1.0  # pixels given as fractions 0-1
+    progress(0.5, f"converting {member.name}")
+    images = np.empty((scan["rows"], pixel_count), np.uint8)
+    labels = []
+    for position, (label, pixels) in enumerate(_pixel_rows(source, member, header, has_header, label_col)):
+        images[position] = np.round(pixels * scale)
+        labels.append(label)
     images = images.reshape(len(images), side, side, channels) if channels == 3 else images.reshape(len(images), side, side, 1)
     return images, np.asarray(labels)
+
+
+def _pixel_rows(source: Source, member: Member, header: list[str], has_header: bool,
+                label_col: int) -> Iterator[tuple[str, np.ndarray]]:
+    """(label text, float32 pixels) per data row, one row in memory at a time; UploadError naming the bad row."""
+    rows = _csv_rows(source, member)
+    if has_header:
+        next(rows, None)
+    try:
+        for number, row in enumerate(rows, start=2 if has_header else 1):
+            if not any(cell.strip() for cell in row):
+                continue
+            if len(row) != len(header):
+                raise UploadError(_describe_csv_problem(source, member, header, has_header, label_col))
+            cells = row[:label_col] + row[label_col + 1:]
+            try:
+                pixels = np.asarray(cells, dtype=np.float32)
+            except ValueError:
+                raise UploadError(_describe_csv_problem(source, member, header, has_header, label_col)) from None
+            if np.isnan(pixels).any():
+                column = int(np.flatnonzero(np.isnan(pixels))[0])
+                raise UploadError(f"{member.name} row {number - (1 if has_header else 0)}: pixel column {column + 1} "
+                                  f"is empty or not a number")
+            yield row[label_col], pixels
+    except csv.Error as error:
+        raise UploadError(f"{member.name} is not valid CSV ({error})") from None
+
+
+def _scan_pixels(source: Source, member: Member, header: list[str], has_header: bool, label_col: int) -> dict:
+    """First pass over a pixel CSV in bounded memory: row count, value range, and whether values are fractional."""
+    scan = {"rows": 0, "low": float("inf"), "high": float("-inf"), "fractional": False, "out_of_range_row": None}
+    for _, pixels in _pixel_rows(source, member, header, has_header, label_col):
+        scan["rows"] += 1
+        low, high = float(pixels.min()), float(pixels.max())
+        if (low < 0 or high > 255) and scan["out_of_range_row"] is None:
+            scan["out_of_range_row"] = scan["rows"]
+        scan["low"], scan["high"] = min(scan["low"], low), max(scan["high"], high)
+        scan["fractional"] = scan["fractional"] or not np.array_equal(pixels, np.round(pixels))
+    return scan
 
 
 def _describe_csv_problem(source: Source, member: Member, header: list[str], has_header: bool, label_col: int) -> str:
