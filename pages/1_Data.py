@@ -76,6 +76,19 @@ def upload_panel() -> str | None:
             format_func=lambda n: f"{existing[n]['display_name']} · {existing[n]['num_classes']} classes · "
                                   f"{existing[n]['counts']['train']:,} training images",
             help="Datasets you uploaded to this workspace.")
+        with st.popover("Delete this dataset", icon=":material/delete:"):
+            st.caption(f"Removes **{existing[chosen]['display_name']}** from this workspace. Runs trained on it keep "
+                       "their weights but cannot be evaluated again.")
+            if st.button("Delete it", type="primary", key=f"upload-delete-{pid}"):
+                try:
+                    importer.delete_upload(chosen, home=upload_home)
+                except store.StoreError as error:
+                    st.error(f"Could not delete it: {ui.plain(error)}", icon=":material/error:")
+                else:
+                    if project.get("dataset") == chosen:
+                        ui.save_project(project, dataset="fashion_mnist")
+                    st.session_state["upload-version"] = st.session_state.get("upload-version", 0) + 1
+                    st.rerun()
     with st.expander("Upload a new dataset", expanded=not existing, icon=":material/upload_file:"):
         file = st.file_uploader("Dataset file", type=["zip", "csv", "npz", "gz"], key=f"upload-file-{pid}",
                                 help="Checked for size, zip bombs and unsafe paths before anything is decoded.")
@@ -132,9 +145,14 @@ with controls:
                          "them by your fractions (80/10/10 as in the seed article).")
     if mode == "pooled":
         a, b = st.columns(2)
-        train_pct = a.slider("Train %", 10, 98, int(round(saved.fractions[0] * 100)), key=f"split-train-{pid}",
+        train_pct = a.slider("Train %", 10, 97, int(round(saved.fractions[0] * 100)), key=f"split-train-{pid}",
                              help="Share of all images used to fit the weights.")
-        val_pct = b.slider("Validation %", 1, 50, int(round(saved.fractions[1] * 100)), key=f"split-val-{pid}",
+        # The three shares add up by construction: validation can take at most what train leaves, minus 1% for test.
+        val_max = min(50, 99 - train_pct)
+        val_key = f"split-val-{pid}"
+        if st.session_state.get(val_key, 0) > val_max:
+            st.session_state[val_key] = val_max
+        val_pct = b.slider("Validation %", 1, val_max, min(val_max, int(round(saved.fractions[1] * 100))), key=val_key,
                            help="Share used to pick the best epoch and tune settings. The rest is the test set.")
         test_pct = 100 - train_pct - val_pct
         st.caption(f"Test: **{test_pct}%** (what is left).")

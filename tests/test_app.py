@@ -12,6 +12,7 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from fmnist_jax import store
+from fmnist_jax.data.uploads import importer
 from fmnist_jax.deploy import predict
 from fmnist_jax.model import layer_specs
 from fmnist_jax.studio import projects as proj
@@ -116,6 +117,18 @@ def test_data_split_sliders_change_the_counts(seeded: dict) -> None:
     assert not at.exception
     saved = proj.split_spec(store.Workspace().get_project(pid))
     assert saved.mode == "pooled" and saved.fractions == pytest.approx((0.6, 0.2, 0.2))
+
+
+def test_pooled_shares_always_add_up(seeded: dict) -> None:
+    pid = seeded["id"]
+    at = open_app("pages/1_Data.py", pid)
+    at.radio(key=f"split-mode-{pid}").set_value("pooled").run()
+    at.slider(key=f"split-val-{pid}").set_value(10).run()
+    at.slider(key=f"split-train-{pid}").set_value(95).run()  # 95 + 10 would leave -5% for test
+    assert not at.exception and not at.error
+    assert at.slider(key=f"split-val-{pid}").value == 4 and at.slider(key=f"split-val-{pid}").max == 4
+    assert "Test: **1%**" in texts(at, "caption")
+    assert metric_values(at)["Test"] == "12"  # the rest of the page is still there
 
 
 def test_data_augmentation_preview_uses_the_saved_settings(seeded: dict) -> None:
@@ -316,6 +329,9 @@ def test_data_page_imports_an_uploaded_dataset(seeded: dict) -> None:
     dataset = store.Workspace().get_project(pid)["dataset"]
     assert dataset.startswith("upload/")
     assert sum(int(v.replace(",", "")) for v in metric_values(at).values()) == 90
+    at.button(key=f"upload-delete-{pid}").click().run()  # and it can be deleted again
+    assert not at.exception, at.exception
+    assert importer.list_uploads() == [] and store.Workspace().get_project(pid)["dataset"] == "fashion_mnist"
 
 
 def _wait_for(pid: str, predicate, at: AppTest | None = None, timeout: float = 240) -> dict:

@@ -175,3 +175,27 @@ def test_network_dot_lists_every_layer_and_its_shapes() -> None:
     assert dot.count(" -> ") == len(spec) + 1
     assert "6 filters 5×5, same, tanh" in dot and "10 class scores" in dot
     json.dumps(dot)  # plain text, safe to hand to st.graphviz_chart
+
+
+def test_the_sample_project_uses_the_recipe_the_hyperparameters_page_recommends(workspace) -> None:
+    ws = store.Workspace()
+    project = proj.create_sample_project(ws)
+    recipe, _ = proj.recommended_config(project)
+    assert proj.train_config(project).to_dict() == recipe.to_dict()
+
+
+def test_project_cards_name_an_uploaded_dataset_by_its_file(workspace, tmp_path) -> None:
+    import numpy as np
+
+    from fmnist_jax.data.uploads import importer
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "my sneakers.npz"
+    np.savez(path, x_train=rng.integers(0, 255, (60, 28, 28), dtype=np.uint8), y_train=np.arange(60) % 3)
+    manifest = importer.import_upload(path)
+    ws = store.Workspace()
+    project = ws.create_project("Mine", dataset=manifest["name"])
+    assert manifest["name"].startswith("upload/")
+    assert proj.project_summary(ws, project)["dataset"] == "my sneakers.npz"
+    gone = ws.create_project("Gone", dataset="upload/0000-missing")
+    assert "no longer in the workspace" in proj.project_summary(ws, gone)["dataset"]
