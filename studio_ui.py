@@ -270,9 +270,9 @@ def prediction_card(result: dict, model: Any, show_all: bool = False) -> None:
                   else f"{result['probability']:.0%}")
         st.markdown(f"**{plain(result['file'])}** → {answer} ({detail})")
         steps = dict(result["steps"])
-        photo, seen, bars = st.columns([1, 1, 2.2], vertical_alignment="center")
-        photo.image(steps["original"], caption=STEP_TITLES["original"], width="stretch")
-        seen.image(_thumbnail(steps["model input"]), caption=STEP_TITLES["model input"], width="stretch")
+        pictures, bars = st.columns([1, 1], vertical_alignment="center")
+        pictures.image(estimates.side_by_side([steps["original"], steps["model input"]]),
+                       caption=f"{STEP_TITLES['original']} · {STEP_TITLES['model input'].lower()}")
         with bars:
             st.altair_chart(charts.probabilities(model.class_names, result["probs"], None if show_all else 3),
                             width="stretch")

@@ -219,3 +219,38 @@ def test_a_user_walks_from_a_new_project_to_a_prediction(studio: str, workspace:
 
     (ARTIFACTS / "timings.json").write_text(json.dumps(timings, indent=2))
     print(f"timings: {timings}")
+
+
+def test_a_phone_visitor_gets_an_answer_from_the_camera_with_zero_clicks(studio: str, tmp_path: Path) -> None:
+    """The first screen of a phone (390x844) offers the photo try-out; the camera path answers with the demo model."""
+    playwright_api = pytest.importorskip("playwright.sync_api", reason="needs Playwright (pip install playwright)")
+    ARTIFACTS.mkdir(exist_ok=True)
+    with playwright_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"])
+        context = browser.new_context(viewport={"width": 390, "height": 844})
+        context.grant_permissions(["camera"])
+        page = context.new_page()
+        page.set_default_timeout(90_000)
+        page.goto(studio)
+        heading = page.get_by_text("What garment is this?")
+        heading.wait_for()
+        upload = page.get_by_test_id("stFileUploaderDropzone").first
+        upload.wait_for()
+        assert upload.bounding_box()["y"] + upload.bounding_box()["height"] < 844, "the upload is below the fold"
+        assert page.get_by_text("Use the camera").bounding_box()["y"] < 844
+        page.get_by_text("Use the camera").click()
+        page.get_by_test_id("stCameraInput").wait_for()
+        take = page.get_by_role("button", name="Take Photo")
+        take.wait_for()
+        time.sleep(2.0)  # the fake device starts streaming
+        take.click()
+        answer = page.get_by_text("camera photo →")
+        answer.wait_for(timeout=120_000)
+        page.screenshot(path=str(ARTIFACTS / "phone-camera-answer.png"), full_page=False)
+        assert page.locator("[data-testid='stException']").count() == 0
+        text = answer.first.inner_text()
+        assert "not sure" in text or any(name in text for name in ("T-shirt", "Trouser", "Pullover", "Dress", "Coat",
+                                                                    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"))
+        browser.close()

@@ -199,3 +199,13 @@ def test_project_cards_name_an_uploaded_dataset_by_its_file(workspace, tmp_path)
     assert proj.project_summary(ws, project)["dataset"] == "my sneakers.npz"
     gone = ws.create_project("Gone", dataset="upload/0000-missing")
     assert "no longer in the workspace" in proj.project_summary(ws, gone)["dataset"]
+
+
+def test_side_by_side_puts_a_photo_and_the_model_input_in_one_row() -> None:
+    import numpy as np
+
+    photo = np.zeros((200, 150, 3), np.uint8)
+    model_input = np.full((28, 28, 1), 255, np.uint8)
+    strip = estimates.side_by_side([photo, model_input], height=140, gap=6)
+    assert strip.shape == (140, 105 + 6 + 140, 3)
+    assert (strip[:, :105] == 0).all() and (strip[:, 105:111] == 255).all() and (strip[:, 111:] == 255).all()

@@ -45,6 +45,28 @@ def upscale(image: np.ndarray, factor: int = 4) -> np.ndarray:
     return np.repeat(np.repeat(image, factor, axis=0), factor, axis=1)
 
 
+def side_by_side(images: list[np.ndarray], height: int = 140, gap: int = 6) -> np.ndarray:
+    """RGB uint8 strip of images scaled to one height (small ones enlarged without blur), white gaps between:
+    a photo and what the model sees in one compact row, on a phone as on a desktop."""
+    from PIL import Image
+
+    parts = []
+    for image in images:
+        image = np.asarray(image)
+        if image.ndim == 3 and image.shape[-1] == 1:
+            image = image[..., 0]
+        picture = Image.fromarray(image).convert("RGB")
+        width = max(1, round(picture.width * height / picture.height))
+        small = max(picture.size) <= 64
+        parts.append(np.asarray(picture.resize((width, height), Image.Resampling.NEAREST if small else Image.Resampling.LANCZOS)))
+    strip = np.full((height, sum(p.shape[1] for p in parts) + gap * (len(parts) - 1), 3), 255, np.uint8)
+    left = 0
+    for part in parts:
+        strip[:, left:left + part.shape[1]] = part
+        left += part.shape[1] + gap
+    return strip
+
+
 def montage(images: np.ndarray, columns: int, factor: int = 3, gap: int = 2) -> np.ndarray:
     """Tile uint8 (N, H, W[, 1]) images into one grid image with grey gaps."""
     images = np.asarray(images)
