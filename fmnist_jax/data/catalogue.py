@@ -42,8 +42,25 @@ class DataUnavailable(RuntimeError):
     """The dataset is not cached and could not be prepared (no local files, no network)."""
 
 
+class ImageShapes:
+    """Shape facts shared by datasets and splits (anything with train_images and class_names)."""
+
+    train_images: np.ndarray
+    class_names: tuple[str, ...]
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """(H, W, C) of one image."""
+        return tuple(int(v) for v in self.train_images.shape[1:])  # type: ignore[return-value]
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes."""
+        return len(self.class_names)
+
+
 @dataclass
-class Dataset:
+class Dataset(ImageShapes):
     """Images and labels of a dataset's original train and test parts, with class names."""
 
     name: str
@@ -55,16 +72,6 @@ class Dataset:
     # A validation split the source provides (an upload's val/ folder); None lets make_splits carve one.
     val_images: np.ndarray | None = None
     val_labels: np.ndarray | None = None
-
-    @property
-    def input_shape(self) -> tuple[int, int, int]:
-        """(H, W, C) of one image."""
-        return tuple(int(v) for v in self.train_images.shape[1:])  # type: ignore[return-value]
-
-    @property
-    def num_classes(self) -> int:
-        """Number of classes."""
-        return len(self.class_names)
 
     @property
     def has_val(self) -> bool:

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from fmnist_jax.data.catalogue import Dataset
+from fmnist_jax.data.catalogue import Dataset, ImageShapes
 
 # ----------------------------------------------------------------------------- splits
 
@@ -88,7 +88,7 @@ class SplitSpec:
 
 
 @dataclass
-class Splits:
+class Splits(ImageShapes):
     """Train, validation and test arrays ready for training."""
 
     train_images: np.ndarray
@@ -99,16 +99,6 @@ class Splits:
     test_labels: np.ndarray
     class_names: tuple[str, ...]
     spec: SplitSpec = field(default_factory=SplitSpec)
-
-    @property
-    def input_shape(self) -> tuple[int, int, int]:
-        """(H, W, C) of one image."""
-        return tuple(int(v) for v in self.train_images.shape[1:])  # type: ignore[return-value]
-
-    @property
-    def num_classes(self) -> int:
-        """Number of classes."""
-        return len(self.class_names)
 
     def counts(self) -> dict[str, int]:
         """Number of examples per split."""
