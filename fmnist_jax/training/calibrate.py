@@ -58,8 +58,8 @@ def choose_threshold(probs: np.ndarray, labels: np.ndarray, max_known_unsure: fl
     target exactly on a few dozen held-out photos misses it on new photos about half the time."""
     accept = acceptable_mask(labels, probs.shape[1])
     known, unknown = int(accept.any(axis=1).sum()), int((~accept.any(axis=1)).sum())
-    max_known_unsure -= _standard_error(max_known_unsure, known)
-    min_unknown_unsure += _standard_error(min_unknown_unsure, unknown)
+    max_known_unsure = max(0.0, max_known_unsure - _standard_error(max_known_unsure, known))
+    min_unknown_unsure = min(1.0, min_unknown_unsure + _standard_error(min_unknown_unsure, unknown))
     rows = []
     for threshold in np.round(np.arange(0.0, 0.995, 0.005), 3):
         rates = unsure_rates(probs, labels, float(threshold))

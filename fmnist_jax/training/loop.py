@@ -327,8 +327,7 @@ def train(spec: Any, cfg: TrainConfig, splits: Splits, *, run_dir: str | Path | 
             status = "early_stopped" if best.should_stop() else "stopped"
             break
 
-    state = box["state"]
-    final = jax.device_get({"params": state["params"], "batch_stats": state["batch_stats"]})
+    final = jax.device_get({key: box["state"][key] for key in ("params", "batch_stats")})
     if best.state is not None and status != "stopped":
         final = state_from_bytes(final, best.state)
     writer.finished(final, status, len(history))

@@ -96,7 +96,7 @@ def set_nll(log_probs: jax.Array, labels: jax.Array, outlier_weight: float, best
 def correct_count(logits: jax.Array, labels: jax.Array) -> jax.Array:
     """Predictions whose top class is in the label's acceptable set (outside-the-classes examples never count)."""
     mask = acceptable(labels, logits.shape[-1])
-    return jnp.take_along_axis(mask, logits.argmax(-1)[:, None], axis=1)[:, 0].sum()
+    return jnp.take_along_axis(mask, logits.argmax(-1)[:, None], axis=1)[:, 0].sum().astype(jnp.int32)
 
 
 def _freeze_first_layers(count: int) -> optax.GradientTransformation:
