@@ -282,6 +282,29 @@ def prediction_card(result: dict, model: Any, show_all: bool = False) -> None:
                 column.image(_thumbnail(image), caption=STEP_TITLES.get(name, name.capitalize()), width="stretch")
 
 
+def model_card(card: dict) -> None:
+    """What a model was trained on, and how it does on real photos per folder (the card bench/build_demo.py writes)."""
+    real = card["real_photos"]
+    with st.expander(f"Model card: {real['accuracy']:.0%} on real phone photos", icon=":material/badge:"):
+        trained = card.get("trained_on") or {}
+        if trained:
+            counts = trained.get("photo_counts") or {}
+            st.markdown(f"Trained on Fashion-MNIST and {counts.get('train', '?'):,} real photos "
+                        f"(*{trained.get('photos')}*), starting from `{trained.get('starting_model')}`; photos go "
+                        f"through the *{trained.get('pipeline')}* pipeline.")
+        st.markdown(f"Fashion-MNIST test accuracy **{percent(card.get('test_accuracy'))}**. On {real['photos']} real "
+                    f"phone photos it never trained on: **{real['accuracy']:.1%}** right on garments it knows "
+                    f"({real['interval'][0]:.0%}-{real['interval'][1]:.0%}, 95%), *not sure* on "
+                    f"{real['unsure_unknown']:.0%} of hats, shorts and skirts and {real['unsure_known']:.0%} of the rest.")
+        rows = [{"folder": name, "right": f"{c['right']}/{c['total']}", "share": c["right"] / c["total"],
+                 "95% interval": f"{c['interval'][0]:.2f}-{c['interval'][1]:.2f}",
+                 "right answer": "a fitting class" if c["known"] else "not sure"}
+                for name, c in real["per_folder"].items()]
+        st.dataframe(rows, hide_index=True, width="stretch",
+                     column_config={"share": st.column_config.ProgressColumn("share", min_value=0, max_value=1, format="percent")})
+        st.caption(f"Measured with `{real['command']}`.")
+
+
 def photo_files(uploads: list, camera: Any) -> list[tuple[str, bytes]]:
     """(name, bytes) of uploaded files and a camera shot."""
     files = [(upload.name, upload.getvalue()) for upload in uploads or []]

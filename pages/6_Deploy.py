@@ -74,6 +74,8 @@ with left:
                + (f" · test accuracy {ui.percent(card.get('test_accuracy'))}" if card.get("test_accuracy") else ""))
     if choice == DEMO and not runs:
         st.caption("Train a run on the Training page to deploy your own model.")
+    if card.get("real_photos"):
+        ui.model_card(card)
 with right:
     base = st.context.url or "/Deploy"
     if not base.rstrip("/").endswith("Deploy"):

@@ -482,3 +482,24 @@ def test_training_page_starts_a_run_from_a_trained_model_with_frozen_layers(seed
     after = predict.load_model(str(tasks.run_dir_of(ws, pid, "transfer")))
     dense = lambda model: np.asarray(model.weights["params"]["layers"][1]["kernel"])  # noqa: E731
     np.testing.assert_array_equal(dense(start), dense(after))  # frozen: exactly the starting weights
+
+
+def test_the_first_page_answers_a_photo_without_a_project(workspace: Path) -> None:
+    at = open_app()
+    assert not at.exception
+    assert store.Workspace().list_projects() == []
+    garment = proj.synthetic_dataset().test_images[0][..., 0]
+    at.file_uploader(key="try-upload").set_value([("mine.png", png_bytes(garment), "image/png")]).run()
+    assert not at.exception
+    assert any("mine.png" in m.value and "→" in m.value for m in at.markdown)
+    assert len(at.get("vega_lite_chart")) == 1          # the top-3 bars
+    assert store.Workspace().list_projects() == []       # still no project needed
+
+
+def test_deploy_page_shows_the_demo_models_card_with_real_photo_figures(seeded: dict) -> None:
+    at = open_app("pages/6_Deploy.py", seeded["id"])
+    assert not at.exception
+    [card] = [e for e in at.expander if "Model card" in e.label]
+    assert "on real phone photos" in card.label
+    folders = list(at.dataframe[0].value["folder"])
+    assert {"shoes", "t-shirt", "hat"} <= set(folders)
