@@ -38,11 +38,13 @@ def _create_sample() -> None:
 
 
 def _how_it_works() -> None:
-    columns = st.columns(3)
-    for i, (icon, title, text) in enumerate(HOW_IT_WORKS):
-        with columns[i % 3].container(border=True, height="stretch"):
-            st.markdown(f"{icon} **{i + 1} · {title}**")
-            st.caption(text)
+    # One row of columns per three steps: on a phone the columns stack, and the steps still read 1 to 6.
+    for row in range(0, len(HOW_IT_WORKS), 3):
+        columns = st.columns(3)
+        for i, (icon, title, text) in enumerate(HOW_IT_WORKS[row:row + 3], start=row):
+            with columns[i - row].container(border=True, height="stretch"):
+                st.markdown(f"{icon} **{i + 1} · {title}**")
+                st.caption(text)
 
 
 def _new_project_form() -> None:

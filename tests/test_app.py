@@ -503,3 +503,9 @@ def test_deploy_page_shows_the_demo_models_card_with_real_photo_figures(seeded: 
     assert "on real phone photos" in card.label
     folders = list(at.dataframe[0].value["folder"])
     assert {"shoes", "t-shirt", "hat"} <= set(folders)
+
+
+def test_how_it_works_reads_in_order_when_columns_stack(workspace: Path) -> None:
+    at = open_app()
+    steps = [m.value for m in at.markdown if " · " in m.value and m.value.split("**")[1][:1].isdigit()]
+    assert [int(s.split("**")[1].split(" ")[0]) for s in steps] == [1, 2, 3, 4, 5, 6]  # document order = reading order
