@@ -254,3 +254,29 @@ def test_a_phone_visitor_gets_an_answer_from_the_camera_with_zero_clicks(studio:
         assert "not sure" in text or any(name in text for name in ("T-shirt", "Trouser", "Pullover", "Dress", "Coat",
                                                                     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"))
         browser.close()
+
+
+def test_page_urls_and_query_parameters_still_work_as_the_first_request(studio: str, workspace: Path) -> None:
+    """A shared link straight to a page opens it, with its project and the whole frame, even as the first
+    request after the server started."""
+    playwright_api = pytest.importorskip("playwright.sync_api", reason="needs Playwright (pip install playwright)")
+    from fmnist_jax import store
+
+    project = store.Workspace(workspace).create_project("Linked project", dataset="synthetic")
+    with playwright_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(90_000)
+        for path, heading in (("Training", "4 · Training"), ("Data", "1 · Data"), ("Model", "2 · Model"),
+                              ("Deploy", "6 · Deploy")):
+            page.goto(f"{studio}/{path}?project={project['id']}" + ("&model=demo" if path == "Deploy" else ""))
+            page.get_by_text(heading, exact=True).first.wait_for()
+            assert page.url.split("?")[0].endswith(f"/{path}")
+            # the shared frame came with it: the sidebar's navigation, on the first request as on later ones
+            page.get_by_test_id("stSidebar").get_by_role("link", name="Evaluation").wait_for(timeout=30_000)
+            assert page.get_by_text("No project is open").count() == 0
+            assert page.locator("[data-testid='stException']").count() == 0
+        page.goto(studio)
+        page.get_by_text("What garment is this?").wait_for()
+        browser.close()
