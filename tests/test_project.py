@@ -209,3 +209,28 @@ def test_side_by_side_puts_a_photo_and_the_model_input_in_one_row() -> None:
     strip = estimates.side_by_side([photo, model_input], height=140, gap=6)
     assert strip.shape == (140, 105 + 6 + 140, 3)
     assert (strip[:, :105] == 0).all() and (strip[:, 105:111] == 255).all() and (strip[:, 111:] == 255).all()
+
+
+def test_a_preset_loaded_for_another_number_of_classes_is_still_that_preset(workspace) -> None:
+    ws = store.Workspace()
+    project = ws.create_project("Three classes", model=presets.preset("fast", 3), model_preset="fast")
+    assert proj.preset_of(project) == "fast"
+    edited = presets.preset("fast", 3)
+    edited[0]["filters"] = 16
+    assert proj.preset_of(ws.update_project(project["id"], model=edited)) is None
+
+
+def test_the_learning_rate_preview_reaches_the_last_epoch() -> None:
+    from fmnist_jax.training import optim
+
+    curve = optim.learning_rate_curve(config.TrainConfig(epochs=5, schedule="cosine"), steps_per_epoch=100)
+    assert curve[0]["epoch"] == 0 and curve[-1]["epoch"] == 5.0
+
+
+def test_job_progress_names_the_epoch_in_progress_before_its_first_chunk() -> None:
+    starting = {"status": "running", "start": {"epochs": 3, "steps_per_epoch": 10}, "chunks": [], "epochs": []}
+    assert tasks.job_progress(starting)["epoch"] == 1  # the sidebar said "epoch 0/3" here
+    first_chunk = {**starting, "chunks": [{"epoch": 1, "step": 5, "images_per_s": 100.0, "elapsed": 1.0}]}
+    assert tasks.job_progress(first_chunk)["epoch"] == 1
+    finished = {**starting, "status": "completed", "epochs": [{"epoch": 3, "val_accuracy": 0.9, "seconds": 1.0}]}
+    assert tasks.job_progress(finished)["epoch"] == 3

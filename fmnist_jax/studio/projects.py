@@ -133,9 +133,14 @@ def preset_of(project: dict) -> str | None:
     name = project.get("model_preset")
     if not name or name not in presets.PRESETS:
         return None
-    if project.get("model") and layer_specs.normalize_spec(project["model"]) != layer_specs.normalize_spec(presets.preset(name)):
+    if not project.get("model"):
+        return name
+    saved = layer_specs.normalize_spec(project["model"])
+    classes = saved[-1].get("units", 10) if saved else 10  # a preset loaded for a 3-class upload ends in Dense(3)
+    try:
+        return name if saved == layer_specs.normalize_spec(presets.preset(name, classes)) else None
+    except ValueError:
         return None
-    return name
 
 
 # ----------------------------------------------------------------------------- data

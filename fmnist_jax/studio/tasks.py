@@ -106,6 +106,8 @@ def job_progress(snapshot: dict) -> dict:
     else:
         done_fraction = len(epochs) / total_epochs if total_epochs else 0.0
         current_epoch = (epochs[-1]["epoch"] if epochs else resumed) or 0
+        if snapshot.get("status") == "running" and current_epoch < total_epochs:
+            current_epoch += 1  # compiled, first chunk on its way: the epoch in progress, as the page says after it
     if snapshot.get("status") == "completed":
         done_fraction = 1.0
     # wall time since the job left the queue: data preparation and compilation included, as the user waits for both

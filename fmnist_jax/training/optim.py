@@ -32,7 +32,7 @@ def learning_rate_curve(cfg: TrainConfig, steps_per_epoch: int, points: int = 10
     """(step, epoch, learning_rate) samples of the schedule, for the Hyperparameters page preview."""
     schedule = make_schedule(cfg, steps_per_epoch)
     total = max(1, cfg.epochs * steps_per_epoch)
-    steps = np.unique(np.linspace(0, total - 1, points).astype(int))
+    steps = np.unique(np.linspace(0, total, points).astype(int))  # to the end of the last epoch
     return [{"step": int(s), "epoch": float(s / steps_per_epoch), "learning_rate": float(schedule(int(s)))} for s in steps]
 
 
