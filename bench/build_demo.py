@@ -18,17 +18,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fmnist_jax import store  # noqa: E402
-from fmnist_jax.data import catalogue
-from fmnist_jax.deploy import (
-    bundle,
-    predict,  # noqa: E402
-)
-from fmnist_jax.evaluate import evaluate_model  # noqa: E402
-from fmnist_jax.model import layer_specs
-from fmnist_jax.photos import folders, synthetic
-
 import real_photos  # noqa: E402  (bench/real_photos.py: the same scoring the README and the card quote)
+
+from fmnist_jax import store  # noqa: E402
+from fmnist_jax.data import catalogue  # noqa: E402
+from fmnist_jax.deploy import bundle, predict  # noqa: E402
+from fmnist_jax.evaluate import evaluate_model  # noqa: E402
+from fmnist_jax.model import layer_specs  # noqa: E402
+from fmnist_jax.photos import folders, synthetic  # noqa: E402
 
 
 def _adaptation_card(run: dict) -> dict:
