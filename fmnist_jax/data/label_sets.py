@@ -7,7 +7,7 @@ counted as right. Keeping one int32 array means splits, shuffling and the jitted
 """
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Any, Iterable
 
 import numpy as np
 
@@ -27,13 +27,15 @@ def encode_set(classes: Iterable[int], num_classes: int) -> int:
     return -(1 + sum(1 << c for c in members))
 
 
-def acceptable_mask(labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """Boolean (N, num_classes): which classes count as right for each label (all False outside the classes)."""
-    labels = np.asarray(labels, dtype=np.int64)
-    bits = np.where(labels < 0, -labels - 1, 0)
-    from_sets = (bits[:, None] >> np.arange(num_classes)[None, :]) & 1
-    single = labels[:, None] == np.arange(num_classes)[None, :]
-    return np.where(labels[:, None] < 0, from_sets.astype(bool), single)
+def acceptable_mask(labels: Any, num_classes: int, xp: Any = np) -> Any:
+    """Boolean (N, num_classes): which classes count as right for each label (all False outside the classes).
+
+    `xp` is the array module: NumPy here, jax.numpy inside the jitted loss (the same decoding for both)."""
+    labels = xp.asarray(labels)
+    bits = xp.where(labels < 0, -labels - 1, 0)
+    classes = xp.arange(num_classes)[None, :]
+    from_sets = ((bits[:, None] >> classes) & 1) == 1
+    return xp.where(labels[:, None] < 0, from_sets, labels[:, None] == classes)
 
 
 def has_sets(labels: np.ndarray) -> bool:

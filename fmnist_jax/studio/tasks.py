@@ -140,8 +140,8 @@ def starting_models(ws: store.Workspace, project: dict, spec: list, num_classes:
     exactly this project's layers and number of classes qualify: their weights must fit."""
     wanted = layer_specs.normalize_spec(spec)
     choices = {}
-    demo = predict.load_model(DEMO_CHOICE)
-    if demo.spec == wanted and demo.num_classes == num_classes:
+    demo = store.read_json(predict.DEMO_DIR / "model.json")  # the description only: this runs on every page rerun
+    if layer_specs.normalize_spec(demo["spec"]) == wanted and len(demo["class_names"]) == num_classes:
         choices[DEMO_CHOICE] = "The demo model (Fashion-MNIST + real photos)"
     for run in runs_table(ws, project["id"]):
         if not run["has_weights"]:

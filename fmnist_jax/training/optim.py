@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from fmnist_jax.data.label_sets import acceptable_mask
 from fmnist_jax.training.config import TrainConfig
 
 # ----------------------------------------------------------------------------- optimizer and loss
@@ -69,11 +70,8 @@ def make_optimizer(cfg: TrainConfig, steps_per_epoch: int) -> optax.GradientTran
 
 
 def acceptable(labels: jax.Array, num_classes: int) -> jax.Array:
-    """(N, C) float mask of the classes that count as right (see data.label_sets: labels < 0 are sets)."""
-    bits = jnp.where(labels < 0, -labels - 1, 0)
-    from_sets = (bits[:, None] >> jnp.arange(num_classes)[None, :]) & 1
-    single = jax.nn.one_hot(jnp.maximum(labels, 0), num_classes)
-    return jnp.where(labels[:, None] < 0, from_sets.astype(jnp.float32), single)
+    """(N, C) float mask of the classes that count as right (data.label_sets: labels < 0 are sets)."""
+    return acceptable_mask(labels, num_classes, xp=jnp).astype(jnp.float32)
 
 
 def set_nll(log_probs: jax.Array, labels: jax.Array, outlier_weight: float, best: bool = False) -> jax.Array:
@@ -93,10 +91,14 @@ def set_nll(log_probs: jax.Array, labels: jax.Array, outlier_weight: float, best
     return jnp.where(inside, -jnp.where(inside, set_log_prob, 0.0), outlier_weight * uniform)
 
 
+def is_correct(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Per example, 1.0 when the top class is in the label's acceptable set (outside-the-classes: never)."""
+    return jnp.take_along_axis(acceptable(labels, logits.shape[-1]), logits.argmax(-1)[:, None], axis=1)[:, 0]
+
+
 def correct_count(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """Predictions whose top class is in the label's acceptable set (outside-the-classes examples never count)."""
-    mask = acceptable(labels, logits.shape[-1])
-    return jnp.take_along_axis(mask, logits.argmax(-1)[:, None], axis=1)[:, 0].sum().astype(jnp.int32)
+    """Number of predictions whose top class is acceptable (int32, like the plain count it replaced)."""
+    return is_correct(logits, labels).sum().astype(jnp.int32)
 
 
 def _freeze_first_layers(count: int) -> optax.GradientTransformation:

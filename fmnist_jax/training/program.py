@@ -16,7 +16,7 @@ from fmnist_jax.data.augment import augment_batch
 from fmnist_jax.model import cpu_ops, layers
 from fmnist_jax.training.config import TrainConfig
 from fmnist_jax.training.optim import (
-    acceptable,
+    is_correct,
     loss_and_correct,
     make_optimizer,
     set_nll,
@@ -142,7 +142,7 @@ def make_evaluate(forward: Callable) -> Callable:
         log_probs = jax.nn.log_softmax(logits)
         nll = -jnp.take_along_axis(log_probs, jnp.maximum(labels, 0)[:, None], axis=1)[:, 0]
         nll = jnp.where(labels < 0, set_nll(log_probs, labels, 1.0), nll)  # set-valued labels (data.label_sets)
-        right = jnp.take_along_axis(acceptable(labels, logits.shape[-1]), logits.argmax(-1)[:, None], axis=1)[:, 0]
+        right = is_correct(logits, labels)
         return jnp.stack([(nll * mask).sum(), (right * mask).sum()]), logits
 
     return evaluate

@@ -11,6 +11,7 @@ from flax import nnx
 
 from fmnist_jax import store
 from fmnist_jax.model import layer_specs, layers
+from fmnist_jax.training.calibrate import softmax
 from fmnist_jax.training.checkpoint import state_from_bytes, state_to_bytes
 from fmnist_jax.training.config import TrainConfig
 from fmnist_jax.training.program import inference_logits, make_forward
@@ -62,7 +63,7 @@ class TrainedModel:
 
     def predict_proba(self, images: np.ndarray, batch: int = 1000) -> np.ndarray:
         """Calibrated class probabilities (softmax of logits / temperature) for uint8 images (N, H, W, C)."""
-        return _softmax(self.predict_logits(images, batch) / self.temperature)
+        return softmax(self.predict_logits(images, batch), self.temperature).astype(np.float32)
 
     def predict_logits(self, images: np.ndarray, batch: int = 1000) -> np.ndarray:
         """Logits for uint8 images shaped (N, H, W, C); batches are padded to powers of two (few compiles)."""
@@ -106,8 +107,3 @@ def check_calibration(calibration: dict | None) -> dict:
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 <= threshold < 1.0:
         raise ValueError(f"the 'not sure' threshold must be a number from 0 to below 1, got {threshold!r}")
     return {**calibration, "temperature": float(temperature), "unsure_threshold": float(threshold)}
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return (shifted / shifted.sum(axis=-1, keepdims=True)).astype(np.float32)
