@@ -1,8 +1,6 @@
 """1 · Data: source and data folder, split, class balance, samples, pixel histogram, augmentation preview."""
 from __future__ import annotations
 
-from dataclasses import asdict
-
 import numpy as np
 import streamlit as st
 
@@ -156,12 +154,12 @@ with controls:
                            help="Share used to pick the best epoch and tune settings. The rest is the test set.")
         test_pct = 100 - train_pct - val_pct
         st.caption(f"Test: **{test_pct}%** (what is left).")
-        spec = splitting.SplitSpec("pooled", (train_pct / 100, val_pct / 100, round(1 - train_pct / 100 - val_pct / 100, 6)),
-                              saved.val_fraction, saved.seed, saved.stratify)
+        spec = saved.model_copy(update={
+            "mode": "pooled", "fractions": (train_pct / 100, val_pct / 100, round(1 - train_pct / 100 - val_pct / 100, 6))})
     else:
         val_pct = st.slider("Validation % of the training images", 1, 50, int(round(saved.val_fraction * 100)),
                             key=f"split-valfrac-{pid}", help="Carved out of the official training images.")
-        spec = splitting.SplitSpec("official", saved.fractions, val_pct / 100, saved.seed, saved.stratify)
+        spec = saved.model_copy(update={"mode": "official", "val_fraction": val_pct / 100})
     a, b = st.columns(2)
     spec.seed = int(a.number_input("Shuffle seed", 0, 2**31 - 1, saved.seed, key=f"split-seed-{pid}",
                                    help="The same seed gives the same split, image for image."))
@@ -215,7 +213,7 @@ st.subheader("Augmentation")
 st.caption("Random changes applied to each training batch on the device (never to validation or test images). "
            "They make the model robust to shifted, rotated or photographed garments.")
 cfg = proj.train_config(project)
-augment = asdict(cfg.augment)
+augment = cfg.augment.to_dict()
 settings_column, preview_column = st.columns([2, 3], gap="large")
 SLIDERS = {
     "flip": ("Horizontal flip (probability)", 0.0, 1.0, 0.05, "Mirror left-right; clothes look the same mirrored."),
@@ -246,11 +244,11 @@ with settings_column:
     except ValueError as error:
         st.error(ui.plain(error), icon=":material/error:")
     else:
-        if asdict(new_cfg.augment) != augment:
+        if new_cfg.augment.to_dict() != augment:
             ui.save_project(project, config=new_cfg.to_dict())
             cfg = new_cfg
     if st.button("Turn all augmentation off", icon=":material/block:", disabled=not cfg.augment.active()):
-        ui.save_project(project, config=cfg.replace(augment=asdict(AugmentConfig())).to_dict())
+        ui.save_project(project, config=cfg.replace(augment=AugmentConfig()).to_dict())
         for name in list(SLIDERS) + list(PHOTO_SLIDERS):
             st.session_state.pop(f"aug-{name}-{pid}", None)
         st.rerun()

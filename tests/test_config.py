@@ -35,6 +35,46 @@ def test_invalid_values_raise_actionable_errors(changes: dict, message: str) -> 
         TrainConfig().replace(**changes).validate()
 
 
+def test_settings_models_share_one_list_of_choices_and_one_line_errors() -> None:
+    from fmnist_jax.model.cpu_ops import CONV_IMPLS
+    from fmnist_jax.training.config import OPTIMIZERS
+    schema = TrainConfig.model_json_schema()["properties"]
+    assert tuple(schema["optimizer"]["enum"]) == OPTIMIZERS
+    assert tuple(schema["conv_impl"]["enum"]) == CONV_IMPLS and "xla_dots" in CONV_IMPLS
+    assert TrainConfig(conv_impl="xla_dots").validate().conv_impl == "xla_dots"
+    for bad in ({"epochs": "ten"}, {"nesterov": 1}, {"augment": 3}, {"augment": {"tilt": 1}}, {"bogus": 1, "more": 2}):
+        with pytest.raises(ValueError) as caught:
+            TrainConfig.from_dict(bad)
+        text = str(caught.value)
+        assert "\n" not in text and "validation error" not in text and "pydantic" not in text, text
+    with pytest.raises(ValueError, match="^unknown training setting\\(s\\): bogus, more$"):
+        TrainConfig.from_dict({"bogus": 1, "more": 2})
+    with pytest.raises(ValueError, match="^unknown augmentation setting\\(s\\): tilt$"):
+        TrainConfig.from_dict({"augment": {"tilt": 1}})
+    with pytest.raises(ValueError, match="^nesterov must be true or false, got 1$"):
+        TrainConfig.from_dict({"nesterov": 1})
+
+
+def test_saved_configs_of_the_shipped_models_still_load() -> None:
+    import json
+    from pathlib import Path
+    for folder in ("demo", "fashion-base"):
+        saved = json.loads((Path(__file__).resolve().parents[1] / "models" / folder / "config.json").read_text())
+        cfg = TrainConfig.from_dict(saved).validate()
+        assert cfg.to_dict() == {**TrainConfig().to_dict(), **saved, "augment": {**AugmentConfig().to_dict(), **saved["augment"]}}
+
+
+def test_assigned_fields_are_checked_by_validate() -> None:
+    cfg = TrainConfig()
+    cfg.epochs = 0  # the UI and the CLI set fields one by one, then validate
+    with pytest.raises(ValueError, match="epochs must be at least 1, got 0"):
+        cfg.validate()
+    cfg = TrainConfig(epochs=2, warmup_epochs=1)
+    cfg.warmup_epochs = 3
+    with pytest.raises(ValueError, match="warmup epochs must be at most 2"):
+        cfg.validate()
+
+
 def test_batch_larger_than_training_split_is_explained() -> None:
     with pytest.raises(ValueError, match="larger than the training split"):
         TrainConfig(batch_size=512).validate(train_size=100)

@@ -150,7 +150,7 @@ def test_preprocess_parameters_are_validated():
     assert pipeline_params.resolve_preprocess(None, (32, 32, 3))["mode"] == "resize"
     with pytest.raises(ValueError, match="unknown preprocessing setting"):
         pipeline_params.resolve_preprocess({"colour": 1})
-    with pytest.raises(ValueError, match="'fit' must be a number"):
+    with pytest.raises(ValueError, match="preprocessing 'fit' must be at most 1, got 3"):
         pipeline_params.resolve_preprocess({"fit": 3})
 
 

@@ -110,11 +110,17 @@ def test_limits_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> No
     assert limits.limits_for_mode(public=True).max_archive_bytes == 25 * 2**20
     assert limits.limits_for_mode(public=False) == limits.LOCAL_LIMITS
     monkeypatch.setenv("FMNIST_PUBLIC_MAX_JOBS", "many")
-    with pytest.raises(ValueError, match="FMNIST_PUBLIC_MAX_JOBS must be a number"):
+    with pytest.raises(ValueError, match="FMNIST_PUBLIC_MAX_JOBS must be a whole number above 0, got 'many'"):
         public.limits()
     monkeypatch.setenv("FMNIST_PUBLIC_MAX_JOBS", "0")
-    with pytest.raises(ValueError, match="must be above 0"):
+    with pytest.raises(ValueError, match="must be a whole number above 0, got '0'"):
         public.limits()
+    monkeypatch.setenv("FMNIST_PUBLIC_MAX_JOBS", "2.5")
+    with pytest.raises(ValueError, match="must be a whole number above 0, got '2.5'"):
+        public.limits()
+    monkeypatch.setenv("FMNIST_PUBLIC_MAX_JOBS", "3")
+    monkeypatch.setenv("FMNIST_PUBLIC_IDLE_HOURS", "0.5")
+    assert (public.limits().max_jobs_total, public.limits().idle_hours) == (3, 0.5)
     assert all(line for line in public.PublicLimits().describe())
 
 

@@ -5,41 +5,44 @@ outside the frame are 0. Each transform draws its own random strength per image 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
+from pydantic import Field
 
-from fmnist_jax.checks import _number
+from fmnist_jax.checks import Real, Settings
 
 
-@dataclass
-class AugmentConfig:
+def _strength(label: str, high: float) -> Any:
+    return Field(0.0, ge=0, le=high, title=f"augmentation '{label}'")
+
+
+class AugmentConfig(Settings):
     """Training-batch augmentation strengths; every one is off (0) by default."""
 
-    flip: float = 0.0        # probability of a horizontal flip
-    shift: float = 0.0       # max translation as a fraction of the image side
-    rotation: float = 0.0    # max rotation in degrees
-    zoom: float = 0.0        # max relative zoom in or out
-    shear: float = 0.0       # max shear factor
-    erasing: float = 0.0     # probability of erasing one random rectangle
-    brightness: float = 0.0  # max brightness offset (fraction of full scale)
-    contrast: float = 0.0    # max relative contrast change
-    blur: float = 0.0        # probability of a 3x3 Gaussian blur
-    noise: float = 0.0       # std of Gaussian pixel noise (fraction of full scale)
-    thickness: float = 0.0   # probability of thicker or thinner outlines (grey dilation/erosion)
+    kind: ClassVar[str] = "augmentation"
 
-    def validate(self) -> "AugmentConfig":
-        """Raise ValueError for strengths outside their ranges."""
-        limits = {"flip": 1, "shift": 0.5, "rotation": 180, "zoom": 0.9, "shear": 1, "erasing": 1,
-                  "brightness": 1, "contrast": 0.9, "blur": 1, "noise": 1, "thickness": 1}
-        for name, high in limits.items():
-            _number(f"augmentation '{name}'", getattr(self, name), 0, high)
+    flip: Real = _strength("flip", 1)                # probability of a horizontal flip
+    shift: Real = _strength("shift", 0.5)            # max translation as a fraction of the image side
+    rotation: Real = _strength("rotation", 180)      # max rotation in degrees
+    zoom: Real = _strength("zoom", 0.9)              # max relative zoom in or out
+    shear: Real = _strength("shear", 1)              # max shear factor
+    erasing: Real = _strength("erasing", 1)          # probability of erasing one random rectangle
+    brightness: Real = _strength("brightness", 1)    # max brightness offset (fraction of full scale)
+    contrast: Real = _strength("contrast", 0.9)      # max relative contrast change
+    blur: Real = _strength("blur", 1)                # probability of a 3x3 Gaussian blur
+    noise: Real = _strength("noise", 1)              # std of Gaussian pixel noise (fraction of full scale)
+    thickness: Real = _strength("thickness", 1)      # probability of thicker or thinner outlines (grey dilation/erosion)
+
+    def validate(self) -> "AugmentConfig":  # type: ignore[override]
+        """Raise ValueError for strengths outside their ranges (fields may have been assigned since construction)."""
+        self.recheck()
         return self
 
     def active(self) -> bool:
         """True if any augmentation is on."""
-        return any(getattr(self, f.name) for f in fields(self))
+        return any(getattr(self, name) for name in type(self).model_fields)
 
 
 def _affine(image: jax.Array, key: jax.Array, cfg: AugmentConfig) -> jax.Array:

@@ -4,35 +4,37 @@ balance, sample galleries and pixel histograms for the Data page.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
+from pydantic import Field, StrictBool
 
+from fmnist_jax.checks import Real, Settings, Whole, choice
 from fmnist_jax.data.catalogue import Dataset, ImageShapes
 
 # ----------------------------------------------------------------------------- splits
 
-@dataclass
-class SplitSpec:
+SPLIT_MODES = ("official", "pooled")
+
+
+class SplitSpec(Settings):
     """How to split: 'pooled' (shuffle all, cut by fractions) or 'official' (keep the test set, carve validation)."""
 
-    mode: str = "official"
-    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
-    val_fraction: float = 0.1
-    seed: int = 0
-    stratify: bool = True
+    kind: ClassVar[str] = "split"
+
+    mode: choice(SPLIT_MODES) = Field("official", title="split mode")
+    fractions: tuple[Real, Real, Real] = Field((0.8, 0.1, 0.1), title="fractions (train, validation, test)")
+    val_fraction: Real = Field(0.1, gt=0, lt=1, title="validation fraction")
+    seed: Whole = Field(0, ge=0, le=2**32 - 1, title="split seed")
+    stratify: StrictBool = Field(True, title="stratify")
 
     def validate(self, num_classes: int | None = None, total: int | None = None,
                  test_total: int | None = None) -> "SplitSpec":
         """Raise ValueError with an actionable message if the spec cannot produce three usable splits."""
-        if self.mode not in ("pooled", "official"):
-            raise ValueError(f"split mode must be 'pooled' or 'official', got {self.mode!r}")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
-            raise ValueError(f"split seed must be a non-negative whole number, got {self.seed!r}")
+        self.recheck()
         if self.mode == "pooled":
             fractions = tuple(self.fractions)
-            if len(fractions) != 3 or not all(isinstance(f, (int, float)) and np.isfinite(f) for f in fractions):
-                raise ValueError(f"fractions must be three numbers (train, validation, test), got {self.fractions!r}")
             if min(fractions) < 0:
                 raise ValueError(f"fractions cannot be negative, got {fractions}")
             if abs(sum(fractions) - 1.0) > 1e-6:
@@ -40,9 +42,6 @@ class SplitSpec:
             if min(fractions) == 0:
                 part = ("train", "validation", "test")[fractions.index(min(fractions))]
                 raise ValueError(f"the {part} split would be empty; give it a fraction above 0")
-        else:
-            if not isinstance(self.val_fraction, (int, float)) or not 0 < self.val_fraction < 1:
-                raise ValueError(f"validation fraction must be between 0 and 1 (exclusive), got {self.val_fraction!r}")
         if num_classes is not None and total is not None:
             counts = self.counts(total, test_total)
             if self.mode == "official" and test_total is None:
@@ -68,23 +67,6 @@ class SplitSpec:
         val = val_total if val_total is not None else carved
         test = carved if test_total == 0 else (test_total if test_total is not None else 0)
         return {"train": total - (val_total is None) * carved - (test_total == 0) * carved, "validation": val, "test": test}
-
-    def to_dict(self) -> dict:
-        """JSON-ready form."""
-        out = asdict(self)
-        out["fractions"] = list(self.fractions)
-        return out
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "SplitSpec":
-        """Build from JSON (unknown keys raise ValueError)."""
-        unknown = set(values) - {"mode", "fractions", "val_fraction", "seed", "stratify"}
-        if unknown:
-            raise ValueError(f"unknown split setting(s): {', '.join(sorted(unknown))}")
-        values = dict(values)
-        if "fractions" in values:
-            values["fractions"] = tuple(values["fractions"])
-        return cls(**values)
 
 
 @dataclass

@@ -2,63 +2,70 @@
 """
 from __future__ import annotations
 
-import math
-from typing import Any
+from typing import Any, ClassVar
 
-# Defaults of the photo pipeline; a model stores its own copy (with any overrides) in model.json.
-DEFAULT_PREPROCESS: dict[str, Any] = {
-    "mode": "garment",            # "garment": border background estimate; "grabcut": GrabCut (real photos); "resize": plain
-    "work_size": 256,             # longest side the photo is analysed at (px)
-    "border": 0.05,               # width of the border ring that estimates the background (fraction of the short side)
-    "chroma_weight": 1.5,         # weight of colour (vs brightness) differences in the garment/background distance
-    "smooth": 0.012,              # Gaussian sigma applied to the distance map (fraction of the long side): hides texture
-    "noise_sigmas": 4.0,          # background texture level = median + this many robust sigmas of the border distances
-    "min_contrast": 0.05,         # smallest colour distance that counts as garment
-    "open_radius": 0.01,          # opening radius (fraction of the long side): removes specks, thin threads, hanger hooks
-    "close_radius": 0.02,         # closing radius: joins parts of one garment split by highlights or patterns
-    "shadow": 0.4,                # on light backgrounds, pixels up to this much darker with the background's colour count half
-    "dark_background": 0.3,       # background luminance below this is "already negative" (no inversion)
-    "fill": 0.15,                 # minimum brightness inside the garment, so light garments keep their silhouette
-    "stretch_percentile": 99.0,   # this percentile of the garment is stretched to full brightness ...
-    "max_gain": 4.0,              # ... by at most this factor
-    "fit": 1.0,                   # longest garment edge as a fraction of the canvas side (Fashion-MNIST: 1.0)
-    "center": "bbox",             # "bbox" (Fashion-MNIST) or "mass" (MNIST)
-    "sharpen": 0.5,               # unsharp-mask amount after resizing (Zalando sharpened their images)
-    "margin": 0.03,               # grabcut: the starting rectangle is the photo minus this fraction of each side
-    "iterations": 5,              # grabcut: rounds of GrabCut
-    "min_fraction": 0.01,         # grabcut: a garment smaller than this fraction of the photo falls back to the rectangle
-}
+from pydantic import Field
+
+from fmnist_jax.checks import Real, Settings, Whole, choice
+
+MODES = ("garment", "grabcut", "resize")
+CENTERS = ("bbox", "mass")
+
+
+def _p(default: Any, name: str, **bounds: Any) -> Any:
+    return Field(default, title=f"preprocessing '{name}'", **bounds)
+
+
+class PhotoParams(Settings):
+    """Parameters of the photo pipeline; a model stores its own copy (with any overrides) in model.json."""
+
+    kind: ClassVar[str] = "preprocessing"
+
+    # "garment": border background estimate; "grabcut": GrabCut (real photos); "resize": plain
+    mode: choice(MODES) = _p("garment", "mode")
+    work_size: Whole = _p(256, "work_size", ge=32, le=1024)  # longest side the photo is analysed at (px)
+    # Width of the border ring that estimates the background (fraction of the short side).
+    border: Real = _p(0.05, "border", ge=0.01, le=0.25)
+    # Weight of colour (vs brightness) differences in the garment/background distance.
+    chroma_weight: Real = _p(1.5, "chroma_weight", ge=0, le=10)
+    # Gaussian sigma applied to the distance map (fraction of the long side): hides texture.
+    smooth: Real = _p(0.012, "smooth", ge=0, le=0.1)
+    # Background texture level = median + this many robust sigmas of the border distances.
+    noise_sigmas: Real = _p(4.0, "noise_sigmas", ge=0, le=20)
+    min_contrast: Real = _p(0.05, "min_contrast", ge=0, le=1)  # smallest colour distance that counts as garment
+    # Opening radius (fraction of the long side): removes specks, thin threads, hanger hooks.
+    open_radius: Real = _p(0.01, "open_radius", ge=0, le=0.1)
+    # Closing radius: joins parts of one garment split by highlights or patterns.
+    close_radius: Real = _p(0.02, "close_radius", ge=0, le=0.2)
+    # On light backgrounds, pixels up to this much darker with the background's colour count half.
+    shadow: Real = _p(0.4, "shadow", ge=0, le=0.9)
+    # Background luminance below this is "already negative" (no inversion).
+    dark_background: Real = _p(0.3, "dark_background", ge=0, le=1)
+    fill: Real = _p(0.15, "fill", ge=0, le=1)  # minimum brightness inside the garment: light garments keep their shape
+    # This percentile of the garment is stretched to full brightness, by at most max_gain.
+    stretch_percentile: Real = _p(99.0, "stretch_percentile", ge=50, le=100)
+    max_gain: Real = _p(4.0, "max_gain", ge=1, le=50)
+    fit: Real = _p(1.0, "fit", ge=0.2, le=1)  # longest garment edge as a fraction of the canvas side (Fashion-MNIST: 1)
+    center: choice(CENTERS) = _p("bbox", "center")  # "bbox" (Fashion-MNIST) or "mass" (MNIST)
+    sharpen: Real = _p(0.5, "sharpen", ge=0, le=5)  # unsharp-mask amount after resizing (Zalando sharpened theirs)
+    # GrabCut: the starting rectangle is the photo minus this fraction of each side.
+    margin: Real = _p(0.03, "margin", ge=0, le=0.3)
+    iterations: Whole = _p(5, "iterations", ge=1, le=20)  # GrabCut: rounds of GrabCut
+    # GrabCut: a garment smaller than this fraction of the photo falls back to the rectangle.
+    min_fraction: Real = _p(0.01, "min_fraction", ge=0, le=0.5)
+
+
+DEFAULT_PREPROCESS: dict[str, Any] = PhotoParams().to_dict()
 # The real-photo mode, as models adapted to phone photos use it (chosen with bench/real_photos.py on photos
 # held out of real-photos-train; 200 px segments as well as 256 px, faster; sharpening cost accuracy).
 GRABCUT_PREPROCESS: dict[str, Any] = {"mode": "grabcut", "work_size": 200, "sharpen": 0.0}
-MODES = ("garment", "grabcut", "resize")
-_CHOICES = {"mode": MODES, "center": ("bbox", "mass")}
-_RANGES = {"work_size": (32, 1024), "border": (0.01, 0.25), "chroma_weight": (0.0, 10.0), "smooth": (0.0, 0.1),
-           "noise_sigmas": (0.0, 20.0), "min_contrast": (0.0, 1.0), "open_radius": (0.0, 0.1),
-           "close_radius": (0.0, 0.2), "shadow": (0.0, 0.9), "dark_background": (0.0, 1.0), "fill": (0.0, 1.0),
-           "stretch_percentile": (50.0, 100.0), "max_gain": (1.0, 50.0), "fit": (0.2, 1.0), "sharpen": (0.0, 5.0),
-           "margin": (0.0, 0.3), "iterations": (1, 20), "min_fraction": (0.0, 0.5)}
 
 
 # ----------------------------------------------------------------------------- parameters
 
 def resolve_preprocess(params: dict | None, input_shape: tuple[int, ...] = (28, 28, 1)) -> dict:
     """Defaults merged with a model's stored parameters; ValueError naming any unknown or out-of-range one."""
-    params = dict(params or {})
-    unknown = sorted(set(params) - set(DEFAULT_PREPROCESS) - {"version"})
-    if unknown:
-        raise ValueError(f"unknown preprocessing setting(s): {', '.join(unknown)}")
-    resolved = dict(DEFAULT_PREPROCESS)
+    params = {k: v for k, v in dict(params or {}).items() if k != "version"}
     if len(input_shape) == 3 and input_shape[2] == 3 and "mode" not in params:
-        resolved["mode"] = "resize"  # colour datasets (CIFAR-10) are natural images, not garments on a background
-    resolved.update({k: v for k, v in params.items() if k != "version"})
-    for name, choices in _CHOICES.items():
-        if resolved[name] not in choices:
-            raise ValueError(f"preprocessing '{name}' must be one of {', '.join(choices)}, got {resolved[name]!r}")
-    for name, (low, high) in _RANGES.items():
-        value = resolved[name]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not low <= value <= high:
-            raise ValueError(f"preprocessing '{name}' must be a number from {low:g} to {high:g}, got {value!r}")
-    resolved["work_size"] = int(resolved["work_size"])
-    resolved["iterations"] = int(resolved["iterations"])
-    return resolved
+        params["mode"] = "resize"  # colour datasets (CIFAR-10) are natural images, not garments on a background
+    return PhotoParams.from_dict(params).to_dict()

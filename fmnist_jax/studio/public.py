@@ -14,31 +14,37 @@ import secrets
 import shutil
 import threading
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, ClassVar, Iterable, Mapping
+
+from pydantic import ConfigDict, Field
 
 from fmnist_jax import settings
+from fmnist_jax.checks import Real, Settings, Whole
 
 WORKSPACE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{15,63}")
 MARKER = ".last_used"
 LOCAL_COMMAND = "pip install -r requirements.txt && python -m fmnist_jax train --epochs N"
 
 
-@dataclass(frozen=True)
-class PublicLimits:
+class PublicLimits(Settings):
     """Caps that keep a shared public Space responsive."""
 
-    max_jobs_per_visitor: int = 1  # queued or running, per workspace
-    max_jobs_total: int = 6  # queued or running, all visitors together
-    max_running: int = 1  # trainings at the same time (the rest wait in the queue)
-    max_epoch_images: int = 600_000  # epochs x training images per job: 10 epochs of Fashion-MNIST's 60,000
-    upload_cap_mb: int = 100  # also STREAMLIT_SERVER_MAX_UPLOAD_SIZE in the Space's Dockerfile
-    idle_hours: float = 24.0  # workspaces untouched this long are deleted
+    model_config = ConfigDict(frozen=True)
+    kind: ClassVar[str] = "public limit"
 
-    ENV = {"max_jobs_per_visitor": "FMNIST_PUBLIC_MAX_JOBS_PER_VISITOR", "max_jobs_total": "FMNIST_PUBLIC_MAX_JOBS",
-           "max_running": "FMNIST_PUBLIC_MAX_RUNNING", "max_epoch_images": "FMNIST_PUBLIC_MAX_EPOCH_IMAGES",
-           "upload_cap_mb": "FMNIST_PUBLIC_UPLOAD_MB", "idle_hours": "FMNIST_PUBLIC_IDLE_HOURS"}
+    max_jobs_per_visitor: Whole = Field(1, gt=0, title="jobs per visitor")  # queued or running, per workspace
+    max_jobs_total: Whole = Field(6, gt=0, title="jobs in total")  # queued or running, all visitors together
+    max_running: Whole = Field(1, gt=0, title="trainings at a time")  # the rest wait in the queue
+    # Epochs x training images per job: 10 epochs of Fashion-MNIST's 60,000.
+    max_epoch_images: Whole = Field(600_000, gt=0, title="training images per job")
+    upload_cap_mb: Whole = Field(100, gt=0, title="upload size (MB)")  # also STREAMLIT_SERVER_MAX_UPLOAD_SIZE (Dockerfile)
+    idle_hours: Real = Field(24.0, gt=0, title="idle hours")  # workspaces untouched this long are deleted
+
+    ENV: ClassVar[dict[str, str]] = {
+        "max_jobs_per_visitor": "FMNIST_PUBLIC_MAX_JOBS_PER_VISITOR", "max_jobs_total": "FMNIST_PUBLIC_MAX_JOBS",
+        "max_running": "FMNIST_PUBLIC_MAX_RUNNING", "max_epoch_images": "FMNIST_PUBLIC_MAX_EPOCH_IMAGES",
+        "upload_cap_mb": "FMNIST_PUBLIC_UPLOAD_MB", "idle_hours": "FMNIST_PUBLIC_IDLE_HOURS"}
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "PublicLimits":
@@ -49,19 +55,14 @@ class PublicLimits:
             raw = environ.get(variable)
             if raw is None or not raw.strip():
                 continue
-            kind = float if field_name == "idle_hours" else int
             try:
-                value = kind(raw)
+                value = float(raw)
+                cls(**{field_name: int(value) if value.is_integer() else value})
             except ValueError:
-                raise ValueError(f"{variable} must be a number, got {raw!r}") from None
-            if not value > 0 or value != value:
-                raise ValueError(f"{variable} must be above 0, got {raw!r}")
-            values[field_name] = value
+                what = "a number" if field_name == "idle_hours" else "a whole number"
+                raise ValueError(f"{variable} must be {what} above 0, got {raw!r}") from None
+            values[field_name] = int(value) if value.is_integer() else value
         return cls(**values)
-
-    def to_dict(self) -> dict:
-        """JSON-ready form for the UI."""
-        return asdict(self)
 
     def describe(self) -> list[str]:
         """Lines for the app's 'public Space limits' note."""

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import Any, ClassVar
 
-from fmnist_jax.checks import _choice, _number
+from pydantic import Field, StrictBool
+
+from fmnist_jax.checks import Real, Settings, Whole, choice
 from fmnist_jax.data.augment import AugmentConfig
 from fmnist_jax.model.cpu_ops import CONV_IMPLS
 
@@ -19,120 +20,71 @@ DATA_PARALLEL = ("auto", "off", "on")
 SET_LOSSES = ("best", "any")
 
 
-@dataclass
-class TrainConfig:
-    """Everything that decides how a model trains; validate() before use."""
+def _num(default: Any, title: str, **bounds: Any) -> Any:
+    return Field(default, title=title, **bounds)
 
-    epochs: int = 10
-    batch_size: int = 128
-    optimizer: str = "adam"
-    learning_rate: float = 1e-3
-    momentum: float = 0.9
-    nesterov: bool = False
-    beta1: float = 0.9
-    beta2: float = 0.999
-    rho: float = 0.9
-    epsilon: float = 1e-7
-    schedule: str = "constant"
-    warmup_epochs: float = 1.0
-    step_every_epochs: int = 10
-    step_factor: float = 0.1
-    weight_decay: float = 0.0
-    grad_clip: float = 0.0
-    loss: str = "cross_entropy"
-    label_smoothing: float = 0.0
-    focal_gamma: float = 2.0
-    early_stopping: bool = False
-    patience: int = 5
-    min_delta: float = 0.0
-    monitor: str = "val_accuracy"
-    restore_best: bool = True
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    seed: int = 0
-    precision: str = "float32"
-    chunk_steps: int = 50
-    eval_batch_size: int = 1000
-    data_parallel: str = "auto"
-    conv_impl: str = "auto"
-    outlier_weight: float = 1.0   # weight of the "not sure" loss for examples outside the classes (set labels)
-    set_loss: str = "best"        # set labels: "best" = -log of the likeliest acceptable class, "any" = of their sum
-    freeze_layers: int = 0        # transfer learning: the first N layers keep the starting model's weights
 
-    def validate(self, train_size: int | None = None) -> "TrainConfig":
+class TrainConfig(Settings):
+    """Everything that decides how a model trains; validate() before use (it adds the checks across fields)."""
+
+    kind: ClassVar[str] = "training"
+
+    epochs: Whole = _num(10, "epochs", ge=1, le=10_000)
+    batch_size: Whole = _num(128, "batch size", ge=1, le=65_536)
+    optimizer: choice(OPTIMIZERS) = _num("adam", "optimizer")
+    learning_rate: Real = _num(1e-3, "learning rate", gt=0, le=10.0)
+    momentum: Real = _num(0.9, "momentum", ge=0, le=0.9999)
+    nesterov: StrictBool = _num(False, "nesterov")
+    beta1: Real = _num(0.9, "beta1", ge=0, le=0.9999)
+    beta2: Real = _num(0.999, "beta2", ge=0, le=0.99999)
+    rho: Real = _num(0.9, "rho", ge=0, le=0.9999)
+    epsilon: Real = _num(1e-7, "epsilon", gt=0, le=1.0)
+    schedule: choice(SCHEDULES) = _num("constant", "schedule")
+    warmup_epochs: Real = _num(1.0, "warmup epochs", ge=0, le=10_000)  # and at most `epochs` (validate)
+    step_every_epochs: Whole = _num(10, "step every (epochs)", ge=1, le=10_000)
+    step_factor: Real = _num(0.1, "step factor", gt=0, le=1)
+    weight_decay: Real = _num(0.0, "weight decay", ge=0, le=1)
+    grad_clip: Real = _num(0.0, "gradient clipping", ge=0, le=1e6)
+    loss: choice(LOSSES) = _num("cross_entropy", "loss")
+    label_smoothing: Real = _num(0.0, "label smoothing", ge=0, le=0.5)
+    focal_gamma: Real = _num(2.0, "focal gamma", ge=0, le=10)
+    early_stopping: StrictBool = _num(False, "early_stopping")
+    patience: Whole = _num(5, "patience", ge=1, le=10_000)
+    min_delta: Real = _num(0.0, "min delta", ge=0, le=1)
+    monitor: choice(MONITORS) = _num("val_accuracy", "early-stopping monitor")
+    restore_best: StrictBool = _num(True, "restore_best")
+    augment: AugmentConfig = Field(default_factory=AugmentConfig, title="augment")
+    seed: Whole = _num(0, "seed", ge=0, le=2**31 - 1)
+    precision: choice(PRECISIONS) = _num("float32", "precision")
+    chunk_steps: Whole = _num(50, "chunk steps", ge=1, le=100_000)
+    eval_batch_size: Whole = _num(1000, "evaluation batch size", ge=1, le=65_536)
+    data_parallel: choice(DATA_PARALLEL) = _num("auto", "data parallel")
+    conv_impl: choice(CONV_IMPLS) = _num("auto", "convolution implementation")
+    # Weight of the "not sure" loss for examples outside the classes (set labels).
+    outlier_weight: Real = _num(1.0, "outlier weight", ge=0, le=100)
+    # Set labels: "best" = -log of the likeliest acceptable class, "any" = of their sum.
+    set_loss: choice(SET_LOSSES) = _num("best", "set loss")
+    # Transfer learning: the first N layers keep the starting model's weights.
+    freeze_layers: Whole = _num(0, "frozen layers", ge=0, le=200)
+
+    def validate(self, train_size: int | None = None) -> "TrainConfig":  # type: ignore[override]
         """Raise ValueError with a message a user can act on; returns self for chaining."""
-        _number("epochs", self.epochs, 1, 10_000, whole=True)
-        _number("batch size", self.batch_size, 1, 65_536, whole=True)
+        self.recheck()
         if train_size is not None and self.batch_size > train_size:
             raise ValueError(f"batch size {self.batch_size} is larger than the training split ({train_size} examples); "
                              f"lower it to at most {train_size}")
-        _choice("optimizer", self.optimizer, OPTIMIZERS)
-        _number("learning rate", self.learning_rate, 0, 10.0, low_open=True)
-        _number("momentum", self.momentum, 0, 0.9999)
-        _number("beta1", self.beta1, 0, 0.9999)
-        _number("beta2", self.beta2, 0, 0.99999)
-        _number("rho", self.rho, 0, 0.9999)
-        _number("epsilon", self.epsilon, 0, 1.0, low_open=True)
-        _choice("schedule", self.schedule, SCHEDULES)
-        _number("warmup epochs", self.warmup_epochs, 0, self.epochs)
-        _number("step every (epochs)", self.step_every_epochs, 1, 10_000, whole=True)
-        _number("step factor", self.step_factor, 0, 1, low_open=True)
-        _number("weight decay", self.weight_decay, 0, 1)
-        _number("gradient clipping", self.grad_clip, 0, 1e6)
-        _choice("loss", self.loss, LOSSES)
-        _number("label smoothing", self.label_smoothing, 0, 0.5)
-        _number("focal gamma", self.focal_gamma, 0, 10)
-        _number("patience", self.patience, 1, 10_000, whole=True)
-        _number("outlier weight", self.outlier_weight, 0, 100)
-        _choice("set loss", self.set_loss, SET_LOSSES)
-        _number("frozen layers", self.freeze_layers, 0, 200, whole=True)
-        _number("min delta", self.min_delta, 0, 1)
-        _choice("early-stopping monitor", self.monitor, MONITORS)
-        _number("seed", self.seed, 0, 2**31 - 1, whole=True)
-        _choice("precision", self.precision, PRECISIONS)
-        _number("chunk steps", self.chunk_steps, 1, 100_000, whole=True)
-        _number("evaluation batch size", self.eval_batch_size, 1, 65_536, whole=True)
-        _choice("data parallel", self.data_parallel, DATA_PARALLEL)
-        _choice("convolution implementation", self.conv_impl, CONV_IMPLS)
-        for name in ("nesterov", "early_stopping", "restore_best"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
-        if not isinstance(self.augment, AugmentConfig):
-            raise ValueError("augment must be an augmentation settings object")
-        self.augment.validate()
+        if self.warmup_epochs > self.epochs:
+            raise ValueError(f"warmup epochs must be at most {self.epochs:g} (the number of epochs), "
+                             f"got {self.warmup_epochs!r}")
         return self
-
-    def to_dict(self) -> dict:
-        """JSON-ready dict."""
-        return asdict(self)
 
     def to_json(self) -> str:
         """JSON text that from_json reads back to an equal config."""
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
-    def from_dict(cls, values: dict) -> "TrainConfig":
-        """Build from a dict; unknown keys raise ValueError naming them. Does not validate values."""
-        if not isinstance(values, dict):
-            raise ValueError("a training config must be a JSON object")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown training setting(s): {', '.join(unknown)}")
-        values = dict(values)
-        augment = values.pop("augment", {}) or {}
-        if isinstance(augment, dict):
-            aug_known = {f.name for f in fields(AugmentConfig)}
-            bad = sorted(set(augment) - aug_known)
-            if bad:
-                raise ValueError(f"unknown augmentation setting(s): {', '.join(bad)}")
-            augment = AugmentConfig(**augment)
-        else:
-            raise ValueError("'augment' must be a JSON object")
-        return cls(augment=augment, **values)
-
-    @classmethod
     def from_json(cls, text: str) -> "TrainConfig":
-        """Parse JSON text (ValueError on malformed JSON or unknown keys)."""
+        """Parse JSON text (ValueError on malformed JSON, unknown keys or bad values)."""
         try:
             values = json.loads(text)
         except json.JSONDecodeError as error:
@@ -140,9 +92,7 @@ class TrainConfig:
         return cls.from_dict(values)
 
     def replace(self, **changes: Any) -> "TrainConfig":
-        """A copy with some fields changed (nested augment may be a dict)."""
+        """A copy with some fields changed (nested augment may be a dict or an AugmentConfig)."""
         values = self.to_dict()
-        values.update(changes)
-        if isinstance(values.get("augment"), AugmentConfig):
-            values["augment"] = asdict(values["augment"])
+        values.update({k: v.to_dict() if isinstance(v, AugmentConfig) else v for k, v in changes.items()})
         return TrainConfig.from_dict(values)
