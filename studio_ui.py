@@ -3,6 +3,8 @@ guards for missing prerequisites and small formatting helpers. No jax/flax/optax
 """
 from __future__ import annotations
 
+import logging
+import secrets
 import time
 from typing import Any
 
@@ -63,12 +65,39 @@ def frame() -> dict | None:
     link straight to a page works even as the first request after a server start.
     """
     st.set_page_config(page_title="Fashion-MNIST Studio", page_icon=":material/checkroom:", layout="wide")
+    _report_unexpected_errors()
     ws = workspace()
     if settings.public_mode():
         proj.cleanup_public_workspaces(keep=ws.home.name)
     project = current_project()
     sidebar(project)
     return project
+
+
+_LOG = logging.getLogger("fmnist_jax.studio")
+
+
+def unexpected_error(error: Exception) -> bool:
+    """A bug, not a user's mistake: logged with a short reference that the page shows instead of a traceback.
+
+    Errors a user can cause are caught where they happen and explained in one line; whatever reaches this
+    point is logged in full (with the reference, so a report can be matched to the log) and kept off the page.
+    """
+    reference = secrets.token_hex(4)
+    _LOG.error("unexpected error, reference %s", reference, exc_info=error)
+    st.error(f"Something went wrong that should not have (reference **{reference}**). Nothing you saved was lost: "
+             "reload the page to carry on. If it happens again, report the reference; the details are in the "
+             "server log.", icon=":material/bug_report:")
+    return True  # suppresses Streamlit's own traceback box
+
+
+def _report_unexpected_errors() -> None:
+    # Streamlit calls the run context's on_script_error for an exception that escapes the page script or a
+    # fragment; its own box (a traceback) is shown only when there is no handler or the handler fails.
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+    ctx = get_script_run_ctx()
+    if ctx is not None:
+        ctx.on_script_error = unexpected_error
 
 
 def current_project() -> dict | None:

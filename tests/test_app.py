@@ -509,3 +509,20 @@ def test_how_it_works_reads_in_order_when_columns_stack(workspace: Path) -> None
     at = open_app()
     steps = [m.value for m in at.markdown if " · " in m.value and m.value.split("**")[1][:1].isdigit()]
     assert [int(s.split("**")[1].split(" ")[0]) for s in steps] == [1, 2, 3, 4, 5, 6]  # document order = reading order
+
+
+def test_an_unexpected_error_shows_a_reference_not_a_traceback(seeded: dict, monkeypatch: pytest.MonkeyPatch,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    def broken(*args, **kwargs):
+        return {}["a key the code forgot"]  # a bug, not a user's mistake
+
+    monkeypatch.setattr(proj, "project_summary", broken)
+    with caplog.at_level("ERROR", logger="fmnist_jax.studio"):
+        at = open_app(project_id=seeded["id"])
+    assert not at.exception, "Streamlit's traceback box was shown"
+    shown = texts(at, "error")
+    assert "Something went wrong that should not have (reference" in shown
+    reference = shown.split("reference **")[1].split("**")[0]
+    assert len(reference) == 8
+    logged = [r for r in caplog.records if reference in r.getMessage()]
+    assert logged and logged[0].exc_info and logged[0].exc_info[0] is KeyError
