@@ -132,7 +132,7 @@ bar.empty()
 # ----------------------------------------------------------------------------- split
 
 st.subheader("Split")
-saved = proj.split_spec(project)
+saved = proj.split_spec(project, dataset)
 controls, counts_column = st.columns([3, 2], gap="large")
 with controls:
     mode = st.radio("Split mode", ["official", "pooled"], index=["official", "pooled"].index(saved.mode),
@@ -184,7 +184,7 @@ with counts_column:
         st.caption(f"Training uses only the first {proj.train_limit(project):,} training images "
                    f"(set on Hyperparameters).")
 
-if spec.to_dict() != saved.to_dict():
+if spec.to_dict() != saved.to_dict() or not project.get("split"):
     ui.save_project(project, split=spec.to_dict())
 
 with st.spinner("Splitting…"):
@@ -198,9 +198,7 @@ with pixels_column:
     st.markdown("**Pixel intensities** (training images)")
     st.altair_chart(charts.pixel_histogram(splitting.pixel_histogram(splits.train_images, bins=32, seed=spec.seed)),
                     width="stretch")
-    sample = splits.train_images[:2000]
-    st.caption(f"Mean intensity {float(np.mean(sample)):.1f} / 255; {float(np.mean(sample == 0)):.0%} of pixels are "
-               "pure black: garments are bright on a black background.")
+    st.caption(estimates.describe_pixels(splits.train_images))
 st.markdown("**Samples** · three random training images per class")
 gallery = splitting.sample_gallery(splits.train_images, splits.train_labels, per_class=3, seed=spec.seed)
 columns = st.columns(len(gallery))

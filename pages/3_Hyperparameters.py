@@ -31,7 +31,7 @@ project = ui.require_project()
 pid = project["id"]
 try:
     dataset = proj.load_dataset(project)
-    counts = proj.checked_split_counts(dataset, proj.split_spec(project))
+    counts = proj.checked_split_counts(dataset, proj.split_spec(project, dataset))
 except (ValueError, catalogue.DataUnavailable) as error:
     st.error(f"The project's data or split is not usable ({ui.plain(error)}); fix it on the Data page.", icon=":material/error:")
     ui.link("data", "Go to Data")

@@ -51,7 +51,7 @@ with st.container(border=True):
         with links[2]:
             ui.link("hyper", "Fix the hyperparameters")
     else:
-        counts = proj.split_counts(dataset, proj.split_spec(project))
+        counts = proj.split_counts(dataset, proj.split_spec(project, dataset))
         cols = st.columns(4)
         cols[0].markdown(f"**Data** · {proj.DATASET_LABELS.get(project.get('dataset') or 'fashion_mnist', 'uploaded').split(' (')[0]}  \n"
                          f":gray[{train_size:,} train · {counts['validation']:,} val · {counts['test']:,} test]")

@@ -98,3 +98,16 @@ def test_validate_with_counts_checks_official_splits_without_a_test_total() -> N
     assert spec.validate(num_classes=10, total=60_000) is spec
     with pytest.raises(ValueError, match="validation split would have 5 examples"):
         spec.validate(num_classes=10, total=50)
+
+
+def test_the_default_split_fits_small_datasets() -> None:
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(3), 7).astype(np.int32)  # 21 images of 3 classes and no test set: an upload
+    small = catalogue.Dataset("upload/tiny", rng.integers(0, 255, (21, 8, 8, 1), dtype=np.uint8), labels,
+                              np.zeros((0, 8, 8, 1), np.uint8), np.zeros((0,), np.int32), ("a", "b", "c"))
+    with pytest.raises(ValueError, match="fewer than the 3 classes"):
+        splitting.make_splits(small, splitting.SplitSpec())  # 10% of 21 is 2 images for 3 classes
+    spec = splitting.default_spec(small)
+    splits = splitting.make_splits(small, spec)
+    assert spec.val_fraction == 0.12 and min(splits.counts().values()) >= 3
+    assert splitting.default_spec(catalogue.synthetic_dataset(num_train=2000, num_test=500)) == splitting.SplitSpec()

@@ -234,3 +234,22 @@ def test_job_progress_names_the_epoch_in_progress_before_its_first_chunk() -> No
     assert tasks.job_progress(first_chunk)["epoch"] == 1
     finished = {**starting, "status": "completed", "epochs": [{"epoch": 3, "val_accuracy": 0.9, "seconds": 1.0}]}
     assert tasks.job_progress(finished)["epoch"] == 3
+
+
+def test_colour_images_are_previewed_in_colour_and_captions_come_from_the_data() -> None:
+    red = np.zeros((2, 8, 8, 3), np.uint8)
+    red[..., 0] = 200
+    red[..., 2] = 40
+    grid = estimates.montage(red, columns=2, factor=2, gap=2)
+    assert grid.shape == (16, 2 * 16 + 2, 3)
+    assert tuple(grid[0, 0]) == (200, 0, 40) and tuple(grid[0, 16]) == (90, 90, 90)  # the colour, then the gap
+
+    dark = np.zeros((20, 28, 28, 1), np.uint8)
+    dark[:, 8:20, 8:20] = 220
+    assert "bright on a dark background" in estimates.describe_pixels(dark)
+    assert "dark on a light background" in estimates.describe_pixels(255 - dark)
+    rng = np.random.default_rng(0)
+    natural = rng.integers(0, 256, (20, 32, 32, 3), dtype=np.uint8)
+    caption = estimates.describe_pixels(natural)
+    assert "Backgrounds vary" in caption and "Mean brightness" in caption and "0% of pixels are pure black" in caption
+    assert "bright on" not in caption

@@ -128,6 +128,17 @@ def split_counts(dataset: Dataset, spec: SplitSpec) -> dict[str, int]:
                        len(dataset.val_labels) if dataset.has_val else None)
 
 
+def default_spec(dataset: Dataset) -> SplitSpec:
+    """The default split for a dataset: the source's own test set and 10% validation, with the carved share
+    raised (up to 50%) when a small dataset would otherwise give a split fewer images than it has classes.
+    A dataset too small for any share keeps the plain default, and the Data page says what to change."""
+    for percent in range(10, 51):
+        spec = SplitSpec(val_fraction=percent / 100)
+        if min(split_counts(dataset, spec).values()) >= dataset.num_classes:
+            return spec
+    return SplitSpec()
+
+
 def make_splits(dataset: Dataset, spec: SplitSpec | None = None) -> Splits:
     """Split a dataset according to `spec`; the same seed always gives the same split, bit for bit.
 

@@ -68,18 +68,41 @@ def side_by_side(images: list[np.ndarray], height: int = 140, gap: int = 6) -> n
 
 
 def montage(images: np.ndarray, columns: int, factor: int = 3, gap: int = 2) -> np.ndarray:
-    """Tile uint8 (N, H, W[, 1]) images into one grid image with grey gaps."""
+    """Tile uint8 (N, H, W[, C]) images into one grid image with grey gaps; colour images stay in colour."""
     images = np.asarray(images)
-    if images.ndim == 4:
+    if images.ndim == 4 and images.shape[-1] == 1:
         images = images[..., 0]
-    count, height, width = images.shape
+    count, height, width = images.shape[:3]
     rows = max(1, math.ceil(count / columns))
     cell_h, cell_w = height * factor, width * factor
-    canvas = np.full((rows * cell_h + (rows - 1) * gap, columns * cell_w + (columns - 1) * gap), 90, np.uint8)
+    canvas = np.full((rows * cell_h + (rows - 1) * gap, columns * cell_w + (columns - 1) * gap, *images.shape[3:]),
+                     90, np.uint8)
     for i, image in enumerate(images):
         r, c = divmod(i, columns)
         canvas[r * (cell_h + gap):r * (cell_h + gap) + cell_h, c * (cell_w + gap):c * (cell_w + gap) + cell_w] = upscale(image, factor)
     return canvas
+
+
+def describe_pixels(images: np.ndarray) -> str:
+    """The Data page's caption under the pixel histogram, written from the images (uint8 (N, H, W, C)).
+
+    The background is judged from the outermost ring of pixels: Fashion-MNIST's garments are bright on
+    black; photos of objects on white are the negative of that; natural images have no common background.
+    """
+    images = np.asarray(images[:2000], np.float32)
+    gray = images.mean(axis=-1) if images.ndim == 4 else images
+    ring = np.concatenate([gray[:, 0, :], gray[:, -1, :], gray[:, :, 0], gray[:, :, -1]], axis=1)
+    black = float(np.mean(np.all(images == 0, axis=-1) if images.ndim == 4 else images == 0))
+    colour = images.ndim == 4 and images.shape[-1] == 3
+    text = (f"Mean {'brightness' if colour else 'intensity'} {float(gray.mean()):.1f} / 255; "
+            f"{black:.0%} of pixels are pure black. ")
+    edge, spread = float(np.median(ring)), float(np.mean(np.abs(ring - np.median(ring)) < 24))
+    if edge < 32 and spread > 0.6:
+        return text + "The objects are bright on a dark background, as in Fashion-MNIST."
+    if edge > 223 and spread > 0.6:
+        return text + ("The objects are dark on a light background: the negative of Fashion-MNIST "
+                       "(photos for this model should look the same).")
+    return text + "Backgrounds vary from image to image, as in natural photos."
 
 
 def device_info() -> dict:

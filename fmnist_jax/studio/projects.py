@@ -84,10 +84,13 @@ def cleanup_public_workspaces(keep: str) -> list[str]:
 
 # ----------------------------------------------------------------------------- project record -> objects
 
-def split_spec(project: dict) -> splitting.SplitSpec:
-    """The project's split settings (defaults: official test set, 10% validation, seed 0, stratified)."""
+def split_spec(project: dict, dataset: catalogue.Dataset | None = None) -> splitting.SplitSpec:
+    """The project's split settings; where none are stored, the default that fits the dataset (official test
+    set, 10% validation, more for small datasets; seed 0, stratified)."""
     stored = project.get("split")
-    return splitting.SplitSpec.from_dict(stored) if stored else splitting.SplitSpec()
+    if stored:
+        return splitting.SplitSpec.from_dict(stored)
+    return splitting.default_spec(dataset) if dataset is not None else splitting.SplitSpec()
 
 
 def train_config(project: dict) -> TrainConfig:
@@ -201,7 +204,7 @@ def make_splits(dataset: catalogue.Dataset, spec: splitting.SplitSpec) -> splitt
 def load_splits(project_or_run: dict, progress: Progress | None = None) -> splitting.Splits:
     """The train/validation/test splits of a project or run record (before any training limit)."""
     dataset = load_dataset(project_or_run, progress)
-    return make_splits(dataset, split_spec(project_or_run))
+    return make_splits(dataset, split_spec(project_or_run, dataset))
 
 
 def split_counts(dataset: catalogue.Dataset, spec: splitting.SplitSpec) -> dict[str, int]:
@@ -215,8 +218,11 @@ def checked_split_counts(dataset: catalogue.Dataset, spec: splitting.SplitSpec) 
     counts = split_counts(dataset, spec)
     for part, count in counts.items():
         if count < dataset.num_classes:
+            total = sum(counts.values())
+            advice = ("give it a larger share" if total >= 3 * dataset.num_classes else
+                      f"the dataset has {total} images in all; add images so that each split can hold one of each class")
             raise ValueError(f"the {part} split would have {count} examples, fewer than the {dataset.num_classes} "
-                             f"classes; give it a larger fraction")
+                             f"classes; {advice}")
     return counts
 
 

@@ -42,7 +42,7 @@ def _prepare_for(record: dict, spec: list, cfg: TrainConfig, limit: int | None) 
 def check_trainable(project: dict, dataset: catalogue.Dataset | None = None) -> tuple[list, TrainConfig, int]:
     """(spec, config, train size) if the project can train as it stands; ValueError saying what to fix."""
     dataset = dataset or load_dataset(project)
-    counts = checked_split_counts(dataset, split_spec(project))
+    counts = checked_split_counts(dataset, split_spec(project, dataset))
     limit = train_limit(project)
     train_size = min(counts["train"], limit) if limit else counts["train"]
     spec = model_spec(project, dataset.num_classes)
@@ -54,7 +54,8 @@ def check_trainable(project: dict, dataset: catalogue.Dataset | None = None) -> 
 def start_training(ws: store.Workspace, project: dict, run_name: str | None = None, registry: Any = None) -> dict:
     """Validate the project's settings and queue a training job; returns the job snapshot (ValueError if refused)."""
     registry = registry or get_registry()
-    spec, cfg, train_size = check_trainable(project)
+    dataset = load_dataset(project)
+    spec, cfg, train_size = check_trainable(project, dataset)
     if settings.public_mode():
         from fmnist_jax.studio import public
 
@@ -65,7 +66,7 @@ def start_training(ws: store.Workspace, project: dict, run_name: str | None = No
     init_from = starting_model(ws, project, spec) if project.get("init_from") else None
     run_dir = ws.new_run_dir(project["id"], run_name or None)
     record = {"dataset": project.get("dataset") or "fashion_mnist", "data_dir": data_folder(project),
-              "split": split_spec(project).to_dict(), "upload_home": project.get("upload_home")}
+              "split": split_spec(project, dataset).to_dict(), "upload_home": project.get("upload_home")}
     run_meta = {"preset": preset_of(project), "dataset": record["dataset"], "data_dir": record["data_dir"],
                 "limit": train_limit(project), "source": "studio", "project_id": project["id"],
                 **({"upload_home": record["upload_home"]} if record["upload_home"] else {}),
