@@ -133,16 +133,16 @@ with editor:
     for index, (layer, uid) in enumerate(zip(draft["layers"], draft["uids"])):
         layer_type = layer_specs.REGISTRY[layer["type"]]
         with st.container(border=True, key=f"layer-box-{uid}"):
-            head, buttons = st.columns([5, 2], vertical_alignment="center")
+            head, buttons = st.columns([4, 3], vertical_alignment="center")
             head.markdown(f"**{index} · {layer_type.label}** &nbsp; :gray[{charts.layer_summary(layer)}]",
                           help=layer_type.description)
             with buttons.container(horizontal=True, horizontal_alignment="right", gap="small"):
-                st.button("", icon=":material/arrow_upward:", key=f"up-{uid}", on_click=_move_layer, args=(index, -1),
-                          disabled=index == 0, help="Move up", type="tertiary")
-                st.button("", icon=":material/arrow_downward:", key=f"down-{uid}", on_click=_move_layer,
-                          args=(index, 1), disabled=index == len(draft["layers"]) - 1, help="Move down", type="tertiary")
-                st.button("", icon=":material/delete:", key=f"remove-{uid}", on_click=_remove_layer, args=(index,),
-                          help="Remove this layer", type="tertiary")
+                st.button("Up", icon=":material/arrow_upward:", key=f"up-{uid}", on_click=_move_layer, args=(index, -1),
+                          disabled=index == 0, help=f"Move layer {index} up", type="tertiary")
+                st.button("Down", icon=":material/arrow_downward:", key=f"down-{uid}", on_click=_move_layer, args=(index, 1),
+                          disabled=index == len(draft["layers"]) - 1, help=f"Move layer {index} down", type="tertiary")
+                st.button("Remove", icon=":material/delete:", key=f"remove-{uid}", on_click=_remove_layer, args=(index,),
+                          help=f"Remove layer {index}", type="tertiary")
             values = {"type": layer["type"]}
             for row_start in range(0, len(layer_type.params), 3):
                 columns = st.columns(3)

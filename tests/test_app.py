@@ -165,6 +165,25 @@ def test_model_page_adds_a_layer_and_saves_a_valid_stack(seeded: dict) -> None:
     assert saved[1]["units"] == 128
 
 
+def test_model_page_layer_buttons_have_names_and_move_and_remove_layers(seeded: dict) -> None:
+    pid = seeded["id"]
+    at = open_app("pages/2_Model.py", pid)
+
+    def layer_titles() -> list[str]:
+        return [m.value.split("**")[1] for m in at.markdown if m.value.startswith("**") and " · " in m.value.split("**")[1]]
+
+    def button(prefix: str, index: int):
+        return [b for b in at.button if b.key and b.key.startswith(prefix)][index]
+
+    per_layer = [b for b in at.button if b.key and b.key.startswith(("up-", "down-", "remove-"))]
+    assert sorted({b.label for b in per_layer}) == ["Down", "Remove", "Up"]  # what a screen reader reads
+    assert layer_titles() == ["0 · Flatten", "1 · Dense"]
+    button("down-", 0).click().run()
+    assert layer_titles() == ["0 · Dense", "1 · Flatten"]
+    button("remove-", 0).click().run()
+    assert not at.exception and layer_titles() == ["0 · Flatten"]
+
+
 def _form_widget(widgets, label: str):
     return next(w for w in widgets if w.label == label)
 
