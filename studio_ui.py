@@ -177,6 +177,8 @@ def seconds_text(seconds: float | None) -> str:
     if seconds is None:
         return "–"
     seconds = max(0.0, float(seconds))
+    if seconds < 0.1:
+        return "under 0.1 s"
     if seconds < 60:
         return f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s"
     if seconds < 600:

@@ -49,11 +49,11 @@ recommended = proj.recommended_config(project)
 if recommended is not None:
     recipe, note = recommended
     with st.container(border=True):
-        text, button = st.columns([5, 1], vertical_alignment="center")
-        text.markdown(f"**Recommended for the {proj.preset_of(project)} model.** {note}")
+        st.markdown(f"**Recommended for the {proj.preset_of(project)} model.** {note}")
+        # Its own row under the text: in a narrow column beside it, the label was cut to "Use these set..."
         if cfg.to_dict() == recipe.to_dict():
-            button.badge("In use", icon=":material/check:", color="green")
-        elif button.button("Use these settings", key=f"hp-recipe-{pid}", icon=":material/bolt:"):
+            st.badge("In use", icon=":material/check:", color="green")
+        elif st.button("Use these settings", key=f"hp-recipe-{pid}", icon=":material/bolt:"):
             if ui.save_project(project, config=recipe.to_dict()) is not None:
                 # fresh keys: the browser keeps a keyed picker's old choice even when its default changes
                 st.session_state[f"hp-version-{pid}"] = st.session_state.get(f"hp-version-{pid}", 0) + 1
@@ -210,14 +210,21 @@ with right:
         st.info(f"No estimate: the model is not valid ({ui.plain(error)}).", icon=":material/info:")
     else:
         device = ui.device()
-        m = st.columns(2)
-        m[0].metric("Per epoch", ui.seconds_text(estimate["seconds"]))
-        m[1].metric("Whole run", ui.seconds_text(estimate["seconds"] * cfg.epochs))
+        startup = estimate["startup"]
+        m = st.columns(3)
+        m[0].metric("Start-up", ui.seconds_text(startup["seconds"]) if startup else "first run",
+                    help="Model set-up, data on the device and compilation, before the first epoch"
+                         + (f" (measured in run {startup['run']})." if startup else
+                            ": the first run measures it (typically 5 to 60 s on a CPU)."))
+        m[1].metric("Per epoch", ui.seconds_text(estimate["seconds"]))
+        m[2].metric("Whole run", ui.seconds_text(estimate["seconds"] * cfg.epochs + (startup["seconds"] if startup else 0))
+                    + ("" if startup else " + start-up"))
         st.caption(f"{estimate['flops_per_image'] / 1e6:,.1f} MFLOPs to train on one image × "
                    f"{steps_per_epoch * cfg.batch_size:,} images per epoch, at "
                    f"{estimate['flops_per_s'] / 1e9:,.1f} GFLOP/s on {device['platform'].upper()} "
-                   f"(from the {estimate['source']}), plus the validation pass. Compilation adds a few seconds "
-                   f"at the start.")
+                   f"(from the {estimate['source']}), plus the validation pass"
+                   + (f"; start-up as measured in run {startup['run']}." if startup else
+                      "; the first run's start-up (compilation) is measured and shown here after it."))
     layers_ok = True
     try:
         layer_specs.describe(spec, dataset.input_shape, dataset.num_classes)

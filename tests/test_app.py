@@ -184,6 +184,17 @@ def test_model_page_layer_buttons_have_names_and_move_and_remove_layers(seeded: 
     assert not at.exception and layer_titles() == ["0 · Flatten"]
 
 
+def test_hyperparameters_page_shows_the_start_up_apart_until_a_run_measures_it(seeded: dict) -> None:
+    at = open_app("pages/3_Hyperparameters.py", seeded["id"])
+    figures = metric_values(at)
+    assert figures["Start-up"] == "first run" and figures["Whole run"].endswith(" + start-up")
+    run_dir = store.Workspace().new_run_dir(seeded["id"], "measured")
+    store.atomic_write_json(run_dir / "run.json", {"name": "measured", "setup_seconds": 4.0, "compile_seconds": 21.5})
+    at.run()
+    figures = metric_values(at)
+    assert figures["Start-up"] == "26 s" and not figures["Whole run"].endswith("start-up")
+
+
 def _form_widget(widgets, label: str):
     return next(w for w in widgets if w.label == label)
 

@@ -111,6 +111,22 @@ def test_estimate_uses_the_measured_rate_then_a_previous_run(ws: store.Workspace
     second = estimates.estimate_epoch_seconds(ws, tiny_project["id"], spec, (28, 28, 1), 10, 1000, 100)
     assert second["source"] == "speed of run earlier"
     assert second["seconds"] == pytest.approx(2.0)  # 1,000 images at the earlier run's 500 images/s
+    assert first["startup"] is None and second["startup"] is None  # that run did not record its start-up
+
+
+def test_estimate_includes_the_start_up_a_real_run_measured(ws: store.Workspace, tiny_project: dict) -> None:
+    from fmnist_jax.training import loop
+    spec = proj.model_spec(tiny_project)
+    splits = splitting.make_splits(catalogue.synthetic_dataset(num_train=300, num_test=100))
+    run_dir = ws.new_run_dir(tiny_project["id"], "measured")
+    records = list(loop.train(spec, config.TrainConfig(epochs=1, batch_size=50), splits, run_dir=run_dir))
+    start = records[0]
+    assert start["kind"] == "start" and start["compile_seconds"] > 0 and start["setup_seconds"] > 0
+    saved = store.read_json(run_dir / "run.json")
+    assert (saved["compile_seconds"], saved["setup_seconds"]) == (start["compile_seconds"], start["setup_seconds"])
+    estimate = estimates.estimate_epoch_seconds(ws, tiny_project["id"], spec, (28, 28, 1), 10, 1000, 100)
+    assert estimate["startup"] == {"seconds": pytest.approx(start["compile_seconds"] + start["setup_seconds"]),
+                                   "run": "measured"}
 
 
 def test_sample_projects_get_unique_names(ws: store.Workspace) -> None:

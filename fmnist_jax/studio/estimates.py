@@ -152,30 +152,45 @@ def measured_flops_per_second() -> float:
     return _FLOPS_CACHE["matmul"]
 
 
+def _run_records(ws: store.Workspace, project_id: str) -> list[tuple[dict, dict]]:
+    """(summary, run.json) of a project's runs, newest first; unreadable run folders are left out."""
+    out = []
+    for run in ws.list_runs(project_id):
+        try:
+            out.append((run, store.read_json(Path(run["path"]) / "run.json")))
+        except (store.StoreError, KeyError):
+            continue
+    return out
+
+
 def estimate_epoch_seconds(ws: store.Workspace, project_id: str, spec: list, input_shape: tuple, num_classes: int,
                            train_size: int, val_size: int = 0) -> dict:
-    """Estimated seconds per epoch (training plus the validation pass) from the model's FLOPs and a throughput.
+    """Estimated seconds per epoch (training plus the validation pass) from the model's FLOPs and a throughput,
+    and the start-up before the first epoch (putting the data on the device, compiling).
 
     The throughput comes from this project's most recent run with history (its images/s times its
     model's FLOPs per image; its epochs included validation too), or else from a measured matmul rate
-    times CONV_EFFICIENCY.
+    times CONV_EFFICIENCY. The start-up is the most recent run's measured one ("startup": None before
+    any run has recorded it; runs made before it was recorded count as none).
     """
     info = layer_specs.describe(spec, input_shape, num_classes)
     flops_per_image = info["train_flops_per_image"]
     epoch_flops = train_size * flops_per_image + val_size * info["forward_flops"]
-    for run in ws.list_runs(project_id):
-        history = run_history(run["path"]) if run.get("path") else []
+    runs = _run_records(ws, project_id)
+    startup = next(({"seconds": record["setup_seconds"] + record["compile_seconds"], "run": run["name"]}
+                    for run, record in runs if "compile_seconds" in record and "setup_seconds" in record), None)
+    for run, run_record in runs:
+        history = run_history(run["path"])
         if not history:
             continue
         try:
-            run_record = store.read_json(Path(run["path"]) / "run.json")
             run_flops = layer_specs.describe(run_record["spec"], tuple(run_record["input_shape"]),
-                                        len(run_record["class_names"]))["train_flops_per_image"]
-        except (store.StoreError, KeyError, ValueError):
+                                             len(run_record["class_names"]))["train_flops_per_image"]
+        except (KeyError, ValueError):
             continue
         rate = float(np.median([h["images_per_s"] for h in history])) * run_flops
-        return {"seconds": train_size * flops_per_image / rate, "flops_per_s": rate,
+        return {"seconds": train_size * flops_per_image / rate, "flops_per_s": rate, "startup": startup,
                 "source": f"speed of run {run['name']}", "flops_per_image": flops_per_image}
     rate = measured_flops_per_second() * CONV_EFFICIENCY
-    return {"seconds": epoch_flops / rate, "flops_per_s": rate, "source": "measured matmul rate",
+    return {"seconds": epoch_flops / rate, "flops_per_s": rate, "source": "measured matmul rate", "startup": startup,
             "flops_per_image": flops_per_image}

@@ -93,9 +93,12 @@ class RunWriter:
     checkpoint_seconds: float = 5.0
     last_checkpoint: float = field(default_factory=time.perf_counter)
 
-    def start(self, spec: list, cfg: TrainConfig, splits: Splits, run_meta: dict | None, history: list) -> None:
+    def start(self, spec: list, cfg: TrainConfig, splits: Splits, run_meta: dict | None, history: list,
+              start: dict) -> None:
+        """run.json at the start, with the start-up times (the Hyperparameters page's estimate reads them)."""
         if self.run_path is not None:
             _write_run(self.run_path, spec, cfg, splits, run_meta, status="running", history=history)
+            _update_run(self.run_path, setup_seconds=start["setup_seconds"], compile_seconds=start["compile_seconds"])
 
     def mid_epoch(self, state: dict, epoch: int, step: int, sums: np.ndarray, best: BestTracker) -> None:
         """A checkpoint inside an epoch, at most every `checkpoint_seconds`."""
@@ -103,10 +106,12 @@ class RunWriter:
             _checkpoint(self.run_path, state, epoch, step, sums, best.as_meta())
             self.last_checkpoint = time.perf_counter()
 
-    def stopped(self, state: dict, epoch: int, step: int, sums: np.ndarray, best: BestTracker, epochs_done: int) -> None:
+    def stopped(self, state: dict, epoch: int, step: int, sums: np.ndarray, best: BestTracker, epochs_done: int) -> str:
+        """A checkpoint where a stop request cut the epoch; returns the run's status, "stopped"."""
         if self.run_path is not None:
             _checkpoint(self.run_path, state, epoch, step, sums, best.as_meta())
             _update_run(self.run_path, status="stopped", epochs_completed=epochs_done)
+        return "stopped"
 
     def epoch_done(self, record: dict, state: dict, best: BestTracker, epochs_done: int) -> None:
         if self.run_path is None:
@@ -253,13 +258,14 @@ def _prepare(spec: Any, cfg: TrainConfig, splits: Splits,
     return spec, steps_per_epoch, mesh, state, chunk_fn, eval_fn, graphdef
 
 
-def _start_record(loop: _Loop, cfg: TrainConfig, mesh: Any, compile_seconds: float, resumed: dict | None,
+def _start_record(loop: _Loop, cfg: TrainConfig, mesh: Any, startup: tuple[float, float], resumed: dict | None,
                   warnings: list) -> dict:
+    """The 'start' record; startup = (seconds to build the model and put the data on the device, to compile)."""
     device = device_summary()
     return {"kind": "start", "epochs": cfg.epochs, "steps_per_epoch": loop.steps_per_epoch, "chunk_steps": loop.chunk_len,
             "train_size": len(loop.splits.train_labels), "val_size": len(loop.splits.val_labels),
             "device": device["kind"], "platform": device["platform"], "devices": device["count"],
-            "data_parallel": mesh is not None, "compile_seconds": round(compile_seconds, 3),
+            "data_parallel": mesh is not None, "setup_seconds": round(startup[0], 3), "compile_seconds": round(startup[1], 3),
             "resumed_from": resumed, "warnings": warnings, "time": time.time()}
 
 
@@ -282,8 +288,8 @@ def train(spec: Any, cfg: TrainConfig, splits: Splits, *, run_dir: str | Path | 
     process loses little. With `resume=True`, continues from the newest valid checkpoint in `run_dir`.
     `init_weights` ({"params", "batch_stats"} of a trained model with the same layers) starts from that model.
     """
+    entered, stop, run_path = time.perf_counter(), stop or threading.Event(), (Path(run_dir) if run_dir else None)
     spec, steps_per_epoch, mesh, state, chunk_fn, eval_fn, _ = _prepare(spec, cfg, splits, init_weights)
-    stop, run_path = stop or threading.Event(), (Path(run_dir) if run_dir else None)
     best, writer = BestTracker(cfg), RunWriter(run_path, checkpoint_seconds)
     history, warnings, start_epoch, start_step, carried = [], [], 0, 0, np.zeros(3)
     if resume:
@@ -297,9 +303,10 @@ def train(spec: Any, cfg: TrainConfig, splits: Splits, *, run_dir: str | Path | 
     perm0, key0 = loop.epoch_inputs(start_epoch)
     loop.compiled = chunk_fn.lower(box["state"], loop.train_images, loop.train_labels, perm0, key0, jnp.int32(0),
                                    length=loop.chunk_len).compile()
-    resumed = {"epoch": start_epoch, "step_in_epoch": start_step} if resume else None
-    writer.start(spec, cfg, splits, run_meta, history)
-    yield _start_record(loop, cfg, mesh, time.perf_counter() - compile_start, resumed, warnings)
+    start = _start_record(loop, cfg, mesh, (compile_start - entered, time.perf_counter() - compile_start),
+                          {"epoch": start_epoch, "step_in_epoch": start_step} if resume else None, warnings)
+    writer.start(spec, cfg, splits, run_meta, history, start)
+    yield start
 
     status, loop.t0 = "completed", time.perf_counter()
     writer.last_checkpoint = loop.t0
@@ -309,8 +316,7 @@ def train(spec: Any, cfg: TrainConfig, splits: Splits, *, run_dir: str | Path | 
         sums = carried if epoch == start_epoch else np.zeros(3)
         yield from _epoch_chunks(loop, box, epoch, first_step, sums, stop, writer, best)
         if box["outcome"] == "stopped":
-            writer.stopped(box["state"], epoch, box["step"], sums, best, len(history))
-            status = "stopped"
+            status = writer.stopped(box["state"], epoch, box["step"], sums, best, len(history))
             break
         if box["outcome"] != "ok":
             writer.failed(box["outcome"])
