@@ -172,6 +172,15 @@ def link(page: str, label: str | None = None) -> None:
     st.page_link(path, label=label or title, icon=icon)
 
 
+RUN_INDICATOR_HIDDEN = "<style>[data-testid='stStatusWidget']{visibility:hidden}</style>"
+
+
+def hide_run_indicator() -> None:
+    """Hide Streamlit's "Running… Stop" corner widget on a page that redraws itself every second: it blinks
+    with each redraw, and its Stop (which stops the page script) reads like the training's Stop button."""
+    st.html(RUN_INDICATOR_HIDDEN)
+
+
 def seconds_text(seconds: float | None) -> str:
     """'42 s', '3 min 05 s', '1 h 02 min' (or '–')."""
     if seconds is None:

@@ -117,8 +117,16 @@ def _resume(run_id: str) -> None:
 
 
 def live_panel() -> None:
-    """Controls, progress and curves of the project's current (or latest) job; redrawn every second while active."""
-    snap = registry.for_project(pid, ui.owner())
+    """Controls, progress and curves of the project's current (or latest) job; redrawn every second while active.
+
+    Everything is drawn inside one placeholder, so a new run's state replaces the previous run's metrics,
+    charts and test accuracy at once instead of sitting above them until the page finishes redrawing.
+    """
+    with st.empty().container():
+        _live_panel(registry.for_project(pid, ui.owner()))
+
+
+def _live_panel(snap: dict | None) -> None:
     active = bool(snap and snap["status"] in ("queued", "running"))
     controls = st.columns([3, 1, 1], vertical_alignment="bottom")
     controls[0].text_input("Run name (optional)", key=f"run-name-{pid}", max_chars=60, disabled=active,
@@ -147,8 +155,14 @@ def live_panel() -> None:
         st.progress(0.0, text="Preparing data and compiling the model (the first run of a model takes longest)…")
     if snap["error"]:
         st.error(f"Training failed: {snap['error']}", icon=":material/error:")
-    if snap["stop_requested"] and active:
-        st.warning("Stopping after the current chunk…", icon=":material/stop_circle:")
+    if active and snap.get("phase") == "testing":
+        ended = snap["result"].get("training_status")
+        done = snap["result"].get("epochs_completed", 0)
+        st.info(f"{'Stopped' if ended == 'stopped' else 'Training finished'} after {done} full epoch(s); the run is "
+                "saved. Measuring test accuracy…", icon=":material/stop_circle:" if ended == "stopped" else
+                ":material/hourglass_bottom:")
+    elif snap["stop_requested"] and active:
+        st.warning("Stopping: the current chunk of steps ends, then the run is saved…", icon=":material/stop_circle:")
     if snap["chunks"] or snap["epochs"]:
         fraction = figures["fraction"]
         st.progress(fraction, text=f"epoch {figures['epoch']}/{figures['epochs']} · {fraction:.0%}")
@@ -193,6 +207,7 @@ current = registry.for_project(pid, ui.owner())
 is_active = bool(current and current["status"] in ("queued", "running"))
 if is_active:
     st.session_state["training-active-job"] = current["id"]
+    ui.hide_run_indicator()  # the panel redraws every second; Streamlit's "Running… Stop" would blink with it
 st.fragment(live_panel, run_every=1.0 if is_active else None)()
 
 # ----------------------------------------------------------------------------- history
@@ -210,6 +225,7 @@ table = pd.DataFrame([{
 st.dataframe(table, hide_index=True, width="stretch", column_config={
     "lr": st.column_config.NumberColumn(format="%.1e"),
     "best val. acc.": st.column_config.ProgressColumn(format="percent", min_value=0.0, max_value=1.0),
+    "status": st.column_config.TextColumn(width="medium"),  # "completed" was cut to "completec"
     "test acc.": st.column_config.ProgressColumn(format="percent", min_value=0.0, max_value=1.0)})
 
 resumable = [r for r in runs if r["status"] in ("stopped", "failed", "running") and
@@ -226,8 +242,14 @@ with_history = [r for r in runs if tasks.run_history(r["path"])]
 if with_history:
     st.markdown("**Compare runs**")
     a, b = st.columns([3, 1])
-    chosen = a.multiselect("Runs to overlay", [r["id"] for r in with_history],
-                           default=[r["id"] for r in with_history[:3]], key=f"overlay-{pid}",
+    ids, overlay_key = [r["id"] for r in with_history], f"overlay-{pid}"
+    if overlay_key in st.session_state:  # runs finished since the last redraw join the chart; deleted ones leave it
+        seen = st.session_state.get(f"overlay-seen-{pid}", ids)
+        st.session_state[overlay_key] = ([i for i in ids if i not in seen] +
+                                         [i for i in st.session_state[overlay_key] if i in ids])
+    st.session_state[f"overlay-seen-{pid}"] = ids
+    chosen = a.multiselect("Runs to overlay", ids, default=None if overlay_key in st.session_state else ids[:3],
+                           key=overlay_key,
                            format_func=lambda rid: next(r["name"] for r in with_history if r["id"] == rid),
                            help="Per-epoch curves of the selected runs, on one chart.")
     metric = b.selectbox("Metric", ["val_accuracy", "val_loss", "accuracy", "loss"], key=f"overlay-metric-{pid}",

@@ -3,6 +3,7 @@ Data, Model, Hyperparameters and Training pages do what their controls say (synt
 from __future__ import annotations
 
 import io
+import json
 import time
 from pathlib import Path
 
@@ -255,7 +256,7 @@ def test_training_page_runs_a_tiny_job_and_lists_it_in_history(seeded: dict) -> 
     assert "No run in this session yet" in texts(at, "info")
     at.button(key="start-training").click().run()
     assert not at.exception
-    saw_running = False
+    saw_running = hidden_while_running = False
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
         snapshot = proj.get_registry().for_project(pid, proj.owner_of(store.Workspace()))
@@ -264,20 +265,50 @@ def test_training_page_runs_a_tiny_job_and_lists_it_in_history(seeded: dict) -> 
         if snapshot["status"] not in ("queued", "running"):
             break
         time.sleep(0.5)
+        before = proj.get_registry().for_project(pid, proj.owner_of(store.Workspace()))["status"]
         at.run()
+        after = proj.get_registry().for_project(pid, proj.owner_of(store.Workspace()))["status"]
         assert not at.exception
+        if {before, after} <= {"queued", "running"}:  # live redraws: Streamlit's blinking "Running… Stop" is hidden
+            assert any("stStatusWidget" in str(h.proto) for h in at.get("html")), "run indicator not hidden"
+            hidden_while_running = True
     at.run()
     assert snapshot["status"] == "completed", snapshot.get("error")
     assert saw_running
+    assert hidden_while_running
+    assert not any("stStatusWidget" in str(h.proto) for h in at.get("html"))  # shown again once nothing runs
     assert not at.exception
     assert at.get("progress"), "the finished job still shows its progress bar"
     assert "Test accuracy" in texts(at, "success")
     history = at.dataframe[0].value
     assert list(history["run"]) == [snapshot["name"]]
     assert list(history["status"]) == ["completed"]
+    columns = json.loads(at.dataframe[0].proto.columns)
+    assert columns["status"]["width"] == "medium"  # wide enough for "completed" (was cut to "completec")
     # a second project start while the first is still queued is refused; a new one after it finished is fine
     run = tasks.read_run(store.Workspace(), pid, snapshot["name"])
     assert run["epochs_completed"] == 1 and run["dataset"] == proj.SYNTHETIC
+
+
+def _fake_run(pid: str, name: str, epochs: int) -> None:
+    run_dir = store.Workspace().new_run_dir(pid, name)
+    store.atomic_write_json(run_dir / "run.json", {"name": name, "status": "completed", "config": {}})
+    for epoch in range(1, epochs + 1):
+        store.append_jsonl(run_dir / "history.jsonl", {"kind": "epoch", "epoch": epoch, "loss": 1.0 / epoch,
+                                                       "accuracy": 0.5, "val_loss": 1.0, "val_accuracy": 0.5})
+
+
+def test_compare_picker_adds_runs_made_since_the_page_was_drawn(seeded: dict) -> None:
+    pid = seeded["id"]
+    _fake_run(pid, "first", 2)
+    at = open_app("pages/4_Training.py", pid)
+    picker = at.multiselect(key=f"overlay-{pid}")
+    assert picker.value == ["first"]
+    picker.set_value([]).run()  # the user clears the chart, then trains again
+    _fake_run(pid, "second", 3)
+    at.run()
+    assert at.multiselect(key=f"overlay-{pid}").value == ["second"]
+    assert set(at.multiselect(key=f"overlay-{pid}").options) == {"first", "second"}
 
 
 def test_training_refuses_a_second_start_while_a_job_is_active(seeded: dict) -> None:

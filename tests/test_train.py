@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import jax
 import numpy as np
@@ -152,6 +153,47 @@ def test_job_registry_queues_runs_and_survives_a_crash(tiny_splits: splitting.Sp
     assert failed["status"] == "failed" and "disk on fire" in failed["error"]
     done = registry.wait(second["id"], timeout=120)
     assert done["status"] == "completed" and done["epochs"] and done["result"]["test_accuracy"] is not None
+
+
+def test_a_stopped_job_shows_it_is_stopped_before_its_test_pass(tiny_splits: splitting.Splits, tmp_path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from fmnist_jax.studio import jobs
+    testing, release = threading.Event(), threading.Event()
+    original = jobs.TrainedModel.predict_proba
+
+    def slow_test_pass(self, *args, **kwargs):
+        testing.set()
+        assert release.wait(60)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(jobs.TrainedModel, "predict_proba", slow_test_pass)
+    registry = JobRegistry(max_running=1)
+    job = registry.submit("p", tmp_path / "run", lambda: (TINY, TrainConfig(epochs=50, batch_size=16, chunk_steps=2),
+                                                          tiny_splits))
+    deadline = time.time() + 120
+    while not registry.get(job["id"])["chunks"] and time.time() < deadline:
+        time.sleep(0.05)
+    assert registry.get(job["id"])["phase"] == "training"
+    registry.stop(job["id"])
+    assert testing.wait(60)
+    during = registry.get(job["id"])  # the page reads this: stopped and saved, the test pass still to come
+    assert during["status"] == "running" and during["phase"] == "testing"
+    assert during["result"]["training_status"] == "stopped" and "test_accuracy" not in during["result"]
+    release.set()
+    final = registry.wait(job["id"], timeout=60)
+    assert final["status"] == "stopped" and final["result"]["test_accuracy"] is not None
+
+
+def test_a_resumed_job_shows_the_epochs_from_before_the_stop(tiny_splits: splitting.Splits, tmp_path) -> None:
+    cfg = TrainConfig(epochs=3, batch_size=32)
+    stop = threading.Event()
+    for record in loop.train(TINY, cfg, tiny_splits, run_dir=tmp_path, stop=stop):
+        if record["kind"] == "epoch":
+            stop.set()  # stopped after epoch 1
+    registry = JobRegistry(max_running=1)
+    job = registry.submit("p", tmp_path, lambda: (TINY, cfg, tiny_splits), resume=True)
+    final = registry.wait(job["id"], timeout=120)
+    assert final["status"] == "completed" and [e["epoch"] for e in final["epochs"]] == [1, 2, 3]
 
 
 def test_a_killed_run_resumes_from_its_mid_epoch_checkpoint_exactly(tiny_splits: splitting.Splits, tmp_path) -> None:

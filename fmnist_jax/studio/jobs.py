@@ -42,6 +42,8 @@ def train_and_test(spec: Any, cfg: TrainConfig, splits: Splits, run_dir: str | P
             break
         yield record
     assert done is not None
+    # Training is over (completed, stopped or early-stopped, and saved): say so before the test-set pass.
+    yield {"kind": "trained", "status": done["status"], "epochs_completed": done["epochs_completed"]}
     weights = done.pop("weights", None)
     if weights is not None and (done["epochs_completed"] > 0 or done["status"] == "stopped"):
         model = TrainedModel(spec, splits.input_shape, splits.class_names, weights, conv_impl=cfg.conv_impl)
@@ -73,6 +75,7 @@ class Job:
     run_meta: dict = field(default_factory=dict)
     init_from: str | None = None   # transfer learning: the model (demo, run folder, bundle) whose weights start the run
     status: str = "queued"
+    phase: str = "training"   # then "testing" between the end of training and the final status
     created: float = field(default_factory=time.time)
     started: float | None = None
     finished: float | None = None
@@ -89,7 +92,7 @@ class Job:
                 "owner": self.owner, "status": self.status, "created": self.created, "started": self.started,
                 "finished": self.finished, "start": dict(self.start_info), "chunks": list(self.chunks),
                 "epochs": list(self.epochs), "result": dict(self.result), "error": self.error,
-                "stop_requested": self.stop_event.is_set(), "resume": self.resume}
+                "stop_requested": self.stop_event.is_set(), "resume": self.resume, "phase": self.phase}
 
 
 class JobRegistry:
@@ -206,6 +209,8 @@ class JobRegistry:
             kind = record["kind"]
             if kind == "start":
                 job.start_info = record
+                if job.resume:  # the live chart shows the whole run, not only the epochs after the resume
+                    job.epochs = [r for r in store.read_jsonl(job.run_dir / "history.jsonl") if r.get("kind") == "epoch"]
             elif kind == "chunk":
                 job.chunks.append(record)
                 if len(job.chunks) > MAX_CHUNK_RECORDS:
@@ -214,6 +219,9 @@ class JobRegistry:
                 job.epochs.append(record)
             elif kind == "error":
                 job.error = record["message"]
+            elif kind == "trained":
+                job.phase = "testing"
+                job.result.update(training_status=record["status"], epochs_completed=record["epochs_completed"])
             elif kind == "test":
                 job.result.update(record)
             elif kind == "done":
