@@ -172,6 +172,22 @@ def link(page: str, label: str | None = None) -> None:
     st.page_link(path, label=label or title, icon=icon)
 
 
+def public_caps(spec: list, input_shape: tuple, num_classes: int, cfg: Any, train_size: int) -> None:
+    """On a public Space: the job's figures against the Space's limits, or which limit it exceeds, before Start."""
+    if not settings.public_mode():
+        return
+    try:
+        figures = public.job_figures(spec, input_shape, num_classes, cfg.batch_size, cfg.epochs, train_size)
+    except ValueError:
+        return  # an invalid model is reported by the page itself
+    try:
+        public.check_job(figures)
+    except ValueError as error:
+        st.error(f"**Too big for this Space:** {plain(error)}", icon=":material/block:")
+    else:
+        st.caption("This Space's limits · " + " · ".join(public.usage_lines(figures)))
+
+
 RUN_INDICATOR_HIDDEN = "<style>[data-testid='stStatusWidget']{visibility:hidden}</style>"
 
 

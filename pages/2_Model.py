@@ -190,6 +190,8 @@ with summary:
     m[0].metric("Parameters", f"{info['total_params']:,}", help="Trainable weights and biases.")
     m[1].metric("MFLOPs per image", f"{info['forward_flops'] / 1e6:,.1f}",
                 help="One forward pass (a multiply-add counts as 2). Training costs about 3× this.")
+    ui.public_caps(shown_spec, input_shape, num_classes, proj.train_config(project),
+                   proj.train_size(project, dataset))
     rows = [{"#": r["index"], "layer": r["type"], "output": "×".join(map(str, r["output_shape"])),
              "params": r["params"], "MFLOPs": r["flops"] / 1e6} for r in info["layers"]]
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", height=36 * (len(rows) + 1) + 8, column_config={

@@ -225,6 +225,7 @@ with right:
                    f"(from the {estimate['source']}), plus the validation pass"
                    + (f"; start-up as measured in run {startup['run']}." if startup else
                       "; the first run's start-up (compilation) is measured and shown here after it."))
+    ui.public_caps(spec, dataset.input_shape, dataset.num_classes, cfg, train_size)
     layers_ok = True
     try:
         layer_specs.describe(spec, dataset.input_shape, dataset.num_classes)

@@ -155,6 +155,9 @@ def _live_panel(snap: dict | None) -> None:
         st.progress(0.0, text="Preparing data and compiling the model (the first run of a model takes longest)…")
     if snap["error"]:
         st.error(f"Training failed: {snap['error']}", icon=":material/error:")
+    if snap.get("time_limited"):
+        st.info("Stopped at this Space's time limit per job; the run is saved and can be resumed below.",
+                icon=":material/timer_off:")
     if active and snap.get("phase") == "testing":
         ended = snap["result"].get("training_status")
         done = snap["result"].get("epochs_completed", 0)

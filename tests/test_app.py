@@ -505,7 +505,7 @@ def test_public_mode_caps_the_size_of_a_job(public_mode, workspace: Path) -> Non
     at.button(key="start-training").click().run()
     assert not at.exception
     message = texts(at, "error")
-    assert "1,800 images" in message and "public Space allows 1,000" in message and "own machine" in message
+    assert "1,800 images" in message and "this Space allows 1,000" in message and "own machine" in message
     assert ws.list_runs(project["id"]) == []
 
 
@@ -587,3 +587,22 @@ def test_an_unexpected_error_shows_a_reference_not_a_traceback(seeded: dict, mon
     assert len(reference) == 8
     logged = [r for r in caplog.records if reference in r.getMessage()]
     assert logged and logged[0].exc_info and logged[0].exc_info[0] is KeyError
+
+
+def test_public_space_shows_job_figures_against_its_limits_before_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    script = """
+import studio_ui as ui
+from fmnist_jax.training.config import TrainConfig
+small = [{"type": "conv2d", "filters": 8, "kernel": 3}, {"type": "flatten"}, {"type": "dense", "units": 10}]
+huge = [{"type": "conv2d", "filters": 4096, "kernel": 3, "padding": "same"}, {"type": "flatten"},
+        {"type": "dense", "units": 65536}, {"type": "dense", "units": 10}]
+ui.public_caps(small, (28, 28, 1), 10, TrainConfig(), 54000)
+ui.public_caps(huge, (28, 28, 1), 10, TrainConfig(), 54000)
+"""
+    at = AppTest.from_string(script, default_timeout=TIMEOUT).run()
+    assert not at.caption and not at.error  # a local studio has no such limits
+    monkeypatch.setenv("FMNIST_PUBLIC", "1")
+    at = AppTest.from_string(script, default_timeout=TIMEOUT).run()
+    assert not at.exception
+    assert at.caption[0].value.startswith("This Space's limits · parameters ")
+    assert "Too big for this Space:** this model has 210 billion parameters; this Space allows 5 million" in texts(at, "error")

@@ -69,6 +69,21 @@ def test_train_json_on_synthetic_data_via_the_library_path(tmp_path: Path, monke
     assert len(evaluation["confusion_matrix"]) == 10 and sum(map(sum, evaluation["confusion_matrix"])) == 60
 
 
+def test_public_mode_refuses_an_oversized_model_before_building_it(tmp_path: Path, monkeypatch, capsys) -> None:
+    catalogue.save_cached(catalogue.synthetic_dataset(num_train=300, num_test=60))
+    monkeypatch.setenv("FMNIST_PUBLIC", "1")
+    huge = tmp_path / "huge.json"  # about 210 billion parameters: 800 GB of float32 weights if it were built
+    huge.write_text(json.dumps([{"type": "conv2d", "filters": 4096, "kernel": 3, "padding": "same"},
+                                {"type": "flatten"}, {"type": "dense", "units": 65536}, {"type": "dense", "units": 10}]))
+    code = cli.main(["train", "--dataset", "synthetic", "--model", str(huge), "--out", str(tmp_path / "r"), "--json"])
+    error = capsys.readouterr().err.strip()
+    assert code == 2 and error.startswith("error: this model has 210 billion parameters; this Space allows 5 million")
+    assert "\n" not in error and not (tmp_path / "r").exists()
+    code = cli.main(["train", "--dataset", "synthetic", "--epochs", "1", "--batch-size", "32", "--preset", "lenet",
+                     "--out", str(tmp_path / "small"), "--json"])
+    assert code == 0  # a small job still trains
+
+
 @requires_real_data
 def test_fast_one_epoch_on_fashion_mnist_reaches_88_percent(real_home: Path, tmp_path: Path) -> None:
     result = run_cli("train", "--preset", "fast", "--epochs", "1", "--split", "official", "--out", str(tmp_path / "r"),

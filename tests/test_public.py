@@ -68,14 +68,54 @@ def test_idle_workspaces_are_cleaned_up(workspace: Path) -> None:
     assert public.cleanup_idle(idle_seconds=86400, keep={busy_id}) == []
 
 
-def test_job_size_cap_says_how_to_run_bigger_jobs_locally() -> None:
-    caps = public.PublicLimits(max_epoch_images=600_000)
-    public.check_job_size(10, 60_000, caps)
-    with pytest.raises(ValueError) as raised:
-        public.check_job_size(20, 60_000, caps)
-    message = str(raised.value)
-    assert "20 epochs x 60,000 images = 1,200,000" in message and "allows 600,000" in message
-    assert "at most 10 epoch(s)" in message and "python -m fmnist_jax train" in message
+FAST = [{"type": "conv2d", "filters": 8, "kernel": 3}, {"type": "flatten"}, {"type": "dense", "units": 10}]
+HUGE_DENSE = [{"type": "conv2d", "filters": 4096, "kernel": 3, "padding": "same"}, {"type": "flatten"},
+              {"type": "dense", "units": 65536}, {"type": "dense", "units": 10}]
+HEAVY_CONV = [{"type": "conv2d", "filters": 1024, "kernel": 7, "padding": "same"},
+              {"type": "conv2d", "filters": 1024, "kernel": 7, "padding": "same"},
+              {"type": "globalavgpool"}, {"type": "dense", "units": 10}]
+
+
+def _figures(spec: list, batch: int = 128, epochs: int = 10, images: int = 54_000) -> dict:
+    return public.job_figures(spec, (28, 28, 1), 10, batch, epochs, images)
+
+
+def test_job_caps_name_the_limit_and_the_figure_and_say_how_to_run_locally() -> None:
+    caps = public.PublicLimits()
+    public.check_job(_figures(FAST), caps)
+    with pytest.raises(ValueError, match=r"^this model has 210 billion parameters; this Space allows 5 million\."):
+        public.check_job(_figures(HUGE_DENSE), caps)
+    heavy = _figures(HEAVY_CONV, epochs=50)
+    with pytest.raises(ValueError, match=r"^this model has 51 million parameters"):
+        public.check_job(heavy, caps)
+    roomy = public.PublicLimits(max_params=10**9)  # past the parameter cap, the memory and compute caps still hold
+    with pytest.raises(ValueError, match=r"needs about [\d,]+ MiB; this Space allows 2,048 MiB per job"):
+        public.check_job(heavy, roomy)
+    with pytest.raises(ValueError, match=r"would compute [\d,]+ TFLOP .* allows 300 per job"):
+        public.check_job(_figures(HEAVY_CONV, batch=1, epochs=50), roomy)
+    with pytest.raises(ValueError, match=r"1,200,000 images .* allows 600,000 per job.*python -m fmnist_jax train"):
+        public.check_job(_figures(FAST, epochs=20, images=60_000), caps)
+    lines = public.usage_lines(_figures(FAST), caps)
+    assert lines[0].startswith("parameters ") and lines[0].endswith(" of 5 million") and len(lines) == 4
+
+
+def test_every_presets_recommended_recipe_fits_the_public_caps() -> None:
+    from fmnist_jax.model import presets
+    for name, preset in presets.PRESETS.items():
+        cfg = TrainConfig.from_dict(preset.train_defaults) if preset.train_defaults else TrainConfig()
+        public.check_job(_figures(presets.preset(name, 10), cfg.batch_size, cfg.epochs, 54_000))
+
+
+def test_a_job_past_its_time_limit_is_stopped_with_its_checkpoint_kept(tmp_path: Path) -> None:
+    from fmnist_jax.data import catalogue, splitting
+    from fmnist_jax.studio.jobs import JobRegistry
+    splits = splitting.make_splits(catalogue.synthetic_dataset(num_train=300, num_test=100))
+    registry = JobRegistry(max_running=1, max_seconds=3.0)
+    job = registry.submit("p", tmp_path / "run", lambda: (FAST, TrainConfig(epochs=10_000, batch_size=16), splits))
+    final = registry.wait(job["id"], timeout=120)
+    assert final["status"] == "stopped" and final["time_limited"]
+    assert store.read_json(tmp_path / "run" / "run.json")["status"] == "stopped"
+    assert store.load_latest_checkpoint(tmp_path / "run")[1]["epoch"] >= 0  # resumable
 
 
 def test_job_caps_per_visitor_and_in_total(tmp_path: Path) -> None:
@@ -126,7 +166,7 @@ def test_limits_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> No
 
 def test_public_caps_accept_a_default_training_job() -> None:
     # The Hyperparameters page's defaults on Fashion-MNIST's 54,000 training images must fit the public cap.
-    public.check_job_size(TrainConfig().epochs, 54_000)
+    public.check_job(_figures(FAST, TrainConfig().batch_size, TrainConfig().epochs, 54_000))
 
 
 def test_nothing_loads_pickles_or_evaluates_text() -> None:

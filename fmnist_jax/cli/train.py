@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fmnist_jax import settings
 from fmnist_jax.cli.common import EXIT_USAGE, CliError, print_json, read_json_file
 
 # ----------------------------------------------------------------------------- train
@@ -193,6 +194,11 @@ def cmd_train_plain(args: argparse.Namespace, spec: list | None = None, init_wei
             spec = presets.preset(plan["preset"], splits.num_classes)
         layer_specs.describe(spec, splits.input_shape, splits.num_classes)
         cfg.validate(train_size=len(splits.train_labels))
+        if settings.public_mode():  # the Space's caps, before the model is built
+            from fmnist_jax.studio import public
+
+            public.check_job(public.job_figures(spec, splits.input_shape, splits.num_classes, cfg.batch_size,
+                                                cfg.epochs, len(splits.train_labels)))
         run_dir.mkdir(parents=True, exist_ok=True)
         if dataset.startswith("upload/"):
             from fmnist_jax.data.uploads import importer

@@ -76,6 +76,7 @@ class Job:
     init_from: str | None = None   # transfer learning: the model (demo, run folder, bundle) whose weights start the run
     status: str = "queued"
     phase: str = "training"   # then "testing" between the end of training and the final status
+    time_limited: bool = False  # stopped by the registry's time limit, not by its owner
     created: float = field(default_factory=time.time)
     started: float | None = None
     finished: float | None = None
@@ -92,14 +93,17 @@ class Job:
                 "owner": self.owner, "status": self.status, "created": self.created, "started": self.started,
                 "finished": self.finished, "start": dict(self.start_info), "chunks": list(self.chunks),
                 "epochs": list(self.epochs), "result": dict(self.result), "error": self.error,
-                "stop_requested": self.stop_event.is_set(), "resume": self.resume, "phase": self.phase}
+                "stop_requested": self.stop_event.is_set(), "resume": self.resume, "phase": self.phase,
+                "time_limited": self.time_limited}
 
 
 class JobRegistry:
     """Queue and run training jobs in background threads, at most `max_running` at a time."""
 
-    def __init__(self, max_running: int = 1, max_queued_per_owner: int | None = None, max_total: int | None = None):
-        self.max_running = max_running
+    def __init__(self, max_running: int = 1, max_queued_per_owner: int | None = None, max_total: int | None = None,
+                 max_seconds: float | None = None):
+        """`max_seconds`: a running job is stopped (its checkpoint kept, resumable) once it has run this long."""
+        self.max_running, self.max_seconds = max_running, max_seconds
         self.max_queued_per_owner = max_queued_per_owner
         self.max_total = max_total
         self._lock = threading.Lock()
@@ -186,6 +190,10 @@ class JobRegistry:
     def _work(self) -> None:
         while True:
             job = self._next()
+            timer = threading.Timer(self.max_seconds, self._time_up, args=(job,)) if self.max_seconds else None
+            if timer is not None:
+                timer.daemon = True
+                timer.start()
             try:
                 spec, cfg, splits = job.prepare()
                 init_weights = predict.load_model(job.init_from).weights if job.init_from and not job.resume else None
@@ -198,11 +206,19 @@ class JobRegistry:
                 self._fail(job, f"{type(error).__name__}: {error}")
                 traceback.print_exc()
             finally:
+                if timer is not None:
+                    timer.cancel()
                 with self._lock:
                     job.prepare = _released  # drop references to data and model
                     if job.status in ACTIVE:
                         job.status = "failed"
                     job.finished = job.finished or time.time()
+
+    def _time_up(self, job: Job) -> None:
+        with self._lock:
+            if job.status == "running":
+                job.time_limited = True
+                job.stop_event.set()  # stops after the current chunk, like the Stop button: the run is saved
 
     def _record(self, job: Job, record: dict) -> None:
         with self._lock:

@@ -131,6 +131,13 @@ def train_limit(project: dict) -> int | None:
     return int(limit) if limit else None
 
 
+def train_size(project: dict, dataset: catalogue.Dataset) -> int:
+    """Training images a run of this project uses: its split's training part, cut to the training limit."""
+    count = split_counts(dataset, split_spec(project, dataset))["train"]
+    limit = train_limit(project)
+    return min(count, limit) if limit else count
+
+
 def preset_of(project: dict) -> str | None:
     """The preset name if the model is still the unedited preset, else None (custom)."""
     name = project.get("model_preset")

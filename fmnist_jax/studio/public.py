@@ -8,6 +8,7 @@ Local mode (settings.public_mode() is False) uses none of this.
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 import secrets
@@ -38,13 +39,21 @@ class PublicLimits(Settings):
     max_running: Whole = Field(1, gt=0, title="trainings at a time")  # the rest wait in the queue
     # Epochs x training images per job: 10 epochs of Fashion-MNIST's 60,000.
     max_epoch_images: Whole = Field(600_000, gt=0, title="training images per job")
+    # Model and job size, checked before anything is allocated; the defaults admit every preset's recipe
+    # (the largest, 'wide': 0.56 M parameters, ~0.5 GiB at batch 128, 283 TFLOP for its 10 epochs).
+    max_params: Whole = Field(5_000_000, gt=0, title="parameters")
+    max_memory_mb: Whole = Field(2048, gt=0, title="training memory (MiB)")
+    max_job_tflop: Real = Field(300.0, gt=0, title="compute per job (TFLOP)")
+    max_job_minutes: Real = Field(60.0, gt=0, title="minutes per job")  # then the job stops, its checkpoint kept
     upload_cap_mb: Whole = Field(100, gt=0, title="upload size (MB)")  # also STREAMLIT_SERVER_MAX_UPLOAD_SIZE (Dockerfile)
     idle_hours: Real = Field(24.0, gt=0, title="idle hours")  # workspaces untouched this long are deleted
 
     ENV: ClassVar[dict[str, str]] = {
         "max_jobs_per_visitor": "FMNIST_PUBLIC_MAX_JOBS_PER_VISITOR", "max_jobs_total": "FMNIST_PUBLIC_MAX_JOBS",
         "max_running": "FMNIST_PUBLIC_MAX_RUNNING", "max_epoch_images": "FMNIST_PUBLIC_MAX_EPOCH_IMAGES",
-        "upload_cap_mb": "FMNIST_PUBLIC_UPLOAD_MB", "idle_hours": "FMNIST_PUBLIC_IDLE_HOURS"}
+        "upload_cap_mb": "FMNIST_PUBLIC_UPLOAD_MB", "idle_hours": "FMNIST_PUBLIC_IDLE_HOURS",
+        "max_params": "FMNIST_PUBLIC_MAX_PARAMS", "max_memory_mb": "FMNIST_PUBLIC_MAX_MEMORY_MB",
+        "max_job_tflop": "FMNIST_PUBLIC_MAX_JOB_TFLOP", "max_job_minutes": "FMNIST_PUBLIC_MAX_JOB_MINUTES"}
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "PublicLimits":
@@ -69,6 +78,8 @@ class PublicLimits(Settings):
         return [f"{self.max_jobs_per_visitor} training job(s) per visitor, {self.max_jobs_total} queued in total, "
                 f"{self.max_running} running at a time",
                 f"at most {self.max_epoch_images:,} training images per job (epochs x training set size)",
+                f"models up to {_count(self.max_params)} parameters and {self.max_memory_mb:,} MiB of training memory, "
+                f"{self.max_job_tflop:g} TFLOP and {self.max_job_minutes:g} minutes per job",
                 f"uploads up to {self.upload_cap_mb} MB",
                 f"workspaces idle for {self.idle_hours:g} hours are deleted"]
 
@@ -168,15 +179,56 @@ def cleanup_idle(home: str | os.PathLike | None = None, idle_seconds: float | No
 
 # ----------------------------------------------------------------------------- job caps
 
-def check_job_size(epochs: int, train_size: int, caps: PublicLimits | None = None) -> None:
-    """ValueError when epochs x training images exceeds the per-job cap, saying how to run it locally."""
+def _count(value: float) -> str:
+    """1.6 billion, 5 million, 241,770."""
+    for size, word in ((1e9, "billion"), (1e6, "million")):
+        if value >= size:
+            return f"{value / size:.2g} {word}" if value / size < 10 else f"{value / size:,.0f} {word}"
+    return f"{int(value):,}"
+
+
+def job_figures(spec: Any, input_shape: tuple, num_classes: int, batch_size: int, epochs: int, train_size: int) -> dict:
+    """What a training job would take, from the layer list alone (nothing is allocated): parameters, training
+    memory (float32 weights, gradients and two optimizer moments, plus every layer's activations and their
+    gradients at the batch size), compute (training FLOPs x images x epochs) and epochs x images."""
+    from fmnist_jax.model import layer_specs
+
+    info = layer_specs.describe(spec, input_shape, num_classes)
+    activations = math.prod(input_shape) + sum(math.prod(layer["output_shape"]) for layer in info["layers"])
+    return {"params": info["total_params"],
+            "memory_mb": 4 * (4 * info["total_params"] + 2 * int(batch_size) * activations) / 2**20,
+            "job_tflop": info["train_flops_per_image"] * int(train_size) * int(epochs) / 1e12,
+            "epoch_images": int(epochs) * int(train_size)}
+
+
+def check_job(figures: dict, caps: PublicLimits | None = None) -> None:
+    """ValueError naming the first limit a job exceeds, with its figure ("this model has 1.6 billion
+    parameters; this Space allows 5 million"), and how to run it without limits."""
     caps = caps or limits()
-    total = int(epochs) * int(train_size)
-    if total > caps.max_epoch_images:
-        fitting = max(1, caps.max_epoch_images // max(1, int(train_size)))
-        raise ValueError(f"this job would train on {epochs} epochs x {train_size:,} images = {total:,} images; "
-                         f"the public Space allows {caps.max_epoch_images:,} per job. Use at most {fitting} epoch(s) "
-                         f"or a smaller training split, or run it on your own machine without limits: {LOCAL_COMMAND}")
+    local = f"; run it on your own machine without limits: {LOCAL_COMMAND}"
+    if figures["params"] > caps.max_params:
+        raise ValueError(f"this model has {_count(figures['params'])} parameters; this Space allows "
+                         f"{_count(caps.max_params)}. Use fewer or smaller layers{local}")
+    if figures["memory_mb"] > caps.max_memory_mb:
+        raise ValueError(f"training this model at this batch size needs about {figures['memory_mb']:,.0f} MiB; this "
+                         f"Space allows {caps.max_memory_mb:,} MiB per job. Lower the batch size or the filters{local}")
+    if figures["job_tflop"] > caps.max_job_tflop:
+        raise ValueError(f"this job would compute {figures['job_tflop']:,.0f} TFLOP (model x images x epochs); this "
+                         f"Space allows {caps.max_job_tflop:g} per job. Use fewer epochs or training images, or a "
+                         f"smaller model{local}")
+    if figures["epoch_images"] > caps.max_epoch_images:
+        raise ValueError(f"this job would train on {figures['epoch_images']:,} images (epochs x training images); this "
+                         f"Space allows {caps.max_epoch_images:,} per job. Use fewer epochs or a smaller training "
+                         f"split{local}")
+
+
+def usage_lines(figures: dict, caps: PublicLimits | None = None) -> list[str]:
+    """The Model and Hyperparameters pages' figures against the Space's limits, before Start is pressed."""
+    caps = caps or limits()
+    return [f"parameters {_count(figures['params'])} of {_count(caps.max_params)}",
+            f"training memory {figures['memory_mb']:,.0f} of {caps.max_memory_mb:,} MiB",
+            f"compute {figures['job_tflop']:,.1f} of {caps.max_job_tflop:g} TFLOP",
+            f"images {figures['epoch_images']:,} of {caps.max_epoch_images:,} (epochs x training set)"]
 
 
 def make_job_registry(caps: PublicLimits | None = None) -> Any:
@@ -185,7 +237,7 @@ def make_job_registry(caps: PublicLimits | None = None) -> Any:
 
     caps = caps or limits()
     return JobRegistry(max_running=caps.max_running, max_queued_per_owner=caps.max_jobs_per_visitor,
-                       max_total=caps.max_jobs_total)
+                       max_total=caps.max_jobs_total, max_seconds=caps.max_job_minutes * 60)
 
 
 # ----------------------------------------------------------------------------- rate limits

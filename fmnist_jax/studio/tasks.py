@@ -59,7 +59,8 @@ def start_training(ws: store.Workspace, project: dict, run_name: str | None = No
     if settings.public_mode():
         from fmnist_jax.studio import public
 
-        public.check_job_size(cfg.epochs, train_size)
+        public.check_job(public.job_figures(spec, dataset.input_shape, dataset.num_classes, cfg.batch_size,
+                                            cfg.epochs, train_size))
     active = registry.for_project(project["id"], owner_of(ws))
     if active and active["status"] in ("queued", "running"):
         raise ValueError("this project already has a training job queued or running; stop it or wait for it to finish")
