@@ -14,7 +14,9 @@ ENV HOME=/home/user \
     PATH=/home/user/venv/bin:/home/user/.local/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     FMNIST_HOME=/home/user/fmnist-home \
-    STREAMLIT_BROWSER_GATHER_USAGE_STATS=false
+    STREAMLIT_BROWSER_GATHER_USAGE_STATS=false \
+    STREAMLIT_SERVER_MAX_UPLOAD_SIZE=100 \
+    FMNIST_PUBLIC_UPLOAD_MB=100
 WORKDIR /home/user/app
 
 COPY --chown=user requirements.txt constraints.txt ./

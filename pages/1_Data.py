@@ -1,6 +1,9 @@
 """1 · Data: source and data folder, split, class balance, samples, pixel histogram, augmentation preview."""
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any, Callable
+
 import numpy as np
 import streamlit as st
 
@@ -89,26 +92,42 @@ def upload_panel() -> str | None:
                     st.rerun()
     with st.expander("Upload a new dataset", expanded=not existing, icon=":material/upload_file:"):
         file = st.file_uploader("Dataset file", type=["zip", "csv", "npz", "gz"], key=f"upload-file-{pid}",
-                                help="Checked for size, zip bombs and unsafe paths before anything is decoded.")
+                                help=f"Up to {upload_limits.browser_upload_mb()} MB through the browser (larger "
+                                     "datasets: give their folder or archive path above). Checked for size, zip bombs "
+                                     "and unsafe paths before anything is decoded.")
         a, b = st.columns(2)
         size = a.selectbox("Image size", ["auto", *upload_limits.IMAGE_SIZES], key=f"upload-size-{pid}",
                            help="Square side in pixels the images are resized to; auto keeps same-size images as they are.")
         color = b.selectbox("Colour", ["auto", *upload_limits.COLORS], key=f"upload-color-{pid}",
                             help="Grayscale is faster; RGB keeps colour.")
+        options = (None if size == "auto" else int(size), None if color == "auto" else color)
         if st.button("Import", icon=":material/file_upload:", disabled=file is None, key=f"upload-go-{pid}"):
-            bar = st.progress(0.0, text="Checking the upload…")
-            try:
-                manifest = importer.import_stream(file, file.name, None if size == "auto" else int(size),
-                                                 None if color == "auto" else color, progress=ui.progress_callback(bar),
-                                                 home=upload_home)
-            except (ValueError, store.StoreError) as error:
-                bar.empty()
-                st.error(f"Could not import {ui.plain(file.name)}: {ui.plain(error)}", icon=":material/error:")
-            else:
-                ui.save_project(project, dataset=manifest["name"], upload_home=str(upload_home))
-                st.session_state["upload-version"] = st.session_state.get("upload-version", 0) + 1  # fresh picker
-                st.rerun()
+            _import(file.name, lambda bar: importer.import_stream(
+                file, file.name, *options, progress=ui.progress_callback(bar), home=upload_home), upload_home)
+        if not settings.public_mode():  # a path on the server is this computer's own disk only when run locally
+            path = st.text_input("…or a dataset on this computer", key=f"upload-path-{pid}",
+                                 placeholder="/home/me/photos.zip, or a folder of class folders",
+                                 help=f"A zip, CSV, NPZ or IDX file, or a folder; up to "
+                                      f"{upload_limits.LOCAL_LIMITS.max_archive_bytes / 2**30:.0f} GB, read in place.")
+            if st.button("Import from this path", icon=":material/folder_open:", disabled=not path.strip(),
+                         key=f"upload-path-go-{pid}"):
+                where = Path(path.strip()).expanduser()
+                _import(where.name, lambda bar: importer.import_upload(
+                    where, *options, progress=ui.progress_callback(bar), home=upload_home), upload_home)
     return chosen
+
+
+def _import(name: str, run: Callable[[Any], dict], upload_home: Path) -> None:
+    bar = st.progress(0.0, text="Checking the upload…")
+    try:
+        manifest = run(bar)
+    except (ValueError, OSError, store.StoreError) as error:
+        bar.empty()
+        st.error(f"Could not import {ui.plain(name)}: {ui.plain(error)}", icon=":material/error:")
+    else:
+        ui.save_project(project, dataset=manifest["name"], upload_home=str(upload_home))
+        st.session_state["upload-version"] = st.session_state.get("upload-version", 0) + 1  # fresh picker
+        st.rerun()
 
 
 if source == UPLOAD:

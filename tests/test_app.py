@@ -395,6 +395,23 @@ def test_data_page_imports_an_uploaded_dataset(seeded: dict) -> None:
     assert importer.list_uploads() == [] and store.Workspace().get_project(pid)["dataset"] == "fashion_mnist"
 
 
+def test_data_page_imports_a_dataset_from_a_local_path_and_explains_a_missing_one(seeded: dict, tmp_path: Path) -> None:
+    pid = seeded["id"]
+    rng = np.random.default_rng(1)
+    path = tmp_path / "four.npz"
+    np.savez(path, x_train=rng.integers(0, 255, (120, 28, 28), dtype=np.uint8), y_train=np.arange(120) % 4)
+    at = open_app("pages/1_Data.py", pid)
+    at.radio(key=f"data-source-{pid}").set_value("upload").run()
+    at.text_input(key=f"upload-path-{pid}").set_value(str(tmp_path / "nowhere.zip")).run()
+    at.button(key=f"upload-path-go-{pid}").click().run()
+    assert not at.exception and "Could not import nowhere.zip" in texts(at, "error")
+    at.text_input(key=f"upload-path-{pid}").set_value(str(path)).run()
+    at.button(key=f"upload-path-go-{pid}").click().run()
+    assert not at.exception, at.exception
+    assert store.Workspace().get_project(pid)["dataset"].startswith("upload/")
+    assert sum(int(v.replace(",", "")) for v in metric_values(at).values()) == 120
+
+
 def _wait_for(pid: str, predicate, at: AppTest | None = None, timeout: float = 240) -> dict:
     """Poll the project's job snapshot (re-running the page, if given) until predicate(snapshot) holds."""
     deadline = time.monotonic() + timeout

@@ -356,3 +356,18 @@ def test_write_failure_leaves_no_partial_dataset(tmp_path: Path, monkeypatch: py
     with pytest.raises(store.StoreError, match="read-only or full"):
         importer.import_upload(path)
     _assert_no_leftovers(workspace)
+
+
+def test_one_browser_upload_limit_in_the_code_the_streamlit_config_and_the_dockerfile() -> None:
+    import tomllib
+    from pathlib import Path
+
+    from fmnist_jax.studio import public
+    repo = Path(__file__).resolve().parents[1]
+    config = tomllib.loads((repo / ".streamlit" / "config.toml").read_text())
+    assert config["server"]["maxUploadSize"] == upload_limits.BROWSER_UPLOAD_MB == upload_limits.browser_upload_mb(False)
+    docker = (repo / "Dockerfile").read_text()
+    space_mb = public.PublicLimits().upload_cap_mb
+    assert f"STREAMLIT_SERVER_MAX_UPLOAD_SIZE={space_mb}" in docker and f"FMNIST_PUBLIC_UPLOAD_MB={space_mb}" in docker
+    assert upload_limits.browser_limits(public=True).max_archive_bytes == space_mb * 2**20
+    assert upload_limits.browser_limits(public=False).max_archive_bytes == upload_limits.BROWSER_UPLOAD_MB * 2**20

@@ -28,6 +28,7 @@ from fmnist_jax.data.uploads.limits import (
     UploadError,
     UploadLimits,
     _size,
+    browser_limits,
     limits_for_mode,
 )
 from fmnist_jax.data.uploads.sources import Member, _useful, open_source
@@ -171,8 +172,9 @@ def load_upload(path: str | os.PathLike, image_size: int | None = None, color: s
 def import_stream(stream: IO[bytes], filename: str, image_size: int | None = None, color: str | None = None,
                   progress: Progress | None = None, limits: UploadLimits | None = None,
                   home: str | os.PathLike | None = None) -> dict:
-    """import_upload for an uploaded file object (Streamlit, REST): copied to a temp file under the cap, then removed."""
-    limits = limits or limits_for_mode()
+    """import_upload for an uploaded file object (Streamlit, REST): copied to a temp file under the browser
+    upload limit, then removed."""
+    limits = limits or browser_limits()
     safe_name = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(str(filename)).name)[-80:].lstrip(".") or "upload"
     folder = _datasets_dir(home) / ".incoming"
     folder.mkdir(parents=True, exist_ok=True)

@@ -67,6 +67,12 @@ LOCAL_LIMITS = UploadLimits(max_archive_bytes=4 * GIB, max_files=250_000, max_un
 PUBLIC_LIMITS = UploadLimits(max_archive_bytes=100 * MIB, max_files=20_000, max_uncompressed_bytes=1 * GIB,
                              max_member_bytes=256 * MIB, max_ratio=100.0, max_image_pixels=40_000_000,
                              max_total_pixels=2_000_000_000, max_output_bytes=512 * MIB)
+# Files uploaded through the browser (Streamlit keeps them in memory): the one browser upload limit, in MB.
+# Local: BROWSER_UPLOAD_MB, which .streamlit/config.toml's server.maxUploadSize repeats; public: the Space's
+# upload_cap_mb (FMNIST_PUBLIC_UPLOAD_MB, default 100), which the Dockerfile's STREAMLIT_SERVER_MAX_UPLOAD_SIZE
+# repeats; tests/test_uploads.py checks that the three places agree. Larger datasets are imported by path
+# (the Data page's folder box, the CLI) up to LOCAL_LIMITS.max_archive_bytes.
+BROWSER_UPLOAD_MB = 500
 # Members this small may compress well (a blank image) without being a bomb; the totals still apply.
 RATIO_EXEMPT_BYTES = 1 * MIB
 
@@ -80,6 +86,23 @@ def limits_for_mode(public: bool | None = None) -> UploadLimits:
     from fmnist_jax.studio import public as public_mode
 
     return replace(PUBLIC_LIMITS, max_archive_bytes=min(PUBLIC_LIMITS.max_archive_bytes, public_mode.upload_cap_bytes()))
+
+
+def browser_upload_mb(public: bool | None = None) -> int:
+    """The browser upload limit in MB for this mode (see BROWSER_UPLOAD_MB)."""
+    if public is None:
+        public = settings.public_mode()
+    if not public:
+        return BROWSER_UPLOAD_MB
+    from fmnist_jax.studio import public as public_mode
+
+    return int(public_mode.limits().upload_cap_mb)
+
+
+def browser_limits(public: bool | None = None) -> UploadLimits:
+    """limits_for_mode with the archive cap lowered to the browser upload limit (files sent through the page)."""
+    limits = limits_for_mode(public)
+    return replace(limits, max_archive_bytes=min(limits.max_archive_bytes, browser_upload_mb(public) * MIB))
 
 
 def _size(n: float) -> str:
