@@ -142,15 +142,18 @@ def _live_panel(snap: dict | None) -> None:
     if message := st.session_state.pop("training-notice", None):
         st.success(message, icon=":material/play_circle:")
     if snap is None:
-        st.info("No run in this session yet. Press **Start** to train with the settings above.", icon=":material/info:")
+        st.info("No training job in progress. Press **Start** to train with the settings above; finished runs are "
+                "listed under Run history.", icon=":material/info:")
         return
 
     figures = tasks.job_progress(snap)
     st.markdown(f"#### `{snap['name']}` {STATUS_LABELS.get(snap['status'], snap['status'])}")
-    if snap["status"] == "queued":
-        position = next((j["position"] for j in registry.queue() if j["id"] == snap["id"]), 0)
-        st.info(f"Waiting for {position} job(s) ahead of it: one job trains at a time on this server.",
-                icon=":material/hourglass_top:")
+    if snap["status"] == "queued" and (wait := tasks.queue_wait(registry, snap["id"])) is not None:
+        expected = ("soon" if wait["eta"] is not None and wait["eta"] < 5 else
+                    f"in about {ui.seconds_text(wait['eta'])}" if wait["eta"] is not None else "when they finish")
+        latest = f" (at the latest in {ui.seconds_text(wait['latest'])})" if wait["latest"] else ""
+        st.info(f"Queued: {wait['position']} job(s) ahead of it, {registry.max_running} training at a time on this "
+                f"server. Expected start: {expected}{latest}.", icon=":material/hourglass_top:")
     elif snap["status"] == "running" and not snap["chunks"]:
         st.progress(0.0, text="Preparing data and compiling the model (the first run of a model takes longest)…")
     if snap["error"]:

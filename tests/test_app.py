@@ -253,7 +253,7 @@ def test_hyperparameters_page_offers_no_recipe_for_an_edited_model(seeded: dict)
 def test_training_page_runs_a_tiny_job_and_lists_it_in_history(seeded: dict) -> None:
     pid = seeded["id"]
     at = open_app("pages/4_Training.py", pid)
-    assert "No run in this session yet" in texts(at, "info")
+    assert "No training job in progress" in texts(at, "info")
     at.button(key="start-training").click().run()
     assert not at.exception
     saw_running = hidden_while_running = False

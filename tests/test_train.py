@@ -212,3 +212,50 @@ def test_a_killed_run_resumes_from_its_mid_epoch_checkpoint_exactly(tiny_splits:
     _records(loop.train(TINY, cfg, tiny_splits, run_dir=tmp_path / "killed", resume=True))
     assert (tmp_path / "killed" / "model.msgpack").read_bytes() == (tmp_path / "full" / "model.msgpack").read_bytes()
     assert len(full) > 0
+
+
+def test_finished_jobs_leave_the_registry_so_memory_stays_flat(tmp_path) -> None:
+    import tracemalloc
+
+    registry = JobRegistry(max_running=1)
+    registry.keep_finished = 20
+
+    def crash():
+        raise ValueError("no data")  # finishes at once: a fast-forward of thousands of finished jobs
+
+    def flood(count: int, offset: int) -> None:
+        for start in range(0, count, 100):
+            jobs = [registry.submit(f"p{offset + i}", tmp_path / f"r{offset + i}", crash)
+                    for i in range(start, min(count, start + 100))]
+            registry.wait(jobs[-1]["id"], timeout=60)
+
+    flood(200, 0)  # warm-up: the registry at its steady size
+    tracemalloc.start()
+    before = tracemalloc.take_snapshot()
+    flood(2000, 200)
+    grown = sum(stat.size_diff for stat in tracemalloc.take_snapshot().compare_to(before, "filename"))
+    tracemalloc.stop()
+    assert len(registry) == len(registry.finished()) == 20
+    assert grown < 512 * 1024, f"{grown / 1024:.0f} KiB kept after 2,000 more finished jobs"
+    registry.keep_finished_seconds = 0.0
+    registry.submit("last", tmp_path / "last", crash)
+    assert len(registry.finished()) <= 1  # old finished jobs expire by age as well
+
+
+def test_a_queued_job_knows_its_position_and_expected_start(tiny_splits: splitting.Splits, tmp_path) -> None:
+    from fmnist_jax.studio import tasks
+    registry = JobRegistry(max_running=1, max_seconds=600)
+    long = registry.submit("a", tmp_path / "a", lambda: (TINY, TrainConfig(epochs=1000, batch_size=16), tiny_splits))
+    queued = registry.submit("b", tmp_path / "b", lambda: (TINY, TrainConfig(epochs=1, batch_size=16), tiny_splits))
+    try:
+        deadline = time.time() + 120
+        while not registry.get(long["id"])["chunks"] and time.time() < deadline:
+            time.sleep(0.05)
+        wait = tasks.queue_wait(registry, queued["id"])
+        assert wait["position"] == 1 and wait["latest"] == 600
+        assert wait["eta"] is not None and wait["eta"] > 0  # the running job's own ETA
+        assert tasks.queue_wait(registry, long["id"]) is None  # running, not queued
+    finally:
+        registry.stop(long["id"])
+        registry.stop(queued["id"])
+        registry.wait(long["id"], timeout=60)

@@ -25,6 +25,9 @@ from fmnist_jax.training.trained import TrainedModel
 
 ACTIVE = ("queued", "running")
 MAX_CHUNK_RECORDS = 5000
+FINISHED_CHUNK_RECORDS = 200   # a finished job keeps this many live-chart points (its epochs stay whole)
+KEEP_FINISHED = 100            # finished jobs the registry keeps (newest first); their runs stay on disk
+KEEP_FINISHED_SECONDS = 3600.0  # and for at most this long after they ended
 
 
 def train_and_test(spec: Any, cfg: TrainConfig, splits: Splits, run_dir: str | Path | None = None,
@@ -104,6 +107,7 @@ class JobRegistry:
                  max_seconds: float | None = None):
         """`max_seconds`: a running job is stopped (its checkpoint kept, resumable) once it has run this long."""
         self.max_running, self.max_seconds = max_running, max_seconds
+        self.keep_finished, self.keep_finished_seconds = KEEP_FINISHED, KEEP_FINISHED_SECONDS
         self.max_queued_per_owner = max_queued_per_owner
         self.max_total = max_total
         self._lock = threading.Lock()
@@ -129,6 +133,7 @@ class JobRegistry:
             job = Job(next(self._ids), project_id, Path(run_dir), name or Path(run_dir).name, owner, prepare,
                       resume=resume, run_meta=dict(run_meta or {}), init_from=init_from)
             self._jobs[job.id] = job
+            self._prune()
             self._wake.notify_all()
             return job.snapshot()
 
@@ -157,12 +162,31 @@ class JobRegistry:
             active = [j for j in jobs if j.status in ACTIVE]
             return (active or sorted(jobs, key=lambda j: j.id))[-1].snapshot()
 
+    def _prune(self, now: float | None = None) -> None:
+        """Finished jobs leave the registry (oldest first) past KEEP_FINISHED or KEEP_FINISHED_SECONDS; their run
+        folders keep everything, and the Training page reads those. Caller holds the lock."""
+        now = time.time() if now is None else now
+        finished = sorted((j for j in self._jobs.values() if j.status not in ACTIVE),
+                          key=lambda j: j.finished or 0.0, reverse=True)
+        for index, job in enumerate(finished):
+            if index >= self.keep_finished or now - (job.finished or now) > self.keep_finished_seconds:
+                del self._jobs[job.id]
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._jobs)
+
     def queue(self) -> list[dict]:
         """Queued and running jobs in order (small dicts, no metric history)."""
         with self._lock:
             jobs = sorted((j for j in self._jobs.values() if j.status in ACTIVE), key=lambda j: j.id)
             return [{"id": j.id, "project_id": j.project_id, "name": j.name, "status": j.status, "owner": j.owner,
                      "position": i} for i, j in enumerate(jobs)]
+
+    def finished(self) -> list[dict]:
+        """Snapshots of the finished jobs the registry still keeps (for queue estimates)."""
+        with self._lock:
+            return [j.snapshot() for j in self._jobs.values() if j.status not in ACTIVE]
 
     def wait(self, job_id: int, timeout: float | None = None) -> dict | None:
         """Block until a job leaves the queue/running state (for tests and the CLI)."""
@@ -213,6 +237,7 @@ class JobRegistry:
                     if job.status in ACTIVE:
                         job.status = "failed"
                     job.finished = job.finished or time.time()
+                    self._prune()
 
     def _time_up(self, job: Job) -> None:
         with self._lock:
@@ -243,6 +268,8 @@ class JobRegistry:
             elif kind == "done":
                 job.result.update({k: v for k, v in record.items() if isinstance(v, (int, float, str, type(None)))})
                 job.status, job.finished = record["status"], time.time()
+                del job.chunks[: max(0, len(job.chunks) - FINISHED_CHUNK_RECORDS)]
+                self._prune()
 
     def _fail(self, job: Job, message: str) -> None:
         with self._lock:

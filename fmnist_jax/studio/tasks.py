@@ -95,6 +95,29 @@ def resume_training(ws: store.Workspace, project: dict, run_id: str, registry: A
                            run_meta={})
 
 
+def queue_wait(registry: Any, job_id: int) -> dict | None:
+    """Where a queued job stands: {"position": jobs ahead, "eta": expected seconds to its start (None: unknown),
+    "latest": seconds by which it starts at the latest (None without a time limit)}; None if it is not queued.
+
+    Running jobs ahead count with their own ETA; queued ones with the median length of the jobs that ran
+    before (nothing known yet: the ETA is unknown); the time limit per job bounds the wait.
+    """
+    queue = registry.queue()
+    if not any(j["id"] == job_id and j["status"] == "queued" for j in queue):
+        return None
+    ahead = [j for j in queue if j["id"] < job_id]
+    running = [registry.get(j["id"]) for j in ahead if j["status"] == "running"]
+    etas = [job_progress(snap)["eta"] for snap in running if snap]
+    finished = [snap["finished"] - snap["started"] for snap in registry.finished() if snap.get("started")]
+    typical = float(np.median(finished)) if finished else None
+    workers = max(1, registry.max_running)
+    eta = None
+    if all(e is not None for e in etas) and (typical is not None or len(running) == len(ahead)):
+        eta = (sum(etas) + (len(ahead) - len(running)) * (typical or 0.0)) / workers
+    latest = len(ahead) * registry.max_seconds / workers if registry.max_seconds else None
+    return {"position": len(ahead), "eta": eta, "latest": latest}
+
+
 def job_progress(snapshot: dict) -> dict:
     """Figures for the progress panel: epoch x/N, fraction done, images/s, s/epoch, elapsed, ETA, best epoch."""
     start, chunks, epochs = snapshot.get("start") or {}, snapshot.get("chunks") or [], snapshot.get("epochs") or []
