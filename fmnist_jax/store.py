@@ -6,16 +6,18 @@ Layout under the workspace (FMNIST_HOME):
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
 import shutil
 import tempfile
+import threading
 import time
 import unicodedata
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from . import settings
 
@@ -59,6 +61,44 @@ def atomic_write_bytes(path: Path, payload: bytes) -> None:
         except OSError:
             pass
         raise StoreError(f"cannot write {path.name}: {error.strerror or error} (is the workspace read-only or full?)") from None
+
+
+class Busy(StoreError):
+    """Another process or thread holds the lock."""
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, wait: bool = True) -> Iterator[None]:
+    """An exclusive lock on `path` (created if missing) between threads and processes, held for the block.
+
+    With wait=False, Busy is raised at once if someone else holds it. Uses flock where the system has it
+    (Linux, macOS); elsewhere the lock covers this process's threads only.
+    """
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        fcntl = None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as handle:
+        if fcntl is not None:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                raise Busy(f"{path.parent} is in use") from None
+        else:
+            lock = _THREAD_LOCKS.setdefault(str(path.resolve()), threading.Lock())
+            if not lock.acquire(blocking=wait):
+                raise Busy(f"{path.parent} is in use")
+        try:
+            yield
+        finally:
+            if fcntl is not None:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+            else:
+                lock.release()
+
+
+_THREAD_LOCKS: dict[str, Any] = {}
 
 
 def atomic_write_json(path: Path, value: Any) -> None:
@@ -239,17 +279,21 @@ class Workspace:
         return read_json(self.project_dir(project_id) / "project.json")
 
     def update_project(self, project_id: str, **changes: Any) -> dict:
-        """Change fields of a project atomically and return the new record."""
-        project = self.get_project(project_id)
-        if "name" in changes:
-            changes["name"] = clean_name(changes["name"])
-            clash = [p for p in self.list_projects() if p["name"].lower() == changes["name"].lower() and p["id"] != project_id]
-            if clash:
-                raise ValueError(f"a project named {changes['name']!r} already exists; choose another name")
-        project.update(changes, updated=time.time())
-        project.pop("schema", None)
-        atomic_write_json(self.project_dir(project_id) / "project.json", project)
-        return project
+        """Change fields of a project and return the new record. Read, change and write happen under the
+        project's lock, so two tabs (or a tab and a job) changing different fields never undo each other."""
+        self.get_project(project_id)  # a clear error for a missing project before any lock file is made
+        with file_lock(self.project_dir(project_id) / ".lock"):
+            project = self.get_project(project_id)
+            if "name" in changes:
+                changes["name"] = clean_name(changes["name"])
+                clash = [p for p in self.list_projects()
+                         if p["name"].lower() == changes["name"].lower() and p["id"] != project_id]
+                if clash:
+                    raise ValueError(f"a project named {changes['name']!r} already exists; choose another name")
+            project.update(changes, updated=time.time())
+            project.pop("schema", None)
+            atomic_write_json(self.project_dir(project_id) / "project.json", project)
+            return project
 
     def duplicate_project(self, project_id: str, new_name: str) -> dict:
         """Copy a project's settings (not its runs) under a new name."""

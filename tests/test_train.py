@@ -262,3 +262,31 @@ def test_a_queued_job_knows_its_position_and_expected_start(tiny_splits: splitti
         registry.stop(long["id"])
         registry.stop(queued["id"])
         registry.wait(long["id"], timeout=60)
+
+
+def test_a_second_writer_of_a_run_folder_is_refused_clearly(tiny_splits: splitting.Splits, tmp_path) -> None:
+    cfg = TrainConfig(epochs=2, batch_size=32)
+    first = loop.train(TINY, cfg, tiny_splits, run_dir=tmp_path)
+    assert next(first)["kind"] == "start"  # the first writer holds the folder while it trains
+    with pytest.raises(loop.TrainingError, match="is in use by another training"):
+        next(loop.train(TINY, cfg, tiny_splits, run_dir=tmp_path, resume=True))
+    first.close()  # stopped (or finished): the folder is free again
+    records = list(loop.train(TINY, cfg, tiny_splits, run_dir=tmp_path))
+    assert records[-1]["kind"] == "done"
+
+
+def test_concurrent_project_updates_keep_every_change(tmp_path) -> None:
+    ws = store.Workspace(tmp_path)
+    project = ws.create_project("Shared", "two tabs")
+
+    def write(field: str) -> None:
+        for i in range(40):
+            ws.update_project(project["id"], **{field: i})
+
+    threads = [threading.Thread(target=write, args=(f"field_{n}",)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    saved = ws.get_project(project["id"])
+    assert [saved[f"field_{n}"] for n in range(4)] == [39] * 4  # no tab's change undone by another's write

@@ -5,6 +5,7 @@ the early-stopping and best-weights rule is `BestTracker`'s.
 """
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from dataclasses import dataclass, field
@@ -279,8 +280,23 @@ def _done_record(status: str, history: list, best: BestTracker, final: dict) -> 
 
 
 def train(spec: Any, cfg: TrainConfig, splits: Splits, *, run_dir: str | Path | None = None,
-          stop: threading.Event | None = None, resume: bool = False, eval_test_each_epoch: bool = False,
-          run_meta: dict | None = None, checkpoint_seconds: float = 5.0, init_weights: dict | None = None) -> Iterator[dict]:
+          **options: Any) -> Iterator[dict]:
+    """_train (below) with the run folder locked for as long as it runs: a second writer (a CLI --resume while
+    the studio trains the same run, two tabs) gets TrainingError at once instead of mixing checkpoints."""
+    with contextlib.ExitStack() as held:
+        if run_dir is not None:
+            Path(run_dir).mkdir(parents=True, exist_ok=True)
+            try:
+                held.enter_context(store.file_lock(Path(run_dir) / ".lock", wait=False))
+            except store.Busy:
+                raise TrainingError(f"the run folder {Path(run_dir).name} is in use by another training (the studio "
+                                    f"or a CLI --resume); stop that one or wait for it to finish") from None
+        yield from _train(spec, cfg, splits, run_dir=run_dir, **options)
+
+
+def _train(spec: Any, cfg: TrainConfig, splits: Splits, *, run_dir: str | Path | None = None,
+           stop: threading.Event | None = None, resume: bool = False, eval_test_each_epoch: bool = False,
+           run_meta: dict | None = None, checkpoint_seconds: float = 5.0, init_weights: dict | None = None) -> Iterator[dict]:
     """Train `spec` on `splits`, yielding 'start', 'chunk', 'epoch' and finally 'done' (or 'error') records.
 
     With `run_dir`, writes run.json, history.jsonl and an atomic checkpoint after every epoch and on stop;
