@@ -102,8 +102,12 @@ def upload_panel() -> str | None:
                             help="Grayscale is faster; RGB keeps colour.")
         options = (None if size == "auto" else int(size), None if color == "auto" else color)
         if st.button("Import", icon=":material/file_upload:", disabled=file is None, key=f"upload-go-{pid}"):
-            _import(file.name, lambda bar: importer.import_stream(
-                file, file.name, *options, progress=ui.progress_callback(bar), home=upload_home), upload_home)
+            def run(bar: Any) -> dict:
+                proj.check_import_quota(ui.workspace(), file.size)  # a public Space's disk quota, before writing
+                return importer.import_stream(file, file.name, *options, progress=ui.progress_callback(bar),
+                                              home=upload_home)
+
+            _import(file.name, run, upload_home)
         if not settings.public_mode():  # a path on the server is this computer's own disk only when run locally
             path = st.text_input("…or a dataset on this computer", key=f"upload-path-{pid}",
                                  placeholder="/home/me/photos.zip, or a folder of class folders",

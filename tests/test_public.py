@@ -184,3 +184,40 @@ def test_nothing_loads_pickles_or_evaluates_text() -> None:
     for path in sorted((REPO / "fmnist_jax").rglob("*.py")):
         for call in re.findall(r"np\.load\([^)]*\)", path.read_text()):
             assert "allow_pickle=False" in call, f"{path.name}: {call}"
+
+
+def test_disk_quotas_per_workspace_and_in_total(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    mine = public.workspace_home(public.new_workspace_id(), home)
+    (mine / "runs").mkdir(parents=True, exist_ok=True)
+    (mine / "runs" / "weights.msgpack").write_bytes(b"\0" * (3 * 2**20))
+    caps = public.PublicLimits(workspace_mb=4, disk_gb=1)
+    public.check_disk(mine, 2**19, caps, home)  # 3.5 MB of 4: fine
+    with pytest.raises(ValueError, match=r"^your workspace uses 3 MB of its 4 MB and this needs about 2 MB more; "
+                                         r"delete runs \(Training page\) or uploaded datasets \(Data page\) first$"):
+        public.check_disk(mine, 2 * 2**20, caps, home)
+    other = public.workspace_home(public.new_workspace_id(), home)
+    other.mkdir(parents=True, exist_ok=True)
+    (other / "big.bin").write_bytes(b"\0" * (6 * 2**20))
+    with pytest.raises(ValueError, match=r"this Space's disk is full \(0.0 of 0.008 GB\)"):
+        public.check_disk(mine, 0, public.PublicLimits(workspace_mb=100, disk_gb=0.008), home)
+    assert public.run_bytes(1_000_000) > 40_000_000  # a run reserves room for its checkpoints before it starts
+
+
+def test_a_cleaned_up_workspace_leaves_no_dataset_in_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fmnist_jax.data import catalogue
+    from fmnist_jax.studio import projects as proj
+    home = public.workspace_home(public.new_workspace_id(), tmp_path)
+    catalogue.save_cached(catalogue.synthetic_dataset(num_train=50, num_test=10), home=home)
+    loaded = catalogue.shared_dataset("synthetic", home=home)
+    assert catalogue.shared_dataset("synthetic", home=home) is loaded  # shared while the workspace lives
+    proj.release_workspace(home)
+    assert not any(key[1] == str(home) for key in catalogue._SHARED)
+
+
+def test_the_compilation_cache_has_a_size_limit(tmp_path: Path) -> None:
+    import jax
+
+    from fmnist_jax.training import program
+    program.enable_compile_cache(tmp_path)
+    assert jax.config.jax_compilation_cache_max_size == program.COMPILE_CACHE_MAX_BYTES == 512 * 2**20

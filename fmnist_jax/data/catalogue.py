@@ -271,6 +271,14 @@ def forget_shared(name: str, home: str | os.PathLike | None = None) -> None:
         _SHARED.pop((name, str(settings.home_dir(home))), None)
 
 
+def forget_workspace(home: str | os.PathLike) -> None:
+    """Drop every shared dataset loaded from one workspace (a visitor's, when it is cleaned up)."""
+    folder = str(Path(home).expanduser())
+    with _SHARED_LOCK:
+        for key in [key for key in _SHARED if key[1] == folder]:
+            del _SHARED[key]
+
+
 def load_fashion_mnist(data_dir: str | os.PathLike | None = None, home: str | os.PathLike | None = None,
                        progress: Progress | None = None) -> Dataset:
     """Fashion-MNIST: 60,000 train and 10,000 test 28x28x1 uint8 images."""

@@ -79,7 +79,26 @@ def cleanup_public_workspaces(keep: str) -> list[str]:
     from fmnist_jax.studio import public
 
     _LAST_CLEANUP[0] = time.time()
-    return public.cleanup_idle(keep=[keep])
+    removed = public.cleanup_idle(keep=[keep])
+    for workspace_id in removed:
+        release_workspace(public.workspace_home(workspace_id))
+    return removed
+
+
+def release_workspace(home: str | os.PathLike) -> None:
+    """Drop what this process keeps in memory for a deleted workspace: its shared datasets, cached splits."""
+    catalogue.forget_workspace(home)
+    with _SPLITS_LOCK:
+        _SPLITS.clear()  # a few entries, rebuilt on demand; they may hold that workspace's images
+
+
+def check_import_quota(ws: store.Workspace, upload_bytes: int) -> None:
+    """On a public Space: ValueError if importing an upload of this size would exceed the visitor's disk quota
+    (the converted arrays take about as much as the file; both are kept until the import ends)."""
+    if settings.public_mode():
+        from fmnist_jax.studio import public
+
+        public.check_disk(ws.home, 2 * int(upload_bytes))
 
 
 # ----------------------------------------------------------------------------- project record -> objects

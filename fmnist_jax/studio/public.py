@@ -45,6 +45,8 @@ class PublicLimits(Settings):
     max_memory_mb: Whole = Field(2048, gt=0, title="training memory (MiB)")
     max_job_tflop: Real = Field(300.0, gt=0, title="compute per job (TFLOP)")
     max_job_minutes: Real = Field(60.0, gt=0, title="minutes per job")  # then the job stops, its checkpoint kept
+    workspace_mb: Whole = Field(1024, gt=0, title="disk per workspace (MB)")  # uploads, runs and checkpoints
+    disk_gb: Real = Field(30.0, gt=0, title="disk for all workspaces (GB)")  # a free Space has 50 GB
     upload_cap_mb: Whole = Field(100, gt=0, title="upload size (MB)")  # also STREAMLIT_SERVER_MAX_UPLOAD_SIZE (Dockerfile)
     idle_hours: Real = Field(24.0, gt=0, title="idle hours")  # workspaces untouched this long are deleted
 
@@ -53,7 +55,8 @@ class PublicLimits(Settings):
         "max_running": "FMNIST_PUBLIC_MAX_RUNNING", "max_epoch_images": "FMNIST_PUBLIC_MAX_EPOCH_IMAGES",
         "upload_cap_mb": "FMNIST_PUBLIC_UPLOAD_MB", "idle_hours": "FMNIST_PUBLIC_IDLE_HOURS",
         "max_params": "FMNIST_PUBLIC_MAX_PARAMS", "max_memory_mb": "FMNIST_PUBLIC_MAX_MEMORY_MB",
-        "max_job_tflop": "FMNIST_PUBLIC_MAX_JOB_TFLOP", "max_job_minutes": "FMNIST_PUBLIC_MAX_JOB_MINUTES"}
+        "max_job_tflop": "FMNIST_PUBLIC_MAX_JOB_TFLOP", "max_job_minutes": "FMNIST_PUBLIC_MAX_JOB_MINUTES",
+        "workspace_mb": "FMNIST_PUBLIC_WORKSPACE_MB", "disk_gb": "FMNIST_PUBLIC_DISK_GB"}
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "PublicLimits":
@@ -80,7 +83,7 @@ class PublicLimits(Settings):
                 f"at most {self.max_epoch_images:,} training images per job (epochs x training set size)",
                 f"models up to {_count(self.max_params)} parameters and {self.max_memory_mb:,} MiB of training memory, "
                 f"{self.max_job_tflop:g} TFLOP and {self.max_job_minutes:g} minutes per job",
-                f"uploads up to {self.upload_cap_mb} MB",
+                f"uploads up to {self.upload_cap_mb} MB; {self.workspace_mb:,} MB of disk per visitor",
                 f"workspaces idle for {self.idle_hours:g} hours are deleted"]
 
 
@@ -175,6 +178,42 @@ def cleanup_idle(home: str | os.PathLike | None = None, idle_seconds: float | No
     for leftover in root.glob(".deleted-*") if root.is_dir() else []:
         shutil.rmtree(leftover, ignore_errors=True)  # from a clean-up that was interrupted
     return removed
+
+
+# ----------------------------------------------------------------------------- disk quotas
+
+def disk_bytes(folder: Path) -> int:
+    """Bytes of the files under a folder (0 if it does not exist); links are not followed."""
+    total = 0
+    for root, _, files in os.walk(folder) if folder.is_dir() else []:
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size
+            except OSError:
+                continue
+    return total
+
+
+def check_disk(workspace: Path, adding_bytes: int = 0, caps: PublicLimits | None = None,
+               home: str | os.PathLike | None = None) -> None:
+    """ValueError when writing `adding_bytes` more would take a visitor's workspace, or all of them together,
+    past the Space's disk quota; the message says what to delete."""
+    caps = caps or limits()
+    used = disk_bytes(Path(workspace))
+    if used + adding_bytes > caps.workspace_mb * 2**20:
+        raise ValueError(f"your workspace uses {used / 2**20:,.0f} MB of its {caps.workspace_mb:,} MB and this needs "
+                         f"about {adding_bytes / 2**20:,.0f} MB more; delete runs (Training page) or uploaded datasets "
+                         f"(Data page) first")
+    everyone = disk_bytes(visitors_root(home))
+    if everyone + adding_bytes > caps.disk_gb * 2**30:
+        raise ValueError(f"this Space's disk is full ({everyone / 2**30:,.1f} of {caps.disk_gb:g} GB); try again "
+                         f"later, when idle workspaces have been cleaned up, or run the studio on your own machine")
+
+
+def run_bytes(params: int) -> int:
+    """Disk a run needs at most, from its parameter count: float32 weights with their optimizer state in the
+    newest checkpoints, the best epoch's weights and the final model, plus its small JSON files."""
+    return int(params) * 4 * 10 + 2**20
 
 
 # ----------------------------------------------------------------------------- job caps

@@ -59,8 +59,10 @@ def start_training(ws: store.Workspace, project: dict, run_name: str | None = No
     if settings.public_mode():
         from fmnist_jax.studio import public
 
-        public.check_job(public.job_figures(spec, dataset.input_shape, dataset.num_classes, cfg.batch_size,
-                                            cfg.epochs, train_size))
+        figures = public.job_figures(spec, dataset.input_shape, dataset.num_classes, cfg.batch_size, cfg.epochs,
+                                     train_size)
+        public.check_job(figures)
+        public.check_disk(ws.home, public.run_bytes(figures["params"]))
     active = registry.for_project(project["id"], owner_of(ws))
     if active and active["status"] in ("queued", "running"):
         raise ValueError("this project already has a training job queued or running; stop it or wait for it to finish")

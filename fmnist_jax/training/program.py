@@ -25,12 +25,16 @@ from fmnist_jax.training.optim import (
 PRNG_IMPL = "threefry2x32"
 
 
+COMPILE_CACHE_MAX_BYTES = 512 * 2**20
+
+
 def enable_compile_cache(home: str | Path | None = None) -> None:
     """Persist compiled XLA programs under the workspace so a second start skips compilation."""
     from fmnist_jax import settings
 
     jax.config.update("jax_compilation_cache_dir", str(settings.home_dir(home) / "jax_cache"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_compilation_cache_max_size", COMPILE_CACHE_MAX_BYTES)  # least recently used go first
 
 
 def device_summary() -> dict:
