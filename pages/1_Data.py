@@ -224,9 +224,11 @@ with pixels_column:
     st.caption(estimates.describe_pixels(splits.train_images))
 st.markdown("**Samples** · three random training images per class")
 gallery = splitting.sample_gallery(splits.train_images, splits.train_labels, per_class=3, seed=spec.seed)
-columns = st.columns(len(gallery))
-for column, (label, images) in zip(columns, gallery.items()):
-    column.image(estimates.montage(images, columns=1, factor=3, gap=4), caption=splits.class_names[label], width="stretch")
+# Fixed-size tiles in a wrapping row: a few classes stay small on a desktop, and a phone shows several per row
+# (columns would stack them one per screen width).
+with st.container(horizontal=True, gap="small"):
+    for label, images in gallery.items():
+        st.image(estimates.montage(images, columns=1, factor=3, gap=4), caption=splits.class_names[label], width=88)
 
 # ----------------------------------------------------------------------------- augmentation
 
@@ -278,7 +280,8 @@ with preview_column:
     seed_key = f"aug-preview-seed-{pid}"
     st.session_state.setdefault(seed_key, 0)
     head, button = st.columns([3, 1], vertical_alignment="bottom")
-    head.markdown("**Preview** · left column original, then four augmented versions")
+    head.markdown("**Preview** · " + ("left column original, then four augmented versions" if cfg.augment.active()
+                                       else "six training images, as training sees them"))
     if button.button("Shuffle", icon=":material/shuffle:", help="Other images and other random draws."):
         st.session_state[seed_key] += 1
     rng = np.random.default_rng(st.session_state[seed_key])

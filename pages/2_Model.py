@@ -133,10 +133,10 @@ with editor:
     for index, (layer, uid) in enumerate(zip(draft["layers"], draft["uids"])):
         layer_type = layer_specs.REGISTRY[layer["type"]]
         with st.container(border=True, key=f"layer-box-{uid}"):
-            head, buttons = st.columns([4, 3], vertical_alignment="center")
-            head.markdown(f"**{index} · {layer_type.label}** &nbsp; :gray[{charts.layer_summary(layer)}]",
-                          help=layer_type.description)
-            with buttons.container(horizontal=True, horizontal_alignment="right", gap="small"):
+            st.markdown(f"**{index} · {layer_type.label}** &nbsp; :gray[{charts.layer_summary(layer)}]",
+                        help=layer_type.description)
+            # the buttons get a row of their own: beside the title they wrapped around it in a narrow column
+            with st.container(horizontal=True, gap="small"):
                 st.button("Up", icon=":material/arrow_upward:", key=f"up-{uid}", on_click=_move_layer, args=(index, -1),
                           disabled=index == 0, help=f"Move layer {index} up", type="tertiary")
                 st.button("Down", icon=":material/arrow_downward:", key=f"down-{uid}", on_click=_move_layer, args=(index, 1),
@@ -155,10 +155,10 @@ with editor:
 
     with st.container(border=True):
         kinds = list(layer_specs.REGISTRY)
-        a, b, c = st.columns([3, 2, 2], vertical_alignment="bottom")
-        a.selectbox("Add a layer", kinds, format_func=lambda k: f"{layer_specs.REGISTRY[k].label} — "
-                                                                       f"{layer_specs.REGISTRY[k].description}",
-                           key=f"add-kind-{pid}", help="Any registered layer type.")
+        st.selectbox("Add a layer", kinds, format_func=lambda k: f"{layer_specs.REGISTRY[k].label} — "
+                                                                 f"{layer_specs.REGISTRY[k].description}",
+                     key=f"add-kind-{pid}", help="Any registered layer type.")  # full width: the descriptions are long
+        b, c = st.columns([1, 1], vertical_alignment="bottom")
         # keyed by the layer count, so the position resets to "append" whenever layers come or go
         position_key = f"add-pos-{pid}-{len(draft['layers'])}"
         b.number_input("at position", 0, len(draft["layers"]), len(draft["layers"]), key=position_key,

@@ -211,20 +211,17 @@ with right:
     else:
         device = ui.device()
         startup = estimate["startup"]
-        m = st.columns(3)
-        m[0].metric("Start-up", ui.seconds_text(startup["seconds"]) if startup else "first run",
-                    help="Model set-up, data on the device and compilation, before the first epoch"
-                         + (f" (measured in run {startup['run']})." if startup else
-                            ": the first run measures it (typically 5 to 60 s on a CPU)."))
-        m[1].metric("Per epoch", ui.seconds_text(estimate["seconds"]))
-        m[2].metric("Whole run", ui.seconds_text(estimate["seconds"] * cfg.epochs + (startup["seconds"] if startup else 0))
-                    + ("" if startup else " + start-up"))
+        m = st.columns(2)
+        m[0].metric("Per epoch", ui.seconds_text(estimate["seconds"]))
+        m[1].metric("Whole run", ui.seconds_text(estimate["seconds"] * cfg.epochs + (startup["seconds"] if startup else 0)),
+                    help="The epochs plus the start-up" + ("" if startup else ", once the first run has measured it"))
+        st.markdown(f"Start-up before the first epoch (set-up, data on the device, compilation): **"
+                    + (f"{ui.seconds_text(startup['seconds'])}** as measured in run {startup['run']}." if startup else
+                       "measured by the first run**, typically 5 to 60 s on a CPU."))
         st.caption(f"{estimate['flops_per_image'] / 1e6:,.1f} MFLOPs to train on one image × "
                    f"{steps_per_epoch * cfg.batch_size:,} images per epoch, at "
                    f"{estimate['flops_per_s'] / 1e9:,.1f} GFLOP/s on {device['platform'].upper()} "
-                   f"(from the {estimate['source']}), plus the validation pass"
-                   + (f"; start-up as measured in run {startup['run']}." if startup else
-                      "; the first run's start-up (compilation) is measured and shown here after it."))
+                   f"(from the {estimate['source']}), plus the validation pass.")
     ui.public_caps(spec, dataset.input_shape, dataset.num_classes, cfg, train_size)
     layers_ok = True
     try:

@@ -179,7 +179,8 @@ def _live_panel(snap: dict | None) -> None:
         m[1].metric("s/epoch", ui.seconds_text(figures["seconds_per_epoch"]))
         m[2].metric("Elapsed", ui.seconds_text(figures["elapsed"]), help="Since the job started, including data "
                                                                           "preparation and compilation.")
-        eta = ("done" if not active else "soon" if figures["fraction"] >= 1.0 else ui.seconds_text(figures["eta"]))
+        eta = ("done" if not active else "stopping" if snap["stop_requested"] else
+               "soon" if figures["fraction"] >= 1.0 else ui.seconds_text(figures["eta"]))
         m[3].metric("ETA", eta, help="Time left for the remaining training steps (then a validation pass and the "
                                      "test-set evaluation).")
         m[4].metric("Best epoch", figures["best_epoch"] or "–",

@@ -25,8 +25,10 @@ if not runs:
     st.stop()
 
 labels = {r["id"]: f"{r['name']} · {r['status']} · {ui.stamp(r['created'])}" for r in runs}
-run_id = st.selectbox("Run", list(labels), format_func=labels.get, key=f"eval-run-{pid}",
-                      help="Runs with trained weights, newest first.")
+best = tasks.best_run(runs)
+run_id = st.selectbox("Run", list(labels), index=list(labels).index(best["id"]), format_func=labels.get,
+                      key=f"eval-run-{pid}", help="Runs with trained weights, newest first; the page opens on the one "
+                                                  "with the best validation accuracy.")
 run = next(r for r in runs if r["id"] == run_id)
 
 bar = st.empty()
@@ -103,12 +105,14 @@ selected = [i for i in mistakes
 if order == "least confident first":
     selected = selected[::-1]
 st.caption(f"{len(selected):,} of {len(mistakes):,} mistakes match; showing the first {min(GALLERY_LIMIT, len(selected))}.")
-columns = st.columns(8)
-for position, index in enumerate(selected[:GALLERY_LIMIT]):
-    with columns[position % 8]:
-        st.image(estimates.upscale(test_images[index], 4), width="stretch")
-        st.caption(f"**{class_names[int(test_labels[index])]}** → {class_names[predicted[index]]} "
-                   f"({confidence[index]:.0%})")
+# Fixed-size tiles in a wrapping row: eight or so across on a desktop, three on a phone (columns would stack
+# them one per screen width there).
+with st.container(horizontal=True, gap="small"):
+    for index in selected[:GALLERY_LIMIT]:
+        with st.container(width=96):
+            st.image(estimates.upscale(test_images[index], 4), width=96)
+            st.caption(f"**{class_names[int(test_labels[index])]}** → {class_names[predicted[index]]} "
+                       f"({confidence[index]:.0%})")
 
 st.divider()
 ui.link("deploy", "Next: deploy")

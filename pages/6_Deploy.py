@@ -42,10 +42,10 @@ if not options:
     ui.link("training", "Go to Training")
     st.stop()
 labels = {DEMO: "Demo model (shipped with the studio)",
-          **{rid: f"{r['name']} · test {ui.percent(r['test_accuracy'])} · {ui.stamp(r['created'])}" for rid, r in runs.items()}}
+          **{rid: f"{r['name']} · test {ui.percent(r['test_accuracy'])}" for rid, r in runs.items()}}
 wanted = st.query_params.get("model")
 default = wanted if wanted in options else project.get("deployed_run") if project.get("deployed_run") in options else (
-    next(iter(runs)) if runs else options[0])
+    tasks.best_run(list(runs.values()))["id"] if runs else options[0])
 
 
 def _deploy() -> None:

@@ -269,3 +269,10 @@ def test_colour_images_are_previewed_in_colour_and_captions_come_from_the_data()
     caption = estimates.describe_pixels(natural)
     assert "Backgrounds vary" in caption and "Mean brightness" in caption and "0% of pixels are pure black" in caption
     assert "bright on" not in caption
+
+
+def test_pages_open_on_the_best_run() -> None:
+    runs = [{"id": "new", "best_val_accuracy": 0.77}, {"id": "mid", "best_val_accuracy": 0.80},
+            {"id": "old", "best_val_accuracy": None}]
+    assert tasks.best_run(runs)["id"] == "mid"
+    assert tasks.best_run([{"id": "a", "best_val_accuracy": None}, {"id": "b"}])["id"] == "a"  # newest first

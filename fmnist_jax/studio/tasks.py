@@ -206,6 +206,12 @@ def runs_table(ws: store.Workspace, project_id: str) -> list[dict]:
     return rows
 
 
+def best_run(runs: list[dict]) -> dict:
+    """The run with the best validation accuracy (the newest among equals; the newest if none has one)."""
+    scored = [r for r in runs if r.get("best_val_accuracy") is not None]
+    return max(scored, key=lambda r: r["best_val_accuracy"]) if scored else runs[0]
+
+
 # ----------------------------------------------------------------------------- evaluation
 
 def evaluate_run(ws: store.Workspace, project_id: str, run_id: str, progress: Progress | None = None) -> dict:
