@@ -280,3 +280,34 @@ def test_page_urls_and_query_parameters_still_work_as_the_first_request(studio: 
         page.goto(studio)
         page.get_by_text("What garment is this?").wait_for()
         browser.close()
+
+
+def test_hyperparameters_labels_and_figures_are_not_cut_on_a_phone_or_a_desktop(studio: str, workspace: Path) -> None:
+    """The recommended-recipe button and the time estimate's figures show in full (they were cut to
+    'Use these set...' and 'first ...')."""
+    playwright_api = pytest.importorskip("playwright.sync_api", reason="needs Playwright (pip install playwright)")
+    from fmnist_jax import store
+    from fmnist_jax.studio import projects as proj
+
+    ws = store.Workspace(workspace)
+    project = proj.create_sample_project(ws)
+    ws.update_project(project["id"], config={**project["config"], "epochs": 3})  # not the recipe: the button shows
+    cut = """els => els.filter(e => e.scrollWidth > e.clientWidth + 1).map(e => e.innerText)"""
+    with playwright_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        for width, height in ((390, 844), (1400, 1000)):
+            page = browser.new_page(viewport={"width": width, "height": height})
+            page.set_default_timeout(90_000)
+            page.goto(f"{studio}/Hyperparameters?project={project['id']}")
+            button = page.get_by_role("button", name="Use these settings")
+            button.wait_for()
+            page.get_by_test_id("stMetricValue").first.wait_for()
+            time.sleep(2.0)
+            inside = button.evaluate("b => [b, ...b.querySelectorAll('*')].filter(e => e.scrollWidth > e.clientWidth + 1 "
+                                     "|| e.getBoundingClientRect().right > b.getBoundingClientRect().right + 1).length")
+            assert inside == 0, f"button label cut at {width}px"
+            assert page.get_by_test_id("stMetricValue").evaluate_all(cut) == [], f"figures cut at {width}px"
+            page.screenshot(path=str(ARTIFACTS / f"hyperparameters-{width}.png"), full_page=False)
+            page.close()
+        browser.close()
