@@ -195,5 +195,7 @@ def home() -> None:
         st.caption(f"Workspace: `{ws.home}` (set FMNIST_HOME to move it)")
 
 
+if (token := st.query_params.get("share")) is not None:
+    ui.shared_model_page(token)  # a predict-only link: nothing of the studio or the workspace behind it
 ui.frame()
 home()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
+from pathlib import Path
 from typing import Any
 
 import streamlit as st
@@ -13,7 +14,7 @@ import streamlit as st
 from fmnist_jax import settings, store
 from fmnist_jax.deploy import predict
 from fmnist_jax.photos import decode
-from fmnist_jax.studio import charts, estimates, public, tasks
+from fmnist_jax.studio import charts, estimates, public, shares, tasks
 from fmnist_jax.studio import projects as proj
 
 HOME_PAGE = "app.py"
@@ -369,33 +370,88 @@ def photo_files(uploads: list, camera: Any) -> list[tuple[str, bytes]]:
     return files
 
 
-def try_a_photo() -> None:
-    """Zero clicks to a prediction: upload photos or take one, answered by the shipped demo model."""
-    st.markdown("#### :material/checkroom: What garment is this?")
-    st.caption("Upload photos of clothes or take one: the demo model answers at once, no project needed. "
-               "It knows T-shirts, trousers, pullovers, dresses, coats, sandals, shirts, sneakers, bags and "
-               "ankle boots, and says *not sure* for other things.")
+def try_a_photo(source: str = "demo", stamp: str = "demo", key: str = "try") -> None:
+    """Zero clicks to a prediction: upload photos or take one, answered by the shipped demo model (or the
+    model a share link names)."""
+    if source == "demo":
+        st.markdown("#### :material/checkroom: What garment is this?")
+        st.caption("Upload photos of clothes or take one: the demo model answers at once, no project needed. "
+                   "It knows T-shirts, trousers, pullovers, dresses, coats, sandals, shirts, sneakers, bags and "
+                   "ankle boots, and says *not sure* for other things.")
     upload_col, camera_col = st.columns([3, 2])
     uploads = upload_col.file_uploader("Photos of garments", type=decode.UPLOAD_TYPES, accept_multiple_files=True,
-                                       key="try-upload", label_visibility="collapsed")
+                                       key=f"{key}-upload", label_visibility="collapsed")
     with camera_col:
-        use_camera = st.toggle("Use the camera", key="try-camera-on", help="Take a photo with this device's camera.")
-    camera = st.camera_input("Take a photo", key="try-camera") if use_camera else None
+        use_camera = st.toggle("Use the camera", key=f"{key}-camera-on", help="Take a photo with this device's camera.")
+    camera = st.camera_input("Take a photo", key=f"{key}-camera") if use_camera else None
     files = photo_files(uploads, camera)
     if not files:
         return
     if settings.public_mode():
-        wait = public.DEMO_LIMITER.allow(st.session_state.get("workspace-id") or "anonymous", len(files))
+        wait = public.DEMO_LIMITER.allow(st.session_state.get("workspace-id") or st.context.ip_address or "anonymous",
+                                         len(files))
         if wait:
             st.warning(f"Too many photos in a minute for the public demo; try again in {wait:.0f} s.",
                        icon=":material/hourglass:")
             return
     try:
-        model = cached_model("demo", "demo")
+        model = cached_model(source, stamp)
     except (ValueError, store.StoreError, OSError) as error:
-        st.error(f"The demo model cannot be loaded: {plain(error)}", icon=":material/error:")
+        st.error(f"The model cannot be loaded: {plain(error)}", icon=":material/error:")
         return
     with st.spinner("Looking at your photo…"):
         results = predict.predict_files(model, files)
     for result in results:
         prediction_card(result, model)
+
+
+def share_panel(project_id: str, choice: str, label: str) -> None:
+    """The Deploy page's sharing: predict-only links for the chosen model (made and revoked here), and the
+    owner's own link back to this page."""
+    ws = workspace()
+    st.markdown("**Share**", help="A share link lets anyone predict with this model, and nothing else: it does not "
+                                  "open your projects, data or runs. Revoke it here to stop it.")
+    if st.button("Create a predict-only link", icon=":material/link:", key=f"share-make-{project_id}"):
+        try:
+            shares.create_share(ws, project_id, choice, label.split(" · ")[0])
+        except (ValueError, store.StoreError) as error:
+            st.error(plain(error), icon=":material/error:")
+    base = st.context.url or "/"
+    for share in shares.list_shares(ws, project_id):
+        with st.container(border=True):
+            st.markdown(f"{plain(share['label'])} · {stamp(share['created'])}")
+            st.code(shares.share_url(base, share["token"]), language=None, wrap_lines=True)
+            if st.button("Revoke", icon=":material/link_off:", key=f"share-revoke-{share['token']}",
+                         help="The link stops working at once."):
+                shares.revoke_share(ws, share["token"])
+                st.rerun()
+    page = base.split("?")[0] if base.split("?")[0].rstrip("/").endswith("Deploy") else base.split("?")[0].rstrip("/") + "/Deploy"
+    own = f"{page}?" + (f"w={ws.home.name}&" if settings.public_mode() else "") + f"project={project_id}&model={choice}"
+    with st.expander("Your own link to this page"):
+        st.code(own, language=None, wrap_lines=True)
+        st.caption("It opens this project with this model selected" + (
+            ", in your whole workspace (projects, data, runs): keep it to yourself, to come back later."
+            if settings.public_mode() else "."))
+
+
+def shared_model_page(token: str) -> None:
+    """What a share link opens: predictions with the one shared model, and nothing of the workspace it came
+    from (no sidebar, no projects, no workspace key). Stops the script."""
+    st.set_page_config(page_title="Fashion-MNIST Studio · shared model", page_icon=":material/checkroom:",
+                       layout="centered")
+    _report_unexpected_errors()
+    share = shares.resolve_share(token)
+    if share is None:
+        st.error("This share link does not work: it was revoked by its owner, mistyped, or its model was deleted.",
+                 icon=":material/link_off:")
+        st.page_link("app.py", label="Open Fashion-MNIST Studio", icon=":material/home:")
+        st.stop()
+    st.title(f":material/checkroom: {share['label']}")
+    st.caption("A model shared from Fashion-MNIST Studio. Upload photos of garments or take one to see what it "
+               "predicts; this link lets you predict with this model only.")
+    weights = Path(share["source"]) / "model.msgpack"
+    stamp = str(weights.stat().st_mtime_ns) if share["source"] != "demo" and weights.exists() else "demo"
+    try_a_photo(share["source"], stamp, key=f"share-{token}")
+    st.divider()
+    st.page_link("app.py", label="Train your own model in the studio", icon=":material/model_training:")
+    st.stop()

@@ -3,13 +3,12 @@ each one what the pipeline did, the 28x28 image the model sees and the predicted
 from __future__ import annotations
 
 import hashlib
-import urllib.parse
 from pathlib import Path
 
 import streamlit as st
 
 import studio_ui as ui
-from fmnist_jax import settings, store
+from fmnist_jax import store
 from fmnist_jax.deploy import bundle, onnx_export, predict
 from fmnist_jax.photos import decode
 from fmnist_jax.studio import tasks
@@ -77,17 +76,7 @@ with left:
     if card.get("real_photos"):
         ui.model_card(card)
 with right:
-    base = st.context.url or "/Deploy"
-    if not base.rstrip("/").endswith("Deploy"):
-        base = base.rstrip("/") + "/Deploy"
-    params = {"project": pid, "model": choice}
-    if settings.public_mode():
-        params = {"w": ws.home.name, **params}
-    share = f"{base}?{urllib.parse.urlencode(params)}"
-    st.markdown("**Share**", help="Opens this page with this project and model selected.")
-    st.code(share, language=None, wrap_lines=True)
-    if settings.public_mode():
-        st.caption("Anyone with this link opens your workspace: share it only with people you trust.")
+    ui.share_panel(pid, choice, labels[choice])
 
 with st.expander("Use this model outside the studio", expanded=False):
     stem = "fmnist-demo" if choice == DEMO else f"fmnist-{pid}-{choice}"

@@ -625,3 +625,30 @@ ui.public_caps(huge, (28, 28, 1), 10, TrainConfig(), 54000)
     assert not at.exception
     assert at.caption[0].value.startswith("This Space's limits · parameters ")
     assert "Too big for this Space:** this model has 210 billion parameters; this Space allows 5 million" in texts(at, "error")
+
+
+def test_a_share_link_predicts_with_one_model_and_opens_nothing_else(trained: dict) -> None:
+    pid = trained["id"]
+    at = open_app("pages/6_Deploy.py", pid)
+    at.button(key=f"share-make-{pid}").click().run()
+    assert not at.exception
+    link = next(c.value for c in at.code if "?share=" in c.value)
+    token = link.split("?share=")[1]
+    assert "w=" not in link and pid not in link and "Deploy" not in link  # no workspace key, no project
+
+    visitor = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    visitor.query_params["share"] = token
+    visitor.run()
+    assert not visitor.exception
+    assert visitor.title[0].value.endswith("trained") and not visitor.sidebar.children  # no studio around it
+    garment = proj.synthetic_dataset().test_images[0][..., 0]
+    visitor.file_uploader(key=f"share-{token}-upload").set_value([("garment.png", png_bytes(garment), "image/png")]).run()
+    assert not visitor.exception and any("garment.png" in m.value and "→" in m.value for m in visitor.markdown)
+
+    at.run()
+    at.button(key=f"share-revoke-{token}").click().run()  # the owner revokes it: the link stops working
+    assert not any("?share=" in c.value for c in at.code)
+    visitor = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    visitor.query_params["share"] = token
+    visitor.run()
+    assert "This share link does not work" in texts(visitor, "error") and not visitor.file_uploader
