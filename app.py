@@ -195,7 +195,16 @@ def home() -> None:
         st.caption(f"Workspace: `{ws.home}` (set FMNIST_HOME to move it)")
 
 
-if (token := st.query_params.get("share")) is not None:
-    ui.shared_model_page(token)  # a predict-only link: nothing of the studio or the workspace behind it
-ui.frame()
-home()
+if __name__ == "__main__":  # Streamlit runs this file as the home page's script
+    if (token := st.query_params.get("share")) is not None:
+        ui.shared_model_page(token)  # a predict-only link: nothing of the studio or the workspace behind it
+    ui.frame()
+    home()
+else:
+    # `streamlit run app.py` first imports this file, finds `app` and serves it: the studio's pages (this file
+    # and pages/) plus the REST API under /api, on one port (what a Space exposes).
+    from starlette.routing import Mount
+
+    from fmnist_jax.studio.api import create_api
+
+    app = st.App("app.py", routes=[Mount("/api", app=create_api())])

@@ -113,25 +113,31 @@ def create_app(model: Any, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES, m
 
     @api.post("/predict", summary="Classify one or more uploaded images (multipart field `files`)")
     async def predict_endpoint(files: list[UploadFile] = File(..., description="one or more images")) -> JSONResponse:
-        if len(files) > max_files:
-            return JSONResponse({"detail": f"{len(files)} files sent; send at most {max_files} per request"}, status_code=422)
-        uploads: list[tuple[str, bytes]] = []
-        too_big = []
-        for position, upload in enumerate(files):
-            payload = await upload.read(decode.MAX_UPLOAD_BYTES + 1)
-            name = upload.filename or f"upload-{position + 1}"
-            if len(payload) > decode.MAX_UPLOAD_BYTES:
-                too_big.append(name)
-            uploads.append((name, payload))
-        results = [predict.public_record(r) for r in await run_in_threadpool(predict.predict_files, model, uploads)]
-        failures = [r for r in results if "error" in r]
-        if len(failures) == len(results):
-            status = 413 if too_big and len(too_big) == len(results) else 422
-            return JSONResponse({"detail": f"no usable image: {failures[0]['file']}: {failures[0]['error']}",
-                                 "results": results}, status_code=status)
-        return JSONResponse(results)
+        return await predict_response(model, files, max_files)
 
     return BodyLimit(api, max_request_bytes)
+
+
+async def predict_response(model: Any, files: list[UploadFile], max_files: int = MAX_FILES) -> JSONResponse:
+    """The answer to POST /predict: the `predict --json` records (200), or 413/422 with the reason when no
+    file is a usable image. Shared by `serve` and the studio's own /api."""
+    if len(files) > max_files:
+        return JSONResponse({"detail": f"{len(files)} files sent; send at most {max_files} per request"}, status_code=422)
+    uploads: list[tuple[str, bytes]] = []
+    too_big = []
+    for position, upload in enumerate(files):
+        payload = await upload.read(decode.MAX_UPLOAD_BYTES + 1)
+        name = upload.filename or f"upload-{position + 1}"
+        if len(payload) > decode.MAX_UPLOAD_BYTES:
+            too_big.append(name)
+        uploads.append((name, payload))
+    results = [predict.public_record(r) for r in await run_in_threadpool(predict.predict_files, model, uploads)]
+    failures = [r for r in results if "error" in r]
+    if len(failures) == len(results):
+        status = 413 if too_big and len(too_big) == len(results) else 422
+        return JSONResponse({"detail": f"no usable image: {failures[0]['file']}: {failures[0]['error']}",
+                             "results": results}, status_code=status)
+    return JSONResponse(results)
 
 
 def run(model: Any, host: str = "127.0.0.1", port: int = 8000, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> None:
