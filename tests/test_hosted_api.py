@@ -59,6 +59,12 @@ def test_a_public_space_needs_a_share_token_and_limits_each_client(workspace: Pa
         assert by_query.status_code == 200 and by_header.status_code == 200 and len(by_header.json()) == 2
         limited = client.post(f"/predict?share={token}", files=[("files", ("a.png", png, "image/png"))])
         assert limited.status_code == 429 and int(limited.headers["Retry-After"]) >= 1
+        # behind the Space's proxy: each visitor is the address the proxy appended, whatever the client claims
+        other = client.post(f"/predict?share={token}", headers={"X-Forwarded-For": "1.2.3.4, 10.0.0.7"},
+                            files=[("files", ("a.png", png, "image/png"))])
+        spoofed = client.post(f"/predict?share={token}", headers={"X-Forwarded-For": "9.9.9.9, 10.0.0.7"},
+                              files=[("files", ("a.png", png, "image/png"))] * 3)
+        assert other.status_code == 200 and spoofed.status_code == 429
 
 
 @pytest.mark.slow

@@ -60,6 +60,15 @@ def _source(token: str | None) -> str:
     return shares.DEMO
 
 
+def client_address(request: Request) -> str:
+    """Who is asking, for the rate limit. Behind a Space's proxy every request comes from the proxy, which
+    appends the visitor's address to X-Forwarded-For; the last entry is the one the proxy saw (earlier ones
+    are whatever the client sent, so they are not trusted)."""
+    forwarded = request.headers.get("x-forwarded-for", "")
+    last = forwarded.split(",")[-1].strip()
+    return last or (request.client.host if request.client else "unknown")
+
+
 def create_api(max_request_bytes: int = serve.DEFAULT_MAX_REQUEST_BYTES,
                limiter: public.RateLimiter | None = None) -> Any:
     """The ASGI app to mount at /api, with the request-size cap around it."""
@@ -90,8 +99,7 @@ def create_api(max_request_bytes: int = serve.DEFAULT_MAX_REQUEST_BYTES,
                                x_share_token: str | None = Header(None)) -> JSONResponse:
         source = _source(share or x_share_token)
         if settings.public_mode():
-            client = request.client.host if request.client else "unknown"
-            wait = limiter.allow(client, max(1, len(files)))
+            wait = limiter.allow(client_address(request), max(1, len(files)))
             if wait:
                 return JSONResponse({"detail": f"too many images in a minute; try again in {wait:.0f} s"},
                                     status_code=429, headers={"Retry-After": str(int(wait) + 1)})
