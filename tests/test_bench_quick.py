@@ -97,3 +97,15 @@ def test_real_photos_bench_scores_a_folder(tmp_path) -> None:
     assert {k: v["total"] for k, v in out["per_folder"].items()} == {"tops": 12, "trousers": 12, "other": 12}
     assert 0 <= out["accuracy"] <= 1 and 0 <= out["unsure_unknown"] <= 1
     assert (tmp_path / "sheet.png").stat().st_size > 0
+
+
+@pytest.mark.skipif(not os.path.exists("/usr/bin/chromium"), reason="needs Debian's chromium (.ci/run installs it)")
+def test_load_test_short_mode_public_space_stays_up_and_refuses_the_hostile_jobs() -> None:
+    """bench/load_test.py --quick: visitors predicting over /api, a training page, a hostile visitor."""
+    out = _run("load_test.py")
+    assert out["requests"] > 30 and out["errors"] == 0 and out["ok"] > 0, out
+    assert out["p95_ms"] is not None and out["server_rss_peak_mb"] > 0
+    assert all(t["done"] for t in out["trainings"]), out["trainings"]
+    assert out["hostile_page"]["refused"] and out["hostile_page"]["seconds"] < 30
+    assert [r["exit"] for r in out["hostile_cli"]] == [2, 2]
+    assert all(r["message"].startswith("error: this model has") for r in out["hostile_cli"])
