@@ -7,7 +7,7 @@ import logging
 import secrets
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import streamlit as st
 
@@ -187,6 +187,39 @@ def public_caps(spec: list, input_shape: tuple, num_classes: int, cfg: Any, trai
         st.error(f"**Too big for this Space:** {plain(error)}", icon=":material/block:")
     else:
         st.caption("This Space's limits · " + " · ".join(public.usage_lines(figures)))
+
+
+def background() -> Any:
+    """The server's registry of background tasks (imports, exports, evaluations)."""
+    return proj.get_task_registry()
+
+
+def watch_task(snap: dict, on_done: Callable[[Any], None] | None = None) -> None:
+    """Show a background task where the page calls this: its progress and a Cancel button while it runs (redrawn
+    every second, on its own), then its result (`on_done`, once), its error, or that it was cancelled."""
+    if snap["status"] in ("queued", "running"):
+        st.fragment(_task_progress, run_every=1.0)(snap["id"])
+    elif snap["status"] == "done":
+        if on_done is not None:
+            background().forget(snap["id"])
+            on_done(snap["result"])
+    elif snap["status"] == "failed":
+        st.error(f"{plain(snap['label'])} failed: {plain(snap['error'])}", icon=":material/error:")
+        st.button("Dismiss", key=f"task-dismiss-{snap['id']}", on_click=background().forget, args=(snap["id"],))
+    else:
+        st.info(f"{plain(snap['label'])}: cancelled.", icon=":material/cancel:")
+        background().forget(snap["id"])
+
+
+def _task_progress(task_id: int) -> None:
+    snap = background().get(task_id)
+    if snap is None or snap["status"] not in ("queued", "running"):
+        st.rerun(scope="app")  # ended: the whole page shows the outcome
+    text = snap["message"] or ("waiting for a free worker" if snap["status"] == "queued" else "starting")
+    a, b = st.columns([5, 1], vertical_alignment="center")
+    a.progress(snap["progress"], text=f"{snap['label']}: {text}")
+    b.button("Cancel", icon=":material/close:", key=f"task-cancel-{task_id}", on_click=background().cancel, args=(task_id,),
+             width="stretch")
 
 
 RUN_INDICATOR_HIDDEN = "<style>[data-testid='stStatusWidget']{visibility:hidden}</style>"

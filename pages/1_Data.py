@@ -1,6 +1,8 @@
 """1 · Data: source and data folder, split, class balance, samples, pixel histogram, augmentation preview."""
 from __future__ import annotations
 
+import hashlib
+import io
 from pathlib import Path
 from typing import Any, Callable
 
@@ -102,12 +104,13 @@ def upload_panel() -> str | None:
                             help="Grayscale is faster; RGB keeps colour.")
         options = (None if size == "auto" else int(size), None if color == "auto" else color)
         if st.button("Import", icon=":material/file_upload:", disabled=file is None, key=f"upload-go-{pid}"):
-            def run(bar: Any) -> dict:
-                proj.check_import_quota(ui.workspace(), file.size)  # a public Space's disk quota, before writing
-                return importer.import_stream(file, file.name, *options, progress=ui.progress_callback(bar),
-                                              home=upload_home)
+            data, name = file.getvalue(), file.name  # the page's file object does not outlive this run
 
-            _import(file.name, run, upload_home)
+            def from_browser(progress: Any) -> dict:
+                proj.check_import_quota(ui.workspace(), len(data))  # a public Space's disk quota, before writing
+                return importer.import_stream(io.BytesIO(data), name, *options, progress=progress, home=upload_home)
+
+            _start_import(name, hashlib.sha256(data).hexdigest()[:16], options, from_browser)
         if not settings.public_mode():  # a path on the server is this computer's own disk only when run locally
             path = st.text_input("…or a dataset on this computer", key=f"upload-path-{pid}",
                                  placeholder="/home/me/photos.zip, or a folder of class folders",
@@ -116,22 +119,25 @@ def upload_panel() -> str | None:
             if st.button("Import from this path", icon=":material/folder_open:", disabled=not path.strip(),
                          key=f"upload-path-go-{pid}"):
                 where = Path(path.strip()).expanduser()
-                _import(where.name, lambda bar: importer.import_upload(
-                    where, *options, progress=ui.progress_callback(bar), home=upload_home), upload_home)
+                _start_import(where.name, str(where), options, lambda progress: importer.import_upload(
+                    where, *options, progress=progress, home=upload_home))
+    # Imports run in the background: they go on through reruns, page switches and reloads, and can be cancelled.
+    for snap in ui.background().owned(ui.owner(), "import", f"{pid}:"):
+        ui.watch_task(snap, on_done=lambda manifest: _imported(manifest, upload_home))
     return chosen
 
 
-def _import(name: str, run: Callable[[Any], dict], upload_home: Path) -> None:
-    bar = st.progress(0.0, text="Checking the upload…")
+def _start_import(name: str, ident: str, options: tuple, work: Callable[[Any], dict]) -> None:
     try:
-        manifest = run(bar)
-    except (ValueError, OSError, store.StoreError) as error:
-        bar.empty()
-        st.error(f"Could not import {ui.plain(name)}: {ui.plain(error)}", icon=":material/error:")
-    else:
-        ui.save_project(project, dataset=manifest["name"], upload_home=str(upload_home))
-        st.session_state["upload-version"] = st.session_state.get("upload-version", 0) + 1  # fresh picker
-        st.rerun()
+        ui.background().submit(ui.owner(), "import", f"{pid}:{ident}:{options}", work, label=f"Importing {name}")
+    except ValueError as error:
+        st.error(ui.plain(error), icon=":material/error:")
+
+
+def _imported(manifest: dict, upload_home: Path) -> None:
+    ui.save_project(project, dataset=manifest["name"], upload_home=str(upload_home))
+    st.session_state["upload-version"] = st.session_state.get("upload-version", 0) + 1  # a fresh picker
+    st.rerun()
 
 
 if source == UPLOAD:

@@ -2,6 +2,9 @@
 most-confused pairs and a filterable gallery of misclassified test images."""
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import pandas as pd
 import streamlit as st
 
@@ -31,16 +34,30 @@ run_id = st.selectbox("Run", list(labels), index=list(labels).index(best["id"]),
                                                   "with the best validation accuracy.")
 run = next(r for r in runs if r["id"] == run_id)
 
-bar = st.empty()
+# The test-set pass runs in the background (cached in the run folder afterwards): it goes on if the page does not.
+weights = Path(run["path"]) / "model.msgpack"
+stamp = weights.stat().st_mtime_ns if weights.exists() else 0
+
+
+def _evaluate(progress: Any) -> dict:
+    try:
+        return tasks.evaluate_run(ws, pid, run_id, progress=progress)
+    except catalogue.DataUnavailable as error:  # the run's data is gone or its folder moved: the user can fix it
+        raise ValueError(str(error)) from None
+
+
+evaluation = ui.background().submit(ui.owner(), "evaluate", f"{pid}:{run_id}:{stamp}", _evaluate,
+                               label=f"Evaluating {run['name']} on the test set")
+if evaluation["status"] != "done":
+    ui.watch_task(evaluation)
+    st.stop()
+metrics = evaluation["result"]
 try:
-    metrics = tasks.evaluate_run(ws, pid, run_id, progress=ui.progress_callback(bar))
     run_record = tasks.read_run(ws, pid, run_id)
     test_images, test_labels = tasks.gallery_images(run_record)
 except (ValueError, store.StoreError, catalogue.DataUnavailable) as error:
-    bar.empty()
     st.error(f"This run cannot be evaluated: {ui.plain(error)}", icon=":material/error:")
     st.stop()
-bar.empty()
 
 history = tasks.run_history(run["path"])
 last = history[-1] if history else {}

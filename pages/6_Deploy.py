@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Any
 
 import streamlit as st
 
@@ -85,21 +86,27 @@ with st.expander("Use this model outside the studio", expanded=False):
                       mime="application/zip", icon=":material/package_2:", key=f"bundle-{pid}",
                       help="Weights, layers, class names and photo settings in one file; loads with "
                            "`predict`/`serve` and needs no pickle.")
-    onnx_key = f"onnx-{source}-{stamp}"
-    if onnx_key in st.session_state:
-        payload, difference = st.session_state[onnx_key]
+    # The conversion and its check against JAX run in the background (a few seconds to a minute).
+    onnx_task = ui.background().find(ui.owner(), "onnx", f"{source}:{stamp}")
+    if onnx_task and onnx_task["status"] == "done":
+        payload, difference = onnx_task["result"]
         b.download_button("Download ONNX", payload, file_name=f"{stem}.onnx", mime="application/octet-stream",
                           icon=":material/file_download:", key=f"onnx-dl-{pid}",
                           help=f"Checked with onnxruntime: probabilities within {difference:.1e} of JAX's.")
+    elif onnx_task and onnx_task["status"] in ("queued", "running", "failed"):
+        with b:
+            ui.watch_task(onnx_task)
     elif b.button("Prepare ONNX export", icon=":material/conversion_path:", key=f"onnx-make-{pid}",
-                  help="Converts with jax2onnx and checks the result against JAX (takes a few seconds)."):
-        try:
-            with st.spinner("Converting to ONNX and checking it against JAX…"):
-                st.session_state[onnx_key] = onnx_export.onnx_bytes(model)
-        except bundle.ExportError as error:  # an unsupported layer: said, not a traceback
-            b.error(f"ONNX export failed: {ui.plain(error)}", icon=":material/error:")
-        else:
-            st.rerun()
+                  help="Converts with jax2onnx and checks the result against JAX, in the background."):
+        def convert(progress: Any) -> tuple[bytes, float]:
+            progress(0.05, "converting with jax2onnx and checking the result against JAX")
+            try:
+                return onnx_export.onnx_bytes(model)
+            except bundle.ExportError as error:  # an unsupported layer: the user's model, said plainly
+                raise ValueError(str(error)) from None
+
+        ui.background().submit(ui.owner(), "onnx", f"{source}:{stamp}", convert, label="ONNX export")
+        st.rerun()
     target = "demo" if choice == DEMO else source
     st.markdown("Command line (same pipeline, JSON output):")
     st.code(f"python -m fmnist_jax predict {target} photo.jpg --json", language="bash")

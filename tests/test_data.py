@@ -111,3 +111,24 @@ def test_the_default_split_fits_small_datasets() -> None:
     splits = splitting.make_splits(small, spec)
     assert spec.val_fraction == 0.12 and min(splits.counts().values()) >= 3
     assert splitting.default_spec(catalogue.synthetic_dataset(num_train=2000, num_test=500)) == splitting.SplitSpec()
+
+
+def test_a_dataset_is_prepared_once_while_other_callers_wait(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    import threading
+    import time
+    calls = []
+
+    def slow_load(name, data_dir=None, home=None, progress=None):
+        calls.append(name)
+        time.sleep(0.5)  # TFDS's first preparation of the files
+        return catalogue.synthetic_dataset(num_train=20, num_test=10)
+
+    monkeypatch.setattr(catalogue, "load_dataset", slow_load)
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(catalogue.shared_dataset("fashion_mnist", home=tmp_path)))
+               for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert calls == ["fashion_mnist"] and len(results) == 4 and all(r is results[0] for r in results)

@@ -68,6 +68,21 @@ def get_registry() -> Any:
         return _REGISTRY
 
 
+_TASKS = None
+
+
+def get_task_registry() -> Any:
+    """The process-wide registry of background tasks (imports, exports, evaluations): one worker on a public
+    Space, where training needs the cores, two locally."""
+    global _TASKS
+    with _REGISTRY_LOCK:
+        if _TASKS is None:
+            from fmnist_jax.studio.background import TaskRegistry
+
+            _TASKS = TaskRegistry(workers=1 if settings.public_mode() else 2)
+        return _TASKS
+
+
 _LAST_CLEANUP = [0.0]
 CLEANUP_EVERY_SECONDS = 600
 
