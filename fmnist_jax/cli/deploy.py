@@ -62,6 +62,55 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return EXIT_USAGE if any("error" in r for r in results) else 0
 
 
+def model_inputs(model: Any, records: list[dict]) -> Any:
+    """The uint8 images the model saw for predicted records, stacked (N, H, W, C)."""
+    import numpy as np
+
+    return np.stack([np.asarray(dict(r["steps"])["model input"]).reshape(model.input_shape) for r in records])
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from PIL import Image
+
+    from fmnist_jax.deploy import explain
+    from fmnist_jax.deploy.predict import predict_files
+
+    model = _load(args.model)
+    method = args.method or explain.default_method(model)
+    if method == "gradcam" and explain.gradcam_layer(model.spec) is None:
+        raise CliError("Grad-CAM needs a convolution layer and this model has none; use --method occlusion")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise CliError(f"--out {out} is a file; give a folder for the heatmaps")
+    out.mkdir(parents=True, exist_ok=True)
+    files, errors = _read_images(args.images)
+    predicted = {r["file"]: r for r in predict_files(model, files)} if files else {}
+    good = [predicted[name] for name in dict.fromkeys(args.images) if "error" not in predicted.get(name, {"error": 1})]
+    maps = dict(zip([r["file"] for r in good], explain.explain(model, model_inputs(model, good), method)[0])) if good else {}
+    failed = {e["file"]: e for e in errors} | {n: {"file": n, "error": r["error"]} for n, r in predicted.items() if "error" in r}
+    results, taken = [], set()
+    for position, name in enumerate(args.images):
+        if name not in maps:
+            results.append(failed[name])
+            continue
+        stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in Path(name).stem)[:60] or "image"
+        path = out / f"{stem}-{method}.png"
+        if path in taken:
+            path = out / f"{stem}-{position + 1}-{method}.png"
+        taken.add(path)
+        Image.fromarray(explain.heatmap_png(maps[name]), mode="L").save(path)
+        record = predicted[name]
+        results.append({"file": name, "label": record["label"], "index": record["index"], "method": method,
+                        "heatmap": str(path)})
+    if args.json:
+        print_json(results)
+    else:
+        for result in results:
+            print(f"{result['file']}: error: {result['error']}" if "error" in result else
+                  f"{result['file']}: {result['label']} ({result['method']}) -> {result['heatmap']}")
+    return EXIT_USAGE if any("error" in r for r in results) else 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from fmnist_jax.deploy import serve
 
@@ -127,6 +176,16 @@ def add_commands(sub: Any) -> None:
     p.add_argument("images", nargs="+", help="image files (PNG, JPEG, WebP, BMP, GIF, TIFF)")
     p.add_argument("--json", action="store_true", help="print a JSON list: file, label, index, probability, top3 (or file, error)")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("explain", help="saliency maps: which pixels of each image the prediction rests on")
+    p.add_argument("model", help=MODEL_HELP)
+    p.add_argument("images", nargs="+", help="image files (PNG, JPEG, WebP, BMP, GIF, TIFF)")
+    p.add_argument("--out", required=True, help="folder for the heatmap PNGs (grayscale, the model input's size, "
+                                                "white = most important)")
+    p.add_argument("--method", choices=("gradcam", "occlusion"),
+                   help="gradcam (the last convolution block; default for conv models) or occlusion (any model)")
+    p.add_argument("--json", action="store_true", help="print a JSON list: file, label, index, method, heatmap")
+    p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("serve", help="serve a model as a REST API (FastAPI + uvicorn)")
     p.add_argument("model", help=MODEL_HELP)

@@ -1,4 +1,4 @@
-"""Command line: presets, train, evaluate, predict, serve, export. Same library calls as the UI.
+"""Command line: presets, train, evaluate, predict, explain, serve, export. Same library calls as the UI.
 
 Errors print one line to stderr and exit with status 2; there are no tracebacks for user mistakes.
 
