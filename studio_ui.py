@@ -9,10 +9,11 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import streamlit as st
 
 from fmnist_jax import settings, store
-from fmnist_jax.deploy import predict
+from fmnist_jax.deploy import explain, predict
 from fmnist_jax.photos import decode
 from fmnist_jax.studio import charts, estimates, public, shares, tasks
 from fmnist_jax.studio import projects as proj
@@ -360,9 +361,12 @@ def prediction_card(result: dict, model: Any, show_all: bool = False) -> None:
                   else f"{result['probability']:.0%}")
         st.markdown(f"**{plain(result['file'])}** → {answer} ({detail})")
         steps = dict(result["steps"])
+        seen = np.asarray(steps["model input"]).reshape(model.input_shape)
+        saliency = explain.explain(model, seen[None])[0][0]
         pictures, bars = st.columns([1, 1], vertical_alignment="center")
-        pictures.image(estimates.side_by_side([steps["original"], steps["model input"]]),
-                       caption=f"{STEP_TITLES['original']} · {STEP_TITLES['model input'].lower()}")
+        pictures.image(estimates.side_by_side([steps["original"], steps["model input"], explain.overlay(seen, saliency)]),
+                       caption=f"{STEP_TITLES['original']} · {STEP_TITLES['model input'].lower()} · where it looked "
+                               f"({'Grad-CAM' if explain.default_method(model) == 'gradcam' else 'occlusion'})")
         with bars:
             st.altair_chart(charts.probabilities(model.class_names, result["probs"], None if show_all else 3),
                             width="stretch")

@@ -11,6 +11,7 @@ import streamlit as st
 import studio_ui as ui
 from fmnist_jax import store
 from fmnist_jax.data import catalogue
+from fmnist_jax.deploy import explain
 from fmnist_jax.studio import charts, estimates, tasks
 
 GALLERY_LIMIT = 48
@@ -122,12 +123,21 @@ selected = [i for i in mistakes
 if order == "least confident first":
     selected = selected[::-1]
 st.caption(f"{len(selected):,} of {len(mistakes):,} mistakes match; showing the first {min(GALLERY_LIMIT, len(selected))}.")
+looked = st.toggle("Show where the model looked", key=f"eval-explain-{pid}",
+                   help="Each mistake with its saliency map: Grad-CAM on the last convolution (occlusion for models "
+                        "without one). Warm colours are the pixels the wrong answer rests on.")
+shown = selected[:GALLERY_LIMIT]
+tiles = {i: estimates.upscale(test_images[i], 4) for i in shown}
+if looked and shown:
+    model = ui.cached_model(run["path"], str(stamp))
+    maps = explain.explain(model, test_images[shown])[0]
+    tiles = {i: estimates.upscale(explain.overlay(test_images[i], m), 4) for i, m in zip(shown, maps)}
 # Fixed-size tiles in a wrapping row: eight or so across on a desktop, three on a phone (columns would stack
 # them one per screen width there).
 with st.container(horizontal=True, gap="small"):
-    for index in selected[:GALLERY_LIMIT]:
+    for index in shown:
         with st.container(width=96):
-            st.image(estimates.upscale(test_images[index], 4), width=96)
+            st.image(tiles[index], width=96)
             st.caption(f"**{class_names[int(test_labels[index])]}** → {class_names[predicted[index]]} "
                        f"({confidence[index]:.0%})")
 
