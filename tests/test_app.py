@@ -361,9 +361,9 @@ def test_evaluation_page_shows_test_metrics_confusion_matrix_and_mistakes(traine
     if metrics["mistakes"]:
         at.multiselect(key=f"eval-true-{pid}").set_value([metrics["class_names"][0]]).run()
         assert not at.exception
-        plain_tiles = [img.proto.imgs[0].url for img in at.get("imgs")]
+        plain_tiles = [str(img.proto) for img in at.get("image")]
         at.toggle(key=f"eval-explain-{pid}").set_value(True).run()  # the mistakes with their saliency maps
-        assert not at.exception and [img.proto.imgs[0].url for img in at.get("imgs")] != plain_tiles
+        assert not at.exception and plain_tiles and [str(img.proto) for img in at.get("image")] != plain_tiles
         assert any("mistakes match" in c.value for c in at.caption)
     else:  # the synthetic classes are easy: a perfect score gets its own message instead of an empty gallery
         assert "got every test image right" in texts(at, "success")
@@ -381,7 +381,7 @@ def test_deploy_page_predicts_each_upload_and_explains_a_bad_file(trained: dict)
     assert "broken.png" in texts(at, "error")
     assert any("garment.png" in m.value and "→" in m.value for m in at.markdown)
     assert any("1 of 2 images predicted" in c.value for c in at.caption)
-    assert any("where it looked (occlusion)" in str(img.proto) for img in at.get("imgs"))  # no conv: occlusion
+    assert any("where it looked (occlusion)" in str(img.proto) for img in at.get("image"))  # no conv: occlusion
     assert len(at.get("vega_lite_chart")) == 1  # the probability bars of the one good file
 
 
