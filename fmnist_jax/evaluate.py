@@ -5,6 +5,7 @@ from typing import Callable
 
 import numpy as np
 
+from fmnist_jax.training.calibrate import softmax
 from fmnist_jax.training.trained import TrainedModel
 
 
@@ -38,14 +39,41 @@ def metrics_from_probs(probs: np.ndarray, labels: np.ndarray, class_names: tuple
             "predicted": predicted.tolist(), "class_names": list(class_names)}
 
 
+def reliability(probs: np.ndarray, labels: np.ndarray, bins: int = 10) -> dict:
+    """Reliability diagram data: the examples binned by top-class probability, each bin's mean confidence and
+    accuracy, and the expected calibration error (the count-weighted mean gap between the two)."""
+    labels = np.asarray(labels, dtype=np.int64)
+    confidence = probs.max(axis=1)
+    right = probs.argmax(axis=1) == labels
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
+    rows, gap = [], 0.0
+    for b in range(bins):
+        members = which == b
+        count = int(members.sum())
+        if count:
+            mean_confidence, accuracy = float(confidence[members].mean()), float(right[members].mean())
+            gap += count * abs(accuracy - mean_confidence)
+            rows.append({"low": float(edges[b]), "high": float(edges[b + 1]), "confidence": mean_confidence,
+                         "accuracy": accuracy, "count": count})
+    return {"bins": rows, "ece": gap / max(1, len(labels))}
+
+
 def evaluate_model(model: TrainedModel, images: np.ndarray, labels: np.ndarray,
                    progress: Callable[[float, str], None] | None = None, batch: int = 1000) -> dict:
-    """Evaluate a trained model on arrays, reporting progress per batch."""
+    """Evaluate a trained model on arrays, reporting progress per batch. The metrics use the model's calibrated
+    probabilities; "calibration" compares them with the raw softmax (temperature 1) in reliability terms."""
     progress = progress or (lambda fraction, message: None)
     parts = []
     for start in range(0, len(images), batch):
-        parts.append(model.predict_proba(images[start:start + batch], batch=batch))
+        parts.append(model.predict_logits(images[start:start + batch], batch=batch))
         done = min(len(images), start + batch)
         progress(done / max(1, len(images)), f"Evaluated {done:,} of {len(images):,} images")
-    probs = np.concatenate(parts) if parts else np.zeros((0, model.num_classes))
-    return metrics_from_probs(probs, labels, model.class_names)
+    logits = np.concatenate(parts) if parts else np.zeros((0, model.num_classes))
+    probs = softmax(logits, model.temperature).astype(np.float32)
+    metrics = metrics_from_probs(probs, labels, model.class_names)
+    known = np.asarray(labels) >= 0  # set-valued labels (photos) have no single right class to bin
+    metrics["calibration"] = {"temperature": model.temperature,
+                              "before": reliability(softmax(logits[known], 1.0), np.asarray(labels)[known]),
+                              "after": reliability(probs[known], np.asarray(labels)[known])}
+    return metrics

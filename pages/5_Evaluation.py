@@ -104,6 +104,27 @@ with right:
     else:
         st.caption("No mistakes at all.")
 
+st.subheader("Calibration")
+calibration = metrics["calibration"]
+calibrated = abs(calibration["temperature"] - 1.0) > 1e-9
+chart_column, figures_column = st.columns([3, 2], gap="large")
+with chart_column:
+    st.altair_chart(charts.reliability(calibration), width="stretch")
+with figures_column:
+    m = st.columns(2)
+    m[0].metric("ECE, softmax", f"{calibration['before']['ece']:.2%}",
+                help="Expected calibration error: how far the model's confidence is from its accuracy, averaged "
+                     "over the test images (0 is perfectly calibrated).")
+    if calibrated:
+        m[1].metric("ECE, calibrated", f"{calibration['after']['ece']:.2%}",
+                    f"{calibration['after']['ece'] - calibration['before']['ece']:+.2%}", delta_color="inverse",
+                    help=f"With the temperature {calibration['temperature']:.3g} fitted on held-out photos when "
+                         "the model was adapted; predictions and 'not sure' use these probabilities.")
+    st.caption("Each point is the test images whose top-class probability falls in one tenth of the range: a "
+               "calibrated model is right as often as it is sure, on the dashed diagonal. "
+               + ("The temperature was fitted on real photos, not on Fashion-MNIST, so it may not help here."
+                  if calibrated else "This model has no fitted temperature (runs adapted to real photos get one)."))
+
 st.subheader("Misclassified test images")
 mistakes = metrics["mistakes"]
 predicted = metrics["predicted"]

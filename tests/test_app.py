@@ -353,7 +353,8 @@ def test_evaluation_page_shows_test_metrics_confusion_matrix_and_mistakes(traine
     assert not at.exception and not at.error, texts(at, "error")
     values = metric_values(at)
     assert values["Test accuracy"].endswith("%") and "Validation accuracy" in values and "Train accuracy" in values
-    assert len(at.get("vega_lite_chart")) == 1  # the confusion matrix
+    assert len(at.get("vega_lite_chart")) == 2  # the confusion matrix and the reliability diagram
+    assert values["ECE, softmax"].endswith("%")
     assert (Path(tasks.run_dir_of(store.Workspace(), pid, "trained")) / proj.EVALUATION_FILE).exists()
     at.toggle(key=f"eval-norm-{pid}").set_value(True).run()
     assert not at.exception

@@ -276,3 +276,34 @@ def test_pages_open_on_the_best_run() -> None:
             {"id": "old", "best_val_accuracy": None}]
     assert tasks.best_run(runs)["id"] == "mid"
     assert tasks.best_run([{"id": "a", "best_val_accuracy": None}, {"id": "b"}])["id"] == "a"  # newest first
+
+
+def test_reliability_bins_and_expected_calibration_error() -> None:
+    from fmnist_jax.evaluate import reliability
+    # 10 images at 90% confidence, 9 right: calibrated; 10 at 90%, 5 right: 40 points over-confident
+    probs = np.full((20, 2), 0.1)
+    probs[:, 0] = 0.9
+    labels = np.array([0] * 9 + [1] + [0] * 5 + [1] * 5)
+    first = reliability(probs[:10], labels[:10])
+    assert first["ece"] == pytest.approx(0.0) and first["bins"] == [
+        {"low": 0.9, "high": 1.0, "confidence": pytest.approx(0.9), "accuracy": 0.9, "count": 10}]
+    assert reliability(probs[10:], labels[10:])["ece"] == pytest.approx(0.4)
+    assert reliability(probs, labels)["ece"] == pytest.approx(0.2)
+
+
+def test_evaluation_compares_softmax_and_calibrated_probabilities(ws: store.Workspace, tiny_project: dict) -> None:
+    from fmnist_jax.evaluate import evaluate_model
+    from fmnist_jax.training.trained import TrainedModel
+    from fmnist_jax.training import loop
+    spec = proj.model_spec(tiny_project)
+    splits = splitting.make_splits(catalogue.synthetic_dataset(num_train=300, num_test=100))
+    done = list(loop.train(spec, config.TrainConfig(epochs=1, batch_size=50), splits))[-1]
+    hot = TrainedModel(spec, splits.input_shape, splits.class_names, done["weights"], calibration={"temperature": 2.0})
+    metrics = evaluate_model(hot, splits.test_images, splits.test_labels)
+    calibration = metrics["calibration"]
+    assert calibration["temperature"] == 2.0
+    assert calibration["before"]["ece"] != calibration["after"]["ece"]
+    assert sum(b["count"] for b in calibration["after"]["bins"]) == 100
+    # a higher temperature lowers every confidence: the calibrated bins sit further left
+    mean = lambda part: sum(b["confidence"] * b["count"] for b in calibration[part]["bins"]) / 100  # noqa: E731
+    assert mean("after") < mean("before")

@@ -214,3 +214,24 @@ def network_dot(info: dict, spec: Sequence[dict]) -> str:
     lines.append(f'  {previous} -> output [label="  {last}"];')
     lines.append("}")
     return "\n".join(lines)
+
+
+def reliability(calibration: dict) -> alt.Chart:
+    """Reliability diagram: accuracy against confidence per bin, before and after the model's temperature,
+    over the diagonal a perfectly calibrated model would follow."""
+    temperature = calibration["temperature"]
+    series = [("softmax (temperature 1)", calibration["before"])]
+    if abs(temperature - 1.0) > 1e-9:
+        series.append((f"calibrated (temperature {temperature:.3g})", calibration["after"]))
+    frame = pd.DataFrame([{"series": name, "confidence": b["confidence"], "accuracy": b["accuracy"], "images": b["count"]}
+                          for name, data in series for b in data["bins"]],
+                         columns=["series", "confidence", "accuracy", "images"])
+    diagonal = alt.Chart(pd.DataFrame({"x": [0.0, 1.0], "y": [0.0, 1.0]})).mark_line(
+        strokeDash=[4, 4], color="#999").encode(x="x:Q", y="y:Q")
+    lines = alt.Chart(frame).mark_line(point=True).encode(
+        x=alt.X("confidence:Q", title="confidence (top-class probability)", scale=alt.Scale(domain=[0, 1]),
+                axis=alt.Axis(format=".0%")),
+        y=alt.Y("accuracy:Q", title="accuracy", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format=".0%")),
+        color=alt.Color("series:N", legend=alt.Legend(orient="top", title=None)),
+        tooltip=["series", alt.Tooltip("confidence:Q", format=".1%"), alt.Tooltip("accuracy:Q", format=".1%"), "images"])
+    return (diagonal + lines).properties(height=300)

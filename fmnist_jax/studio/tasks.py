@@ -228,7 +228,7 @@ def evaluate_run(ws: store.Workspace, project_id: str, run_id: str, progress: Pr
     if cache.exists():
         try:
             cached = store.read_json(cache)
-            if cached.get("weights_stamp") == stamp:
+            if cached.get("weights_stamp") == stamp and "calibration" in cached:  # older caches lack calibration
                 return cached
         except store.StoreError:
             pass
