@@ -290,3 +290,23 @@ def test_concurrent_project_updates_keep_every_change(tmp_path) -> None:
         thread.join()
     saved = ws.get_project(project["id"])
     assert [saved[f"field_{n}"] for n in range(4)] == [39] * 4  # no tab's change undone by another's write
+
+
+def test_every_run_writes_tensorboard_event_files(tiny_splits: splitting.Splits, tmp_path) -> None:
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.util import tensor_util
+
+    records = _records(train_and_test(TINY, TrainConfig(epochs=2, batch_size=32), tiny_splits, tmp_path))
+    epochs = [r for r in records if r["kind"] == "epoch"]
+    test = next(r for r in records if r["kind"] == "test")
+    scalars: dict[str, list] = {}
+    for path in sorted((tmp_path / "tensorboard").glob("events.out.tfevents.*")):  # TensorBoard merges a run's files
+        for event in EventFileLoader(str(path)).Load():
+            for value in event.summary.value:
+                number = tensor_util.make_ndarray(value.tensor).item() if value.HasField("tensor") else value.simple_value
+                scalars.setdefault(value.tag, []).append((event.step, number))
+    assert {"loss/train", "loss/validation", "accuracy/train", "accuracy/validation", "learning_rate",
+            "images_per_s", "accuracy/test", "loss/test"} <= set(scalars)
+    assert [(step, round(v, 5)) for step, v in scalars["accuracy/validation"]] == \
+        [(r["epoch"], round(r["val_accuracy"], 5)) for r in epochs]
+    assert scalars["accuracy/test"] == [(2, pytest.approx(test["test_accuracy"], abs=1e-6))]

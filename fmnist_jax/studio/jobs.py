@@ -20,6 +20,7 @@ from fmnist_jax.data.splitting import Splits
 from fmnist_jax.deploy import predict
 from fmnist_jax.evaluate import metrics_from_probs
 from fmnist_jax.training.config import TrainConfig
+from fmnist_jax.training.events import EventLog
 from fmnist_jax.training.loop import TrainingError, train
 from fmnist_jax.training.trained import TrainedModel
 
@@ -55,6 +56,9 @@ def train_and_test(spec: Any, cfg: TrainConfig, splits: Splits, run_dir: str | P
         done.update(test_accuracy=metrics["accuracy"], test_loss=metrics["loss"])
         yield {"kind": "test", "test_accuracy": metrics["accuracy"], "test_loss": metrics["loss"]}
         if run_dir is not None:
+            log = EventLog(Path(run_dir))
+            log.test(metrics["accuracy"], metrics["loss"], done["epochs_completed"])
+            log.close()
             record = store.read_json(Path(run_dir) / "run.json")
             record.pop("schema", None)
             record.update(test_accuracy=metrics["accuracy"], test_loss=metrics["loss"], finished=time.time())

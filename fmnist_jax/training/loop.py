@@ -28,6 +28,7 @@ from fmnist_jax.training.checkpoint import (
     state_to_bytes,
 )
 from fmnist_jax.training.config import TrainConfig
+from fmnist_jax.training.events import EventLog
 from fmnist_jax.training.optim import make_schedule
 from fmnist_jax.training.program import (
     _base_key,
@@ -93,6 +94,10 @@ class RunWriter:
     run_path: Path | None
     checkpoint_seconds: float = 5.0
     last_checkpoint: float = field(default_factory=time.perf_counter)
+    events: EventLog | None = None
+
+    def __post_init__(self) -> None:
+        self.events = EventLog(self.run_path)
 
     def start(self, spec: list, cfg: TrainConfig, splits: Splits, run_meta: dict | None, history: list,
               start: dict) -> None:
@@ -112,12 +117,14 @@ class RunWriter:
         if self.run_path is not None:
             _checkpoint(self.run_path, state, epoch, step, sums, best.as_meta())
             _update_run(self.run_path, status="stopped", epochs_completed=epochs_done)
+        self.events.close()
         return "stopped"
 
     def epoch_done(self, record: dict, state: dict, best: BestTracker, epochs_done: int) -> None:
         if self.run_path is None:
             return
         store.append_jsonl(self.run_path / "history.jsonl", record)
+        self.events.epoch(record)
         if best.state is not None and best.epoch == record["epoch"]:
             store.atomic_write_bytes(self.run_path / "best.msgpack", best.state)
         _checkpoint(self.run_path, state, record["epoch"], 0, np.zeros(3), best.as_meta())
@@ -125,10 +132,12 @@ class RunWriter:
                     best_epoch=best.epoch, seconds=record["elapsed"])
 
     def failed(self, message: str) -> None:
+        self.events.close()
         if self.run_path is not None:
             _update_run(self.run_path, status="failed", error=message)
 
     def finished(self, final: dict, status: str, epochs_done: int) -> None:
+        self.events.close()
         if self.run_path is not None:
             store.atomic_write_bytes(self.run_path / "model.msgpack", state_to_bytes(final))
             _update_run(self.run_path, status=status, epochs_completed=epochs_done)
