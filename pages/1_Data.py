@@ -93,10 +93,16 @@ def upload_panel() -> str | None:
                     st.session_state["upload-version"] = st.session_state.get("upload-version", 0) + 1
                     st.rerun()
     with st.expander("Upload a new dataset", expanded=not existing, icon=":material/upload_file:"):
-        file = st.file_uploader("Dataset file", type=["zip", "csv", "npz", "gz"], key=f"upload-file-{pid}",
-                                help=f"Up to {upload_limits.browser_upload_mb()} MB through the browser (larger "
-                                     "datasets: give their folder or archive path above). Checked for size, zip bombs "
-                                     "and unsafe paths before anything is decoded.")
+        cap = upload_limits.browser_upload_mb()
+        file_column, folder_column = st.columns(2)
+        file = file_column.file_uploader(
+            "A dataset file", type=["zip", "csv", "npz", "gz"], key=f"upload-file-{pid}", max_upload_size=cap,
+            help=f"Up to {cap} MB through the browser (larger datasets: give their path below, locally). Checked for "
+                 "size, zip bombs and unsafe paths before anything is decoded.")
+        folder_files = folder_column.file_uploader(
+            "…or a folder", accept_multiple_files="directory", key=f"upload-folder-{pid}", max_upload_size=cap,
+            type=[s.lstrip(".") for s in upload_limits.IMAGE_SUFFIXES] + ["txt"],
+            help="A folder with one subfolder of images per class (optionally inside train/, val/, test/).")
         a, b = st.columns(2)
         size = a.selectbox("Image size", ["auto", *upload_limits.IMAGE_SIZES], key=f"upload-size-{pid}",
                            help="Square side in pixels the images are resized to; auto keeps same-size images as they are.")
@@ -111,6 +117,17 @@ def upload_panel() -> str | None:
                 return importer.import_stream(io.BytesIO(data), name, *options, progress=progress, home=upload_home)
 
             _start_import(name, hashlib.sha256(data).hexdigest()[:16], options, from_browser)
+        if folder_files and st.button("Import the folder", icon=":material/drive_folder_upload:",
+                                      key=f"upload-folder-go-{pid}"):
+            files = [(f.name, f.getvalue()) for f in folder_files]
+            top = files[0][0].replace("\\", "/").split("/")[0] or "folder"
+            digest = hashlib.sha256(b"".join(n.encode() + hashlib.sha256(d).digest() for n, d in sorted(files)))
+
+            def from_folder(progress: Any) -> dict:
+                proj.check_import_quota(ui.workspace(), sum(len(d) for _, d in files))
+                return importer.import_files(files, top, *options, progress=progress, home=upload_home)
+
+            _start_import(f"{top}/ ({len(files):,} files)", digest.hexdigest()[:16], options, from_folder)
         if not settings.public_mode():  # a path on the server is this computer's own disk only when run locally
             path = st.text_input("…or a dataset on this computer", key=f"upload-path-{pid}",
                                  placeholder="/home/me/photos.zip, or a folder of class folders",

@@ -707,3 +707,22 @@ def test_a_share_link_predicts_with_one_model_and_opens_nothing_else(trained: di
     visitor.query_params["share"] = token
     visitor.run()
     assert "This share link does not work" in texts(visitor, "error") and not visitor.file_uploader
+
+
+def test_data_page_imports_a_folder_of_class_folders(seeded: dict) -> None:
+    pid = seeded["id"]
+    rng = np.random.default_rng(3)
+    files = []
+    for name, colour in (("dark", 40), ("light", 220)):
+        for i in range(12):
+            image = np.clip(rng.normal(colour, 10, (16, 16)), 0, 255).astype(np.uint8)
+            files.append((f"swatches/{name}/{i}.png", png_bytes(image), "image/png"))
+    at = open_app("pages/1_Data.py", pid)
+    at.radio(key=f"data-source-{pid}").set_value("upload").run()
+    at.file_uploader(key=f"upload-folder-{pid}").set_value(files).run()
+    at.button(key=f"upload-folder-go-{pid}").click().run()
+    _until_imported(at, pid)
+    assert not at.exception, at.exception
+    manifest = next(m for m in importer.list_uploads() if m["name"] == store.Workspace().get_project(pid)["dataset"])
+    assert manifest["display_name"] == "swatches" and manifest["num_classes"] == 2
+    assert sum(int(v.replace(",", "")) for v in metric_values(at).values()) == 24

@@ -371,3 +371,25 @@ def test_one_browser_upload_limit_in_the_code_the_streamlit_config_and_the_docke
     assert f"STREAMLIT_SERVER_MAX_UPLOAD_SIZE={space_mb}" in docker and f"FMNIST_PUBLIC_UPLOAD_MB={space_mb}" in docker
     assert upload_limits.browser_limits(public=True).max_archive_bytes == space_mb * 2**20
     assert upload_limits.browser_limits(public=False).max_archive_bytes == upload_limits.BROWSER_UPLOAD_MB * 2**20
+
+
+def test_a_folder_sent_as_files_imports_like_a_zip_and_cannot_escape(tmp_path) -> None:
+    import io as _io
+
+    from PIL import Image as _Image
+    rng = np.random.default_rng(0)
+
+    def png(value: int) -> bytes:
+        buffer = _io.BytesIO()
+        _Image.fromarray(np.full((8, 8), value, np.uint8)).save(buffer, "PNG")
+        return buffer.getvalue()
+
+    files = [(f"../../outside/{cls}/{i}.png", png(int(rng.integers(0, 255)))) for cls in ("a", "b") for i in range(6)]
+    manifest = importer.import_files(files, "outside", home=tmp_path)
+    assert manifest["num_classes"] == 2 and manifest["class_names"] == ["a", "b"]
+    assert not (tmp_path.parent / "outside").exists()  # the '..' parts were dropped, nothing written outside
+    with pytest.raises(importer.UploadError, match="the folder has no files"):
+        importer.import_files([("../", b"")], "empty", home=tmp_path)
+    small = upload_limits.UploadLimits(**{**upload_limits.LOCAL_LIMITS.to_dict(), "max_archive_bytes": 100})
+    with pytest.raises(importer.UploadError, match="the upload limit is"):
+        importer.import_files(files, "big", limits=small, home=tmp_path)

@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import time
+import zipfile
 from pathlib import Path
 from typing import IO
 
@@ -192,6 +193,38 @@ def import_stream(stream: IO[bytes], filename: str, image_size: int | None = Non
         raise store.StoreError(f"cannot store the upload: {error.strerror or error} (is the workspace full?)") from None
     finally:
         temp.unlink(missing_ok=True)
+
+
+def import_files(files: list[tuple[str, bytes]], display_name: str, image_size: int | None = None,
+                 color: str | None = None, progress: Progress | None = None, limits: UploadLimits | None = None,
+                 home: str | os.PathLike | None = None) -> dict:
+    """import_upload for a folder sent as files (a browser's folder upload, where each name is the file's path
+    inside the folder): packed into a zip under the browser upload limit, checked and imported like any zip."""
+    limits = limits or browser_limits()
+    members = [(_member_name(name), data) for name, data in files]
+    members = [(name, data) for name, data in members if name]
+    if not members:
+        raise UploadError("the folder has no files; choose a folder with one subfolder of images per class")
+    total = sum(len(data) for _, data in members)
+    if total > limits.max_archive_bytes:
+        raise UploadError(f"the folder holds {_size(total)}; the upload limit is {_size(limits.max_archive_bytes)}")
+    folder = _datasets_dir(home) / ".incoming"
+    folder.mkdir(parents=True, exist_ok=True)
+    temp = folder / f"{os.getpid()}-{time.monotonic_ns()}-folder.zip"
+    try:
+        with zipfile.ZipFile(temp, "w", zipfile.ZIP_STORED) as archive:
+            for name, data in members:
+                archive.writestr(name, data)
+        return import_upload(temp, image_size, color, progress, limits, home, display_name=str(display_name)[:200])
+    except OSError as error:
+        raise store.StoreError(f"cannot store the upload: {error.strerror or error} (is the workspace full?)") from None
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def _member_name(name: str) -> str:
+    """A browser-reported path as a zip member name: forward slashes, no empty, '.' or '..' parts."""
+    return "/".join(part for part in str(name).replace("\\", "/").split("/") if part not in ("", ".", ".."))
 
 
 def list_uploads(home: str | os.PathLike | None = None) -> list[dict]:
