@@ -8,6 +8,8 @@ import streamlit as st
 
 import studio_ui as ui
 from fmnist_jax import settings, store
+from fmnist_jax.data.uploads import limits as upload_limits
+from fmnist_jax.studio import archive
 from fmnist_jax.studio import projects as proj
 from fmnist_jax.studio import public
 
@@ -65,6 +67,22 @@ def _new_project_form() -> None:
                 st.rerun()
 
 
+def _import_project_form() -> None:
+    upload = st.file_uploader("Import a project (.zip)", type=["zip"], key="import-project",
+                              max_upload_size=upload_limits.browser_upload_mb(),
+                              help="A project exported from a Fashion-MNIST Studio, with its runs.")
+    if upload is not None and st.button("Import the project", icon=":material/unarchive:", key="import-project-go"):
+        try:
+            proj.check_import_quota(ui.workspace(), upload.size)
+            project = archive.import_project(ui.workspace(), upload.getvalue())
+        except (ValueError, store.StoreError) as error:
+            st.error(f"Could not import {ui.plain(upload.name)}: {ui.plain(error)}", icon=":material/error:")
+        else:
+            runs = len(ui.workspace().list_runs(project["id"]))
+            st.session_state["home-notice"] = f"Imported **{project['name']}** with {runs} run(s)."
+            st.rerun()
+
+
 def _project_card(project: dict, is_open: bool) -> None:
     ws = ui.workspace()
     summary = proj.project_summary(ws, project)
@@ -88,8 +106,12 @@ def _project_card(project: dict, is_open: bool) -> None:
         figures[2].metric("Best test acc.", summary["best_test_accuracy"])
         figures[3].metric("Model", summary["model"])
         st.caption(f"Last run: {summary['last_run']} · data: {summary['dataset']} · updated {summary['updated']}")
-        with st.expander("Rename, duplicate or delete"):
+        with st.expander("Rename, duplicate, export or delete"):
             _manage_project(project)
+            st.download_button("Export the project (.zip)", data=lambda: archive.export_project(ws, pid),
+                               file_name=f"{pid}.zip", mime="application/zip", icon=":material/archive:",
+                               key=f"export-{pid}", help="Its settings and all its runs (weights, checkpoints, "
+                                                         "histories) in one file; import it on another studio.")
 
 
 def _manage_project(project: dict) -> None:
@@ -184,6 +206,8 @@ def home() -> None:
     head.subheader(f"Projects ({len(projects)})")
     with action.popover("New project", icon=":material/add:", width="stretch"):
         _new_project_form()
+        st.divider()
+        _import_project_form()
         st.divider()
         st.button("Create the sample project", icon=":material/auto_awesome:", on_click=_create_sample,
                   key="create-sample-2")

@@ -726,3 +726,17 @@ def test_data_page_imports_a_folder_of_class_folders(seeded: dict) -> None:
     manifest = next(m for m in importer.list_uploads() if m["name"] == store.Workspace().get_project(pid)["dataset"])
     assert manifest["display_name"] == "swatches" and manifest["num_classes"] == 2
     assert sum(int(v.replace(",", "")) for v in metric_values(at).values()) == 24
+
+
+def test_home_exports_a_project_and_imports_it_back(trained: dict) -> None:
+    from fmnist_jax.studio import archive
+    at = open_app(project_id=trained["id"])
+    assert any(b.label == "Export the project (.zip)" for b in at.get("download_button"))
+    payload = archive.export_project(store.Workspace(), trained["id"])
+    at.file_uploader(key="import-project").set_value(("shared.zip", payload, "application/zip")).run()
+    at.button(key="import-project-go").click().run()
+    assert not at.exception and not at.error, texts(at, "error")
+    assert "Imported **Seeded (imported)** with 1 run(s)." in texts(at, "success")
+    at.file_uploader(key="import-project").set_value(("notes.zip", b"not a zip", "application/zip")).run()
+    at.button(key="import-project-go").click().run()
+    assert "Could not import notes.zip: this is not a project archive" in texts(at, "error")
