@@ -10,7 +10,7 @@ import streamlit as st
 
 import studio_ui as ui
 from fmnist_jax import store
-from fmnist_jax.deploy import bundle, onnx_export, predict
+from fmnist_jax.deploy import bundle, onnx_export, predict, script_export
 from fmnist_jax.photos import decode
 from fmnist_jax.studio import tasks
 
@@ -107,6 +107,10 @@ with st.expander("Use this model outside the studio", expanded=False):
 
         ui.background().submit(ui.owner(), "onnx", f"{source}:{stamp}", convert, label="ONNX export")
         st.rerun()
+    st.download_button("Training script (.py)", data=lambda: script_export.model_script(model, stem),
+                       file_name=f"train_{stem.replace('-', '_')}.py", mime="text/x-python", icon=":material/code:",
+                       key=f"script-{pid}", help="The model as code: one standalone Flax NNX + Optax script that "
+                                                 "trains these layers with these settings on Fashion-MNIST.")
     target = "demo" if choice == DEMO else source
     st.markdown("Command line (same pipeline, JSON output):")
     st.code(f"python -m fmnist_jax predict {target} photo.jpg --json", language="bash")

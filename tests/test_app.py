@@ -585,6 +585,7 @@ def test_deploy_page_offers_the_bundle_and_a_checked_onnx_export(trained: dict) 
     pid = trained["id"]
     at = open_app("pages/6_Deploy.py", pid)
     assert any(b.label == "Download bundle (.zip)" for b in at.get("download_button"))
+    assert any(b.label == "Training script (.py)" for b in at.get("download_button"))
     at.button(key=f"onnx-make-{pid}").click().run()
     _until(at, lambda: any(b.label == "Download ONNX" for b in at.get("download_button")) or bool(at.error))
     assert not at.exception and not at.error, texts(at, "error")

@@ -126,14 +126,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from fmnist_jax import store
-    from fmnist_jax.deploy import bundle, onnx_export
+    from fmnist_jax.deploy import bundle, onnx_export, script_export
 
     model = _load(args.model)
     out = Path(args.out)
     if out.is_dir():
-        raise CliError(f"--out {out} is a folder; give a file name such as model.{'zip' if args.format == 'bundle' else 'onnx'}")
+        suffix = {"bundle": "zip", "onnx": "onnx", "script": "py"}[args.format]
+        raise CliError(f"--out {out} is a folder; give a file name such as model.{suffix}")
     try:
-        if args.format == "bundle":
+        if args.format == "script":
+            out.write_text(script_export.model_script(model, Path(args.model).name))
+            result = {"format": "script", "out": str(out), "bytes": out.stat().st_size}
+        elif args.format == "bundle":
             bundle.write_bundle(model, out)
             result = {"format": "bundle", "out": str(out), "bytes": out.stat().st_size}
         else:
@@ -194,9 +198,10 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--max-request-mb", type=float, default=40.0, help="largest accepted request body (413 above it)")
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("export", help="export a model as a bundle zip or an ONNX file")
+    p = sub.add_parser("export", help="export a model as a bundle zip, an ONNX file or a training script")
     p.add_argument("model", help=MODEL_HELP)
-    p.add_argument("--format", choices=("bundle", "onnx"), required=True)
-    p.add_argument("--out", required=True, help="output file (.zip or .onnx)")
+    p.add_argument("--format", choices=("bundle", "onnx", "script"), required=True,
+                   help="bundle (zip for predict/serve), onnx, or script (a standalone Flax NNX + Optax training script)")
+    p.add_argument("--out", required=True, help="output file (.zip, .onnx or .py)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_export)

@@ -1,0 +1,262 @@
+"""The model as code: one standalone, readable Flax NNX + Optax training script for a model and its config.
+
+The script imports no part of this project: the data come through TFDS (the four Fashion-MNIST files from
+FMNIST_DATA_DIR when it is set), the layers are plain nnx modules written out one by one, and the
+optimizer, schedule, loss, training loop and test evaluation are spelled out. It runs with
+`--epochs N --limit N --seed S --json` and prints a JSON last line with `test_accuracy`.
+"""
+from __future__ import annotations
+
+import pprint
+from typing import Any
+
+from fmnist_jax.model import layer_specs
+
+ACTIVATION_CODE = {"relu": "jax.nn.relu(x)", "gelu": "jax.nn.gelu(x)", "elu": "jax.nn.elu(x)",
+                   "leaky_relu": "jax.nn.leaky_relu(x, 0.01)", "tanh": "jnp.tanh(x)", "sigmoid": "jax.nn.sigmoid(x)"}
+HE = ("relu", "leaky_relu", "elu", "gelu")
+
+
+def _init(activation: str) -> str:
+    return "nnx.initializers.he_uniform()" if activation in HE else "nnx.initializers.glorot_uniform()"
+
+
+def _layer_code(index: int, layer: dict, in_shape: list[int]) -> tuple[list[str], list[str]]:  # long: one branch per layer type
+    """(lines for __init__, lines for __call__) of one layer."""
+    kind, name = layer["type"], f"self.layer{index}"
+    init, call = [], []
+    activation = layer.get("activation") or layer.get("function")
+    if kind == "conv2d":
+        k, s = layer["kernel"], layer["stride"]
+        init.append(f"{name} = nnx.Conv({in_shape[-1]}, {layer['filters']}, kernel_size=({k}, {k}), strides=({s}, {s}), "
+                    f"padding={layer['padding'].upper()!r}, use_bias={layer['use_bias']}, "
+                    f"kernel_init={_init(activation)}, rngs=rngs)")
+        call.append(f"x = {name}(x)  # Conv2D {layer['filters']} filters {k}x{k}, stride {s}, {layer['padding']}")
+    elif kind == "dense":
+        init.append(f"{name} = nnx.Linear({in_shape[0]}, {layer['units']}, use_bias={layer['use_bias']}, "
+                    f"kernel_init={_init(activation)}, rngs=rngs)")
+        call.append(f"x = {name}(x)  # Dense {layer['units']}")
+    elif kind == "batchnorm":
+        init.append(f"{name} = nnx.BatchNorm({in_shape[-1]}, momentum={layer['momentum']}, epsilon={layer['epsilon']}, "
+                    f"rngs=rngs)")
+        call.append(f"x = {name}(x)  # BatchNorm (batch statistics in training, running averages in evaluation)")
+    elif kind == "dropout":
+        init.append(f"{name} = nnx.Dropout({layer['rate']}, rngs=rngs)")
+        call.append(f"x = {name}(x)  # Dropout {layer['rate']} (training only)")
+    elif kind in ("maxpool", "avgpool"):
+        p, s = layer["pool"], layer["stride"]
+        call.append(f"x = nnx.{'max_pool' if kind == 'maxpool' else 'avg_pool'}(x, window_shape=({p}, {p}), "
+                    f"strides=({s}, {s}), padding={layer['padding'].upper()!r})")
+    elif kind == "globalavgpool":
+        call.append("x = x.mean(axis=(1, 2))  # global average pooling")
+    elif kind == "flatten":
+        call.append("x = x.reshape(x.shape[0], -1)  # flatten")
+    elif kind != "activation":
+        raise ValueError(f"the script export does not know the layer type {kind!r}")
+    if activation and activation != "linear":
+        call.append(f"x = {ACTIVATION_CODE[activation]}")
+    return init, call
+
+
+def training_script(spec: list, config: Any, input_shape: tuple, class_names: tuple, title: str = "model") -> str:
+    """The script's text for `spec` trained with `config` (a TrainConfig) on inputs of `input_shape`."""
+    spec = layer_specs.normalize_spec(spec)
+    rows = layer_specs.describe(spec, input_shape, len(class_names))["layers"]
+    init_lines, call_lines = [], []
+    for index, (layer, row) in enumerate(zip(spec, rows)):
+        init, call = _layer_code(index, layer, row["input_shape"])
+        init_lines += init
+        call_lines += call
+    cfg = config.to_dict()
+    augment = {k: v for k, v in cfg["augment"].items() if v}
+    settings = {k: cfg[k] for k in ("epochs", "batch_size", "optimizer", "learning_rate", "momentum", "nesterov",
+                                    "beta1", "beta2", "rho", "epsilon", "schedule", "warmup_epochs",
+                                    "step_every_epochs", "step_factor", "weight_decay", "grad_clip", "loss",
+                                    "label_smoothing", "focal_gamma", "seed")}
+    settings["flip"], settings["shift"] = cfg["augment"]["flip"], cfg["augment"]["shift"]
+    omitted = sorted(set(augment) - {"flip", "shift"})
+    return TEMPLATE.format(
+        title=title, settings=pprint.pformat(settings, indent=4, sort_dicts=True), classes=repr(list(class_names)),
+        shape=tuple(int(v) for v in input_shape), init="\n".join(f"        {line}" for line in init_lines) or "        pass",
+        call="\n".join(f"        {line}" for line in call_lines),
+        omitted=(f"# Not included: the studio's augmentation {', '.join(omitted)} (flip and shift are).\n" if omitted else ""))
+
+
+def model_script(model: Any, title: str = "model") -> str:
+    """training_script for a loaded model (a run, a bundle, the demo): its layers and its training config
+    (the defaults where it has none)."""
+    from fmnist_jax.training.config import TrainConfig
+
+    stored = (getattr(model, "card", None) or {}).get("config")
+    config = TrainConfig.from_dict(stored) if isinstance(stored, dict) else TrainConfig()
+    return training_script(model.spec, config, model.input_shape, model.class_names, title)
+
+
+TEMPLATE = '''#!/usr/bin/env python
+"""Train {title} on Fashion-MNIST: a standalone Flax NNX + Optax script exported by Fashion-MNIST Studio.
+
+Data: TFDS `fashion_mnist`; with FMNIST_DATA_DIR set, TFDS reads Zalando's four *-ubyte.gz files from there
+(its manual-download folder) instead of downloading them. 10% of the training images are held out for
+validation (the studio's official split); the test set is the official one.
+
+    python this_script.py --epochs 10 --json
+"""
+import argparse
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import tensorflow_datasets as tfds
+from flax import nnx
+
+SETTINGS = {settings}
+CLASS_NAMES = {classes}
+INPUT_SHAPE = {shape}
+{omitted}
+
+class Net(nnx.Module):
+    """The layers, as the studio's Model page listed them."""
+
+    def __init__(self, rngs: nnx.Rngs):
+{init}
+
+    def __call__(self, x):
+{call}
+        return x
+
+
+def load_data(seed, limit):
+    """uint8 images (N, H, W, C) and int labels: train (first `limit`), validation and test."""
+    manual = os.environ.get("FMNIST_DATA_DIR")
+    config = tfds.download.DownloadConfig(manual_dir=manual) if manual else None
+    train, test = tfds.load("fashion_mnist", split=["train", "test"], batch_size=-1, as_supervised=True,
+                            download_and_prepare_kwargs={{"download_config": config}} if config else None)
+    (x, y), (x_test, y_test) = tfds.as_numpy(train), tfds.as_numpy(test)
+    order = np.random.default_rng(seed).permutation(len(y))
+    held_out = int(round(0.1 * len(y)))
+    val, keep = order[:held_out], np.sort(order[held_out:])
+    keep = keep[:limit] if limit else keep
+    return (x[keep], y[keep]), (x[val], y[val]), (x_test, y_test)
+
+
+def schedule(steps_per_epoch):
+    s, total = SETTINGS, max(1, SETTINGS["epochs"] * steps_per_epoch)
+    if s["schedule"] == "cosine":
+        return optax.cosine_decay_schedule(s["learning_rate"], total)
+    if s["schedule"] == "warmup_cosine":
+        warmup = min(total - 1, int(s["warmup_epochs"] * steps_per_epoch))
+        return optax.warmup_cosine_decay_schedule(0.0, s["learning_rate"], warmup, total, end_value=0.0)
+    if s["schedule"] == "one_cycle":
+        return optax.cosine_onecycle_schedule(total, s["learning_rate"])
+    if s["schedule"] == "step":
+        every = s["step_every_epochs"]
+        return optax.piecewise_constant_schedule(
+            s["learning_rate"], {{e * steps_per_epoch: s["step_factor"] for e in range(every, s["epochs"], every)}})
+    return optax.constant_schedule(s["learning_rate"])
+
+
+def optimizer(steps_per_epoch):
+    s, lr = SETTINGS, schedule(steps_per_epoch)
+    base = {{
+        "sgd": lambda: optax.sgd(lr, momentum=s["momentum"] or None, nesterov=s["nesterov"]),
+        "rmsprop": lambda: optax.rmsprop(lr, decay=s["rho"], eps=s["epsilon"], momentum=s["momentum"] or None),
+        "adadelta": lambda: optax.adadelta(lr, rho=s["rho"], eps=s["epsilon"]),
+        "adagrad": lambda: optax.adagrad(lr, eps=s["epsilon"]),
+        "adamax": lambda: optax.adamax(lr, b1=s["beta1"], b2=s["beta2"], eps=s["epsilon"]),
+        "adam": lambda: optax.adam(lr, b1=s["beta1"], b2=s["beta2"], eps=s["epsilon"]),
+        "nadam": lambda: optax.nadam(lr, b1=s["beta1"], b2=s["beta2"], eps=s["epsilon"]),
+        "adamw": lambda: optax.adamw(lr, b1=s["beta1"], b2=s["beta2"], eps=s["epsilon"], weight_decay=s["weight_decay"]),
+    }}[s["optimizer"]]()
+    chain = []
+    if s["grad_clip"]:
+        chain.append(optax.clip_by_global_norm(s["grad_clip"]))
+    if s["weight_decay"] and s["optimizer"] != "adamw":
+        chain.append(optax.add_decayed_weights(s["weight_decay"]))
+    return optax.chain(*chain, base)
+
+
+def loss_fn(logits, labels):
+    targets = optax.smooth_labels(jax.nn.one_hot(labels, len(CLASS_NAMES)), SETTINGS["label_smoothing"])
+    if SETTINGS["loss"] == "focal":
+        log_probs = jax.nn.log_softmax(logits)
+        weight = (1.0 - jnp.exp(log_probs)) ** SETTINGS["focal_gamma"]
+        return -(targets * weight * log_probs).sum(-1).mean()
+    return optax.softmax_cross_entropy(logits, targets).mean()
+
+
+def augment(images, key):
+    """Random horizontal flips and shifts (pixels moved in from outside are black), per image."""
+    flip_key, shift_key = jax.random.split(key)
+    flipped = jax.random.uniform(flip_key, (images.shape[0], 1, 1, 1)) < SETTINGS["flip"]
+    images = jnp.where(flipped, images[:, :, ::-1], images)
+    limit = int(round(SETTINGS["shift"] * images.shape[1]))
+    if limit:
+        shifts = jax.random.randint(shift_key, (images.shape[0], 2), -limit, limit + 1)
+        padded = jnp.pad(images, ((0, 0), (limit, limit), (limit, limit), (0, 0)))
+        images = jax.vmap(lambda image, d: jax.lax.dynamic_slice(
+            image, (limit - d[0], limit - d[1], 0), images.shape[1:]))(padded, shifts)
+    return images
+
+
+@nnx.jit
+def train_step(model, opt, images, labels, key):
+    images = images.astype(jnp.float32) / 255.0
+    if SETTINGS["flip"] or SETTINGS["shift"]:
+        images = augment(images, key)
+
+    def loss_of(model):
+        return loss_fn(model(images), labels)
+
+    loss, grads = nnx.value_and_grad(loss_of)(model)
+    opt.update(model, grads)
+    return loss
+
+
+@nnx.jit
+def predict(model, images):
+    return model(images.astype(jnp.float32) / 255.0)
+
+
+def evaluate(model, images, labels, batch=1000):
+    model.eval()
+    logits = np.concatenate([np.asarray(predict(model, images[i:i + batch])) for i in range(0, len(labels), batch)])
+    model.train()
+    log_probs = jax.nn.log_softmax(logits)
+    return float((logits.argmax(1) == labels).mean()), float(-np.take_along_axis(log_probs, labels[:, None], 1).mean())
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--epochs", type=int, default=SETTINGS["epochs"])
+    parser.add_argument("--limit", type=int, default=0, help="train on the first N training images (0: all)")
+    parser.add_argument("--seed", type=int, default=SETTINGS["seed"])
+    parser.add_argument("--json", action="store_true", help="print a JSON object as the last line")
+    args = parser.parse_args()
+    SETTINGS["epochs"] = args.epochs
+    (x, y), (x_val, y_val), (x_test, y_test) = load_data(args.seed, args.limit)
+    steps = max(1, len(y) // SETTINGS["batch_size"])
+    model = Net(nnx.Rngs(params=args.seed, dropout=args.seed + 1))
+    opt = nnx.Optimizer(model, optimizer(steps), wrt=nnx.Param)
+    rng, key, start = np.random.default_rng(args.seed), jax.random.key(args.seed), time.time()
+    for epoch in range(1, args.epochs + 1):
+        order = rng.permutation(len(y))
+        for step in range(steps):
+            batch = order[step * SETTINGS["batch_size"]:(step + 1) * SETTINGS["batch_size"]]
+            key, step_key = jax.random.split(key)
+            loss = train_step(model, opt, jnp.asarray(x[batch]), jnp.asarray(y[batch]), step_key)
+        val_accuracy, val_loss = evaluate(model, x_val, y_val)
+        if not args.json:
+            print(f"epoch {{epoch}}: loss {{float(loss):.4f}}, validation accuracy {{val_accuracy:.4f}}")
+    test_accuracy, test_loss = evaluate(model, x_test, y_test)
+    result = {{"test_accuracy": test_accuracy, "test_loss": test_loss, "val_accuracy": val_accuracy,
+              "epochs": args.epochs, "train_size": int(len(y)), "seconds": round(time.time() - start, 1)}}
+    print(json.dumps(result) if args.json else f"test accuracy {{test_accuracy:.4f}}, loss {{test_loss:.4f}}")
+
+
+if __name__ == "__main__":
+    main()
+'''

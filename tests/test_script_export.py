@@ -1,0 +1,62 @@
+"""The model as code: the exported Flax NNX + Optax script is standalone, readable, and trains to the same
+accuracy as the CLI for the same short run."""
+from __future__ import annotations
+
+import ast
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO, requires_real_data
+
+from fmnist_jax.cli import main as cli
+from fmnist_jax.deploy import script_export
+from fmnist_jax.model import presets
+from fmnist_jax.training.config import TrainConfig
+
+
+@pytest.mark.parametrize("preset", sorted(presets.PRESETS))
+def test_every_preset_exports_a_standalone_script(preset: str) -> None:
+    config = TrainConfig.from_dict(presets.PRESETS[preset].train_defaults or {})
+    text = script_export.training_script(presets.preset(preset, 10), config, (28, 28, 1), tuple("abcdefghij"), preset)
+    tree = ast.parse(text)  # valid Python
+    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))
+                for alias in node.names} | {node.module.split(".")[0] for node in ast.walk(tree)
+                                            if isinstance(node, ast.ImportFrom) and node.module}
+    assert "fmnist_jax" not in imported and {"jax", "optax", "flax", "tensorflow_datasets"} <= imported
+    spec = presets.preset(preset, 10)
+    modules = sum(layer["type"] in ("conv2d", "dense", "batchnorm", "dropout") for layer in spec)
+    assert text.count("= nnx.Conv(") + text.count("= nnx.Linear(") + text.count("= nnx.BatchNorm(") + \
+        text.count("= nnx.Dropout(") == modules  # every layer with state is a plain nnx module of its own
+
+
+def test_the_cli_writes_the_script_of_a_model(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "train_demo.py"
+    assert cli.main(["export", "demo", "--format", "script", "--out", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["format"] == "script"
+    text = out.read_text()
+    assert "'optimizer': 'adam'" in text and "Not included: the studio's augmentation" in text
+    assert oct(out.stat().st_mode & 0o777) == "0o644"
+
+
+@pytest.mark.slow
+@requires_real_data
+def test_the_script_reaches_the_clis_accuracy_for_the_same_short_run(tmp_path: Path, real_home: Path) -> None:
+    env = {**os.environ, "FMNIST_HOME": str(real_home), "PYTHONPATH": str(REPO)}
+    run = subprocess.run([sys.executable, "-m", "fmnist_jax", "train", "--preset", "fast", "--epochs", "2", "--limit",
+                          "6000", "--seed", "0", "--out", str(tmp_path / "run"), "--json"], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-2000:]
+    cli_accuracy = json.loads(run.stdout.strip().splitlines()[-1])["test_accuracy"]
+    script = tmp_path / "train_fast.py"
+    subprocess.run([sys.executable, "-m", "fmnist_jax", "export", str(tmp_path / "run"), "--format", "script", "--out",
+                    str(script)], cwd=REPO, env=env, check=True, capture_output=True, timeout=300)
+    own = subprocess.run([sys.executable, str(script), "--epochs", "2", "--limit", "6000", "--seed", "0", "--json"],
+                         cwd=tmp_path, env={**os.environ, "TFDS_DATA_DIR": str(tmp_path / "tfds")},
+                         capture_output=True, text=True, timeout=900)
+    assert own.returncode == 0, own.stderr[-2000:]
+    script_accuracy = json.loads(own.stdout.strip().splitlines()[-1])["test_accuracy"]
+    assert abs(script_accuracy - cli_accuracy) <= 0.015, (cli_accuracy, script_accuracy)
