@@ -48,6 +48,33 @@ default = wanted if wanted in options else project.get("deployed_run") if projec
     tasks.best_run(list(runs.values()))["id"] if runs else options[0])
 
 
+def _converted_export(kind: str, label: str, file_name: str, model: Any, source: str, stamp: str) -> None:
+    """A download prepared in the background: the button starts the conversion and its check against JAX, the
+    progress shows while it runs, the download button once it is done."""
+    task = ui.background().find(ui.owner(), kind, f"{source}:{stamp}")
+    if task and task["status"] == "done":
+        payload, difference = task["result"]
+        st.download_button(f"Download {label}", payload, file_name=file_name, mime="application/octet-stream",
+                           icon=":material/file_download:", key=f"{kind}-dl-{pid}",
+                           help=f"Input float32 (N, H, W, C) in [0, 1], calibrated probabilities out; checked "
+                                f"against JAX: within {difference:.1e}.")
+    elif task and task["status"] in ("queued", "running", "failed"):
+        ui.watch_task(task)
+    elif st.button(f"Prepare {label} export", icon=":material/phone_android:", key=f"{kind}-make-{pid}",
+                   help="Converts the model and checks the result against JAX, in the background."):
+        def convert(progress: Any) -> tuple[bytes, float]:
+            from fmnist_jax.deploy import tflite_export
+
+            progress(0.05, f"converting to {label} and checking the result against JAX")
+            try:
+                return tflite_export.tflite_bytes(model, onnx_export.check_images(model))
+            except bundle.ExportError as error:  # an unsupported layer: the user's model, said plainly
+                raise ValueError(str(error)) from None
+
+        ui.background().submit(ui.owner(), kind, f"{source}:{stamp}", convert, label=f"{label} export")
+        st.rerun()
+
+
 def _deploy() -> None:
     choice = st.session_state[f"deploy-model-{pid}"]
     ui.save_project(ui.workspace().get_project(pid), deployed_run=None if choice == DEMO else choice)
@@ -81,7 +108,7 @@ with right:
 
 with st.expander("Use this model outside the studio", expanded=False):
     stem = "fmnist-demo" if choice == DEMO else f"fmnist-{pid}-{choice}"
-    a, b = st.columns(2)
+    a, b, c = st.columns(3)
     a.download_button("Download bundle (.zip)", data=lambda: bundle.bundle_bytes(model), file_name=f"{stem}.zip",
                       mime="application/zip", icon=":material/package_2:", key=f"bundle-{pid}",
                       help="Weights, layers, class names and photo settings in one file; loads with "
@@ -107,6 +134,8 @@ with st.expander("Use this model outside the studio", expanded=False):
 
         ui.background().submit(ui.owner(), "onnx", f"{source}:{stamp}", convert, label="ONNX export")
         st.rerun()
+    with c:
+        _converted_export("tflite", "TensorFlow Lite", f"{stem}.tflite", model, source, stamp)
     st.download_button("Training script (.py)", data=lambda: script_export.model_script(model, stem),
                        file_name=f"train_{stem.replace('-', '_')}.py", mime="text/x-python", icon=":material/code:",
                        key=f"script-{pid}", help="The model as code: one standalone Flax NNX + Optax script that "

@@ -591,6 +591,10 @@ def test_deploy_page_offers_the_bundle_and_a_checked_onnx_export(trained: dict) 
     assert not at.exception and not at.error, texts(at, "error")
     again = open_app("pages/6_Deploy.py", pid)  # a reload still offers the finished export
     assert any(b.label == "Download ONNX" for b in again.get("download_button"))
+    again.button(key=f"tflite-make-{pid}").click().run()
+    _until(again, lambda: any(b.label == "Download TensorFlow Lite" for b in again.get("download_button"))
+           or bool(again.error))
+    assert not again.error, texts(again, "error")
 
 
 def test_training_page_starts_a_run_from_a_trained_model_with_frozen_layers(seeded: dict) -> None:

@@ -26,10 +26,10 @@ def corner_model(spec: list[dict], dense_index: int) -> TrainedModel:
     corner = np.zeros((8, 8), bool)
     corner[:4, :4] = True
     kernel[corner.ravel(), 0] = 1.0
-    params["layers"][dense_index]["kernel"].value = kernel
-    params["layers"][dense_index]["bias"].value = np.zeros(10, np.float32)
+    params["layers"][dense_index]["kernel"][...] = kernel
+    params["layers"][dense_index]["bias"][...] = np.zeros(10, np.float32)
     if "kernel" in params["layers"].get(0, {}):
-        params["layers"][0]["kernel"].value = np.ones((1, 1, 1, 1), np.float32)  # the conv passes pixels through
+        params["layers"][0]["kernel"][...] = np.ones((1, 1, 1, 1), np.float32)  # the conv passes pixels through
     return TrainedModel(spec, (8, 8, 1), CLASSES, {"params": params, "batch_stats": batch_stats})
 
 

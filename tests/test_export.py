@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import struct
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -11,6 +14,8 @@ import jax
 import numpy as np
 import onnxruntime
 import pytest
+
+from conftest import REPO
 
 from fmnist_jax.cli import main as cli
 from fmnist_jax.data import catalogue
@@ -183,3 +188,46 @@ def test_hostile_bundle_is_refused(case, good_files, tmp_path):
     path.write_bytes(payload)
     with pytest.raises(ValueError, match=message):
         predict.load_model(str(path))
+
+
+def _random_model(spec: list, shape: tuple = (28, 28, 1), temperature: float = 1.3):
+    from flax import nnx
+
+    from fmnist_jax.model import layers as model_layers
+    from fmnist_jax.training.trained import TrainedModel
+    built = model_layers.build_model(spec, shape, 10, seed=3)
+    _, params, batch_stats = nnx.split(built, nnx.Param, nnx.BatchStat)
+    rng = np.random.default_rng(0)
+    for index, stats in batch_stats.get("layers", {}).items():  # trained-looking running statistics
+        stats["mean"][...] = rng.normal(0, 0.1, np.shape(stats["mean"][...])).astype(np.float32)
+        stats["var"][...] = rng.uniform(0.5, 2.0, np.shape(stats["var"][...])).astype(np.float32)
+        stats["updates"][...] = np.float32(7)
+    return TrainedModel(spec, shape, tuple(f"c{i}" for i in range(10)), {"params": params, "batch_stats": batch_stats},
+                        calibration={"temperature": temperature})
+
+
+@pytest.mark.slow
+def test_tflite_export_matches_jax_for_every_layer_type() -> None:
+    from fmnist_jax.deploy import onnx_export, tflite_export
+    spec = [{"type": "conv2d", "filters": 6, "kernel": 3, "stride": 2, "padding": "same", "activation": "gelu"},
+            {"type": "batchnorm"}, {"type": "activation", "function": "leaky_relu"},
+            {"type": "conv2d", "filters": 8, "kernel": 3, "padding": "valid", "activation": "elu"},
+            {"type": "avgpool", "pool": 2, "stride": 2, "padding": "same"},
+            {"type": "maxpool", "pool": 3, "stride": 1, "padding": "same"},
+            {"type": "dropout", "rate": 0.5}, {"type": "activation", "function": "tanh"},
+            {"type": "globalavgpool"}, {"type": "dense", "units": 16, "activation": "sigmoid"},
+            {"type": "dense", "units": 10}]
+    model = _random_model(spec)
+    payload, difference = tflite_export.tflite_bytes(model, onnx_export.check_images(model))
+    assert payload[4:8] == b"TFL3" and difference <= tflite_export.TOLERANCE
+
+
+@pytest.mark.slow
+def test_export_cli_writes_a_checked_tflite_file(tmp_path) -> None:
+    out = tmp_path / "demo.tflite"
+    result = subprocess.run([sys.executable, "-m", "fmnist_jax", "export", "demo", "--format", "tflite", "--out", str(out),
+                             "--json"], cwd=REPO, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["format"] == "tflite" and report["max_abs_diff"] <= 1e-4 and out.stat().st_size == report["bytes"]

@@ -131,10 +131,17 @@ def cmd_export(args: argparse.Namespace) -> int:
     model = _load(args.model)
     out = Path(args.out)
     if out.is_dir():
-        suffix = {"bundle": "zip", "onnx": "onnx", "script": "py"}[args.format]
+        suffix = {"bundle": "zip", "onnx": "onnx", "script": "py", "tflite": "tflite"}[args.format]
         raise CliError(f"--out {out} is a folder; give a file name such as model.{suffix}")
     try:
-        if args.format == "script":
+        if args.format == "tflite":
+            from fmnist_jax.deploy import tflite_export
+
+            payload, difference = tflite_export.tflite_bytes(model, _check_images(model))
+            out.write_bytes(payload)
+            result = {"format": "tflite", "out": str(out), "bytes": out.stat().st_size, "max_abs_diff": difference,
+                      "tolerance": tflite_export.TOLERANCE}
+        elif args.format == "script":
             out.write_text(script_export.model_script(model, Path(args.model).name))
             result = {"format": "script", "out": str(out), "bytes": out.stat().st_size}
         elif args.format == "bundle":
@@ -148,8 +155,9 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise CliError(str(error)) from None
     if args.json:
         print_json(result)
-    elif args.format == "onnx":
-        print(f"wrote {out} ({result['bytes']:,} bytes); onnxruntime matches JAX within {difference:.1e}")
+    elif args.format in ("onnx", "tflite"):
+        checker = "onnxruntime" if args.format == "onnx" else "the TFLite interpreter"
+        print(f"wrote {out} ({result['bytes']:,} bytes); {checker} matches JAX within {result['max_abs_diff']:.1e}")
     else:
         print(f"wrote {out} ({result['bytes']:,} bytes)")
     return 0
@@ -200,8 +208,9 @@ def add_commands(sub: Any) -> None:
 
     p = sub.add_parser("export", help="export a model as a bundle zip, an ONNX file or a training script")
     p.add_argument("model", help=MODEL_HELP)
-    p.add_argument("--format", choices=("bundle", "onnx", "script"), required=True,
-                   help="bundle (zip for predict/serve), onnx, or script (a standalone Flax NNX + Optax training script)")
-    p.add_argument("--out", required=True, help="output file (.zip, .onnx or .py)")
+    p.add_argument("--format", choices=("bundle", "onnx", "tflite", "script"), required=True,
+                   help="bundle (zip for predict/serve), onnx, tflite (float32 (N,H,W,C) in [0,1] -> probabilities), or "
+                        "script (a standalone Flax NNX + Optax training script)")
+    p.add_argument("--out", required=True, help="output file (.zip, .onnx, .tflite or .py)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_export)

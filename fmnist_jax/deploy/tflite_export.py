@@ -1,0 +1,121 @@
+"""Mobile export: a TensorFlow Lite model with the same answers as JAX.
+
+The layer list is rebuilt as a Keras model (every layer type maps onto one Keras layer with the same
+arithmetic: HWIO convolution kernels, NHWC flattening, XLA's and TensorFlow's 'same' padding agree), the
+trained weights are copied in, the model's temperature and a softmax are appended, and TensorFlow's
+converter writes the .tflite file. Input: float32 (N, H, W, C) in [0, 1]; output: calibrated
+probabilities. The file is checked with the TFLite interpreter against JAX before it is handed out.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from fmnist_jax.deploy.bundle import ONNX_TOLERANCE, ExportError
+
+TOLERANCE = ONNX_TOLERANCE
+
+
+def _keras_layers(spec: list[dict], weights: dict, keras: Any) -> list[tuple[Any, list | None]]:  # long: one branch per layer type
+    """(Keras layer, its weights or None) for each studio layer, plus separate activations."""
+    activations = {"relu": "relu", "elu": "elu", "tanh": "tanh", "sigmoid": "sigmoid"}
+
+    def activation_layer(name: str) -> Any:
+        if name == "gelu":
+            return keras.layers.Activation(lambda x: keras.activations.gelu(x, approximate=True))
+        if name == "leaky_relu":
+            return keras.layers.LeakyReLU(negative_slope=0.01)
+        return keras.layers.Activation(activations[name])
+
+    params, stats = weights["params"]["layers"], weights["batch_stats"].get("layers", {})
+    out: list[tuple[Any, list | None]] = []
+    for index, layer in enumerate(spec):
+        kind, own = layer["type"], params.get(index, {})
+        if kind == "conv2d":
+            values = [own["kernel"]] + ([own["bias"]] if layer["use_bias"] else [])
+            out.append((keras.layers.Conv2D(layer["filters"], layer["kernel"], strides=layer["stride"],
+                                            padding=layer["padding"], use_bias=layer["use_bias"]), values))
+        elif kind == "dense":
+            values = [own["kernel"]] + ([own["bias"]] if layer["use_bias"] else [])
+            out.append((keras.layers.Dense(layer["units"], use_bias=layer["use_bias"]), values))
+        elif kind == "batchnorm":
+            out.append((keras.layers.BatchNormalization(epsilon=layer["epsilon"], momentum=layer["momentum"]),
+                        [own["scale"], own["bias"], *_running_stats(stats.get(index, {}), layer["momentum"])]))
+        elif kind in ("maxpool", "avgpool"):
+            pool = keras.layers.MaxPooling2D if kind == "maxpool" else keras.layers.AveragePooling2D
+            out.append((pool(layer["pool"], strides=layer["stride"], padding=layer["padding"]), None))
+        elif kind == "globalavgpool":
+            out.append((keras.layers.GlobalAveragePooling2D(), None))
+        elif kind == "flatten":
+            out.append((keras.layers.Flatten(), None))
+        elif kind == "dropout":
+            continue  # inference: no dropout
+        elif kind != "activation":
+            raise ExportError(f"the TFLite export does not know the layer type {kind!r}")
+        function = layer.get("activation") or layer.get("function")
+        if function and function != "linear":
+            out.append((activation_layer(function), None))
+    return out
+
+
+def _running_stats(stats: dict, momentum: float) -> list[np.ndarray]:
+    """The studio's BatchNorm keeps bias-corrected running averages (divided by 1 - momentum**updates, as Adam
+    does); Keras keeps plain ones: the corrected values are what inference uses."""
+    updates = float(stats["updates"])
+    if updates <= 0:
+        return [np.zeros_like(stats["mean"]), np.ones_like(stats["var"])]
+    correction = 1.0 - momentum ** updates
+    return [stats["mean"] / correction, stats["var"] / correction]
+
+
+def _plain(tree: Any) -> Any:
+    """nnx state -> nested dicts of numpy arrays, keyed like the spec (layer index -> name -> array)."""
+    if hasattr(tree, "items"):
+        return {key: _plain(value) for key, value in tree.items()}
+    from flax import nnx
+
+    return np.asarray(tree[...] if isinstance(tree, nnx.Variable) else tree, np.float32)
+
+
+def tflite_bytes(model: Any, check_images: np.ndarray) -> tuple[bytes, float]:
+    """(the .tflite file, largest probability difference from JAX on `check_images` uint8 (N, H, W, C));
+    ExportError when a layer cannot be converted or the difference exceeds TOLERANCE."""
+    import tensorflow as tf
+
+    keras = tf.keras
+    weights = {"params": _plain(model.weights["params"]), "batch_stats": _plain(model.weights["batch_stats"])}
+    inputs = keras.Input(shape=model.input_shape, batch_size=None, dtype="float32")
+    x = inputs
+    for layer, values in _keras_layers(model.spec, weights, keras):
+        x = layer(x)
+        if values is not None:
+            layer.set_weights(values)
+    probabilities = keras.layers.Softmax()(keras.layers.Rescaling(1.0 / model.temperature)(x))
+    network = keras.Model(inputs, probabilities)
+    # From the Keras model: the converter freezes its weights into constants (from a tf.function's concrete
+    # function they stayed resource variables, and the interpreter answered NaN).
+    converter = tf.lite.TFLiteConverter.from_keras_model(network)
+    try:
+        payload = converter.convert()
+    except Exception as error:  # the converter reports unsupported graphs with many exception types
+        raise ExportError(f"TensorFlow Lite could not convert this model: {type(error).__name__}: {error}") from None
+    difference = _check(payload, model, check_images)
+    if not difference <= TOLERANCE:
+        raise ExportError(f"the TFLite model's probabilities differ from JAX's by {difference:.2e} "
+                          f"(more than {TOLERANCE:g}); not exported")
+    return payload, difference
+
+
+def _check(payload: bytes, model: Any, images: np.ndarray) -> float:
+    import tensorflow as tf
+
+    interpreter = tf.lite.Interpreter(model_content=payload)
+    batch = np.asarray(images, np.float32) / 255.0
+    detail = interpreter.get_input_details()[0]
+    interpreter.resize_tensor_input(detail["index"], batch.shape)
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(detail["index"], batch)
+    interpreter.invoke()
+    got = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    return float(np.max(np.abs(got - model.predict_proba(np.asarray(images, np.uint8)))))
