@@ -8,8 +8,8 @@ import streamlit as st
 
 import studio_ui as ui
 from fmnist_jax.data import catalogue
-from fmnist_jax.model import layer_specs
-from fmnist_jax.studio import charts, estimates
+from fmnist_jax.model import layer_specs, presets
+from fmnist_jax.studio import charts, estimates, sweeps
 from fmnist_jax.studio import projects as proj
 from fmnist_jax.training import config, optim
 
@@ -230,6 +230,65 @@ with right:
         layers_ok = False
     if not layers_ok:
         st.warning("The saved model is not valid; fix it on the Model page.", icon=":material/warning:")
+
+# ----------------------------------------------------------------------------- sweep
+
+st.subheader("Sweep")
+st.caption("Try many settings without babysitting: each combination trains as a run of this project through the "
+           "training queue, one after another, until they are done or the budget is spent. The best is chosen on "
+           "validation accuracy.")
+sweep_task = next(iter(ui.background().owned(ui.owner(), "sweep", pid)), None)
+if sweep_task is None or sweep_task["status"] not in ("queued", "running"):
+    with st.form(f"sweep-form-{pid}"):
+        a, b, c = st.columns(3)
+        chosen_presets = a.multiselect("Presets", list(presets.PRESETS), default=[proj.preset_of(project) or "fast"])
+        rates = b.multiselect("Learning rates", [1e-4, 3e-4, 1e-3, 3e-3, 1e-2], default=[3e-4, 1e-3, 3e-3],
+                              format_func=lambda v: f"{v:g}")
+        batches = c.multiselect("Batch sizes", [32, 64, 128, 256], default=[cfg.batch_size] if cfg.batch_size in
+                                (32, 64, 128, 256) else [128])
+        a, b, c = st.columns(3)
+        epoch_counts = a.multiselect("Epochs", [1, 2, 3, 5, 10, 15, 20], default=[2])
+        strengths = b.multiselect("Augmentation strength", [0.0, 0.25, 0.5, 1.0], default=[0.0, 0.5],
+                                  help="0 is none; 1 is flip 0.5, shift 0.1, rotation 10°, zoom 0.1, erasing 0.5.")
+        mode = c.radio("Combine", ["grid", "random"], horizontal=True,
+                       help="grid: every combination; random: a sample of them.")
+        a, b = st.columns(2)
+        count = a.number_input("Random trials", 1, sweeps.MAX_TRIALS, 6)
+        budget = b.slider("Budget (minutes)", 1, 240, 20, help="No new trial starts after this long.")
+        if st.form_submit_button("Start the sweep", icon=":material/science:", type="primary"):
+            try:
+                sweep_spec = sweeps.SweepSpec(presets=chosen_presets, learning_rates=rates, batch_sizes=batches,
+                                              epochs=epoch_counts, augment=strengths, mode=mode, trials=int(count),
+                                              budget_minutes=float(budget))
+                work = sweeps.studio_sweep(ui.workspace(), project, sweep_spec, ui.registry(), dataset.num_classes)
+                ui.background().submit(ui.owner(), "sweep", pid, work, label="Sweep")
+            except ValueError as error:
+                st.error(ui.plain(error), icon=":material/error:")
+            else:
+                st.rerun()
+if sweep_task is not None:
+    ui.watch_task(sweep_task, on_done=lambda report: st.rerun())
+report = sweeps.latest_sweep(ui.workspace(), pid)
+if report and report["trials"]:
+    rows = sweeps.table_rows(report)
+    st.altair_chart(charts.parallel_coordinates(rows, ["preset", "learning rate", "batch size", "epochs", "augmentation",
+                                                       "val. accuracy"]), width="stretch")
+    st.dataframe(rows, hide_index=True, width="stretch", column_config={
+        "learning rate": st.column_config.NumberColumn(format="%.1e"),
+        "val. accuracy": st.column_config.ProgressColumn(format="percent", min_value=0.0, max_value=1.0),
+        "test accuracy": st.column_config.NumberColumn(format="percent")})
+    best = report["best"]
+    if best is not None:
+        st.caption(f"{len(report['trials'])} of {report['planned']} trials run"
+                   + (f"; {report['skipped']} skipped when the budget ran out" if report["skipped"] else "")
+                   + f". Best on validation: trial {best['trial']}, {best['val_accuracy']:.2%}.")
+        if st.button("Use the best settings", icon=":material/workspace_premium:", key=f"sweep-best-{pid}",
+                     help="The best trial's preset and training settings become the project's."):
+            values = {k: best[k] for k in ("preset", "learning_rate", "batch_size", "epochs", "augment")}
+            ui.save_project(project, model=presets.preset(best["preset"], dataset.num_classes),
+                            model_preset=best["preset"], config=sweeps.trial_config(values).to_dict())
+            st.session_state[f"hp-version-{pid}"] = st.session_state.get(f"hp-version-{pid}", 0) + 1
+            st.rerun()
 
 st.divider()
 ui.link("training", "Next: train")

@@ -745,3 +745,25 @@ def test_home_exports_a_project_and_imports_it_back(trained: dict) -> None:
     at.file_uploader(key="import-project").set_value(("notes.zip", b"not a zip", "application/zip")).run()
     at.button(key="import-project-go").click().run()
     assert "Could not import notes.zip: this is not a project archive" in texts(at, "error")
+
+
+def test_a_sweep_runs_through_the_queue_and_its_best_settings_are_one_click_away(seeded: dict) -> None:
+    pid = seeded["id"]
+    at = open_app("pages/3_Hyperparameters.py", pid)
+    at.multiselect[0].set_value(["lenet"])  # the form's pickers: presets, learning rates, batch sizes, ...
+    at.multiselect[1].set_value([1e-3, 3e-3])
+    at.multiselect[2].set_value([32])
+    at.multiselect[3].set_value([1])
+    at.multiselect[4].set_value([0.0])
+    next(b for b in at.button if b.label == "Start the sweep").click().run()
+    assert not at.exception and not at.error, texts(at, "error")
+    _until(at, lambda: any("2 of 2 trials run" in c.value for c in at.caption), timeout=300)
+    runs = store.Workspace().list_runs(pid)
+    assert len([r for r in runs if r["id"].startswith("sweep-")]) == 2  # each trial an ordinary run of the project
+    table = at.dataframe[-1].value
+    assert list(table["learning rate"]) in ([1e-3, 3e-3], [3e-3, 1e-3]) and len(at.get("vega_lite_chart")) >= 1
+    at.button(key=f"sweep-best-{pid}").click().run()
+    saved = store.Workspace().get_project(pid)
+    best_rate = float(table["learning rate"].iloc[0])  # the table is sorted best first
+    assert saved["model_preset"] == "lenet" and saved["config"]["learning_rate"] == best_rate
+    assert saved["config"]["batch_size"] == 32 and saved["config"]["epochs"] == 1

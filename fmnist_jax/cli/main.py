@@ -1,4 +1,4 @@
-"""Command line: presets, train, evaluate, predict, explain, serve, export. Same library calls as the UI.
+"""Command line: presets, train, evaluate, sweep, predict, explain, serve, export. Same library calls as the UI.
 
 Errors print one line to stderr and exit with status 2; there are no tracebacks for user mistakes.
 
@@ -92,8 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_deploy_commands(sub: Any) -> None:
-    from fmnist_jax.cli import deploy
+    from fmnist_jax.cli import deploy, sweep
 
+    sweep.add_commands(sub)
     deploy.add_commands(sub)
 
 

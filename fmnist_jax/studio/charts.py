@@ -235,3 +235,27 @@ def reliability(calibration: dict) -> alt.Chart:
         color=alt.Color("series:N", legend=alt.Legend(orient="top", title=None)),
         tooltip=["series", alt.Tooltip("confidence:Q", format=".1%"), alt.Tooltip("accuracy:Q", format=".1%"), "images"])
     return (diagonal + lines).properties(height=300)
+
+
+def parallel_coordinates(rows: Sequence[dict], axes: Sequence[str], colour: str = "val. accuracy") -> alt.Chart:
+    """One line per sweep trial across its settings and result, each axis scaled to its own range, coloured
+    by validation accuracy."""
+    frame = pd.DataFrame(list(rows))
+    scaled = frame.copy()
+    for axis in axes:
+        values = pd.to_numeric(frame[axis], errors="coerce")
+        if values.notna().all():
+            low, high = float(values.min()), float(values.max())
+            scaled[axis] = (values - low) / (high - low) if high > low else 0.5
+        else:
+            codes = {v: i for i, v in enumerate(sorted(frame[axis].astype(str).unique()))}
+            scaled[axis] = frame[axis].astype(str).map(codes) / max(1, len(codes) - 1)
+    long = scaled.reset_index().melt(id_vars=["index"], value_vars=list(axes), var_name="setting", value_name="position")
+    long["value"] = frame.reset_index().melt(id_vars=["index"], value_vars=list(axes))["value"].astype(str)
+    long[colour] = long["index"].map(frame[colour])
+    return alt.Chart(long).mark_line(point=True, opacity=0.8).encode(
+        x=alt.X("setting:N", sort=list(axes), title=None, axis=alt.Axis(labelAngle=0)),
+        y=alt.Y("position:Q", title=None, axis=None),
+        detail="index:N",
+        color=alt.Color(f"{colour}:Q", scale=alt.Scale(scheme="viridis"), title=colour),
+        tooltip=["setting", "value", alt.Tooltip(f"{colour}:Q", format=".2%")]).properties(height=280)
