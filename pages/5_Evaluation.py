@@ -15,6 +15,7 @@ from fmnist_jax.deploy import explain
 from fmnist_jax.studio import charts, estimates, tasks
 
 GALLERY_LIMIT = 48
+PERCENT = "%.2f%%"
 
 ui.frame()
 ui.page_title("5", "Evaluation", "How well a trained run does on test images it never saw, and where it goes wrong.")
@@ -87,20 +88,24 @@ with left:
         st.altair_chart(charts.confusion_matrix(metrics["confusion_matrix"], class_names, normalized), width="stretch")
 with right:
     st.subheader("Per class")
+    # Shares as percentages with two decimals everywhere on the page, like the figures above (the column's
+    # own "percent" format dropped trailing zeros: 97% next to 98.88%).
     per_class = pd.DataFrame(metrics["per_class"])
-    st.dataframe(per_class, hide_index=True, width="stretch", height=36 * (len(per_class) + 1) + 8, column_config={
-        "precision": st.column_config.NumberColumn(format="percent", help="Of the images predicted as this class, "
-                                                                          "the share that really are."),
-        "recall": st.column_config.NumberColumn(format="percent", help="Of this class's images, the share found."),
-        "f1": st.column_config.NumberColumn("F1", format="percent", help="Harmonic mean of precision and recall."),
+    for column in ("precision", "recall", "f1"):
+        per_class[column] = per_class[column] * 100
+    st.dataframe(per_class, hide_index=True, width="stretch", height=36 * len(per_class) + 38, column_config={
+        "precision": st.column_config.NumberColumn(format=PERCENT, help="Of the images predicted as this class, "
+                                                                        "the share that really are."),
+        "recall": st.column_config.NumberColumn(format=PERCENT, help="Of this class's images, the share found."),
+        "f1": st.column_config.NumberColumn("F1", format=PERCENT, help="Harmonic mean of precision and recall."),
         "support": st.column_config.NumberColumn("images", format="localized")})
     st.subheader("Most confused")
     if metrics["most_confused"]:
         confused = pd.DataFrame(metrics["most_confused"][:8])
-        confused["share of true class"] = [row["count"] / max(1, metrics["per_class"][class_names.index(row["true"])]["support"])
+        confused["share of true class"] = [100 * row["count"] / max(1, metrics["per_class"][class_names.index(row["true"])]["support"])
                                            for row in metrics["most_confused"][:8]]
-        st.dataframe(confused, hide_index=True, width="stretch", height=36 * (len(confused) + 1) + 8, column_config={
-            "share of true class": st.column_config.NumberColumn(format="percent")})
+        st.dataframe(confused, hide_index=True, width="stretch", height=36 * len(confused) + 38, column_config={
+            "share of true class": st.column_config.NumberColumn(format=PERCENT)})
     else:
         st.caption("No mistakes at all.")
 
@@ -143,11 +148,17 @@ selected = [i for i in mistakes
             and (not pred_filter or class_names[predicted[i]] in pred_filter)]
 if order == "least confident first":
     selected = selected[::-1]
-st.caption(f"{len(selected):,} of {len(mistakes):,} mistakes match; showing the first {min(GALLERY_LIMIT, len(selected))}.")
+pages = max(1, -(-len(selected) // GALLERY_LIMIT))
+page_column, caption_column = st.columns([1, 4], vertical_alignment="bottom")
+page = page_column.number_input("Page", 1, pages, 1, key=f"eval-page-{pid}-{len(selected)}",
+                                help=f"{GALLERY_LIMIT} mistakes per page.") if pages > 1 else 1
+first = (page - 1) * GALLERY_LIMIT
+caption_column.caption(f"{len(selected):,} of {len(mistakes):,} mistakes match; showing {first + 1:,}-"
+                       f"{min(first + GALLERY_LIMIT, len(selected)):,}" + (f" (page {page} of {pages})." if pages > 1 else "."))
 looked = st.toggle("Show where the model looked", key=f"eval-explain-{pid}",
                    help="Each mistake with its saliency map: Grad-CAM on the last convolution (occlusion for models "
                         "without one). Warm colours are the pixels the wrong answer rests on.")
-shown = selected[:GALLERY_LIMIT]
+shown = selected[first:first + GALLERY_LIMIT]
 tiles = {i: estimates.upscale(test_images[i], 4) for i in shown}
 if looked and shown:
     model = ui.cached_model(run["path"], str(stamp))

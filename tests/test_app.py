@@ -767,3 +767,25 @@ def test_a_sweep_runs_through_the_queue_and_its_best_settings_are_one_click_away
     best_rate = float(table["learning rate"].iloc[0])  # the table is sorted best first
     assert saved["model_preset"] == "lenet" and saved["config"]["learning_rate"] == best_rate
     assert saved["config"]["batch_size"] == 32 and saved["config"]["epochs"] == 1
+
+
+def test_evaluation_pages_through_every_mistake_with_one_percent_format(trained: dict,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from fmnist_jax.evaluate import metrics_from_probs, reliability
+    pid = trained["id"]
+    _, labels = tasks.gallery_images(tasks.read_run(store.Workspace(), pid, "trained"))
+    probs = np.random.default_rng(0).dirichlet(np.ones(10), len(labels)).astype(np.float32)  # a bad model: many mistakes
+    metrics = metrics_from_probs(probs, labels, tuple(proj.synthetic_dataset().class_names))
+    metrics["calibration"] = {"temperature": 1.0, "before": reliability(probs, labels), "after": reliability(probs, labels)}
+    monkeypatch.setattr(tasks, "evaluate_run", lambda *args, **kwargs: metrics)
+    at = open_app("pages/5_Evaluation.py", pid)
+    _until(at, lambda: "Test accuracy" in metric_values(at))
+    total = len(metrics["mistakes"])
+    assert total > 96
+    assert any(f"showing 1-48 (page 1 of {-(-total // 48)})" in c.value for c in at.caption)
+    page = next(n for n in at.number_input if n.label == "Page")
+    page.set_value(3).run()
+    assert any(f"showing 97-{min(144, total)}" in c.value for c in at.caption)
+    columns = json.loads(at.dataframe[0].proto.columns)
+    assert {columns[c]["type_config"]["format"] for c in ("precision", "recall", "f1")} == {"%.2f%%"}
+    assert at.dataframe[0].value["precision"].max() > 1  # shares shown as percentages, not fractions
