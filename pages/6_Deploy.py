@@ -11,14 +11,14 @@ import streamlit as st
 import studio_ui as ui
 from fmnist_jax import store
 from fmnist_jax.deploy import bundle, onnx_export, predict, script_export
-from fmnist_jax.photos import decode
+from fmnist_jax.photos import decode, pipeline_params
 from fmnist_jax.studio import tasks
 
 DEMO = "demo"
 
 ui.frame()
-ui.page_title("6", "Deploy", "Try the model on your own photos of clothes. Photos go through the same treatment the "
-                             "dataset got: background removed, cropped, inverted, centred on a 28×28 canvas.")
+ui.page_title("6", "Deploy", "Try a model on your own photos. Each photo goes through the same preparation as the "
+                             "model's training images (described under the model you choose), then the model answers.")
 project = ui.require_project()
 pid = project["id"]
 ws = ui.workspace()
@@ -41,11 +41,16 @@ if not options:
             f"model is not available on this server: {ui.plain(demo_missing)})", icon=":material/model_training:")
     ui.link("training", "Go to Training")
     st.stop()
-labels = {DEMO: "Demo model (shipped with the studio)",
+demo_card = {} if demo_missing else (getattr(ui.cached_model(DEMO, "demo"), "card", {}) or {})
+demo_photos = (demo_card.get("real_photos") or {}).get("accuracy")
+labels = {DEMO: "Demo model (shipped) · test " + ui.percent(demo_card.get("test_accuracy"))
+          + (f" · {demo_photos:.1%} on real photos" if demo_photos else ""),
           **{rid: f"{r['name']} · test {ui.percent(r['test_accuracy'])}" for rid, r in runs.items()}}
+# The deployed model changes only when someone chooses another one: a newly trained run is offered, not
+# switched to (it may do worse on photos than the demo model, which was adapted to them).
 wanted = st.query_params.get("model")
 default = wanted if wanted in options else project.get("deployed_run") if project.get("deployed_run") in options else (
-    tasks.best_run(list(runs.values()))["id"] if runs else options[0])
+    DEMO if DEMO in options else tasks.best_run(list(runs.values()))["id"])
 
 
 def _converted_export(kind: str, label: str, file_name: str, model: Any, source: str, stamp: str) -> None:
@@ -147,7 +152,9 @@ with st.expander("Use this model outside the studio", expanded=False):
     st.code(f"python -m fmnist_jax serve {target} --port 8000\n"
             "curl -F files=@photo.jpg http://127.0.0.1:8000/predict", language="bash")
 
-uploads = st.file_uploader("Upload photos", type=decode.UPLOAD_TYPES, accept_multiple_files=True,
+st.caption(f"Photos for this model: {pipeline_params.describe(model.preprocess, model.input_shape)}")
+# No type filter: a file that is not a photo gets its reason in words below (the uploader would only mark it "!").
+uploads = st.file_uploader("Upload photos", accept_multiple_files=True,
                            key=f"deploy-upload-{pid}",
                            help="One or many images (" + ", ".join(decode.UPLOAD_TYPES) + "). A garment on a plain "
                                 "background works best; phone photos are fine.")

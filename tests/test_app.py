@@ -374,14 +374,21 @@ def test_deploy_page_predicts_each_upload_and_explains_a_bad_file(trained: dict)
     pid = trained["id"]
     at = open_app("pages/6_Deploy.py", pid)
     assert not at.exception
+    # a trained run is offered, not switched to: the deployed model stays the demo until someone chooses
+    assert at.selectbox(key=f"deploy-model-{pid}").value == "demo"
+    assert any(" on real photos" in o for o in at.selectbox(key=f"deploy-model-{pid}").options)
+    at.selectbox(key=f"deploy-model-{pid}").set_value("trained").run()
+    assert store.Workspace().get_project(pid)["deployed_run"] == "trained"
     assert any("model=trained" in c.value and f"project={pid}" in c.value for c in at.code)
+    assert any("Photos for this model:" in c.value for c in at.caption)
     garment = proj.synthetic_dataset().test_images[0][..., 0]
     at.file_uploader(key=f"deploy-upload-{pid}").set_value(
-        [("garment.png", png_bytes(garment), "image/png"), ("broken.png", b"not an image at all", "image/png")]).run()
+        [("garment.png", png_bytes(garment), "image/png"), ("broken.png", b"not an image at all", "image/png"),
+         ("notes.txt", b"shopping list", "text/plain")]).run()
     assert not at.exception
-    assert "broken.png" in texts(at, "error")
+    assert "broken.png" in texts(at, "error") and "notes.txt" in texts(at, "error")  # the reason, in words
     assert any("garment.png" in m.value and "→" in m.value for m in at.markdown)
-    assert any("1 of 2 images predicted" in c.value for c in at.caption)
+    assert any("1 of 3 images predicted" in c.value for c in at.caption)
     assert any("where it looked (occlusion)" in str(img.proto) for img in at.get("image"))  # no conv: occlusion
     assert len(at.get("vega_lite_chart")) == 1  # the probability bars of the one good file
 
@@ -690,6 +697,7 @@ ui.public_caps(huge, (28, 28, 1), 10, TrainConfig(), 54000)
 def test_a_share_link_predicts_with_one_model_and_opens_nothing_else(trained: dict) -> None:
     pid = trained["id"]
     at = open_app("pages/6_Deploy.py", pid)
+    at.selectbox(key=f"deploy-model-{pid}").set_value("trained").run()
     at.button(key=f"share-make-{pid}").click().run()
     assert not at.exception
     link = next(c.value for c in at.code if "?share=" in c.value)

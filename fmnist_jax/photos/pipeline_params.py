@@ -69,3 +69,15 @@ def resolve_preprocess(params: dict | None, input_shape: tuple[int, ...] = (28, 
     if len(input_shape) == 3 and input_shape[2] == 3 and "mode" not in params:
         params["mode"] = "resize"  # colour datasets (CIFAR-10) are natural images, not garments on a background
     return PhotoParams.from_dict(params).to_dict()
+
+
+def describe(params: dict | None, input_shape: tuple[int, ...] = (28, 28, 1)) -> str:
+    """What the pipeline does to a photo with these parameters, in a sentence for the Deploy page."""
+    p = resolve_preprocess(params, input_shape)
+    side = f"{input_shape[0]}×{input_shape[1]}"
+    if p["mode"] == "resize":
+        return f"resized to {side} pixels{' in colour' if input_shape[-1] == 3 else ' in grey'}, nothing removed."
+    found = ("the garment separated from its background with GrabCut" if p["mode"] == "grabcut" else
+             "the background estimated from the photo's border and removed")
+    return (f"{found}, cropped to the garment, turned light-on-black like Fashion-MNIST and fitted to a {side} "
+            f"canvas.")
