@@ -13,6 +13,7 @@ import numpy as np
 import streamlit as st
 
 from fmnist_jax import settings, store
+from fmnist_jax.data import catalogue
 from fmnist_jax.deploy import explain, predict
 from fmnist_jax.photos import decode
 from fmnist_jax.studio import charts, estimates, public, shares, tasks
@@ -188,6 +189,19 @@ def public_caps(spec: list, input_shape: tuple, num_classes: int, cfg: Any, trai
         st.error(f"**Too big for this Space:** {plain(error)}", icon=":material/block:")
     else:
         st.caption("This Space's limits · " + " · ".join(public.usage_lines(figures)))
+
+
+def warm_up(project: dict) -> None:
+    """Prepare and compile the project's next training in the background (once per settings), so Start is
+    quick; nothing happens when the project cannot train yet or is already training."""
+    active = registry().for_project(project["id"], owner())
+    if active and active["status"] in ("queued", "running"):
+        return
+    try:
+        key, work = tasks.warm_up(workspace(), project)
+        background().submit(owner(), "warm", key, work, label="Preparing the training")
+    except (ValueError, store.StoreError, catalogue.DataUnavailable):
+        return  # the page explains what is wrong; a full task queue just skips the warm-up
 
 
 def background() -> Any:

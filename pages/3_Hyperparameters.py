@@ -223,6 +223,7 @@ with right:
                    f"{estimate['flops_per_s'] / 1e9:,.1f} GFLOP/s on {device['platform'].upper()} "
                    f"(from the {estimate['source']}), plus the validation pass.")
     ui.public_caps(spec, dataset.input_shape, dataset.num_classes, cfg, train_size)
+    ui.warm_up(ui.workspace().get_project(pid))  # the saved settings' training compiles while the user reads on
     layers_ok = True
     try:
         layer_specs.describe(spec, dataset.input_shape, dataset.num_classes)

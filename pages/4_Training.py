@@ -212,6 +212,8 @@ def _live_panel(snap: dict | None) -> None:
 
 current = registry.for_project(pid, ui.owner())
 is_active = bool(current and current["status"] in ("queued", "running"))
+if not is_active and problem is None:
+    ui.warm_up(ui.workspace().get_project(pid))  # compile now, so Start only has to load the program
 if is_active:
     st.session_state["training-active-job"] = current["id"]
     ui.hide_run_indicator()  # the panel redraws every second; Streamlit's "Running… Stop" would blink with it

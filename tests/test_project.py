@@ -307,3 +307,40 @@ def test_evaluation_compares_softmax_and_calibrated_probabilities(ws: store.Work
     # a higher temperature lowers every confidence: the calibrated bins sit further left
     mean = lambda part: sum(b["confidence"] * b["count"] for b in calibration[part]["bins"]) / 100  # noqa: E731
     assert mean("after") < mean("before")
+
+
+def test_warm_up_compiles_the_program_start_then_loads(ws: store.Workspace, tiny_project: dict, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import jax
+
+    from fmnist_jax.training import program
+    monkeypatch.setattr(program, "enable_compile_cache", lambda home=None: None)
+    previous = (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs)
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path / "jax_cache"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    try:
+        _check_warm_up(ws, tiny_project)
+    finally:
+        jax.config.update("jax_compilation_cache_dir", previous[0])
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", previous[1])
+
+
+def _check_warm_up(ws: store.Workspace, tiny_project: dict) -> None:
+    import jax
+
+    from fmnist_jax.training import loop
+    hits: list[str] = []
+    jax.monitoring.register_event_listener(lambda event, **kw: hits.append(event) if "cache_hits" in event else None)
+    key, work = tasks.warm_up(ws, tiny_project)
+    assert work(lambda f, m: None)["compile_seconds"] > 0
+    assert tasks.warm_up(ws, tiny_project)[0] == key  # the same settings: the same warm-up, done once
+    before = len(hits)
+    dataset = proj.load_dataset(tiny_project)
+    spec, cfg, _ = tasks.check_trainable(tiny_project, dataset)
+    splits = proj.load_splits(tiny_project).limit_train(proj.train_limit(tiny_project))
+    records = loop.train(spec, cfg, splits)
+    assert next(records)["kind"] == "start"
+    records.close()
+    assert len(hits) > before, "Start compiled the training program again instead of loading the warmed-up one"
+    changed = {**tiny_project, "config": {**tiny_project.get("config", {}), "batch_size": 16}}
+    assert tasks.warm_up(ws, changed)[0] != key

@@ -68,8 +68,7 @@ def start_training(ws: store.Workspace, project: dict, run_name: str | None = No
         raise ValueError("this project already has a training job queued or running; stop it or wait for it to finish")
     init_from = starting_model(ws, project, spec) if project.get("init_from") else None
     run_dir = ws.new_run_dir(project["id"], run_name or None)
-    record = {"dataset": project.get("dataset") or "fashion_mnist", "data_dir": data_folder(project),
-              "split": split_spec(project, dataset).to_dict(), "upload_home": project.get("upload_home")}
+    record = _data_record(project, dataset)
     run_meta = {"preset": preset_of(project), "dataset": record["dataset"], "data_dir": record["data_dir"],
                 "limit": train_limit(project), "source": "studio", "project_id": project["id"],
                 **({"upload_home": record["upload_home"]} if record["upload_home"] else {}),
@@ -81,6 +80,46 @@ def start_training(ws: store.Workspace, project: dict, run_name: str | None = No
         if run_dir.exists() and not any(run_dir.iterdir()):
             run_dir.rmdir()
         raise
+
+
+def _data_record(project: dict, dataset: catalogue.Dataset) -> dict:
+    """Where a job's data comes from (dataset, folder, split), as its run records it."""
+    return {"dataset": project.get("dataset") or "fashion_mnist", "data_dir": data_folder(project),
+            "split": split_spec(project, dataset).to_dict(), "upload_home": project.get("upload_home")}
+
+
+def warm_up(ws: store.Workspace, project: dict) -> tuple[str, Callable[[Progress], dict]]:
+    """(key, background work) that prepares the project's splits and compiles its training program now, while
+    the user is still on the Hyperparameters or Training page: the compiled program lands in the persistent
+    compilation cache, so Start only loads it. ValueError when the project cannot train as it stands (or, on a
+    public Space, is over a cap): then there is nothing to warm up."""
+    import hashlib
+    import json
+
+    dataset = load_dataset(project)
+    spec, cfg, train_size = check_trainable(project, dataset)
+    if settings.public_mode():
+        from fmnist_jax.studio import public
+
+        public.check_job(public.job_figures(spec, dataset.input_shape, dataset.num_classes, cfg.batch_size, cfg.epochs,
+                                            train_size))
+    record, limit = _data_record(project, dataset), train_limit(project)
+    key = hashlib.sha256(json.dumps([spec, cfg.to_dict(), record, limit], sort_keys=True, default=str).encode()).hexdigest()
+
+    def work(progress: Progress) -> dict:
+        from fmnist_jax.training.loop import train
+        from fmnist_jax.training.program import enable_compile_cache
+
+        enable_compile_cache()
+        progress(0.1, "preparing the splits")
+        splits = load_splits(record).limit_train(limit)
+        progress(0.3, "compiling the training program")
+        records = train(spec, cfg, splits)  # no run folder: nothing is written, and nothing trains
+        start = next(records)  # the 'start' record comes once the chunk program is compiled
+        records.close()
+        return {"compile_seconds": start["compile_seconds"], "setup_seconds": start["setup_seconds"]}
+
+    return key[:24], work
 
 
 def resume_training(ws: store.Workspace, project: dict, run_id: str, registry: Any = None) -> dict:
