@@ -32,11 +32,20 @@ from fmnist_jax.training.config import TrainConfig
 
 # ----------------------------------------------------------------------------- training jobs
 
-def _prepare_for(record: dict, spec: list, cfg: TrainConfig, limit: int | None) -> Callable[[], tuple]:
+def _prepare_for(record: dict, spec: list, cfg: TrainConfig, limit: int | None,
+                 warming: Callable[[], bool] | None = None) -> Callable[[], tuple]:
     def prepare() -> tuple[list, TrainConfig, splitting.Splits]:
+        # A warm-up of these very settings still compiling: let it finish and load its program, rather than
+        # compile the same thing beside it on the same cores.
+        deadline = time.monotonic() + WARM_UP_WAIT_SECONDS
+        while warming is not None and warming() and time.monotonic() < deadline:
+            time.sleep(0.2)
         splits = load_splits(record).limit_train(limit)
         return spec, cfg, splits
     return prepare
+
+
+WARM_UP_WAIT_SECONDS = 120.0
 
 
 def check_trainable(project: dict, dataset: catalogue.Dataset | None = None) -> tuple[list, TrainConfig, int]:
@@ -73,8 +82,9 @@ def start_training(ws: store.Workspace, project: dict, run_name: str | None = No
                 "limit": train_limit(project), "source": "studio", "project_id": project["id"],
                 **({"upload_home": record["upload_home"]} if record["upload_home"] else {}),
                 **({"init_from": project["init_from"]} if init_from else {})}
+    warming = _warming(ws, project, spec, cfg, record)
     try:
-        return registry.submit(project["id"], run_dir, _prepare_for(record, spec, cfg, train_limit(project)),
+        return registry.submit(project["id"], run_dir, _prepare_for(record, spec, cfg, train_limit(project), warming),
                                name=run_dir.name, owner=owner_of(ws), run_meta=run_meta, init_from=init_from)
     except ValueError:
         if run_dir.exists() and not any(run_dir.iterdir()):
@@ -88,14 +98,30 @@ def _data_record(project: dict, dataset: catalogue.Dataset) -> dict:
             "split": split_spec(project, dataset).to_dict(), "upload_home": project.get("upload_home")}
 
 
+def _warm_key(spec: list, cfg: TrainConfig, record: dict, limit: int | None) -> str:
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps([spec, cfg.to_dict(), record, limit], sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def _warming(ws: store.Workspace, project: dict, spec: list, cfg: TrainConfig, record: dict) -> Callable[[], bool]:
+    """Whether a warm-up of exactly this job is still running (queued or compiling)."""
+    from fmnist_jax.studio.projects import get_task_registry
+
+    key = _warm_key(spec, cfg, record, train_limit(project))
+
+    def running() -> bool:
+        snap = get_task_registry().find(owner_of(ws), "warm", key)
+        return bool(snap and snap["status"] in ("queued", "running"))
+    return running
+
+
 def warm_up(ws: store.Workspace, project: dict) -> tuple[str, Callable[[Progress], dict]]:
     """(key, background work) that prepares the project's splits and compiles its training program now, while
     the user is still on the Hyperparameters or Training page: the compiled program lands in the persistent
     compilation cache, so Start only loads it. ValueError when the project cannot train as it stands (or, on a
     public Space, is over a cap): then there is nothing to warm up."""
-    import hashlib
-    import json
-
     dataset = load_dataset(project)
     spec, cfg, train_size = check_trainable(project, dataset)
     if settings.public_mode():
@@ -104,7 +130,7 @@ def warm_up(ws: store.Workspace, project: dict) -> tuple[str, Callable[[Progress
         public.check_job(public.job_figures(spec, dataset.input_shape, dataset.num_classes, cfg.batch_size, cfg.epochs,
                                             train_size))
     record, limit = _data_record(project, dataset), train_limit(project)
-    key = hashlib.sha256(json.dumps([spec, cfg.to_dict(), record, limit], sort_keys=True, default=str).encode()).hexdigest()
+    key = _warm_key(spec, cfg, record, limit)
 
     def work(progress: Progress) -> dict:
         from fmnist_jax.training.loop import train
@@ -119,7 +145,7 @@ def warm_up(ws: store.Workspace, project: dict) -> tuple[str, Callable[[Progress
         records.close()
         return {"compile_seconds": start["compile_seconds"], "setup_seconds": start["setup_seconds"]}
 
-    return key[:24], work
+    return key, work
 
 
 def resume_training(ws: store.Workspace, project: dict, run_id: str, registry: Any = None) -> dict:
