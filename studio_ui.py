@@ -464,7 +464,7 @@ def share_panel(project_id: str, choice: str, label: str) -> None:
                                   "open your projects, data or runs. Revoke it here to stop it.")
     if st.button("Create a predict-only link", icon=":material/link:", key=f"share-make-{project_id}"):
         try:
-            shares.create_share(ws, project_id, choice, label.split(" · ")[0])
+            shares.create_share(ws, project_id, choice, label)
         except (ValueError, store.StoreError) as error:
             st.error(plain(error), icon=":material/error:")
     base = st.context.url or "/"
@@ -497,9 +497,9 @@ def shared_model_page(token: str) -> None:
                  icon=":material/link_off:")
         st.page_link("app.py", label="Open Fashion-MNIST Studio", icon=":material/home:")
         st.stop()
-    st.title(f":material/checkroom: {share['label']}")
-    st.caption("A model shared from Fashion-MNIST Studio. Upload photos of garments or take one to see what it "
-               "predicts; this link lets you predict with this model only.")
+    st.title(":material/checkroom: What garment is this?")
+    st.caption(f"A model shared from Fashion-MNIST Studio (*{plain(share['label'])}*). Upload photos of garments or "
+               "take one to see what it predicts; this link lets you predict with this model only.")
     weights = Path(share["source"]) / "model.msgpack"
     stamp = str(weights.stat().st_mtime_ns) if share["source"] != "demo" and weights.exists() else "demo"
     try_a_photo(share["source"], stamp, key=f"share-{token}")

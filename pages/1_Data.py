@@ -109,7 +109,8 @@ def upload_panel() -> str | None:
         color = b.selectbox("Colour", ["auto", *upload_limits.COLORS], key=f"upload-color-{pid}",
                             help="Grayscale is faster; RGB keeps colour.")
         options = (None if size == "auto" else int(size), None if color == "auto" else color)
-        if st.button("Import", icon=":material/file_upload:", disabled=file is None, key=f"upload-go-{pid}"):
+        if file_column.button("Import the file", icon=":material/file_upload:", disabled=file is None,
+                              key=f"upload-go-{pid}"):
             data, name = file.getvalue(), file.name  # the page's file object does not outlive this run
 
             def from_browser(progress: Any) -> dict:
@@ -117,8 +118,8 @@ def upload_panel() -> str | None:
                 return importer.import_stream(io.BytesIO(data), name, *options, progress=progress, home=upload_home)
 
             _start_import(name, hashlib.sha256(data).hexdigest()[:16], options, from_browser)
-        if folder_files and st.button("Import the folder", icon=":material/drive_folder_upload:",
-                                      key=f"upload-folder-go-{pid}"):
+        if folder_column.button("Import the folder", icon=":material/drive_folder_upload:",
+                                disabled=not folder_files, key=f"upload-folder-go-{pid}"):
             files = [(f.name, f.getvalue()) for f in folder_files]
             top = files[0][0].replace("\\", "/").split("/")[0] or "folder"
             digest = hashlib.sha256(b"".join(n.encode() + hashlib.sha256(d).digest() for n, d in sorted(files)))

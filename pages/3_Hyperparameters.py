@@ -254,7 +254,8 @@ if sweep_task is None or sweep_task["status"] not in ("queued", "running"):
         mode = c.radio("Combine", ["grid", "random"], horizontal=True,
                        help="grid: every combination; random: a sample of them.")
         a, b = st.columns(2)
-        count = a.number_input("Random trials", 1, sweeps.MAX_TRIALS, 6)
+        count = a.number_input("Random trials", 1, sweeps.MAX_TRIALS, 6,
+                               help="How many combinations random mode draws (grid mode runs them all).")
         budget = b.slider("Budget (minutes)", 1, 240, 20, help="No new trial starts after this long.")
         if st.form_submit_button("Start the sweep", icon=":material/science:", type="primary"):
             try:

@@ -43,8 +43,8 @@ if not options:
     st.stop()
 demo_card = {} if demo_missing else (getattr(ui.cached_model(DEMO, "demo"), "card", {}) or {})
 demo_photos = (demo_card.get("real_photos") or {}).get("accuracy")
-labels = {DEMO: "Demo model (shipped) · test " + ui.percent(demo_card.get("test_accuracy"))
-          + (f" · {demo_photos:.1%} on real photos" if demo_photos else ""),
+labels = {DEMO: "Demo model · test " + ui.percent(demo_card.get("test_accuracy"))
+          + (f" · photos {demo_photos:.0%}" if demo_photos else ""),
           **{rid: f"{r['name']} · test {ui.percent(r['test_accuracy'])}" for rid, r in runs.items()}}
 # The deployed model changes only when someone chooses another one: a newly trained run is offered, not
 # switched to (it may do worse on photos than the demo model, which was adapted to them).
@@ -109,7 +109,7 @@ with left:
     if card.get("real_photos"):
         ui.model_card(card)
 with right:
-    ui.share_panel(pid, choice, labels[choice])
+    ui.share_panel(pid, choice, "Demo model" if choice == DEMO else f"{project['name']}: {runs[choice]['name']}")
 
 with st.expander("Use this model outside the studio", expanded=False):
     stem = "fmnist-demo" if choice == DEMO else f"fmnist-{pid}-{choice}"
@@ -147,10 +147,10 @@ with st.expander("Use this model outside the studio", expanded=False):
                                                  "trains these layers with these settings on Fashion-MNIST.")
     target = "demo" if choice == DEMO else source
     st.markdown("Command line (same pipeline, JSON output):")
-    st.code(f"python -m fmnist_jax predict {target} photo.jpg --json", language="bash")
+    st.code(f"python -m fmnist_jax predict {target} photo.jpg --json", language="bash", wrap_lines=True)
     st.markdown("REST API:")
     st.code(f"python -m fmnist_jax serve {target} --port 8000\n"
-            "curl -F files=@photo.jpg http://127.0.0.1:8000/predict", language="bash")
+            "curl -F files=@photo.jpg http://127.0.0.1:8000/predict", language="bash", wrap_lines=True)
 
 st.caption(f"Photos for this model: {pipeline_params.describe(model.preprocess, model.input_shape)}")
 # No type filter: a file that is not a photo gets its reason in words below (the uploader would only mark it "!").

@@ -376,7 +376,7 @@ def test_deploy_page_predicts_each_upload_and_explains_a_bad_file(trained: dict)
     assert not at.exception
     # a trained run is offered, not switched to: the deployed model stays the demo until someone chooses
     assert at.selectbox(key=f"deploy-model-{pid}").value == "demo"
-    assert any(" on real photos" in o for o in at.selectbox(key=f"deploy-model-{pid}").options)
+    assert any(" · photos " in o for o in at.selectbox(key=f"deploy-model-{pid}").options)  # its real-photo figure
     at.selectbox(key=f"deploy-model-{pid}").set_value("trained").run()
     assert store.Workspace().get_project(pid)["deployed_run"] == "trained"
     assert any("model=trained" in c.value and f"project={pid}" in c.value for c in at.code)
@@ -708,7 +708,8 @@ def test_a_share_link_predicts_with_one_model_and_opens_nothing_else(trained: di
     visitor.query_params["share"] = token
     visitor.run()
     assert not visitor.exception
-    assert visitor.title[0].value.endswith("trained") and not visitor.sidebar.children  # no studio around it
+    assert "What garment is this?" in visitor.title[0].value and not visitor.sidebar.children  # no studio around it
+    assert any("(*Seeded: trained*)" in c.value for c in visitor.caption)  # which model, in words
     garment = proj.synthetic_dataset().test_images[0][..., 0]
     visitor.file_uploader(key=f"share-{token}-upload").set_value([("garment.png", png_bytes(garment), "image/png")]).run()
     assert not visitor.exception and any("garment.png" in m.value and "→" in m.value for m in visitor.markdown)
