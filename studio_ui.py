@@ -199,7 +199,10 @@ def warm_up(project: dict) -> None:
         return
     try:
         key, work = tasks.warm_up(workspace(), project)
-        background().submit(owner(), "warm", key, work, label="Preparing the training")
+        for stale in background().owned(owner(), "warm", f"{project['id']}:"):
+            if stale["key"] != f"{project['id']}:{key}":
+                background().cancel(stale["id"])  # settings changed since: that program is not needed first
+        background().submit(owner(), "warm", f"{project['id']}:{key}", work, label="Preparing the training")
     except (ValueError, store.StoreError, catalogue.DataUnavailable):
         return  # the page explains what is wrong; a full task queue just skips the warm-up
 

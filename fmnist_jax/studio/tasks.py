@@ -109,11 +109,14 @@ def _warming(ws: store.Workspace, project: dict, spec: list, cfg: TrainConfig, r
     """Whether a warm-up of exactly this job is still running (queued or compiling)."""
     from fmnist_jax.studio.projects import get_task_registry
 
-    key = _warm_key(spec, cfg, record, train_limit(project))
+    key = f"{project['id']}:{_warm_key(spec, cfg, record, train_limit(project))}"
 
     def running() -> bool:
         snap = get_task_registry().find(owner_of(ws), "warm", key)
-        return bool(snap and snap["status"] in ("queued", "running"))
+        if snap and snap["status"] == "queued":  # not started yet: the job compiles itself rather than wait for a worker
+            get_task_registry().cancel(snap["id"])
+            return False
+        return bool(snap and snap["status"] == "running")
     return running
 
 
