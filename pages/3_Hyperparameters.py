@@ -215,7 +215,7 @@ with right:
         m[0].metric("Per epoch", ui.seconds_text(estimate["seconds"]))
         m[1].metric("Whole run", ui.seconds_text(estimate["seconds"] * cfg.epochs + (startup["seconds"] if startup else 0)),
                     help="The epochs plus the start-up" + ("" if startup else ", once the first run has measured it"))
-        st.markdown(f"Start-up before the first epoch (set-up, data on the device, compilation): **"
+        st.markdown("Start-up before the first epoch (set-up, data on the device, compilation): **"
                     + (f"{ui.seconds_text(startup['seconds'])}** as measured in run {startup['run']}." if startup else
                        "measured by the first run**, typically 5 to 60 s on a CPU."))
         st.caption(f"{estimate['flops_per_image'] / 1e6:,.1f} MFLOPs to train on one image × "

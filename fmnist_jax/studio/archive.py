@@ -13,7 +13,6 @@ import json
 import re
 import time
 import zipfile
-from pathlib import Path
 from typing import Any
 
 from fmnist_jax import store
