@@ -114,10 +114,13 @@ with right:
 with st.expander("Use this model outside the studio", expanded=False):
     stem = "fmnist-demo" if choice == DEMO else f"fmnist-{pid}-{choice}"
     a, b, c = st.columns(3)
-    a.download_button("Download bundle (.zip)", data=lambda: bundle.bundle_bytes(model), file_name=f"{stem}.zip",
-                      mime="application/zip", icon=":material/package_2:", key=f"bundle-{pid}",
-                      help="Weights, layers, class names and photo settings in one file; loads with "
-                           "`predict`/`serve` and needs no pickle.")
+    lite = ui.background().find(ui.owner(), "tflite", f"{source}:{stamp}")
+    lite_payload = lite["result"][0] if lite and lite["status"] == "done" else None
+    a.download_button("Download bundle (.zip)", data=lambda: bundle.bundle_bytes(model, tflite=lite_payload),
+                      file_name=f"{stem}.zip", mime="application/zip", icon=":material/package_2:", key=f"bundle-{pid}",
+                      help="Weights, layers, class names and photo settings in one file; loads with `predict`/`serve` "
+                           "and needs no pickle" + ("; with the TensorFlow Lite model." if lite_payload else
+                                                    "; prepare the TensorFlow Lite export to include it."))
     # The conversion and its check against JAX run in the background (a few seconds to a minute).
     onnx_task = ui.background().find(ui.owner(), "onnx", f"{source}:{stamp}")
     if onnx_task and onnx_task["status"] == "done":

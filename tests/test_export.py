@@ -231,3 +231,14 @@ def test_export_cli_writes_a_checked_tflite_file(tmp_path) -> None:
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["format"] == "tflite" and report["max_abs_diff"] <= 1e-4 and out.stat().st_size == report["bytes"]
+
+
+@pytest.mark.slow
+def test_a_bundle_can_carry_its_tflite_model_and_still_loads(tmp_path) -> None:
+    out = tmp_path / "demo.zip"
+    assert cli.main(["export", "demo", "--format", "bundle", "--with-tflite", "--out", str(out), "--json"]) == 0
+    with zipfile.ZipFile(out) as archive:
+        assert "model.tflite" in archive.namelist() and archive.read("model.tflite")[4:8] == b"TFL3"
+    loaded = predict.load_model(str(out))
+    images = onnx_export.check_images(loaded)
+    assert np.allclose(loaded.predict_proba(images), predict.load_model("demo").predict_proba(images), atol=1e-6)

@@ -145,8 +145,13 @@ def cmd_export(args: argparse.Namespace) -> int:
             out.write_text(script_export.model_script(model, Path(args.model).name))
             result = {"format": "script", "out": str(out), "bytes": out.stat().st_size}
         elif args.format == "bundle":
-            bundle.write_bundle(model, out)
-            result = {"format": "bundle", "out": str(out), "bytes": out.stat().st_size}
+            tflite = None
+            if args.with_tflite:
+                from fmnist_jax.deploy import tflite_export
+
+                tflite, _ = tflite_export.tflite_bytes(model, _check_images(model))
+            bundle.write_bundle(model, out, tflite=tflite)
+            result = {"format": "bundle", "out": str(out), "bytes": out.stat().st_size, "tflite": tflite is not None}
         else:
             difference = onnx_export.export_onnx(model, out, _check_images(model))
             result = {"format": "onnx", "out": str(out), "bytes": out.stat().st_size, "max_abs_diff": difference,
@@ -212,5 +217,7 @@ def add_commands(sub: Any) -> None:
                    help="bundle (zip for predict/serve), onnx, tflite (float32 (N,H,W,C) in [0,1] -> probabilities), or "
                         "script (a standalone Flax NNX + Optax training script)")
     p.add_argument("--out", required=True, help="output file (.zip, .onnx, .tflite or .py)")
+    p.add_argument("--with-tflite", action="store_true",
+                   help="bundle: also put the checked TensorFlow Lite model (model.tflite) in the zip")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_export)

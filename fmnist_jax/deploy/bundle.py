@@ -23,7 +23,8 @@ from fmnist_jax.training.trained import TrainedModel
 
 FORMAT = "fmnist-studio-model"
 FORMAT_VERSION = 1
-MEMBER_LIMITS = {"model.json": 1_000_000, "model.msgpack": 500_000_000, "card.json": 1_000_000, "config.json": 1_000_000}
+MEMBER_LIMITS = {"model.json": 1_000_000, "model.msgpack": 500_000_000, "card.json": 1_000_000, "config.json": 1_000_000,
+                 "model.tflite": 500_000_000}  # the TensorFlow Lite model, for phones (optional; never loaded here)
 REQUIRED = ("model.json", "model.msgpack")
 MAX_BUNDLE_BYTES = 600_000_000
 MAX_COMPRESSION_RATIO = 200
@@ -124,11 +125,13 @@ def load_model_dir(folder: str | Path) -> TrainedModel:
 
 # ----------------------------------------------------------------------------- bundles
 
-def bundle_bytes(model: TrainedModel, config: dict | None = None) -> bytes:
-    """One zip with the model's files (for downloads and `export --format bundle`)."""
+def bundle_bytes(model: TrainedModel, config: dict | None = None, tflite: bytes | None = None) -> bytes:
+    """One zip with the model's files (for downloads and `export --format bundle`), and its checked
+    TensorFlow Lite file when one is given."""
     buffer = io.BytesIO()
+    files = {**model_files(model, config), **({"model.tflite": bytes(tflite)} if tflite else {})}
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        for name, payload in model_files(model, config).items():
+        for name, payload in files.items():
             info = zipfile.ZipInfo(name, date_time=(2020, 1, 1, 0, 0, 0))  # reproducible bytes
             info.compress_type = zipfile.ZIP_DEFLATED
             info.external_attr = 0o644 << 16
@@ -136,12 +139,12 @@ def bundle_bytes(model: TrainedModel, config: dict | None = None) -> bytes:
     return buffer.getvalue()
 
 
-def write_bundle(model: TrainedModel, path: str | Path, config: dict | None = None) -> Path:
+def write_bundle(model: TrainedModel, path: str | Path, config: dict | None = None, tflite: bytes | None = None) -> Path:
     """Write the bundle zip to `path`."""
     from fmnist_jax import store
 
     path = Path(path)
-    store.atomic_write_bytes(path, bundle_bytes(model, config))
+    store.atomic_write_bytes(path, bundle_bytes(model, config, tflite))
     return path
 
 

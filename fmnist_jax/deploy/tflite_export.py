@@ -21,41 +21,44 @@ def _keras_layers(spec: list[dict], weights: dict, keras: Any) -> list[tuple[Any
     """(Keras layer, its weights or None) for each studio layer, plus separate activations."""
     activations = {"relu": "relu", "elu": "elu", "tanh": "tanh", "sigmoid": "sigmoid"}
 
-    def activation_layer(name: str) -> Any:
+    def activation_layer(name: str, index: int) -> Any:
+        label = f"layer{index}_{name}"
         if name == "gelu":
-            return keras.layers.Activation(lambda x: keras.activations.gelu(x, approximate=True))
+            return keras.layers.Activation(lambda x: keras.activations.gelu(x, approximate=True), name=label)
         if name == "leaky_relu":
-            return keras.layers.LeakyReLU(negative_slope=0.01)
-        return keras.layers.Activation(activations[name])
+            return keras.layers.LeakyReLU(negative_slope=0.01, name=label)
+        return keras.layers.Activation(activations[name], name=label)
 
     params, stats = weights["params"]["layers"], weights["batch_stats"].get("layers", {})
     out: list[tuple[Any, list | None]] = []
     for index, layer in enumerate(spec):
-        kind, own = layer["type"], params.get(index, {})
+        # Explicit names: Keras numbers unnamed layers per process, and two exports at once (the Deploy page's
+        # background tasks) could both take "activation".
+        kind, own, name = layer["type"], params.get(index, {}), f"layer{index}_{layer['type']}"
         if kind == "conv2d":
             values = [own["kernel"]] + ([own["bias"]] if layer["use_bias"] else [])
             out.append((keras.layers.Conv2D(layer["filters"], layer["kernel"], strides=layer["stride"],
-                                            padding=layer["padding"], use_bias=layer["use_bias"]), values))
+                                            padding=layer["padding"], use_bias=layer["use_bias"], name=name), values))
         elif kind == "dense":
             values = [own["kernel"]] + ([own["bias"]] if layer["use_bias"] else [])
-            out.append((keras.layers.Dense(layer["units"], use_bias=layer["use_bias"]), values))
+            out.append((keras.layers.Dense(layer["units"], use_bias=layer["use_bias"], name=name), values))
         elif kind == "batchnorm":
-            out.append((keras.layers.BatchNormalization(epsilon=layer["epsilon"], momentum=layer["momentum"]),
+            out.append((keras.layers.BatchNormalization(epsilon=layer["epsilon"], momentum=layer["momentum"], name=name),
                         [own["scale"], own["bias"], *_running_stats(stats.get(index, {}), layer["momentum"])]))
         elif kind in ("maxpool", "avgpool"):
             pool = keras.layers.MaxPooling2D if kind == "maxpool" else keras.layers.AveragePooling2D
-            out.append((pool(layer["pool"], strides=layer["stride"], padding=layer["padding"]), None))
+            out.append((pool(layer["pool"], strides=layer["stride"], padding=layer["padding"], name=name), None))
         elif kind == "globalavgpool":
-            out.append((keras.layers.GlobalAveragePooling2D(), None))
+            out.append((keras.layers.GlobalAveragePooling2D(name=name), None))
         elif kind == "flatten":
-            out.append((keras.layers.Flatten(), None))
+            out.append((keras.layers.Flatten(name=name), None))
         elif kind == "dropout":
             continue  # inference: no dropout
         elif kind != "activation":
             raise ExportError(f"the TFLite export does not know the layer type {kind!r}")
         function = layer.get("activation") or layer.get("function")
         if function and function != "linear":
-            out.append((activation_layer(function), None))
+            out.append((activation_layer(function, index), None))
     return out
 
 
@@ -85,14 +88,14 @@ def tflite_bytes(model: Any, check_images: np.ndarray) -> tuple[bytes, float]:
 
     keras = tf.keras
     weights = {"params": _plain(model.weights["params"]), "batch_stats": _plain(model.weights["batch_stats"])}
-    inputs = keras.Input(shape=model.input_shape, batch_size=None, dtype="float32")
+    inputs = keras.Input(shape=model.input_shape, batch_size=None, dtype="float32", name="images")
     x = inputs
     for layer, values in _keras_layers(model.spec, weights, keras):
         x = layer(x)
         if values is not None:
             layer.set_weights(values)
-    probabilities = keras.layers.Softmax()(keras.layers.Rescaling(1.0 / model.temperature)(x))
-    network = keras.Model(inputs, probabilities)
+    scaled = keras.layers.Rescaling(1.0 / model.temperature, name="temperature")(x)
+    network = keras.Model(inputs, keras.layers.Softmax(name="probabilities")(scaled), name="fmnist_model")
     # From the Keras model: the converter freezes its weights into constants (from a tf.function's concrete
     # function they stayed resource variables, and the interpreter answered NaN).
     converter = tf.lite.TFLiteConverter.from_keras_model(network)
