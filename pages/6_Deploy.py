@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import streamlit as st
 
 import studio_ui as ui
 from fmnist_jax import store
-from fmnist_jax.deploy import bundle, onnx_export, predict, script_export
+from fmnist_jax.deploy import bundle, onnx_export, predict, script_export, tflite_export
 from fmnist_jax.photos import decode, pipeline_params
 from fmnist_jax.studio import tasks
 
@@ -53,9 +53,10 @@ default = wanted if wanted in options else project.get("deployed_run") if projec
     DEMO if DEMO in options else tasks.best_run(list(runs.values()))["id"])
 
 
-def _converted_export(kind: str, label: str, file_name: str, model: Any, source: str, stamp: str) -> None:
-    """A download prepared in the background: the button starts the conversion and its check against JAX, the
-    progress shows while it runs, the download button once it is done."""
+def _converted_export(kind: str, label: str, file_name: str, source: str, stamp: str,
+                      convert: Callable[[], tuple[bytes, float]]) -> None:
+    """A download prepared in the background (ONNX, TFLite): the button starts `convert` (the file and its
+    largest difference from JAX), the progress shows while it runs, the download button once it is done."""
     task = ui.background().find(ui.owner(), kind, f"{source}:{stamp}")
     if task and task["status"] == "done":
         payload, difference = task["result"]
@@ -65,18 +66,16 @@ def _converted_export(kind: str, label: str, file_name: str, model: Any, source:
                                 f"against JAX: within {difference:.1e}.")
     elif task and task["status"] in ("queued", "running", "failed"):
         ui.watch_task(task)
-    elif st.button(f"Prepare {label} export", icon=":material/phone_android:", key=f"{kind}-make-{pid}",
+    elif st.button(f"Prepare {label} export", icon=":material/conversion_path:", key=f"{kind}-make-{pid}",
                    help="Converts the model and checks the result against JAX, in the background."):
-        def convert(progress: Any) -> tuple[bytes, float]:
-            from fmnist_jax.deploy import tflite_export
-
+        def work(progress: Any) -> tuple[bytes, float]:
             progress(0.05, f"converting to {label} and checking the result against JAX")
             try:
-                return tflite_export.tflite_bytes(model, onnx_export.check_images(model))
+                return convert()
             except bundle.ExportError as error:  # an unsupported layer: the user's model, said plainly
                 raise ValueError(str(error)) from None
 
-        ui.background().submit(ui.owner(), kind, f"{source}:{stamp}", convert, label=f"{label} export")
+        ui.background().submit(ui.owner(), kind, f"{source}:{stamp}", work, label=f"{label} export")
         st.rerun()
 
 
@@ -121,29 +120,12 @@ with st.expander("Use this model outside the studio", expanded=False):
                       help="Weights, layers, class names and photo settings in one file; loads with `predict`/`serve` "
                            "and needs no pickle" + ("; with the TensorFlow Lite model." if lite_payload else
                                                     "; prepare the TensorFlow Lite export to include it."))
-    # The conversion and its check against JAX run in the background (a few seconds to a minute).
-    onnx_task = ui.background().find(ui.owner(), "onnx", f"{source}:{stamp}")
-    if onnx_task and onnx_task["status"] == "done":
-        payload, difference = onnx_task["result"]
-        b.download_button("Download ONNX", payload, file_name=f"{stem}.onnx", mime="application/octet-stream",
-                          icon=":material/file_download:", key=f"onnx-dl-{pid}",
-                          help=f"Checked with onnxruntime: probabilities within {difference:.1e} of JAX's.")
-    elif onnx_task and onnx_task["status"] in ("queued", "running", "failed"):
-        with b:
-            ui.watch_task(onnx_task)
-    elif b.button("Prepare ONNX export", icon=":material/conversion_path:", key=f"onnx-make-{pid}",
-                  help="Converts with jax2onnx and checks the result against JAX, in the background."):
-        def convert(progress: Any) -> tuple[bytes, float]:
-            progress(0.05, "converting with jax2onnx and checking the result against JAX")
-            try:
-                return onnx_export.onnx_bytes(model)
-            except bundle.ExportError as error:  # an unsupported layer: the user's model, said plainly
-                raise ValueError(str(error)) from None
-
-        ui.background().submit(ui.owner(), "onnx", f"{source}:{stamp}", convert, label="ONNX export")
-        st.rerun()
+    # The conversions and their checks against JAX run in the background (a few seconds to a minute).
+    with b:
+        _converted_export("onnx", "ONNX", f"{stem}.onnx", source, stamp, lambda: onnx_export.onnx_bytes(model))
     with c:
-        _converted_export("tflite", "TensorFlow Lite", f"{stem}.tflite", model, source, stamp)
+        _converted_export("tflite", "TensorFlow Lite", f"{stem}.tflite", source, stamp,
+                          lambda: tflite_export.tflite_bytes(model, onnx_export.check_images(model)))
     st.download_button("Training script (.py)", data=lambda: script_export.model_script(model, stem),
                        file_name=f"train_{stem.replace('-', '_')}.py", mime="text/x-python", icon=":material/code:",
                        key=f"script-{pid}", help="The model as code: one standalone Flax NNX + Optax script that "
