@@ -759,11 +759,12 @@ def test_home_exports_a_project_and_imports_it_back(trained: dict) -> None:
 def test_a_sweep_runs_through_the_queue_and_its_best_settings_are_one_click_away(seeded: dict) -> None:
     pid = seeded["id"]
     at = open_app("pages/3_Hyperparameters.py", pid)
-    at.multiselect[0].set_value(["lenet"])  # the form's pickers: presets, learning rates, batch sizes, ...
-    at.multiselect[1].set_value([1e-3, 3e-3])
-    at.multiselect[2].set_value([32])
-    at.multiselect[3].set_value([1])
-    at.multiselect[4].set_value([0.0])
+    picker = {m.label: m for m in at.multiselect}  # the form's pickers, found by their labels
+    picker["Presets"].set_value(["lenet"])
+    picker["Learning rates"].set_value([1e-3, 3e-3])
+    picker["Batch sizes"].set_value([32])
+    picker["Epochs"].set_value([1])
+    picker["Augmentation strength"].set_value([0.0])
     next(b for b in at.button if b.label == "Start the sweep").click().run()
     assert not at.exception and not at.error, texts(at, "error")
     _until(at, lambda: any("2 of 2 trials run" in c.value for c in at.caption), timeout=300)
