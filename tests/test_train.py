@@ -310,3 +310,42 @@ def test_every_run_writes_tensorboard_event_files(tiny_splits: splitting.Splits,
     assert [(step, round(v, 5)) for step, v in scalars["accuracy/validation"]] == \
         [(r["epoch"], round(r["val_accuracy"], 5)) for r in epochs]
     assert scalars["accuracy/test"] == [(2, pytest.approx(test["test_accuracy"], abs=1e-6))]
+
+
+def test_weight_average_ramps_up_then_follows_its_decay() -> None:
+    average, current = {"w": np.zeros(3, np.float32)}, {"w": np.ones(3, np.float32)}
+    first = program.ema_update(average, current, jax.numpy.int32(0), 0.999)
+    assert np.allclose(first["w"], 0.9)  # step 0: rate 1/10, so the initial weights fade at once
+    late = program.ema_update(average, current, jax.numpy.int32(10**6), 0.99)
+    assert np.allclose(late["w"], 0.01)  # long after: the configured decay
+    assert program.eval_weights({"params": 1, "batch_stats": 2, "ema": {"params": 3, "batch_stats": 4}}) == \
+        {"params": 3, "batch_stats": 4}
+
+
+def test_a_run_with_weight_averaging_evaluates_and_keeps_the_average(tiny_splits: splitting.Splits, tmp_path) -> None:
+    cfg = TrainConfig(epochs=2, batch_size=32, chunk_steps=2, learning_rate=3e-3, ema_decay=0.9)
+    records = _records(loop.train(TINY, cfg, tiny_splits, run_dir=tmp_path))
+    payload, _, _ = store.load_latest_checkpoint(tmp_path)
+    _, template = program.init_state(TINY, tiny_splits.input_shape, 10, cfg)
+    state = checkpoint.state_from_bytes(jax.device_get(template), payload)
+    kept = (tmp_path / "model.msgpack").read_bytes()
+    assert kept == checkpoint.state_to_bytes(state["ema"])  # the average is what the run keeps
+    assert kept != checkpoint.state_to_bytes({"params": state["params"], "batch_stats": state["batch_stats"]})
+    model = trained.TrainedModel(TINY, tiny_splits.input_shape, tuple(str(i) for i in range(10)), kept)
+    predicted = model.predict_logits(tiny_splits.val_images).argmax(axis=1)
+    last = [r for r in records if r["kind"] == "epoch"][-1]
+    assert np.mean(predicted == tiny_splits.val_labels) == pytest.approx(last["val_accuracy"])
+
+
+def test_a_resumed_run_with_weight_averaging_equals_an_uninterrupted_one(tiny_splits: splitting.Splits, tmp_path) -> None:
+    cfg = TrainConfig(epochs=2, batch_size=32, chunk_steps=2, ema_decay=0.95)
+    full = _records(loop.train(TINY, cfg, tiny_splits, run_dir=tmp_path / "full"))
+    stop, chunks = threading.Event(), 0
+    for record in loop.train(TINY, cfg, tiny_splits, run_dir=tmp_path / "cut", stop=stop):
+        chunks += record["kind"] == "chunk"
+        if chunks == 3:
+            stop.set()
+    _records(loop.train(TINY, cfg, tiny_splits, run_dir=tmp_path / "cut", resume=True))
+    history = store.read_jsonl(tmp_path / "cut" / "history.jsonl")
+    assert [(h["loss"], h["val_loss"]) for h in history] == _epoch_losses(full)
+    assert (tmp_path / "cut" / "model.msgpack").read_bytes() == (tmp_path / "full" / "model.msgpack").read_bytes()

@@ -29,15 +29,8 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- parser
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argparse parser of `python -m fmnist_jax`."""
-    parser = Parser(prog="python -m fmnist_jax", description="Fashion-MNIST Studio command line")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-
-    p = sub.add_parser("presets", help="list model presets with parameter counts")
-    p.add_argument("--json", action="store_true", help="print a JSON list")
-    p.set_defaults(func=cmd_presets)
-
+def _add_train_parser(sub: Any) -> None:
+    """The `train` command and its flags."""
     p = sub.add_parser("train", help="train a model (or --resume a run)")
     p.add_argument("--preset", help="model preset (fast, dls, lenet, wide); default fast")
     p.add_argument("--model", help="model spec JSON file (a list of layers)")
@@ -77,8 +70,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration-from", metavar="RUN_DIR", help="take the temperature and 'not sure' threshold from "
                                                                  "a run with held-out photos (for --photo-held-out 0)")
     p.add_argument("--outlier-weight", type=float, help="weight of the 'not sure' loss for photos outside the classes")
+    p.add_argument("--ema-decay", type=float, help="keep and evaluate a moving average of the weights (e.g. 0.999; 0: off)")
+    p.add_argument("--distributed", action="store_true",
+                   help="train across machines with jax.distributed: run the same command on every process")
+    p.add_argument("--coordinator", metavar="HOST:PORT", help="--distributed: address of process 0 "
+                                                              "(auto-detected on Cloud TPU, SLURM, Open MPI, Kubernetes)")
+    p.add_argument("--num-processes", type=int, metavar="N", help="--distributed: how many processes take part")
+    p.add_argument("--process-id", type=int, metavar="I", help="--distributed: this process's rank, 0 to N-1")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     p.set_defaults(func=cmd_train)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser of `python -m fmnist_jax`."""
+    parser = Parser(prog="python -m fmnist_jax", description="Fashion-MNIST Studio command line")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    p = sub.add_parser("presets", help="list model presets with parameter counts")
+    p.add_argument("--json", action="store_true", help="print a JSON list")
+    p.set_defaults(func=cmd_presets)
+
+    _add_train_parser(sub)
 
     p = sub.add_parser("evaluate", help="evaluate a run on a split")
     p.add_argument("run_dir")

@@ -21,7 +21,8 @@ def _build_config(args: argparse.Namespace, base: dict | None) -> Any:
                  "learning_rate": args.lr, "seed": args.seed, "schedule": args.schedule,
                  "chunk_steps": args.chunk_steps, "precision": args.precision, "conv_impl": args.conv_impl,
                  "label_smoothing": args.label_smoothing, "weight_decay": args.weight_decay,
-                 "freeze_layers": args.freeze, "outlier_weight": args.outlier_weight}
+                 "freeze_layers": args.freeze, "outlier_weight": args.outlier_weight,
+                 "ema_decay": args.ema_decay}
     changes = {k: v for k, v in overrides.items() if v is not None}
     if args.augment:
         augment = dict(cfg.augment.__dict__)
@@ -122,7 +123,7 @@ def _plan_new(args: argparse.Namespace) -> dict:
         base = None
     cfg = _build_config(args, base)
     run_dir = Path(args.out) if args.out else settings.home_dir() / "runs" / time.strftime("run-%Y%m%d-%H%M%S")
-    if run_dir.exists() and any(run_dir.iterdir()):
+    if is_lead_process() and run_dir.exists() and any(run_dir.iterdir()):
         raise CliError(f"output folder {run_dir} is not empty; choose another --out or use --resume {run_dir}")
     spec, preset_name = None, None
     if args.model:
@@ -163,9 +164,42 @@ def _show_records(records: Any, args: argparse.Namespace, epochs: int) -> tuple[
     return seen["start"], seen["done"], seen["test"]
 
 
+def join_processes(args: argparse.Namespace) -> None:
+    """`--distributed`: jax.distributed.initialize, before any other JAX call; a clear CliError when it cannot."""
+    import jax
+
+    given = {"coordinator_address": args.coordinator, "num_processes": args.num_processes, "process_id": args.process_id}
+    if not args.distributed:
+        named = [f"--{k.split('_address')[0].replace('_', '-')}" for k, v in given.items() if v is not None]
+        if named:
+            raise CliError(f"{', '.join(named)} only apply with --distributed")
+        return
+    if args.resume:
+        raise CliError("--resume cannot be combined with --distributed: resume the run on one machine, or start a new one")
+    if args.num_processes is not None and args.num_processes < 1:
+        raise CliError(f"--num-processes must be at least 1, got {args.num_processes}")
+    if args.process_id is not None and not 0 <= args.process_id < (args.num_processes or 1 << 30):
+        raise CliError(f"--process-id must be from 0 to {args.num_processes - 1}, got {args.process_id}")
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU-only clusters; GPUs and TPUs use their own
+    try:
+        jax.distributed.initialize(**{k: v for k, v in given.items() if v is not None})
+    except (ValueError, RuntimeError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CliError(f"--distributed could not join the other processes ({first}); outside Cloud TPU, SLURM, Open MPI "
+                       f"and Kubernetes give --coordinator HOST:PORT --num-processes N --process-id I") from None
+
+
+def is_lead_process() -> bool:
+    """Process 0 of a distributed run, or the only process: the one that writes the run folder and prints."""
+    import jax
+
+    return jax.process_index() == 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from fmnist_jax.training.program import enable_compile_cache
 
+    join_processes(args)
     enable_compile_cache()
     if args.photos or args.init_from:
         from fmnist_jax.cli.adapt import cmd_adapt
@@ -186,7 +220,8 @@ def cmd_train_plain(args: argparse.Namespace, spec: list | None = None, init_wei
     if spec is not None:
         plan.update(spec=spec, preset=None)
     cfg, spec, dataset, run_dir = plan["cfg"], plan["spec"], plan["dataset"], plan["run_dir"]
-    splits = load_splits_for(dataset, plan["split"], args.data_dir, None if args.json else _progress_bar)
+    lead = is_lead_process()  # across processes, only process 0 writes the run folder and prints
+    splits = load_splits_for(dataset, plan["split"], args.data_dir, _progress_bar if lead and not args.json else None)
     splits = splits.limit_train(plan["limit"])
     meta = {"preset": plan["preset"], "dataset": dataset, "limit": plan["limit"], "source": "cli", **(meta or {})}
     if not resuming:
@@ -199,13 +234,20 @@ def cmd_train_plain(args: argparse.Namespace, spec: list | None = None, init_wei
 
             public.check_job(public.job_figures(spec, splits.input_shape, splits.num_classes, cfg.batch_size,
                                                 cfg.epochs, len(splits.train_labels)))
-        run_dir.mkdir(parents=True, exist_ok=True)
+        if lead:
+            run_dir.mkdir(parents=True, exist_ok=True)
         if dataset.startswith("upload/"):
             from fmnist_jax.data.uploads import importer
 
             meta["preprocess"] = importer.preprocess_settings(dataset)  # photos get the resize the images got
     try:
-        records = train_and_test(spec, cfg, splits, run_dir, resume=resuming, run_meta=meta, init_weights=init_weights)
+        records = train_and_test(spec, cfg, splits, run_dir if lead else None, resume=resuming, run_meta=meta,
+                                 init_weights=init_weights)
+        if not lead:
+            final = {}
+            for final in records:  # the others train in step with process 0, silently
+                pass
+            return 0 if final.get("status") != "failed" else EXIT_USAGE
         start_info, final, test = _show_records(records, args, cfg.epochs)
     except TrainingError as error:
         raise CliError(str(error)) from None

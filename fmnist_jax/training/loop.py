@@ -19,6 +19,7 @@ import numpy as np
 from fmnist_jax import store
 from fmnist_jax.data.splitting import Splits
 from fmnist_jax.model import layer_specs
+from fmnist_jax.training.best import BestTracker
 from fmnist_jax.training.checkpoint import (
     _checkpoint,
     _jsonl,
@@ -35,54 +36,15 @@ from fmnist_jax.training.program import (
     _mesh_for,
     build_program,
     device_summary,
+    eval_weights,
     evaluate_arrays,
     init_state,
+    stage_epoch,
 )
 
 
 class TrainingError(RuntimeError):
     """Training cannot start (bad config for this data, unusable checkpoint)."""
-
-
-# ----------------------------------------------------------------------------- best weights and early stopping
-
-@dataclass
-class BestTracker:
-    """The best epoch so far by the monitored metric, its weights when they are to be restored, and the patience count."""
-
-    cfg: TrainConfig
-    epoch: int | None = None
-    value: float | None = None
-    val_accuracy: float | None = None
-    state: bytes | None = None
-    since: int = 0
-
-    def as_meta(self) -> dict:
-        """The fields a checkpoint stores (the shape `_checkpoint` expects)."""
-        return {"epoch": self.epoch, "value": self.value, "val_accuracy": self.val_accuracy, "since": self.since,
-                "state": self.state}
-
-    def restore(self, meta: dict, run_path: Path) -> None:
-        """Take the best-epoch record of a checkpoint's metadata (and best.msgpack) when resuming."""
-        self.epoch, self.value, self.val_accuracy = (meta.get(f"best_{k}") for k in ("epoch", "value", "val_accuracy"))
-        self.since = meta.get("best_since", 0)
-        if self.epoch is not None and (run_path / "best.msgpack").exists():
-            self.state = (run_path / "best.msgpack").read_bytes()
-
-    def update(self, epoch: int, val_loss: float, val_accuracy: float, state: dict) -> bool:
-        """Record one finished epoch; True when it is the new best."""
-        monitored = val_accuracy if self.cfg.monitor == "val_accuracy" else -val_loss
-        if self.value is not None and monitored <= self.value + self.cfg.min_delta:
-            self.since += 1
-            return False
-        self.epoch, self.value, self.val_accuracy, self.since = epoch, monitored, val_accuracy, 0
-        if self.cfg.early_stopping and self.cfg.restore_best:
-            self.state = state_to_bytes({"params": state["params"], "batch_stats": state["batch_stats"]})
-        return True
-
-    def should_stop(self) -> bool:
-        """Early stopping: no improvement for `patience` epochs."""
-        return self.cfg.early_stopping and self.since >= self.cfg.patience
 
 
 # ----------------------------------------------------------------------------- the run folder
@@ -171,11 +133,13 @@ class _Loop:
     chunk_len: int
     compiled: Any
     eval_fn: Any
-    train_images: jax.Array
-    train_labels: jax.Array
+    train_images: jax.Array | None  # None across processes (see epoch_data)
+    train_labels: jax.Array | None
     base_key: jax.Array
     t0: float = 0.0
     elapsed_before: float = 0.0
+    mesh: Any = None
+    staged: dict = field(default_factory=dict)  # across processes: {epoch: that epoch's staged batches}
 
     def epoch_inputs(self, epoch: int) -> tuple[jax.Array, jax.Array]:
         """The epoch's shuffling permutation and augmentation/dropout key (both from the seed)."""
@@ -183,11 +147,22 @@ class _Loop:
         perm = jax.random.permutation(jax.random.fold_in(epoch_key, 0), len(self.splits.train_labels)).astype(jnp.int32)
         return perm, jax.random.fold_in(epoch_key, 1)
 
+    def epoch_data(self, epoch: int, perm: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """The chunk's data arguments: the device-resident training set, or across processes the epoch's
+        batches with each process holding its own devices' share (program.stage_epoch)."""
+        if self.train_images is not None:
+            return self.train_images, self.train_labels
+        if epoch not in self.staged:
+            self.staged = {epoch: stage_epoch(self.splits.train_images, self.splits.train_labels, np.asarray(perm),
+                                              self.steps_per_epoch, self.cfg.batch_size, self.mesh)}
+        return self.staged[epoch]
+
     def elapsed(self) -> float:
         return self.elapsed_before + time.perf_counter() - self.t0
 
     def evaluate(self, state: dict, images: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
-        loss, accuracy, _ = evaluate_arrays(self.eval_fn, state["params"], state["batch_stats"], images, labels,
+        weights = eval_weights(state)
+        loss, accuracy, _ = evaluate_arrays(self.eval_fn, weights["params"], weights["batch_stats"], images, labels,
                                             self.cfg.eval_batch_size)
         return loss, accuracy
 
@@ -202,10 +177,10 @@ def _epoch_chunks(loop: _Loop, box: dict, epoch: int, step: int, sums: np.ndarra
     """Run one epoch's chunks from `step`, yielding 'chunk' records; `box` carries the state and the outcome
     ("ok", "stopped" or an error message) back to the caller."""
     perm, epoch_key = loop.epoch_inputs(epoch)
+    images, labels = loop.epoch_data(epoch, perm)
     while step < loop.steps_per_epoch:
         chunk_t0 = time.perf_counter()
-        box["state"], chunk_sums = loop.compiled(box["state"], loop.train_images, loop.train_labels, perm, epoch_key,
-                                                 jnp.int32(step))
+        box["state"], chunk_sums = loop.compiled(box["state"], images, labels, perm, epoch_key, jnp.int32(step))
         chunk_sums = np.asarray(chunk_sums, dtype=np.float64)
         step = min(step + loop.chunk_len, loop.steps_per_epoch)
         chunk_seconds = time.perf_counter() - chunk_t0
@@ -248,6 +223,8 @@ def _start_from(state: dict, init_weights: dict) -> dict:
                                    state_to_bytes(init_weights))
     except ValueError as error:
         raise TrainingError(f"the starting model does not fit this model's layers: {error}") from None
+    if "ema" in state:  # the average starts from the starting model too
+        weights["ema"] = jax.tree.map(jnp.copy, weights)
     return {**state, **weights}
 
 
@@ -264,8 +241,21 @@ def _prepare(spec: Any, cfg: TrainConfig, splits: Splits,
     graphdef, state = init_state(spec, splits.input_shape, splits.num_classes, cfg, steps_per_epoch=steps_per_epoch)
     if init_weights is not None:
         state = _start_from(state, init_weights)
-    chunk_fn, eval_fn, _ = build_program(graphdef, cfg, steps_per_epoch, mesh)
+    chunk_fn, eval_fn, _ = build_program(graphdef, cfg, steps_per_epoch, mesh, staged=_across_processes(mesh))
     return spec, steps_per_epoch, mesh, state, chunk_fn, eval_fn, graphdef
+
+
+def _across_processes(mesh: Any) -> bool:
+    """Training spans several processes (jax.distributed): each keeps only its share of the batches."""
+    return mesh is not None and jax.process_count() > 1
+
+
+def _make_loop(cfg: TrainConfig, splits: Splits, steps_per_epoch: int, eval_fn: Any, mesh: Any, replicated: Any) -> _Loop:
+    """The run's _Loop, with the training set on the device(s) unless training spans processes (then per epoch)."""
+    resident = not _across_processes(mesh)
+    return _Loop(cfg, splits, steps_per_epoch, min(cfg.chunk_steps, steps_per_epoch), None, eval_fn,
+                 jax.device_put(splits.train_images, replicated) if resident else None,
+                 jax.device_put(splits.train_labels, replicated) if resident else None, _base_key(cfg.seed), mesh=mesh)
 
 
 def _start_record(loop: _Loop, cfg: TrainConfig, mesh: Any, startup: tuple[float, float], resumed: dict | None,
@@ -321,12 +311,10 @@ def _train(spec: Any, cfg: TrainConfig, splits: Splits, *, run_dir: str | Path |
         state, start_epoch, start_step, carried, history, warnings = _resume(run_path, state, best)
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()) if mesh else jax.devices()[0]
     box = {"state": jax.device_put(state, replicated)}
-    loop = _Loop(cfg, splits, steps_per_epoch, min(cfg.chunk_steps, steps_per_epoch), None, eval_fn,
-                 jax.device_put(splits.train_images, replicated), jax.device_put(splits.train_labels, replicated),
-                 _base_key(cfg.seed))
+    loop = _make_loop(cfg, splits, steps_per_epoch, eval_fn, mesh, replicated)
     compile_start = time.perf_counter()
     perm0, key0 = loop.epoch_inputs(start_epoch)
-    loop.compiled = chunk_fn.lower(box["state"], loop.train_images, loop.train_labels, perm0, key0, jnp.int32(0),
+    loop.compiled = chunk_fn.lower(box["state"], *loop.epoch_data(start_epoch, perm0), perm0, key0, jnp.int32(0),
                                    length=loop.chunk_len).compile()
     start = _start_record(loop, cfg, mesh, (compile_start - entered, time.perf_counter() - compile_start),
                           {"epoch": start_epoch, "step_in_epoch": start_step} if resume else None, warnings)
@@ -358,7 +346,7 @@ def _train(spec: Any, cfg: TrainConfig, splits: Splits, *, run_dir: str | Path |
             status = "early_stopped" if best.should_stop() else "stopped"
             break
 
-    final = jax.device_get({key: box["state"][key] for key in ("params", "batch_stats")})
+    final = jax.device_get(eval_weights(box["state"]))
     if best.state is not None and status != "stopped":
         final = state_from_bytes(final, best.state)
     writer.finished(final, status, len(history))

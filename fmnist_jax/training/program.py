@@ -152,8 +152,32 @@ def make_evaluate(forward: Callable) -> Callable:
     return evaluate
 
 
-def build_program(graphdef: Any, cfg: TrainConfig, steps_per_epoch: int, mesh: jax.sharding.Mesh | None) -> tuple[Callable, Callable, optax.GradientTransformation]:
-    """The jitted chunk (a loop of train steps) and eval functions; compiled on first call."""
+def stage_epoch(images: np.ndarray, labels: np.ndarray, perm: np.ndarray, steps: int, batch: int,
+                mesh: jax.sharding.Mesh) -> tuple[jax.Array, jax.Array]:
+    """One epoch's batches as global arrays shaped (steps, batch, ...), split along the batch over the mesh.
+
+    For training across processes (jax.distributed): every process computes the same permutation, and
+    puts on its own devices only the columns of each batch that they compute on
+    (jax.make_array_from_process_local_data), so no device holds the whole training set and the
+    batches are exactly those of a single-process run.
+    """
+    order = np.asarray(perm)[: steps * batch].reshape(steps, batch)
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, "data"))
+    shape = (steps, batch) + images.shape[1:]
+    columns = [index[1] for index in sharding.addressable_devices_indices_map(shape).values()]
+    low = min(c.start or 0 for c in columns)
+    high = max(batch if c.stop is None else c.stop for c in columns)
+    local = order[:, low:high]
+    return (jax.make_array_from_process_local_data(sharding, images[local], shape),
+            jax.make_array_from_process_local_data(sharding, labels[local], (steps, batch)))
+
+
+def build_program(graphdef: Any, cfg: TrainConfig, steps_per_epoch: int, mesh: jax.sharding.Mesh | None,
+                  staged: bool = False) -> tuple[Callable, Callable, optax.GradientTransformation]:
+    """The jitted chunk (a loop of train steps) and eval functions; compiled on first call.
+
+    The chunk takes the whole training set and the epoch's permutation, or (`staged`) the epoch's
+    batches already in order (stage_epoch; the permutation is then unused)."""
     tx = make_optimizer(cfg, steps_per_epoch)
     forward = make_forward(graphdef, cfg)
     batch = cfg.batch_size
@@ -168,15 +192,20 @@ def build_program(graphdef: Any, cfg: TrainConfig, steps_per_epoch: int, mesh: j
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         new_state = {"params": params, "batch_stats": new_stats, "opt_state": opt_state, "step": state["step"] + 1}
+        if "ema" in state:
+            new_state["ema"] = ema_update(state["ema"], {"params": params, "batch_stats": new_stats}, state["step"], cfg.ema_decay)
         return new_state, jnp.stack([loss * images.shape[0], correct.astype(jnp.float32), jnp.float32(images.shape[0])])
 
     def chunk(state: dict, images: jax.Array, labels: jax.Array, perm: jax.Array, epoch_key: jax.Array,
               start: jax.Array, length: int) -> tuple[dict, jax.Array]:
         def body(step_in_epoch: jax.Array, carry: tuple[dict, jax.Array]) -> tuple[dict, jax.Array]:
             state, sums = carry
-            idx = jax.lax.dynamic_slice(perm, (step_in_epoch * batch,), (batch,))
-            x = shard(images[idx].astype(jnp.float32) / 255.0)
-            y = shard(labels[idx])
+            if staged:
+                x, y = images[step_in_epoch], labels[step_in_epoch]
+            else:
+                idx = jax.lax.dynamic_slice(perm, (step_in_epoch * batch,), (batch,))
+                x, y = images[idx], labels[idx]
+            x, y = shard(x.astype(jnp.float32) / 255.0), shard(y)
             key = jax.random.fold_in(epoch_key, step_in_epoch)
             if cfg.augment.active():
                 x = augment_batch(x, jax.random.fold_in(key, 7919), cfg.augment)
@@ -194,6 +223,18 @@ def build_program(graphdef: Any, cfg: TrainConfig, steps_per_epoch: int, mesh: j
 
 # ----------------------------------------------------------------------------- state
 
+def ema_update(average: dict, current: dict, step: jax.Array, decay: float) -> dict:
+    """One step of the weights' exponential moving average. The decay ramps up as (1 + step) / (10 + step)
+    until it reaches `decay`, so the average forgets the random initial weights within the first steps."""
+    rate = jnp.minimum(jnp.float32(decay), (1.0 + step) / (10.0 + step))
+    return jax.tree.map(lambda a, c: (rate * a + (1.0 - rate) * c).astype(a.dtype), average, current)
+
+
+def eval_weights(state: dict) -> dict:
+    """The weights to evaluate, checkpoint as best and keep: the moving average when the run keeps one."""
+    return state["ema"] if "ema" in state else {"params": state["params"], "batch_stats": state["batch_stats"]}
+
+
 def init_state(spec: Any, splits_shape: tuple[int, int, int], num_classes: int, cfg: TrainConfig,
                tx: optax.GradientTransformation | None = None, steps_per_epoch: int = 1) -> tuple[Any, dict]:
     """(graphdef, state) for a fresh model: params, batch stats, optimizer state and step counter."""
@@ -201,6 +242,8 @@ def init_state(spec: Any, splits_shape: tuple[int, int, int], num_classes: int, 
     graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
     tx = tx or make_optimizer(cfg, steps_per_epoch)
     state = {"params": params, "batch_stats": batch_stats, "opt_state": tx.init(params), "step": jnp.int32(0)}
+    if cfg.ema_decay > 0:  # its own buffers: the chunk donates the state, and a buffer cannot be donated twice
+        state["ema"] = jax.tree.map(jnp.copy, {"params": params, "batch_stats": batch_stats})
     return graphdef, state
 
 
