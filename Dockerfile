@@ -20,9 +20,14 @@ ENV HOME=/home/user \
 WORKDIR /home/user/app
 
 COPY --chown=user requirements.txt constraints.txt ./
+# JAX_EXTRA=cuda12 (or tpu) adds the accelerator build of the same JAX version, for cluster images
+# (cluster/jobset.yaml); the Space leaves it empty and runs on CPU.
+ARG JAX_EXTRA=""
 RUN python -m venv "$VIRTUAL_ENV" \
     && pip install --no-cache-dir --upgrade pip \
-    && pip install --no-cache-dir -r requirements.txt -c constraints.txt
+    && pip install --no-cache-dir -r requirements.txt -c constraints.txt \
+    && if [ -n "$JAX_EXTRA" ]; then \
+         pip install --no-cache-dir "jax[$JAX_EXTRA]==$(python -c 'import jax; print(jax.__version__)')"; fi
 
 COPY --chown=user . .
 RUN mkdir -p "$FMNIST_HOME"

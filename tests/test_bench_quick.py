@@ -1,12 +1,15 @@
 """Every benchmark in bench/ runs end to end in --quick mode and prints the JSON keys the README relies on."""
 from __future__ import annotations
 
+import gzip
 import importlib.util
 import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import REPO
 
@@ -109,3 +112,24 @@ def test_load_test_short_mode_public_space_stays_up_and_refuses_the_hostile_jobs
     assert out["hostile_page"]["refused"] and out["hostile_page"]["seconds"] < 30
     assert [r["exit"] for r in out["hostile_cli"]] == [2, 2]
     assert all(r["message"].startswith("error: this model has") for r in out["hostile_cli"])
+
+
+def _write_idx(path: Path, array: np.ndarray) -> None:
+    """An IDX file as Zalando ships them: magic (0x08 = unsigned byte, number of dims), big-endian sizes, gzip."""
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
+    path.write_bytes(gzip.compress(header + array.astype(np.uint8).tobytes()))
+
+
+def test_accelerator_script_reads_the_idx_files_itself_and_runs_every_step(tmp_path: Path) -> None:
+    """bench/accelerator.py on CPU in --quick mode, on IDX files written here (no TFDS involved)."""
+    from fmnist_jax.data import catalogue
+
+    data = catalogue.synthetic_dataset(num_train=1200, num_test=200, seed=5)
+    for name, array in (("train-images-idx3-ubyte.gz", data.train_images[..., 0]), ("train-labels-idx1-ubyte.gz", data.train_labels),
+                        ("t10k-images-idx3-ubyte.gz", data.test_images[..., 0]), ("t10k-labels-idx1-ubyte.gz", data.test_labels)):
+        _write_idx(tmp_path / name, array)
+    out = _run("accelerator.py", "--data", str(tmp_path))
+    assert out["throughput"] and all(row["img_s"] > 0 for row in out["throughput"])
+    assert {row["precision"] for row in out["throughput"]} == {"float32", "bfloat16"}
+    assert len(out["curve"]) == 1 and 0.0 <= out["best_test_accuracy"] <= 1.0
+    assert set(out) >= {"seconds_to_94", "seconds_to_95", "devices", "recipe"}
