@@ -59,6 +59,17 @@ if recommended is not None:
                 st.session_state[f"hp-version-{pid}"] = st.session_state.get(f"hp-version-{pid}", 0) + 1
                 st.rerun()
 
+with st.container(border=True):
+    st.markdown(f"**Best accuracy in 15 minutes.** {presets.BEST_RECIPE['note']}")
+    if proj.uses_best_recipe(project, dataset.num_classes):
+        st.badge("In use", icon=":material/check:", color="green")
+    elif st.button("Use the 15-minute recipe", key=f"hp-best-{pid}", icon=":material/workspace_premium:",
+                   help=f"Sets the model to the {presets.BEST_RECIPE['preset']} preset and these training settings; "
+                        "your seed, precision and chunk size stay."):
+        if ui.save_project(project, **proj.best_recipe_changes(project, dataset.num_classes)) is not None:
+            st.session_state[f"hp-version-{pid}"] = st.session_state.get(f"hp-version-{pid}", 0) + 1
+            st.rerun()
+
 version = st.session_state.get(f"hp-version-{pid}", 0)
 st.caption("The optimizer and schedule pickers sit above the form because they decide which fields it shows; "
            "they are saved together with the form.")
@@ -138,6 +149,14 @@ with st.form(f"hyperparameters-{pid}", border=True):
                        help="Focal loss down-weights easy examples.")
     grad_clip = d.number_input("Gradient clipping (0 = off)", 0.0, 1000.0, float(cfg.grad_clip), 0.5, format="%g",
                                help="Clip the global gradient norm; helps against divergence.")
+    ema_choices = sorted({0.0, 0.99, 0.995, 0.999, 0.9995, 0.9999, float(cfg.ema_decay)})
+    ema_decay = a.select_slider("Weight averaging (EMA decay)", ema_choices, value=float(cfg.ema_decay),
+                                format_func=lambda v: "off" if v == 0 else f"{v:g}",
+                                help="Evaluate and keep a moving average of the weights: steadier and often more "
+                                     "accurate at the end of training. 0.999 averages over about the last 1,000 steps.")
+    tta_flip = b.toggle("Mirror test-time augmentation", cfg.tta_flip,
+                        help="Predict from the mean of each image's and its mirror image's answer: in evaluation, "
+                             "on the Deploy page, in the REST API and in exported models. Costs a second forward pass.")
 
     st.markdown("**Early stopping**")
     a, b, c, d = st.columns(4)
@@ -171,7 +190,8 @@ if submitted:
             schedule=schedule, warmup_epochs=float(warmup_epochs), step_every_epochs=int(step_every),
             step_factor=float(step_factor), weight_decay=float(weight_decay), label_smoothing=float(label_smoothing),
             loss=loss, grad_clip=float(grad_clip), early_stopping=bool(early_stopping), monitor=monitor,
-            patience=patience, restore_best=bool(restore_best), seed=seed, precision=precision,
+            patience=patience, restore_best=bool(restore_best), seed=seed, precision=precision, ema_decay=float(ema_decay),
+            tta_flip=bool(tta_flip),
             chunk_steps=chunk_steps, **{k: v for k, v in values.items()})
         new_cfg.validate(train_size=new_train_size)
     except ValueError as error:

@@ -16,7 +16,7 @@ from streamlit.testing.v1 import AppTest
 from fmnist_jax import store
 from fmnist_jax.data.uploads import importer
 from fmnist_jax.deploy import predict
-from fmnist_jax.model import layer_specs
+from fmnist_jax.model import layer_specs, presets
 from fmnist_jax.studio import projects as proj
 from fmnist_jax.studio import tasks
 from fmnist_jax.training import config
@@ -799,3 +799,22 @@ def test_evaluation_pages_through_every_mistake_with_one_percent_format(trained:
     columns = json.loads(at.dataframe[0].proto.columns)
     assert {columns[c]["type_config"]["format"] for c in ("precision", "recall", "f1")} == {"%.2f%%"}
     assert at.dataframe[0].value["precision"].max() > 1  # shares shown as percentages, not fractions
+
+
+def test_hyperparameters_page_applies_the_15_minute_recipe_in_one_click(seeded: dict) -> None:
+    pid = seeded["id"]  # an edited model with other settings
+    at = open_app("pages/3_Hyperparameters.py", pid)
+    assert not at.exception
+    assert "Best accuracy in 15 minutes." in " ".join(m.value for m in at.markdown)
+    before = proj.train_config(store.Workspace().get_project(pid))
+    at.button(key=f"hp-best-{pid}").click().run()
+    assert not at.exception and not at.error
+    saved = store.Workspace().get_project(pid)
+    recipe = config.TrainConfig.from_dict(presets.BEST_RECIPE["config"])
+    cfg = proj.train_config(saved)
+    assert proj.preset_of(saved) == presets.BEST_RECIPE["preset"]
+    assert cfg.replace(seed=recipe.seed, precision=recipe.precision, chunk_steps=recipe.chunk_steps) == recipe
+    assert (cfg.seed, cfg.chunk_steps) == (before.seed, before.chunk_steps)  # the user's own choices survive
+    assert _form_widget(at.slider, "Epochs").value == recipe.epochs
+    assert _form_widget(at.select_slider, "Weight averaging (EMA decay)").value == recipe.ema_decay
+    assert not [b for b in at.button if b.key == f"hp-best-{pid}"]  # marked "In use" instead

@@ -73,3 +73,26 @@ def test_a_users_mistake_is_said_plainly_and_a_bug_is_logged(caplog: pytest.LogC
     assert registry.wait(retried["id"])["result"] == "fixed"
     registry.forget(retried["id"])
     assert registry.get(retried["id"]) is None
+
+
+def test_drain_at_exit_cancels_everything_and_waits_for_the_running_task() -> None:
+    """Registered with atexit: a worker torn down inside a compilation would abort the process instead."""
+    registry = TaskRegistry(workers=1)
+    started, ended = threading.Event(), threading.Event()
+
+    def busy(progress):
+        started.set()
+        try:
+            for step in range(2000):
+                time.sleep(0.005)  # work that only notices the cancel at its next report
+                progress(step / 2000, "working")
+        finally:
+            ended.set()
+
+    running = registry.submit("me", "evaluate", "a", busy)
+    queued = registry.submit("me", "evaluate", "b", busy)
+    assert started.wait(10)
+    assert registry.drain(timeout=10) is True
+    assert ended.is_set()  # drain returned only after the running task had ended
+    assert registry.get(running["id"])["status"] == "cancelled"
+    assert registry.get(queued["id"])["status"] == "cancelled"

@@ -242,3 +242,36 @@ def test_a_bundle_can_carry_its_tflite_model_and_still_loads(tmp_path) -> None:
     loaded = predict.load_model(str(out))
     images = onnx_export.check_images(loaded)
     assert np.allclose(loaded.predict_proba(images), predict.load_model("demo").predict_proba(images), atol=1e-6)
+
+
+def _with_tta(model: TrainedModel) -> TrainedModel:
+    return TrainedModel(model.spec, model.input_shape, model.class_names, model.weights_bytes(),
+                        calibration={"temperature": model.temperature}, card={"config": {"tta_flip": True}})
+
+
+def test_flip_tta_predicts_the_mean_logits_of_each_image_and_its_mirror(test_images, tmp_path):
+    plain = _random_model(ALL_LAYERS_SPEC)
+    tta = _with_tta(plain)
+    assert tta.tta_flip and not plain.tta_flip
+    expected = (plain.predict_logits(test_images) + plain.predict_logits(test_images[:, :, ::-1])) / 2
+    np.testing.assert_allclose(tta.predict_logits(test_images), expected, atol=1e-5)
+    assert np.abs(tta.predict_logits(test_images) - plain.predict_logits(test_images)).max() > 1e-3  # it does something
+    # a bundle carries the setting in its training config, so it predicts the same way after loading
+    loaded = bundle.load_bundle(bundle.bundle_bytes(tta, config=TrainConfig(tta_flip=True).to_dict()))
+    assert loaded.tta_flip
+    assert np.abs(loaded.predict_proba(test_images) - tta.predict_proba(test_images)).max() <= TOLERANCE
+
+
+def test_onnx_export_of_a_flip_tta_model_averages_the_mirror_too(test_images):
+    tta = _with_tta(_random_model(ALL_LAYERS_SPEC))
+    payload, difference = onnx_export.onnx_bytes(tta, test_images)
+    assert difference <= TOLERANCE
+    assert np.abs(_onnx_probs(payload, test_images) - tta.predict_proba(test_images)).max() <= TOLERANCE
+
+
+@pytest.mark.slow
+def test_tflite_export_of_a_flip_tta_model_matches_jax(test_images) -> None:
+    from fmnist_jax.deploy import tflite_export
+    tta = _with_tta(_random_model(ALL_LAYERS_SPEC))
+    payload, difference = tflite_export.tflite_bytes(tta, test_images)
+    assert payload[4:8] == b"TFL3" and difference <= tflite_export.TOLERANCE

@@ -67,6 +67,12 @@ def export_forward(model: TrainedModel) -> Any:
             steps.append((kind, spec, None, None))
 
     def probabilities(images: jax.Array) -> jax.Array:
+        if model.tta_flip:  # the mean logits of the image and its mirror image, as TrainedModel predicts
+            logits = (logits_of(images) + logits_of(images[:, :, ::-1])) / 2
+            return jax.nn.softmax(logits / temperature, axis=-1)
+        return jax.nn.softmax(logits_of(images) / temperature, axis=-1)
+
+    def logits_of(images: jax.Array) -> jax.Array:
         x = images
         for kind, spec, weight, bias in steps:
             if kind == "conv2d":
@@ -87,7 +93,7 @@ def export_forward(model: TrainedModel) -> Any:
                 if bias is not None:
                     x = x + jnp.asarray(bias)
                 x = layers.ACTIVATIONS[spec["activation"]](x)
-        return jax.nn.softmax(x / temperature, axis=-1)
+        return x
 
     temperature = float(model.temperature)  # calibrated probabilities, as every other path serves them
     return probabilities

@@ -72,14 +72,16 @@ def training_script(spec: list, config: Any, input_shape: tuple, class_names: tu
     settings = {k: cfg[k] for k in ("epochs", "batch_size", "optimizer", "learning_rate", "momentum", "nesterov",
                                     "beta1", "beta2", "rho", "epsilon", "schedule", "warmup_epochs",
                                     "step_every_epochs", "step_factor", "weight_decay", "grad_clip", "loss",
-                                    "label_smoothing", "focal_gamma", "seed")}
+                                    "label_smoothing", "focal_gamma", "seed", "tta_flip")}
     settings["flip"], settings["shift"] = cfg["augment"]["flip"], cfg["augment"]["shift"]
-    omitted = sorted(set(augment) - {"flip", "shift"})
+    omitted = [f"augmentation {name}" for name in sorted(set(augment) - {"flip", "shift"})]
+    if cfg["ema_decay"]:
+        omitted.append(f"weight averaging (EMA decay {cfg['ema_decay']:g})")
     return TEMPLATE.format(
         title=title, settings=pprint.pformat(settings, indent=4, sort_dicts=True), classes=repr(list(class_names)),
         shape=tuple(int(v) for v in input_shape), init="\n".join(f"        {line}" for line in init_lines) or "        pass",
         call="\n".join(f"        {line}" for line in call_lines),
-        omitted=(f"# Not included: the studio's augmentation {', '.join(omitted)} (flip and shift are).\n" if omitted else ""))
+        omitted=(f"# Not included: the studio's {', '.join(omitted)} (flip and shift augmentation are).\n" if omitted else ""))
 
 
 def model_script(model: Any, title: str = "model") -> str:
@@ -218,7 +220,11 @@ def train_step(model, opt, images, labels, key):
 
 @nnx.jit
 def predict(model, images):
-    return model(images.astype(jnp.float32) / 255.0)
+    x = images.astype(jnp.float32) / 255.0
+    logits = model(x)
+    if SETTINGS["tta_flip"]:  # test-time augmentation: the mean logits of each image and its mirror image
+        logits = (logits + model(x[:, :, ::-1])) / 2
+    return logits
 
 
 def evaluate(model, images, labels, batch=1000):

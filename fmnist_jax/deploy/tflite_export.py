@@ -89,11 +89,14 @@ def tflite_bytes(model: Any, check_images: np.ndarray) -> tuple[bytes, float]:
     keras = tf.keras
     weights = {"params": _plain(model.weights["params"]), "batch_stats": _plain(model.weights["batch_stats"])}
     inputs = keras.Input(shape=model.input_shape, batch_size=None, dtype="float32", name="images")
-    x = inputs
+    branches = [inputs]
+    if model.tta_flip:  # the mean logits of the image and its mirror image, as TrainedModel predicts
+        branches.append(keras.layers.Lambda(lambda t: tf.reverse(t, axis=[2]), name="mirror")(inputs))
     for layer, values in _keras_layers(model.spec, weights, keras):
-        x = layer(x)
+        branches = [layer(x) for x in branches]  # the same layer object: shared weights
         if values is not None:
             layer.set_weights(values)
+    x = branches[0] if len(branches) == 1 else keras.layers.Average(name="flip_average")(branches)
     scaled = keras.layers.Rescaling(1.0 / model.temperature, name="temperature")(x)
     network = keras.Model(inputs, keras.layers.Softmax(name="probabilities")(scaled), name="fmnist_model")
     # From the Keras model: the converter freezes its weights into constants (from a tf.function's concrete

@@ -128,6 +128,24 @@ class TaskRegistry:
             time.sleep(0.02)
         return self.get(task_id)
 
+    def drain(self, timeout: float = 30.0) -> bool:
+        """Cancel every task and wait up to `timeout` s for the running ones to end; True when none runs.
+
+        Registered at exit: the workers are daemon threads, and one torn down inside a compilation aborts the
+        whole process ("terminate called ...") instead of letting it exit."""
+        with self._lock:
+            for task in self._tasks.values():
+                task.cancel.set()
+                if task.status == "queued":
+                    task.status, task.finished = "cancelled", time.time()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if not any(t.status == "running" for t in self._tasks.values()):
+                    return True
+            time.sleep(0.05)
+        return False
+
     def __len__(self) -> int:
         with self._lock:
             return len(self._tasks)

@@ -6,6 +6,7 @@ Everything here works without Streamlit (the pages wrap `get_registry` in st.cac
 """
 from __future__ import annotations
 
+import atexit
 import copy
 import os
 import threading
@@ -80,6 +81,7 @@ def get_task_registry() -> Any:
             from fmnist_jax.studio.background import TaskRegistry
 
             _TASKS = TaskRegistry(workers=1 if settings.public_mode() else 2)
+            atexit.register(_TASKS.drain)
         return _TASKS
 
 
@@ -144,6 +146,22 @@ def recommended_config(project: dict) -> tuple[TrainConfig, str] | None:
     recipe = TrainConfig.from_dict({**presets.PRESETS[name].train_defaults, "seed": current.seed,
                                     "precision": current.precision, "chunk_steps": current.chunk_steps})
     return recipe, presets.PRESETS[name].recipe_note
+
+
+def best_recipe_changes(project: dict, num_classes: int) -> dict:
+    """The project changes that apply the best-accuracy recipe (presets.BEST_RECIPE): its preset model and its
+    training settings; seed, precision and chunk size keep the project's values."""
+    current = train_config(project)
+    cfg = TrainConfig.from_dict({**presets.BEST_RECIPE["config"], "seed": current.seed, "precision": current.precision,
+                                 "chunk_steps": current.chunk_steps})
+    name = presets.BEST_RECIPE["preset"]
+    return {"model": presets.preset(name, num_classes), "model_preset": name, "config": cfg.to_dict()}
+
+
+def uses_best_recipe(project: dict, num_classes: int) -> bool:
+    """True when the project's model and settings are the best-accuracy recipe already."""
+    wanted = best_recipe_changes(project, num_classes)
+    return preset_of(project) == wanted["model_preset"] and train_config(project).to_dict() == wanted["config"]
 
 
 def model_spec(project: dict, num_classes: int = 10) -> list[dict]:

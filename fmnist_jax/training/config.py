@@ -68,6 +68,8 @@ class TrainConfig(Settings):
     freeze_layers: Whole = _num(0, "frozen layers", ge=0, le=200)
     # Weight averaging: evaluate and keep an exponential moving average of the weights (0: off).
     ema_decay: Real = _num(0.0, "weight averaging (EMA) decay", ge=0, le=0.99999)
+    # Test-time augmentation: predict from the mean logits of each image and its mirror image.
+    tta_flip: StrictBool = _num(False, "flip test-time augmentation")
 
     def validate(self, train_size: int | None = None) -> "TrainConfig":  # type: ignore[override]
         """Raise ValueError with a message a user can act on; returns self for chaining."""

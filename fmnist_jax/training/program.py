@@ -85,7 +85,17 @@ def _micro_batches(batch: int, mesh: jax.sharding.Mesh | None, batch_stats: Any)
 CPU_INFERENCE_PIECE = 256
 
 
-def inference_logits(forward: Callable, params: Any, batch_stats: Any, images: jax.Array) -> jax.Array:
+def inference_logits(forward: Callable, params: Any, batch_stats: Any, images: jax.Array,
+                     tta_flip: bool = False) -> jax.Array:
+    """Logits of uint8 images in inference mode; with `tta_flip`, the mean of the logits of each image and its
+    mirror image (left-right), the test-time augmentation every inference path applies the same way."""
+    logits = _inference_logits(forward, params, batch_stats, images)
+    if tta_flip:
+        logits = (logits + _inference_logits(forward, params, batch_stats, images[:, :, ::-1])) / 2
+    return logits
+
+
+def _inference_logits(forward: Callable, params: Any, batch_stats: Any, images: jax.Array) -> jax.Array:
     """Logits of uint8 images in inference mode; on a CPU, in pieces of at most CPU_INFERENCE_PIECE images.
 
     A 1,000-image batch of activations spills out of the CPU's caches; the same work in pieces of
@@ -139,10 +149,10 @@ def make_batch_gradients(forward: Callable, cfg: TrainConfig, mesh: jax.sharding
     return batch_gradients
 
 
-def make_evaluate(forward: Callable) -> Callable:
+def make_evaluate(forward: Callable, tta_flip: bool = False) -> Callable:
     """(params, batch_stats, images, labels, mask) -> ([summed NLL, correct] over the mask, logits)."""
     def evaluate(params: Any, batch_stats: Any, images: jax.Array, labels: jax.Array, mask: jax.Array):
-        logits = inference_logits(forward, params, batch_stats, images)
+        logits = inference_logits(forward, params, batch_stats, images, tta_flip)
         log_probs = jax.nn.log_softmax(logits)
         nll = -jnp.take_along_axis(log_probs, jnp.maximum(labels, 0)[:, None], axis=1)[:, 0]
         nll = jnp.where(labels < 0, set_nll(log_probs, labels, 1.0), nll)  # set-valued labels (data.label_sets)
@@ -218,7 +228,7 @@ def build_program(graphdef: Any, cfg: TrainConfig, steps_per_epoch: int, mesh: j
         return jax.lax.fori_loop(start, stop, body, (state, jnp.zeros(3, jnp.float32)))
 
     chunk_jit = jax.jit(chunk, static_argnames=("length",), donate_argnums=(0,))
-    return chunk_jit, jax.jit(make_evaluate(forward)), tx
+    return chunk_jit, jax.jit(make_evaluate(forward, cfg.tta_flip)), tx
 
 
 # ----------------------------------------------------------------------------- state

@@ -23,7 +23,7 @@ class TrainedModel:
 
     def __init__(self, spec: list, input_shape: tuple[int, int, int], class_names: tuple[str, ...], weights: dict,
                  preprocess: dict | None = None, card: dict | None = None, conv_impl: str = "auto",
-                 calibration: dict | None = None):
+                 calibration: dict | None = None, tta_flip: bool | None = None):
         self.spec = layer_specs.normalize_spec(spec)
         self.input_shape = tuple(int(v) for v in input_shape)
         self.class_names = tuple(class_names)
@@ -40,7 +40,10 @@ class TrainedModel:
         self.weights = jax.device_put(weights)
         ctx_cfg = TrainConfig(conv_impl=conv_impl)
         forward = make_forward(self.graphdef, ctx_cfg)
-        self._logits = jax.jit(lambda w, x: inference_logits(forward, w["params"], w["batch_stats"], x))
+        # flip test-time augmentation when the model was trained (and measured) with it: its training config says so
+        config = self.card.get("config") if isinstance(self.card.get("config"), dict) else {}
+        self.tta_flip = bool(config.get("tta_flip", False)) if tta_flip is None else bool(tta_flip)
+        self._logits = jax.jit(lambda w, x: inference_logits(forward, w["params"], w["batch_stats"], x, self.tta_flip))
 
     @property
     def temperature(self) -> float:
