@@ -11,7 +11,9 @@ utilisation. Evaluation throughput (10,000 images through `TrainedModel.predict_
     python bench/throughput.py --quick --json     # tiny sizes, for CI
 
 JSON keys: jax_img_s_128, torch_img_s_128, ratio_128, jax_img_s_512, torch_img_s_512, ratio_512,
-flop_utilisation_512, plus compile seconds, peak GFLOP/s, eval_img_s and the load average.
+flop_utilisation_512, torch_compile_img_s_B and ratio_compile_B (torch.compile as a second reference,
+alternated too; null with torch_compile_error where it does not work), plus compile seconds,
+peak GFLOP/s, eval_img_s and the load average.
 """
 from __future__ import annotations
 
@@ -103,14 +105,17 @@ def torch_model(spec: list, input_shape: tuple[int, int, int], num_classes: int)
 
 
 def torch_runner(spec: list, cfg: TrainConfig, images: np.ndarray, labels: np.ndarray,
-                 window_steps: int) -> Callable[[int], float]:
-    """run_window(window_index) -> seconds for PyTorch eager training with the same optimizer and batch."""
+                 window_steps: int, compiled: bool = False) -> Callable[[int], float]:
+    """run_window(window_index) -> seconds for PyTorch eager training with the same optimizer and batch
+    (`compiled`: the model wrapped in torch.compile, compiled during the warm-up window)."""
     import torch
     import torch.nn.functional as F
 
     torch.manual_seed(cfg.seed)
     model = torch_model(spec, images.shape[1:], 10)
     model.train()
+    if compiled:
+        model = torch.compile(model)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), eps=cfg.epsilon)
     data = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))  # uint8, NCHW
     targets = torch.from_numpy(labels.astype(np.int64))
@@ -136,6 +141,17 @@ def torch_runner(spec: list, cfg: TrainConfig, images: np.ndarray, labels: np.nd
 
     run_window(0)
     return run_window
+
+
+def compiled_torch_runner(spec: list, cfg: TrainConfig, images: np.ndarray, labels: np.ndarray, window_steps: int,
+                          result: dict) -> Callable[[int], float] | None:
+    """torch_runner with torch.compile, or None (the reason in result["torch_compile_error"]) where it does not
+    work on this machine: it needs a C++ compiler and Triton or Inductor's CPU backend."""
+    try:
+        return torch_runner(spec, cfg, images, labels, window_steps, compiled=True)
+    except Exception as error:  # Dynamo/Inductor fail with many exception types; the column then says why
+        result["torch_compile_error"] = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+        return None
 
 
 # ----------------------------------------------------------------------------- peak and evaluation
@@ -182,6 +198,7 @@ def main() -> None:
     parser.add_argument("--precision", default="float32")
     parser.add_argument("--torch-threads", type=int, default=os.cpu_count(), help="torch.set_num_threads (default: all cores)")
     parser.add_argument("--no-torch", action="store_true", help="JAX only")
+    parser.add_argument("--no-torch-compile", action="store_true", help="leave out the torch.compile reference column")
     parser.add_argument("--quick", action="store_true", help="tiny sizes so CI can run it")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     args = parser.parse_args()
@@ -193,6 +210,7 @@ def main() -> None:
     spec = presets.preset(args.preset)
     flops_per_image = layer_specs.describe(spec)["train_flops_per_image"]
     use_torch = not args.no_torch
+    use_compile = use_torch and not args.no_torch_compile and not args.quick
     if use_torch:
         import torch
         torch.set_num_threads(args.torch_threads)
@@ -200,26 +218,32 @@ def main() -> None:
 
     result: dict[str, Any] = {"preset": args.preset, "device": program.device_summary()["kind"],
                               "conv_impl": cpu_ops.resolve_conv_impl(args.conv_impl), "cpu_count": os.cpu_count(),
-                              "torch_threads": args.torch_threads if use_torch else None, "quick": args.quick}
+                              "torch_threads": args.torch_threads if use_torch else None, "quick": args.quick,
+                              "torch_compile_error": None}
     rows, peaks = [], []
     for batch in batch_sizes:
         cfg = TrainConfig(batch_size=batch, conv_impl=args.conv_impl, precision=args.precision)
         window_steps = max(1, window_images // batch)
         run_jax, compile_seconds = jax_runner(spec, cfg, images, labels, window_steps)
         run_torch = torch_runner(spec, cfg, images, labels, window_steps) if use_torch else None
-        jax_rates, torch_rates = [], []
-        for index in range(windows):
+        run_compiled = compiled_torch_runner(spec, cfg, images, labels, window_steps, result) if use_compile else None
+        jax_rates, torch_rates, compiled_rates = [], [], []
+        for index in range(windows):  # alternated windows: the three see the same machine load
             jax_rates.append(window_steps * batch / run_jax(index + 1))
             if run_torch:
                 torch_rates.append(window_steps * batch / run_torch(index + 1))
+            if run_compiled:
+                compiled_rates.append(window_steps * batch / run_compiled(index + 1))
             peaks.append(matmul_peak_gflops(256 if args.quick else 2048))
-        jax_rate, torch_rate = median(jax_rates), median(torch_rates)
+        jax_rate, torch_rate, compiled_rate = median(jax_rates), median(torch_rates), median(compiled_rates)
         ratio = jax_rate / torch_rate if torch_rate else None
         result.update({f"jax_img_s_{batch}": round(jax_rate, 1), f"torch_img_s_{batch}": round(torch_rate, 1) if torch_rate else None,
-                       f"ratio_{batch}": round(ratio, 3) if ratio else None, f"compile_s_{batch}": round(compile_seconds, 2)})
+                       f"ratio_{batch}": round(ratio, 3) if ratio else None, f"compile_s_{batch}": round(compile_seconds, 2),
+                       f"torch_compile_img_s_{batch}": round(compiled_rate, 1) if compiled_rate else None,
+                       f"ratio_compile_{batch}": round(jax_rate / compiled_rate, 3) if compiled_rate else None})
         pair_ratios = [j / t for j, t in zip(jax_rates, torch_rates)]
         rows.append([batch, jax_rate, torch_rate, ratio, f"{min(pair_ratios):.2f}-{max(pair_ratios):.2f}" if pair_ratios else None,
-                     compile_seconds, window_steps, windows])
+                     compiled_rate, jax_rate / compiled_rate if compiled_rate else None, compile_seconds, window_steps, windows])
     peak = median(peaks)
     result["peak_gflops"] = round(peak, 1)
     result["train_mflop_per_image"] = round(flops_per_image / 1e6, 2)
@@ -232,7 +256,10 @@ def main() -> None:
 
     print(f"training throughput, preset {args.preset} ({flops_per_image / 1e6:.1f} MFLOP per training image), "
           f"{result['device']}, {os.cpu_count()} cores, load average {load_before} -> {result['load_average'][1]}")
-    print_table(["batch", "jax img/s", "torch img/s", "ratio", "pair range", "compile s", "steps/window", "windows"], rows)
+    print_table(["batch", "jax img/s", "torch img/s", "ratio", "pair range", "torch.compile img/s", "ratio to compiled",
+                 "compile s", "steps/window", "windows"], rows)
+    if result.get("torch_compile_error"):
+        print(f"torch.compile did not work here: {result['torch_compile_error']}")
     print(f"float32 matmul peak {peak:.0f} GFLOP/s; FLOP utilisation "
           + ", ".join(f"batch {b}: {result[f'flop_utilisation_{b}']:.0%}" for b in batch_sizes))
     print(f"evaluation (10k test images, predict_proba): fast {result['eval_img_s']:,.0f} img/s, "

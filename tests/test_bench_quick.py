@@ -43,9 +43,9 @@ def test_throughput_quick_without_torch() -> None:
 
 def test_time_to_accuracy_quick() -> None:
     out = _run("time_to_accuracy.py")
-    assert set(out) >= {"preset", "seconds_to_93", "seconds_to_94", "best_test_accuracy", "epochs"}
+    assert set(out) >= {"preset", "seconds_to_93", "seconds_to_94", "seconds_to_95", "best_test_accuracy", "epochs"}
     assert out["preset"] == "fast" and out["epochs"] == 1 and 0.0 <= out["best_test_accuracy"] <= 1.0
-    for key in ("seconds_to_93", "seconds_to_94"):
+    for key in ("seconds_to_93", "seconds_to_94", "seconds_to_95"):
         assert out[key] is None or out[key] > 0
     assert out["curve"][0]["epoch"] == 1 and out["config_file"] == "bench/configs/fast_best.json"
 
@@ -133,3 +133,9 @@ def test_accelerator_script_reads_the_idx_files_itself_and_runs_every_step(tmp_p
     assert {row["precision"] for row in out["throughput"]} == {"float32", "bfloat16"}
     assert len(out["curve"]) == 1 and 0.0 <= out["best_test_accuracy"] <= 1.0
     assert set(out) >= {"seconds_to_94", "seconds_to_95", "devices", "recipe"}
+
+
+def test_tta_gain_quick() -> None:
+    out = _run("tta_gain.py", "bench/configs/best_94.json")
+    (result,) = out["results"]
+    assert result["epochs"] == 1 and 0.0 <= result["val_accuracy"] <= 1.0 and 0.0 <= result["val_accuracy_tta"] <= 1.0

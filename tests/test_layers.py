@@ -140,3 +140,16 @@ def test_fast_presets_recommended_settings_are_the_benchmarked_recipe() -> None:
     recipe = TrainConfig.from_dict(presets.PRESETS["fast"].train_defaults)
     assert recipe.to_dict() == TrainConfig.from_dict(bench["config"]).to_dict()
     assert "93.1%" in presets.PRESETS["fast"].recipe_note
+
+
+def test_the_best_recipe_is_the_benchmarked_best_94_config() -> None:
+    """The Hyperparameters page's 15-minute recipe is exactly what bench/configs/best_94.json measured."""
+    import json
+    from pathlib import Path
+
+    from fmnist_jax.training.config import TrainConfig
+
+    bench = json.loads((Path(__file__).resolve().parents[1] / "bench" / "configs" / "best_94.json").read_text())
+    assert bench["preset"] == presets.BEST_RECIPE["preset"] and "layers" not in bench
+    assert TrainConfig.from_dict(bench["config"]).to_dict() == TrainConfig.from_dict(presets.BEST_RECIPE["config"]).to_dict()
+    assert "%" in presets.BEST_RECIPE["note"] and "bench/time_to_accuracy.py" in presets.BEST_RECIPE["note"]
