@@ -149,6 +149,8 @@ with st.form(f"hyperparameters-{pid}", border=True):
                        help="Focal loss down-weights easy examples.")
     grad_clip = d.number_input("Gradient clipping (0 = off)", 0.0, 1000.0, float(cfg.grad_clip), 0.5, format="%g",
                                help="Clip the global gradient norm; helps against divergence.")
+    # Their own row of two: in a quarter-width column the toggle's label was cut to "Mirror test-time augme..."
+    a, b = st.columns(2)
     ema_choices = sorted({0.0, 0.99, 0.995, 0.999, 0.9995, 0.9999, float(cfg.ema_decay)})
     ema_decay = a.select_slider("Weight averaging (EMA decay)", ema_choices, value=float(cfg.ema_decay),
                                 format_func=lambda v: "off" if v == 0 else f"{v:g}",

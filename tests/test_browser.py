@@ -308,6 +308,13 @@ def test_hyperparameters_labels_and_figures_are_not_cut_on_a_phone_or_a_desktop(
                                      "|| e.getBoundingClientRect().right > b.getBoundingClientRect().right + 1).length")
             assert inside == 0, f"button label cut at {width}px"
             assert page.get_by_test_id("stMetricValue").evaluate_all(cut) == [], f"figures cut at {width}px"
+            best = page.get_by_role("button", name="Use the 15-minute recipe")
+            assert best.evaluate("b => [b, ...b.querySelectorAll('*')].filter(e => e.scrollWidth > e.clientWidth + 1).length") == 0
+            # the toggle's label sat in a quarter-width column and was cut to "Mirror test-time augme..."
+            toggle = page.get_by_text("Mirror test-time augmentation", exact=True)
+            assert toggle.evaluate("""e => { const cut = []; for (let n = e, i = 0; n && i < 4; n = n.parentElement, i++)
+                                               if (n.scrollWidth > n.clientWidth + 1) cut.push(n.tagName); return cut; }""") == [], \
+                f"toggle label cut at {width}px"
             page.screenshot(path=str(ARTIFACTS / f"hyperparameters-{width}.png"), full_page=False)
             page.close()
         browser.close()
