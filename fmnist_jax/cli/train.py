@@ -170,7 +170,8 @@ def join_processes(args: argparse.Namespace) -> None:
 
     given = {"coordinator_address": args.coordinator, "num_processes": args.num_processes, "process_id": args.process_id}
     if not args.distributed:
-        named = [f"--{k.split('_address')[0].replace('_', '-')}" for k, v in given.items() if v is not None]
+        flags = {"coordinator_address": "--coordinator", "num_processes": "--num-processes", "process_id": "--process-id"}
+        named = [flags[k] for k, v in given.items() if v is not None]
         if named:
             raise CliError(f"{', '.join(named)} only apply with --distributed")
         return
@@ -213,7 +214,7 @@ def cmd_train_plain(args: argparse.Namespace, spec: list | None = None, init_wei
     """Train a preset, a spec file, or (transfer learning) `spec` starting from `init_weights`."""
     from fmnist_jax.model import layer_specs, presets
     from fmnist_jax.studio.jobs import train_and_test
-    from fmnist_jax.training.loop import TrainingError
+    from fmnist_jax.training.loop import TrainingError, run_to_completion
 
     resuming = bool(args.resume)
     plan = _plan_resume(args, Path(args.resume)) if resuming else _plan_new(args)
@@ -243,11 +244,8 @@ def cmd_train_plain(args: argparse.Namespace, spec: list | None = None, init_wei
     try:
         records = train_and_test(spec, cfg, splits, run_dir if lead else None, resume=resuming, run_meta=meta,
                                  init_weights=init_weights)
-        if not lead:
-            final = {}
-            for final in records:  # the others train in step with process 0, silently
-                pass
-            return 0 if final.get("status") != "failed" else EXIT_USAGE
+        if not lead:  # the others train in step with process 0, silently
+            return 0 if run_to_completion(records).get("status") != "failed" else EXIT_USAGE
         start_info, final, test = _show_records(records, args, cfg.epochs)
     except TrainingError as error:
         raise CliError(str(error)) from None
