@@ -51,15 +51,17 @@ def jax_runner(spec: list, cfg: TrainConfig, images: np.ndarray, labels: np.ndar
     device_images, device_labels = jax.device_put(images), jax.device_put(labels)
     perm = jax.random.permutation(jax.random.key(0), len(labels)).astype(jnp.int32)
     epoch_key = jax.random.fold_in(program._base_key(cfg.seed), 1)
+    plan = program.run_plan(cfg, steps_per_epoch)
     start = time.perf_counter()
-    compiled = chunk_fn.lower(state, device_images, device_labels, perm, epoch_key, jnp.int32(0), length=window_steps).compile()
+    compiled = chunk_fn.lower(state, device_images, device_labels, perm, epoch_key, jnp.int32(0), plan,
+                              length=window_steps).compile()
     compile_seconds = time.perf_counter() - start
     holder = {"state": state}
 
     def run_window(index: int) -> float:
         offset = (index * window_steps) % max(1, steps_per_epoch - window_steps + 1)
         t0 = time.perf_counter()
-        holder["state"], sums = compiled(holder["state"], device_images, device_labels, perm, epoch_key, jnp.int32(offset))
+        holder["state"], sums = compiled(holder["state"], device_images, device_labels, perm, epoch_key, jnp.int32(offset), plan)
         sums.block_until_ready()
         return time.perf_counter() - t0
 

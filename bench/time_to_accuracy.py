@@ -31,14 +31,15 @@ DEFAULT_CONFIG = _common.REPO / "bench" / "configs" / "fast_best.json"
 TARGETS = (0.93, 0.94, 0.95)
 
 
-def load_config(path: Path, epochs: int | None) -> tuple[str, TrainConfig, list | None]:
-    """(preset, TrainConfig, layers or None) from a benchmark config file: {"preset": ..., "config": {TrainConfig
-    fields}, optionally "layers": a layer spec list that replaces the preset's}."""
+def load_config(path: Path, epochs: int | None) -> tuple[str, TrainConfig, list | None, float]:
+    """(preset, TrainConfig, layers or None, validation fraction) from a benchmark config file: {"preset": ...,
+    "config": {TrainConfig fields}, optionally "layers": a layer spec list that replaces the preset's, and
+    "val_fraction": the share of the 60,000 training images held out for validation (default 0.1)}."""
     values = json.loads(Path(path).read_text())
     cfg = TrainConfig.from_dict(values["config"])
     if epochs is not None:
         cfg = cfg.replace(epochs=epochs)
-    return values["preset"], cfg, values.get("layers")
+    return values["preset"], cfg, values.get("layers"), float(values.get("val_fraction", 0.1))
 
 
 def main() -> None:
@@ -51,11 +52,11 @@ def main() -> None:
     args = parser.parse_args()
 
     program.enable_compile_cache()
-    preset, cfg, layers = load_config(Path(args.config), 1 if args.quick else args.epochs)
+    preset, cfg, layers, val_fraction = load_config(Path(args.config), 1 if args.quick else args.epochs)
     preset = args.preset or preset
     if args.quick:
         cfg = cfg.replace(batch_size=64, chunk_steps=4)
-    splits = fashion_splits(args.quick, seed=cfg.seed)
+    splits = fashion_splits(args.quick, seed=cfg.seed, val_fraction=val_fraction)
     spec = layers if layers and not args.preset else presets.preset(preset, splits.num_classes)
     load_before = load_average()
 
@@ -97,7 +98,7 @@ def main() -> None:
                    "val_selected_epoch": best_val["epoch"] if best_val else None,
                    "val_selected_test_accuracy": best_val["test_accuracy"] if best_val else None,
                    "config_file": str(Path(args.config).resolve().relative_to(_common.REPO)) if Path(args.config).resolve().is_relative_to(_common.REPO) else args.config,
-                   "config": cfg.to_dict(), "compile_seconds": compile_seconds, "curve": curve, "quick": args.quick,
+                   "config": cfg.to_dict(), "val_fraction": val_fraction, "train_size": len(splits.train_labels), "compile_seconds": compile_seconds, "curve": curve, "quick": args.quick,
                    "load_average": [load_before, load_average()]})
 
 

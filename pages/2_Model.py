@@ -226,5 +226,8 @@ with summary:
     if message := st.session_state.pop("model-import-ok", None):
         st.success(message, icon=":material/check_circle:")
 
+if error_message is None:
+    ui.warm_up(ui.workspace().get_project(pid))  # compile the training program while the user goes on (Start loads it)
+
 st.divider()
 ui.link("hyper", "Next: hyperparameters")

@@ -108,3 +108,39 @@ def test_every_optimizer_builds(name: str) -> None:
     params = {"w": jnp.ones(3)}
     updates, _ = tx.update({"w": jnp.ones(3)}, tx.init(params), params)
     assert updates["w"].shape == (3,) and bool(jnp.all(jnp.isfinite(updates["w"])))
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine", "warmup_cosine", "one_cycle", "step"])
+@pytest.mark.parametrize("epochs,steps_per_epoch", [(20, 100), (3, 7), (1, 2)])
+def test_schedules_follow_optax_curves(schedule: str, epochs: int, steps_per_epoch: int) -> None:
+    """The run-time schedules (numbers as program arguments) give Optax's own curves, step by step."""
+    import numpy as np
+    import optax
+
+    cfg = TrainConfig(epochs=epochs, learning_rate=0.02, schedule=schedule, warmup_epochs=min(2, epochs - 0.5),
+                      step_every_epochs=max(1, epochs // 3), step_factor=0.3)
+    total = epochs * steps_per_epoch
+    warmup = min(total - 1, int(cfg.warmup_epochs * steps_per_epoch))
+    every = cfg.step_every_epochs * steps_per_epoch
+    expected = {
+        "constant": optax.constant_schedule(0.02),
+        "cosine": optax.cosine_decay_schedule(0.02, total),
+        "warmup_cosine": optax.warmup_cosine_decay_schedule(0.0, 0.02, warmup, total, end_value=0.0),
+        "one_cycle": optax.cosine_onecycle_schedule(total, 0.02),
+        "step": optax.piecewise_constant_schedule(0.02, {e * steps_per_epoch: 0.3 for e in
+                                                         range(cfg.step_every_epochs, epochs, cfg.step_every_epochs)}),
+    }[schedule]
+    steps = np.arange(total + 3)
+    ours = np.asarray(optim.schedule_value(schedule, steps, optim.schedule_plan(cfg, steps_per_epoch)))
+    theirs = np.asarray([float(expected(int(s))) for s in steps])
+    np.testing.assert_allclose(ours, theirs, rtol=2e-5, atol=1e-9)
+
+
+def test_the_run_time_rate_must_be_given_inside_the_program() -> None:
+    rate = optim.RunTimeRate()
+    with pytest.raises(RuntimeError, match="given by the training step"):
+        rate(0)
+    with rate.given(0.5):
+        assert rate(7) == 0.5
+    with pytest.raises(RuntimeError):
+        rate(1)

@@ -71,14 +71,17 @@ def _reference_loss(spec: list[dict], params: dict, images: jax.Array, labels: j
     return -jnp.take_along_axis(log_probs, labels[:, None], axis=1).mean()
 
 
-def _program_step(spec: list[dict], conv_impl: str, images: np.ndarray, labels: np.ndarray) -> tuple[float, dict, dict]:
-    """(loss, gradients, initial params) of one step of the compiled training chunk (SGD, lr 1: update = -gradient)."""
-    cfg = TrainConfig(batch_size=BATCH, optimizer="sgd", momentum=0.0, learning_rate=1.0, conv_impl=conv_impl, chunk_steps=1)
+def _program_step(spec: list[dict], conv_impl: str, images: np.ndarray, labels: np.ndarray, schedule: str = "constant",
+                  planned_steps: int = 1) -> tuple[float, dict, dict]:
+    """(loss, update / learning rate at step 0, initial params) of one step of the compiled training chunk (SGD,
+    lr 1: with a constant schedule, update = -gradient); the plan says the epoch has `planned_steps` steps."""
+    cfg = TrainConfig(batch_size=BATCH, optimizer="sgd", momentum=0.0, learning_rate=1.0, conv_impl=conv_impl, chunk_steps=1,
+                      schedule=schedule)
     graphdef, state = program.init_state(spec, images.shape[1:], 10, cfg, steps_per_epoch=1)
     chunk_fn, _, _ = program.build_program(graphdef, cfg, 1, None)
     before = jax.tree.map(np.asarray, state["params"].to_pure_dict()["layers"])
     state, sums = chunk_fn(state, jnp.asarray(images), jnp.asarray(labels), jnp.arange(BATCH, dtype=jnp.int32),
-                           program._base_key(0), jnp.int32(0), length=1)
+                           program._base_key(0), jnp.int32(0), program.run_plan(cfg, planned_steps), length=1)
     after = jax.tree.map(np.asarray, state["params"].to_pure_dict()["layers"])
     grads = jax.tree.map(lambda b, a: b - a, before, after)
     return float(sums[0] / sums[2]), grads, before
@@ -106,6 +109,17 @@ def test_training_step_matches_a_plain_reference(preset: str, conv_impl: str, fi
         # lr 1 SGD subtracts the gradient from the weights, so float32 weight rounding bounds the error
         tolerance = 2e-4 * scale + 2e-6 * float(np.abs(params_leaf(params, path[0])).max())
         assert float(np.abs(grad - ref).max()) <= tolerance, jax.tree_util.keystr(path[0])
+
+
+def test_the_plan_sets_the_compiled_steps_learning_rate(fixed_batch) -> None:
+    """The schedule's numbers are arguments of the compiled chunk: one-cycle over 10 steps starts at lr / 25."""
+    images, labels = fixed_batch
+    spec = _without_dropout(presets.preset("dls"))
+    _, plain, params = _program_step(spec, "auto", images, labels)
+    _, cycled, _ = _program_step(spec, "auto", images, labels, schedule="one_cycle", planned_steps=10)
+    for path, full, small in zip(jax.tree_util.tree_leaves_with_path(plain), jax.tree.leaves(plain), jax.tree.leaves(cycled)):
+        tolerance = 2e-4 * float(np.abs(full).max()) + 50 * 2e-6 * float(np.abs(params_leaf(params, path[0])).max())
+        assert float(np.abs(small * 25 - full).max()) <= tolerance, jax.tree_util.keystr(path[0])
 
 
 def params_leaf(params: dict, path: tuple) -> np.ndarray:

@@ -342,5 +342,15 @@ def _check_warm_up(ws: store.Workspace, tiny_project: dict) -> None:
     assert next(records)["kind"] == "start"
     records.close()
     assert len(hits) > before, "Start compiled the training program again instead of loading the warmed-up one"
+    # more epochs, a higher learning rate, another seed and 600 of the 900 training images: the same program
+    retuned = {**tiny_project, "train_limit": 600, "config": {**tiny_project["config"], "epochs": 4, "learning_rate": 0.1,
+                                                              "seed": 5, "warmup_epochs": 2.0}}
+    assert tasks.warm_up(ws, retuned)[0] == key
+    before = len(hits)
+    records = loop.train(*tasks.check_trainable(retuned, dataset)[:2], proj.load_splits(retuned).limit_train(600))
+    start = next(records)
+    records.close()
+    assert start["train_size"] == 600 and start["steps_per_epoch"] == 12
+    assert len(hits) > before, "a change of epochs, learning rate or training-set size compiled the program again"
     changed = {**tiny_project, "config": {**tiny_project.get("config", {}), "batch_size": 16}}
     assert tasks.warm_up(ws, changed)[0] != key

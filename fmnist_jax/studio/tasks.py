@@ -82,7 +82,7 @@ def start_training(ws: store.Workspace, project: dict, run_name: str | None = No
                 "limit": train_limit(project), "source": "studio", "project_id": project["id"],
                 **({"upload_home": record["upload_home"]} if record["upload_home"] else {}),
                 **({"init_from": project["init_from"]} if init_from else {})}
-    warming = _warming(ws, project, spec, cfg, record)
+    warming = _warming(ws, project, spec, cfg, dataset, train_size)
     try:
         return registry.submit(project["id"], run_dir, _prepare_for(record, spec, cfg, train_limit(project), warming),
                                name=run_dir.name, owner=owner_of(ws), run_meta=run_meta, init_from=init_from)
@@ -98,18 +98,21 @@ def _data_record(project: dict, dataset: catalogue.Dataset) -> dict:
             "split": split_spec(project, dataset).to_dict(), "upload_home": project.get("upload_home")}
 
 
-def _warm_key(spec: list, cfg: TrainConfig, record: dict, limit: int | None) -> str:
-    import hashlib
-    import json
+def _warm_key(spec: list, cfg: TrainConfig, dataset: catalogue.Dataset, train_size: int) -> str:
+    """The compiled training program's key: runs that differ only in epochs, training-set size (within its
+    size class), learning rate or seed share it, so a warm-up for the settings the user started from still
+    serves the settings they end up with."""
+    from fmnist_jax.training.program import program_key
 
-    return hashlib.sha256(json.dumps([spec, cfg.to_dict(), record, limit], sort_keys=True, default=str).encode()).hexdigest()[:24]
+    return program_key(spec, cfg, dataset.input_shape, dataset.num_classes, train_size)
 
 
-def _warming(ws: store.Workspace, project: dict, spec: list, cfg: TrainConfig, record: dict) -> Callable[[], bool]:
-    """Whether a warm-up of exactly this job is still running (queued or compiling)."""
+def _warming(ws: store.Workspace, project: dict, spec: list, cfg: TrainConfig, dataset: catalogue.Dataset,
+             train_size: int) -> Callable[[], bool]:
+    """Whether a warm-up of this job's compiled program is still running (queued or compiling)."""
     from fmnist_jax.studio.projects import get_task_registry
 
-    key = f"{project['id']}:{_warm_key(spec, cfg, record, train_limit(project))}"
+    key = f"{project['id']}:{_warm_key(spec, cfg, dataset, train_size)}"
 
     def running() -> bool:
         snap = get_task_registry().find(owner_of(ws), "warm", key)
@@ -133,7 +136,7 @@ def warm_up(ws: store.Workspace, project: dict) -> tuple[str, Callable[[Progress
         public.check_job(public.job_figures(spec, dataset.input_shape, dataset.num_classes, cfg.batch_size, cfg.epochs,
                                             train_size))
     record, limit = _data_record(project, dataset), train_limit(project)
-    key = _warm_key(spec, cfg, record, limit)
+    key = _warm_key(spec, cfg, dataset, train_size)
 
     def work(progress: Progress) -> dict:
         from fmnist_jax.training.loop import train

@@ -39,6 +39,9 @@ from fmnist_jax.training.program import (
     eval_weights,
     evaluate_arrays,
     init_state,
+    pad_rows,
+    padded_size,
+    run_plan,
     stage_epoch,
 )
 
@@ -136,6 +139,7 @@ class _Loop:
     train_images: jax.Array | None  # None across processes (see epoch_data)
     train_labels: jax.Array | None
     base_key: jax.Array
+    plan: dict  # program.run_plan: steps per epoch and the schedule's numbers
     t0: float = 0.0
     elapsed_before: float = 0.0
     mesh: Any = None
@@ -144,7 +148,10 @@ class _Loop:
     def epoch_inputs(self, epoch: int) -> tuple[jax.Array, jax.Array]:
         """The epoch's shuffling permutation and augmentation/dropout key (both from the seed)."""
         epoch_key = jax.random.fold_in(self.base_key, epoch)
-        perm = jax.random.permutation(jax.random.fold_in(epoch_key, 0), len(self.splits.train_labels)).astype(jnp.int32)
+        count = len(self.splits.train_labels)
+        perm = jax.random.permutation(jax.random.fold_in(epoch_key, 0), count).astype(jnp.int32)
+        if self.train_images is not None:  # the resident set is padded to its size class, and so is the permutation
+            perm = jnp.pad(perm, (0, self.train_images.shape[0] - count))
         return perm, jax.random.fold_in(epoch_key, 1)
 
     def epoch_data(self, epoch: int, perm: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -180,7 +187,7 @@ def _epoch_chunks(loop: _Loop, box: dict, epoch: int, step: int, sums: np.ndarra
     images, labels = loop.epoch_data(epoch, perm)
     while step < loop.steps_per_epoch:
         chunk_t0 = time.perf_counter()
-        box["state"], chunk_sums = loop.compiled(box["state"], images, labels, perm, epoch_key, jnp.int32(step))
+        box["state"], chunk_sums = loop.compiled(box["state"], images, labels, perm, epoch_key, jnp.int32(step), loop.plan)
         chunk_sums = np.asarray(chunk_sums, dtype=np.float64)
         step = min(step + loop.chunk_len, loop.steps_per_epoch)
         chunk_seconds = time.perf_counter() - chunk_t0
@@ -253,9 +260,11 @@ def _across_processes(mesh: Any) -> bool:
 def _make_loop(cfg: TrainConfig, splits: Splits, steps_per_epoch: int, eval_fn: Any, mesh: Any, replicated: Any) -> _Loop:
     """The run's _Loop, with the training set on the device(s) unless training spans processes (then per epoch)."""
     resident = not _across_processes(mesh)
+    rows = padded_size(len(splits.train_labels), splits.train_images[0].nbytes)
     return _Loop(cfg, splits, steps_per_epoch, min(cfg.chunk_steps, steps_per_epoch), None, eval_fn,
-                 jax.device_put(splits.train_images, replicated) if resident else None,
-                 jax.device_put(splits.train_labels, replicated) if resident else None, _base_key(cfg.seed), mesh=mesh)
+                 jax.device_put(pad_rows(splits.train_images, rows), replicated) if resident else None,
+                 jax.device_put(pad_rows(splits.train_labels, rows), replicated) if resident else None,
+                 _base_key(cfg.seed), run_plan(cfg, steps_per_epoch), mesh=mesh)
 
 
 def _start_record(loop: _Loop, cfg: TrainConfig, mesh: Any, startup: tuple[float, float], resumed: dict | None,
@@ -315,7 +324,7 @@ def _train(spec: Any, cfg: TrainConfig, splits: Splits, *, run_dir: str | Path |
     compile_start = time.perf_counter()
     perm0, key0 = loop.epoch_inputs(start_epoch)
     loop.compiled = chunk_fn.lower(box["state"], *loop.epoch_data(start_epoch, perm0), perm0, key0, jnp.int32(0),
-                                   length=loop.chunk_len).compile()
+                                   loop.plan, length=cfg.chunk_steps).compile()  # the loop ends at the epoch's end
     start = _start_record(loop, cfg, mesh, (compile_start - entered, time.perf_counter() - compile_start),
                           {"epoch": start_epoch, "step_in_epoch": start_step} if resume else None, warnings)
     writer.start(spec, cfg, splits, run_meta, history, start)

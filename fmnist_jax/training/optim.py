@@ -2,6 +2,11 @@
 """
 from __future__ import annotations
 
+import contextlib
+import math
+import threading
+from typing import Any, Callable, Iterator
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,34 +17,95 @@ from fmnist_jax.training.config import TrainConfig
 
 # ----------------------------------------------------------------------------- optimizer and loss
 
-def make_schedule(cfg: TrainConfig, steps_per_epoch: int) -> optax.Schedule:
-    """The learning-rate schedule over the planned steps."""
+def schedule_plan(cfg: TrainConfig, steps_per_epoch: int) -> dict[str, float]:
+    """The schedule's numbers for one run. The training program takes them as an argument rather than as
+    constants, so runs that differ only in epochs, training-set size, learning rate or the schedule's
+    timing share one compiled program (and a warm-up compiled before Start serves all of them)."""
     total = max(1, cfg.epochs * steps_per_epoch)
-    lr = cfg.learning_rate
-    if cfg.schedule == "constant":
-        return optax.constant_schedule(lr)
-    if cfg.schedule == "cosine":
-        return optax.cosine_decay_schedule(lr, total)
-    if cfg.schedule == "warmup_cosine":
-        warmup = min(total - 1, int(cfg.warmup_epochs * steps_per_epoch))
-        return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, total, end_value=0.0)
-    if cfg.schedule == "one_cycle":
-        return optax.cosine_onecycle_schedule(total, lr)
-    boundaries = {e * steps_per_epoch: cfg.step_factor for e in range(cfg.step_every_epochs, cfg.epochs, cfg.step_every_epochs)}
-    return optax.piecewise_constant_schedule(lr, boundaries)
+    return {"learning_rate": float(cfg.learning_rate), "total": float(total),
+            "warmup": float(min(total - 1, int(cfg.warmup_epochs * steps_per_epoch))),
+            "every": float(max(1, cfg.step_every_epochs * steps_per_epoch)),
+            "drops": float(max(0, math.ceil(cfg.epochs / cfg.step_every_epochs) - 1)),
+            "factor": float(cfg.step_factor)}
+
+
+def schedule_value(kind: str, count: jax.Array, plan: dict) -> jax.Array:
+    """The learning rate at step `count` of a `kind` schedule (traceable in `count` and in every plan value).
+
+    The curves are Optax's constant, cosine_decay (to 0), warmup_cosine_decay (from and to 0),
+    cosine_onecycle (its defaults: 30% rising, div_factor 25, final_div_factor 1e4) and
+    piecewise_constant schedules, written over run-time numbers; tests/test_config.py compares them."""
+    count = jnp.asarray(count, jnp.float32)
+    lr, total = plan["learning_rate"], plan["total"]
+    if kind == "constant":
+        return lr * jnp.ones_like(count)
+    if kind == "cosine":
+        return lr * _cosine_decay(count, total)
+    if kind == "warmup_cosine":
+        warmup = plan["warmup"]
+        rising = lr * jnp.clip(count, 0.0, warmup) / jnp.maximum(warmup, 1.0)
+        return jnp.where(count < warmup, rising, lr * _cosine_decay(count - warmup, total - warmup))
+    if kind == "one_cycle":
+        peak, low, end = jnp.floor(0.3 * total), lr / 25.0, lr / 25.0 / 1e4
+        rising = _cosine_between(low, lr, count / jnp.maximum(peak, 1.0))
+        falling = _cosine_between(lr, end, (count - peak) / jnp.maximum(total - peak, 1.0))
+        return jnp.where(count < peak, rising, jnp.where(count < total, falling, end))
+    if kind == "step":
+        return lr * plan["factor"] ** jnp.clip(jnp.floor(count / plan["every"]), 0.0, plan["drops"])
+    raise ValueError(f"unknown schedule {kind!r}")
+
+
+def _cosine_decay(count: jax.Array, steps: jax.Array) -> jax.Array:
+    return 0.5 * (1.0 + jnp.cos(jnp.pi * jnp.minimum(count, steps) / steps))
+
+
+def _cosine_between(start: jax.Array, end: jax.Array, fraction: jax.Array) -> jax.Array:
+    return end + (start - end) / 2.0 * (jnp.cos(jnp.pi * fraction) + 1.0)
+
+
+def make_schedule(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[Any], float]:
+    """The learning-rate schedule over the planned steps, as a host function of the step."""
+    plan = schedule_plan(cfg, steps_per_epoch)
+    return lambda count: float(schedule_value(cfg.schedule, count, plan))
 
 
 def learning_rate_curve(cfg: TrainConfig, steps_per_epoch: int, points: int = 100) -> list[dict]:
     """(step, epoch, learning_rate) samples of the schedule, for the Hyperparameters page preview."""
-    schedule = make_schedule(cfg, steps_per_epoch)
     total = max(1, cfg.epochs * steps_per_epoch)
     steps = np.unique(np.linspace(0, total, points).astype(int))  # to the end of the last epoch
-    return [{"step": int(s), "epoch": float(s / steps_per_epoch), "learning_rate": float(schedule(int(s)))} for s in steps]
+    rates = np.asarray(schedule_value(cfg.schedule, steps, schedule_plan(cfg, steps_per_epoch)))
+    return [{"step": int(s), "epoch": float(s / steps_per_epoch), "learning_rate": float(r)} for s, r in zip(steps, rates)]
 
 
-def make_optimizer(cfg: TrainConfig, steps_per_epoch: int) -> optax.GradientTransformation:
-    """The Optax optimizer a config names, with its schedule, weight decay and clipping."""
-    lr = make_schedule(cfg, steps_per_epoch)
+class RunTimeRate:
+    """The learning rate Optax's optimizers read, given by the training step at run time.
+
+    Optax takes a schedule `count -> rate`. This one returns the rate that the step being traced gives it
+    (`with rate.given(value): tx.update(...)`), so the compiled program takes the learning rate as an
+    argument. The optimizers and their state are Optax's own, unchanged (checkpoints keep their layout)."""
+
+    def __init__(self) -> None:
+        self._given = threading.local()
+
+    def __call__(self, count: Any) -> Any:
+        value = getattr(self._given, "value", None)
+        if value is None:
+            raise RuntimeError("this optimizer's learning rate is given by the training step (RunTimeRate.given)")
+        return value
+
+    @contextlib.contextmanager
+    def given(self, value: jax.Array) -> Iterator[None]:
+        self._given.value = value
+        try:
+            yield
+        finally:
+            self._given.value = None
+
+
+def make_optimizer(cfg: TrainConfig, steps_per_epoch: int, rate: RunTimeRate | None = None) -> optax.GradientTransformation:
+    """The Optax optimizer a config names, with its schedule, weight decay and clipping; with `rate`, the
+    learning rate is the one the training step gives it (RunTimeRate)."""
+    lr = rate or _traceable_schedule(cfg, steps_per_epoch)
     name = cfg.optimizer
     if name == "sgd":
         base = optax.sgd(lr, momentum=cfg.momentum or None, nesterov=cfg.nesterov)
@@ -67,6 +133,11 @@ def make_optimizer(cfg: TrainConfig, steps_per_epoch: int) -> optax.GradientTran
     if cfg.weight_decay and name != "adamw":
         chain.append(optax.add_decayed_weights(cfg.weight_decay))
     return optax.chain(*chain, base) if chain else base
+
+
+def _traceable_schedule(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[Any], jax.Array]:
+    plan = schedule_plan(cfg, steps_per_epoch)
+    return lambda count: schedule_value(cfg.schedule, count, plan)
 
 
 def acceptable(labels: jax.Array, num_classes: int) -> jax.Array:

@@ -16,9 +16,12 @@ from fmnist_jax.data.augment import augment_batch
 from fmnist_jax.model import cpu_ops, layers
 from fmnist_jax.training.config import TrainConfig
 from fmnist_jax.training.optim import (
+    RunTimeRate,
     is_correct,
     loss_and_correct,
     make_optimizer,
+    schedule_plan,
+    schedule_value,
     set_nll,
 )
 
@@ -162,6 +165,46 @@ def make_evaluate(forward: Callable, tta_flip: bool = False) -> Callable:
     return evaluate
 
 
+PADDED_BYTES = 64 * 2**20
+
+
+def padded_size(count: int, row_bytes: int) -> int:
+    """The rows the device-resident training set is padded to: a power of two, and at least as many rows as
+    fit in 64 MiB (65,536 Fashion-MNIST images). So every training set up to that size shares one compiled
+    program (a run on 2,000 images and one on all 60,000), and larger ones share one per doubling; the
+    padding rows are never drawn (the permutation covers the real rows)."""
+    floor = 1 << max(10, (PADDED_BYTES // max(1, int(row_bytes))).bit_length() - 1)
+    return max(floor, 1 << max(0, int(count) - 1).bit_length())
+
+
+def pad_rows(array: np.ndarray, rows: int) -> np.ndarray:
+    """`array` with zero rows appended up to `rows` (never drawn: the permutation covers the real rows)."""
+    missing = rows - len(array)
+    return array if missing <= 0 else np.concatenate([array, np.zeros((missing,) + array.shape[1:], array.dtype)])
+
+
+# Settings the compiled chunk takes as arguments (run_plan, the keys) or never reads (evaluation, stopping).
+RUN_TIME_FIELDS = ("epochs", "learning_rate", "warmup_epochs", "step_every_epochs", "step_factor", "seed", "early_stopping",
+                   "patience", "min_delta", "monitor", "restore_best", "eval_batch_size", "tta_flip")
+
+
+def program_key(spec: Any, cfg: TrainConfig, input_shape: tuple, num_classes: int, train_size: int) -> str:
+    """A short key for the compiled training chunk of these settings: equal keys, one compiled program."""
+    import hashlib
+    import json
+
+    fields = {name: value for name, value in cfg.to_dict().items() if name not in RUN_TIME_FIELDS}
+    rows = padded_size(train_size, int(np.prod(input_shape)))  # uint8 images: a byte per value
+    text = json.dumps([spec, fields, list(input_shape), num_classes, rows], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def run_plan(cfg: TrainConfig, steps_per_epoch: int) -> dict[str, jax.Array]:
+    """The chunk's run-time numbers: steps per epoch and the learning-rate schedule's (optim.schedule_plan)."""
+    plan = {name: jnp.float32(value) for name, value in schedule_plan(cfg, steps_per_epoch).items()}
+    return {**plan, "steps_per_epoch": jnp.int32(steps_per_epoch)}
+
+
 def stage_epoch(images: np.ndarray, labels: np.ndarray, perm: np.ndarray, steps: int, batch: int,
                 mesh: jax.sharding.Mesh) -> tuple[jax.Array, jax.Array]:
     """One epoch's batches as global arrays shaped (steps, batch, ...), split along the batch over the mesh.
@@ -187,8 +230,13 @@ def build_program(graphdef: Any, cfg: TrainConfig, steps_per_epoch: int, mesh: j
     """The jitted chunk (a loop of train steps) and eval functions; compiled on first call.
 
     The chunk takes the whole training set and the epoch's permutation, or (`staged`) the epoch's
-    batches already in order (stage_epoch; the permutation is then unused)."""
-    tx = make_optimizer(cfg, steps_per_epoch)
+    batches already in order (stage_epoch; the permutation is then unused), and the run's plan
+    (run_plan: steps per epoch and the learning-rate schedule's numbers) as arguments. With the
+    training set padded to its size class (padded_size), the compiled chunk depends on the model,
+    the batch and the optimizer's kind, not on the epochs, the training-set size or the learning rate:
+    one compile serves every such run (the studio's warm-up compiles it before Start)."""
+    rate = RunTimeRate()
+    tx = make_optimizer(cfg, steps_per_epoch, rate)
     forward = make_forward(graphdef, cfg)
     batch = cfg.batch_size
     batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")) if mesh else None
@@ -197,9 +245,11 @@ def build_program(graphdef: Any, cfg: TrainConfig, steps_per_epoch: int, mesh: j
     def shard(x: jax.Array) -> jax.Array:
         return jax.lax.with_sharding_constraint(x, batch_sharding) if batch_sharding is not None else x
 
-    def train_step(state: dict, images: jax.Array, labels: jax.Array, key: jax.Array) -> tuple[dict, jax.Array]:
+    def train_step(state: dict, images: jax.Array, labels: jax.Array, key: jax.Array,
+                   plan: dict) -> tuple[dict, jax.Array]:
         (loss, (new_stats, correct)), grads = batch_gradients(state, images, labels, key)
-        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        with rate.given(schedule_value(cfg.schedule, state["step"], plan)):
+            updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         new_state = {"params": params, "batch_stats": new_stats, "opt_state": opt_state, "step": state["step"] + 1}
         if "ema" in state:
@@ -207,7 +257,7 @@ def build_program(graphdef: Any, cfg: TrainConfig, steps_per_epoch: int, mesh: j
         return new_state, jnp.stack([loss * images.shape[0], correct.astype(jnp.float32), jnp.float32(images.shape[0])])
 
     def chunk(state: dict, images: jax.Array, labels: jax.Array, perm: jax.Array, epoch_key: jax.Array,
-              start: jax.Array, length: int) -> tuple[dict, jax.Array]:
+              start: jax.Array, plan: dict, length: int) -> tuple[dict, jax.Array]:
         def body(step_in_epoch: jax.Array, carry: tuple[dict, jax.Array]) -> tuple[dict, jax.Array]:
             state, sums = carry
             if staged:
@@ -219,12 +269,12 @@ def build_program(graphdef: Any, cfg: TrainConfig, steps_per_epoch: int, mesh: j
             key = jax.random.fold_in(epoch_key, step_in_epoch)
             if cfg.augment.active():
                 x = augment_batch(x, jax.random.fold_in(key, 7919), cfg.augment)
-            state, step_sums = train_step(state, x, y, key)
+            state, step_sums = train_step(state, x, y, key, plan)
             return state, sums + step_sums
 
         # A loop with a run-time trip count: the epoch's last, shorter chunk reuses this program, and
         # no per-step conditional forces XLA to copy the optimizer state in and out of its branches.
-        stop = jnp.minimum(start + length, steps_per_epoch)
+        stop = jnp.minimum(start + length, plan["steps_per_epoch"])
         return jax.lax.fori_loop(start, stop, body, (state, jnp.zeros(3, jnp.float32)))
 
     chunk_jit = jax.jit(chunk, static_argnames=("length",), donate_argnums=(0,))
