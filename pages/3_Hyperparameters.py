@@ -61,12 +61,13 @@ if recommended is not None:
 
 with st.container(border=True):
     st.markdown(f"**Best accuracy in 15 minutes.** {presets.BEST_RECIPE['note']}")
-    if proj.uses_best_recipe(project, dataset.num_classes):
+    if proj.uses_best_recipe(project, dataset):
         st.badge("In use", icon=":material/check:", color="green")
     elif st.button("Use the 15-minute recipe", key=f"hp-best-{pid}", icon=":material/workspace_premium:",
-                   help=f"Sets the model to the {presets.BEST_RECIPE['preset']} preset and these training settings; "
+                   help=f"Sets the model to the {presets.BEST_RECIPE['preset']} preset, these training settings and "
+                        f"(with an official test set) a {presets.BEST_RECIPE['val_fraction']:.0%} validation share; "
                         "your seed, precision and chunk size stay."):
-        if ui.save_project(project, **proj.best_recipe_changes(project, dataset.num_classes)) is not None:
+        if ui.save_project(project, **proj.best_recipe_changes(project, dataset)) is not None:
             st.session_state[f"hp-version-{pid}"] = st.session_state.get(f"hp-version-{pid}", 0) + 1
             st.rerun()
 

@@ -815,6 +815,8 @@ def test_hyperparameters_page_applies_the_15_minute_recipe_in_one_click(seeded: 
     assert proj.preset_of(saved) == presets.BEST_RECIPE["preset"]
     assert cfg.replace(seed=recipe.seed, precision=recipe.precision, chunk_steps=recipe.chunk_steps) == recipe
     assert (cfg.seed, cfg.chunk_steps) == (before.seed, before.chunk_steps)  # the user's own choices survive
+    split = proj.split_spec(saved, proj.load_dataset(saved))
+    assert split.mode == "official" and split.val_fraction == presets.BEST_RECIPE["val_fraction"]
     assert _form_widget(at.slider, "Epochs").value == recipe.epochs
     assert _form_widget(at.select_slider, "Weight averaging (EMA decay)").value == recipe.ema_decay
     assert not [b for b in at.button if b.key == f"hp-best-{pid}"]  # marked "In use" instead

@@ -354,3 +354,14 @@ def _check_warm_up(ws: store.Workspace, tiny_project: dict) -> None:
     assert len(hits) > before, "a change of epochs, learning rate or training-set size compiled the program again"
     changed = {**tiny_project, "config": {**tiny_project.get("config", {}), "batch_size": 16}}
     assert tasks.warm_up(ws, changed)[0] != key
+
+
+def test_the_best_recipe_narrows_validation_only_where_every_split_keeps_a_class(ws: store.Workspace) -> None:
+    project = ws.create_project("Recipe")
+    large, small = proj.synthetic_dataset(), catalogue.synthetic_dataset(num_train=300, num_test=100, seed=1)
+    changes = proj.best_recipe_changes(project, large)
+    assert changes["split"]["val_fraction"] == presets.BEST_RECIPE["val_fraction"]
+    assert config.TrainConfig.from_dict(changes["config"]).epochs == presets.BEST_RECIPE["config"]["epochs"]
+    assert "split" not in proj.best_recipe_changes(project, small)  # 2% of 300 is 6 images for 10 classes
+    applied = {**project, **changes}
+    assert proj.uses_best_recipe(applied, large) and not proj.uses_best_recipe(project, large)

@@ -148,20 +148,31 @@ def recommended_config(project: dict) -> tuple[TrainConfig, str] | None:
     return recipe, presets.PRESETS[name].recipe_note
 
 
-def best_recipe_changes(project: dict, num_classes: int) -> dict:
-    """The project changes that apply the best-accuracy recipe (presets.BEST_RECIPE): its preset model and its
-    training settings; seed, precision and chunk size keep the project's values."""
+def best_recipe_changes(project: dict, dataset: catalogue.Dataset) -> dict:
+    """The project changes that apply the best-accuracy recipe (presets.BEST_RECIPE): its preset model, its
+    training settings (seed, precision and chunk size keep the project's values) and, on a split that keeps
+    an official test set, its validation share, where every split still holds an image per class."""
     current = train_config(project)
     cfg = TrainConfig.from_dict({**presets.BEST_RECIPE["config"], "seed": current.seed, "precision": current.precision,
                                  "chunk_steps": current.chunk_steps})
     name = presets.BEST_RECIPE["preset"]
-    return {"model": presets.preset(name, num_classes), "model_preset": name, "config": cfg.to_dict()}
+    changes = {"model": presets.preset(name, dataset.num_classes), "model_preset": name, "config": cfg.to_dict()}
+    split = split_spec(project, dataset)
+    if split.mode == "official":
+        narrower = splitting.SplitSpec.from_dict({**split.to_dict(), "val_fraction": presets.BEST_RECIPE["val_fraction"]})
+        try:
+            checked_split_counts(dataset, narrower)
+            changes["split"] = narrower.to_dict()
+        except ValueError:
+            pass  # too few images for a 2% validation split: the project's split stays
+    return changes
 
 
-def uses_best_recipe(project: dict, num_classes: int) -> bool:
-    """True when the project's model and settings are the best-accuracy recipe already."""
-    wanted = best_recipe_changes(project, num_classes)
-    return preset_of(project) == wanted["model_preset"] and train_config(project).to_dict() == wanted["config"]
+def uses_best_recipe(project: dict, dataset: catalogue.Dataset) -> bool:
+    """True when the project's model, settings and validation share are the best-accuracy recipe already."""
+    wanted = best_recipe_changes(project, dataset)
+    return (preset_of(project) == wanted["model_preset"] and train_config(project).to_dict() == wanted["config"]
+            and ("split" not in wanted or split_spec(project, dataset).to_dict() == wanted["split"]))
 
 
 def model_spec(project: dict, num_classes: int = 10) -> list[dict]:
