@@ -323,8 +323,8 @@ def sidebar(project: dict | None) -> None:
         st.markdown(f":material/memory: JAX on **{info['platform'].upper()}**{kind} · {devices}",
                     help="The JAX backend that trains and evaluates models on this server.")
         busy = any(j["owner"] == owner() for j in registry().queue())
-        # redraw the queue every few seconds only while something trains
-        st.fragment(_queue_panel, run_every=3 if busy else None)()
+        # redraw the queue every second (as the Training page's panel) only while something trains
+        st.fragment(_queue_panel, run_every=1 if busy else None)()
 
 
 def _queue_panel() -> None:
@@ -339,7 +339,8 @@ def _queue_panel() -> None:
             snap = registry().get(job["id"]) or {}
             figures = tasks.job_progress(snap)
             st.markdown(f":material/model_training: **Training** `{job['name']}` in *{where}*")
-            st.progress(figures["fraction"], text=f"epoch {figures['epoch']}/{figures['epochs'] or '?'}")
+            st.progress(figures["fraction"], text=f"epoch {figures['epoch']}/{figures['epochs']}" if figures["epochs"]
+                        else "preparing the data and the compiled program…")
         else:
             st.markdown(f":material/hourglass_top: Queued (#{job['position']}) `{job['name']}` in *{where}*")
 

@@ -105,6 +105,30 @@ def test_projects_can_be_renamed_duplicated_and_deleted_with_confirmation(seeded
     assert [p["name"] for p in store.Workspace().list_projects()] == ["Copy of it"]
 
 
+def test_the_sidebar_says_a_starting_job_is_preparing_rather_than_epoch_0(seeded: dict) -> None:
+    """Before the first record the sidebar said "epoch 0/?" while the Training page said what was going on."""
+    pid, ws, release = seeded["id"], store.Workspace(), threading.Event()
+
+    def prepare():  # a job still preparing its data: no start record yet
+        release.wait(60)
+        raise ValueError("released by the test")
+
+    run_dir = ws.new_run_dir(pid, "sidebar-check")
+    job = proj.get_registry().submit(pid, run_dir, prepare, name=run_dir.name, owner=proj.owner_of(ws))
+    try:
+        deadline = time.monotonic() + 30
+        while proj.get_registry().get(job["id"])["status"] != "running" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        at = open_app(None, pid)
+        assert not at.exception
+        bars = [bar.proto.text for bar in at.sidebar.get("progress")]
+        assert bars == ["preparing the data and the compiled program…"], bars
+    finally:
+        release.set()
+        while proj.get_registry().get(job["id"])["status"] in ("queued", "running"):
+            time.sleep(0.05)
+
+
 def test_data_split_sliders_change_the_counts(seeded: dict) -> None:
     pid = seeded["id"]
     at = open_app("pages/1_Data.py", pid)
