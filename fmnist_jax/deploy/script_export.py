@@ -72,11 +72,9 @@ def training_script(spec: list, config: Any, input_shape: tuple, class_names: tu
     settings = {k: cfg[k] for k in ("epochs", "batch_size", "optimizer", "learning_rate", "momentum", "nesterov",
                                     "beta1", "beta2", "rho", "epsilon", "schedule", "warmup_epochs",
                                     "step_every_epochs", "step_factor", "weight_decay", "grad_clip", "loss",
-                                    "label_smoothing", "focal_gamma", "seed", "tta_flip")}
+                                    "label_smoothing", "focal_gamma", "seed", "tta_flip", "ema_decay")}
     settings["flip"], settings["shift"] = cfg["augment"]["flip"], cfg["augment"]["shift"]
     omitted = [f"augmentation {name}" for name in sorted(set(augment) - {"flip", "shift"})]
-    if cfg["ema_decay"]:
-        omitted.append(f"weight averaging (EMA decay {cfg['ema_decay']:g})")
     return TEMPLATE.format(
         title=title, settings=pprint.pformat(settings, indent=4, sort_dicts=True), classes=repr(list(class_names)),
         shape=tuple(int(v) for v in input_shape), init="\n".join(f"        {line}" for line in init_lines) or "        pass",
@@ -219,6 +217,17 @@ def train_step(model, opt, images, labels, key):
 
 
 @nnx.jit
+def average(model, averaged, step):
+    """Weight averaging: `averaged` moves towards the model's weights and batch statistics by 1 - decay per
+    step; the decay ramps up as (1 + step) / (10 + step) to SETTINGS["ema_decay"], so the random initial
+    weights are forgotten within the first steps. Evaluation and the result use the averaged model."""
+    rate = jnp.minimum(SETTINGS["ema_decay"], (1.0 + step) / (10.0 + step))
+    kinds = (nnx.Param, nnx.BatchStat)
+    nnx.update(averaged, jax.tree.map(lambda a, c: (rate * a + (1.0 - rate) * c).astype(a.dtype),
+                                      nnx.state(averaged, kinds), nnx.state(model, kinds)))
+
+
+@nnx.jit
 def predict(model, images):
     x = images.astype(jnp.float32) / 255.0
     logits = model(x)
@@ -247,6 +256,8 @@ def main():
     steps = max(1, len(y) // SETTINGS["batch_size"])
     model = Net(nnx.Rngs(params=args.seed, dropout=args.seed + 1))
     opt = nnx.Optimizer(model, optimizer(steps), wrt=nnx.Param)
+    averaged = nnx.clone(model) if SETTINGS["ema_decay"] else None
+    kept = averaged or model  # the model evaluated and reported
     rng, key, start = np.random.default_rng(args.seed), jax.random.key(args.seed), time.time()
     for epoch in range(1, args.epochs + 1):
         order = rng.permutation(len(y))
@@ -254,10 +265,12 @@ def main():
             batch = order[step * SETTINGS["batch_size"]:(step + 1) * SETTINGS["batch_size"]]
             key, step_key = jax.random.split(key)
             loss = train_step(model, opt, jnp.asarray(x[batch]), jnp.asarray(y[batch]), step_key)
-        val_accuracy, val_loss = evaluate(model, x_val, y_val)
+            if averaged is not None:
+                average(model, averaged, jnp.float32((epoch - 1) * steps + step))
+        val_accuracy, val_loss = evaluate(kept, x_val, y_val)
         if not args.json:
             print(f"epoch {{epoch}}: loss {{float(loss):.4f}}, validation accuracy {{val_accuracy:.4f}}")
-    test_accuracy, test_loss = evaluate(model, x_test, y_test)
+    test_accuracy, test_loss = evaluate(kept, x_test, y_test)
     result = {{"test_accuracy": test_accuracy, "test_loss": test_loss, "val_accuracy": val_accuracy,
               "epochs": args.epochs, "train_size": int(len(y)), "seconds": round(time.time() - start, 1)}}
     print(json.dumps(result) if args.json else f"test accuracy {{test_accuracy:.4f}}, loss {{test_loss:.4f}}")
