@@ -349,3 +349,21 @@ def test_a_resumed_run_with_weight_averaging_equals_an_uninterrupted_one(tiny_sp
     history = store.read_jsonl(tmp_path / "cut" / "history.jsonl")
     assert [(h["loss"], h["val_loss"]) for h in history] == _epoch_losses(full)
     assert (tmp_path / "cut" / "model.msgpack").read_bytes() == (tmp_path / "full" / "model.msgpack").read_bytes()
+
+
+def test_draining_the_registry_stops_running_jobs_with_a_resumable_checkpoint(tiny_splits: splitting.Splits,
+                                                                              tmp_path) -> None:
+    """At exit the registry is drained: a job in the middle of its epochs stops and saves, a queued one is cancelled."""
+    registry = JobRegistry(max_running=1)
+    long_run = lambda: (TINY, TrainConfig(epochs=200, batch_size=16, chunk_steps=2), tiny_splits)  # noqa: E731
+    running = registry.submit("p1", tmp_path / "a", long_run)
+    queued = registry.submit("p2", tmp_path / "b", long_run)
+    deadline = time.time() + 120
+    while not registry.get(running["id"])["chunks"] and time.time() < deadline:
+        time.sleep(0.05)
+    assert registry.drain(timeout=120)
+    assert registry.get(running["id"])["status"] == "stopped"
+    assert registry.get(queued["id"])["status"] == "cancelled"
+    assert store.read_json(tmp_path / "a" / "run.json")["status"] == "stopped"
+    _, meta, _ = store.load_latest_checkpoint(tmp_path / "a")  # what a resume after the restart starts from
+    assert meta["epoch"] < 200

@@ -152,6 +152,22 @@ class JobRegistry:
             if job.status == "queued":
                 job.status, job.finished = "cancelled", time.time()
 
+    def drain(self, timeout: float = 60.0) -> bool:
+        """Stop every job (queued ones are cancelled) and wait up to `timeout` s for the running ones to save their
+        stop checkpoint and end; True when none runs. Registered at exit: the workers are daemon threads, and one
+        torn down inside a compiled chunk aborts the process; drained, the runs can be resumed after a restart."""
+        with self._lock:
+            ids = list(self._jobs)
+        for job_id in ids:
+            self.stop(job_id)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if not any(j.status == "running" for j in self._jobs.values()):
+                    return True
+            time.sleep(0.05)
+        return False
+
     def get(self, job_id: int) -> dict | None:
         """Snapshot of one job."""
         with self._lock:

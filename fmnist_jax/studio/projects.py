@@ -66,6 +66,7 @@ def get_registry() -> Any:
                 _REGISTRY = public.make_job_registry()
             else:
                 _REGISTRY = JobRegistry(max_running=1)
+            atexit.register(_REGISTRY.drain)  # running jobs stop and save a resumable checkpoint at shutdown
         return _REGISTRY
 
 
