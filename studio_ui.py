@@ -325,6 +325,29 @@ def sidebar(project: dict | None) -> None:
         busy = any(j["owner"] == owner() for j in registry().queue())
         # redraw the queue every second (as the Training page's panel) only while something trains
         st.fragment(_queue_panel, run_every=1 if busy else None)()
+        _close_drawer_on_phones()
+
+
+# On a phone (narrower than Streamlit's 768 px breakpoint) the sidebar is a drawer over the page, and Streamlit
+# leaves it open after a page is chosen in it. The page is named in the text, so the browser runs this again
+# when the page changes, and not on the same page's reruns (a drawer the user opens there stays open).
+_CLOSE_DRAWER = """<!-- page PAGE --><script>
+const doc = window.parent.document;
+const drawer = doc.querySelector('[data-testid="stSidebar"]');
+if (window.parent.innerWidth < 768 && drawer && drawer.dataset.collapsed === "false") {
+  const close = doc.querySelector('[data-testid="stSidebarCollapseButton"] button');
+  if (close) close.click();
+}
+</script>"""
+
+
+def _close_drawer_on_phones() -> None:
+    """A zero-height component that closes the phone's sidebar drawer once a page has been chosen in it."""
+    import streamlit.components.v1 as components
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    ctx = get_script_run_ctx()
+    components.html(_CLOSE_DRAWER.replace("PAGE", ctx.page_script_hash if ctx else ""), height=0)
 
 
 def _queue_panel() -> None:

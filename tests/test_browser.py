@@ -318,3 +318,31 @@ def test_hyperparameters_labels_and_figures_are_not_cut_on_a_phone_or_a_desktop(
             page.screenshot(path=str(ARTIFACTS / f"hyperparameters-{width}.png"), full_page=False)
             page.close()
         browser.close()
+
+
+def test_the_phone_drawer_closes_after_a_page_is_chosen_and_the_desktop_sidebar_stays(studio: str) -> None:
+    """On a phone the sidebar is a drawer over the page; Streamlit left it open after a page was chosen in it."""
+    playwright_api = pytest.importorskip("playwright.sync_api", reason="needs Playwright (pip install playwright)")
+    with playwright_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        for width, height, closes in ((390, 844, True), (1400, 1000, False)):
+            page = browser.new_page(viewport={"width": width, "height": height})
+            page.set_default_timeout(60_000)
+            page.goto(studio)
+            page.get_by_text("How it works").first.wait_for()
+            sidebar = page.get_by_test_id("stSidebar")
+            if sidebar.get_attribute("data-collapsed") == "true":
+                page.get_by_test_id("stExpandSidebarButton").click()
+            page.wait_for_function("() => document.querySelector('[data-testid=stSidebar]').dataset.collapsed === 'false'")
+            time.sleep(1.5)  # the home page's own run is over: an open drawer stays open on the same page
+            assert sidebar.get_attribute("data-collapsed") == "false"
+            sidebar.get_by_role("link", name="Model", exact=True).click()
+            page.get_by_role("heading", name="2 · Model").wait_for()
+            time.sleep(2.0)
+            assert sidebar.get_attribute("data-collapsed") == ("true" if closes else "false"), f"at {width}px"
+            if closes:
+                ARTIFACTS.mkdir(exist_ok=True)
+                page.screenshot(path=str(ARTIFACTS / "phone-after-navigation.png"))
+            page.close()
+        browser.close()
