@@ -141,8 +141,9 @@ st.caption(f"Photos for this model: {pipeline_params.describe(model.preprocess, 
 # No type filter: a file that is not a photo gets its reason in words below (the uploader would only mark it "!").
 uploads = st.file_uploader("Upload photos", accept_multiple_files=True,
                            key=f"deploy-upload-{pid}",
-                           help="One or many images (" + ", ".join(decode.UPLOAD_TYPES) + "). A garment on a plain "
-                                "background works best; phone photos are fine.")
+                           help="One or many images (" + ", ".join(decode.UPLOAD_TYPES) + f"), up to "
+                                f"{decode.MAX_UPLOAD_BYTES // 2**20} MB each. A garment on a plain background works "
+                                "best; phone photos are fine.")
 if not uploads:
     st.info("Upload one or more photos of a T-shirt, trousers, a pullover, a dress, a coat, sandals, a shirt, "
             "sneakers, a bag or ankle boots.", icon=":material/add_photo_alternate:")
