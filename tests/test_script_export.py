@@ -86,3 +86,19 @@ def test_the_script_averages_the_weights_when_the_run_did(tmp_path: Path) -> Non
     after = jax.tree.map(np.asarray, script.nnx.state(averaged, script.nnx.Param))
     for old, new in zip(jax.tree.leaves(before), jax.tree.leaves(after)):
         np.testing.assert_allclose(new, old + 0.9, rtol=1e-5, atol=1e-5)
+
+
+def test_the_script_holds_out_the_runs_own_validation_share(tmp_path: Path) -> None:
+    """A run on the 15-minute recipe's split (2% validation) exports a script that trains on the same 98%."""
+    from fmnist_jax.data import catalogue, splitting
+    from fmnist_jax.training.trained import TrainedModel
+    from fmnist_jax.training.loop import train
+
+    dataset = catalogue.synthetic_dataset(num_train=600, num_test=100, seed=2)
+    splits = splitting.make_splits(dataset, splitting.SplitSpec(mode="official", val_fraction=0.02))
+    spec = [{"type": "flatten"}, {"type": "dense", "units": 10}]
+    list(train(spec, TrainConfig(epochs=1, batch_size=50), splits, run_dir=tmp_path / "run"))
+    text = script_export.model_script(TrainedModel.from_run(tmp_path / "run"), "tiny")
+    assert "'val_fraction': 0.02" in text and "2% of the training images are held out" in text
+    plain = script_export.training_script(spec, TrainConfig(), (28, 28, 1), tuple("abcdefghij"))
+    assert "'val_fraction': 0.1" in plain and "10% of the training images are held out" in plain

@@ -58,8 +58,10 @@ def _layer_code(index: int, layer: dict, in_shape: list[int]) -> tuple[list[str]
     return init, call
 
 
-def training_script(spec: list, config: Any, input_shape: tuple, class_names: tuple, title: str = "model") -> str:
-    """The script's text for `spec` trained with `config` (a TrainConfig) on inputs of `input_shape`."""
+def training_script(spec: list, config: Any, input_shape: tuple, class_names: tuple, title: str = "model",
+                    val_fraction: float = 0.1) -> str:
+    """The script's text for `spec` trained with `config` (a TrainConfig) on inputs of `input_shape`, holding out
+    `val_fraction` of the training images for validation (the official test set stays the test set)."""
     spec = layer_specs.normalize_spec(spec)
     rows = layer_specs.describe(spec, input_shape, len(class_names))["layers"]
     init_lines, call_lines = [], []
@@ -74,9 +76,11 @@ def training_script(spec: list, config: Any, input_shape: tuple, class_names: tu
                                     "step_every_epochs", "step_factor", "weight_decay", "grad_clip", "loss",
                                     "label_smoothing", "focal_gamma", "seed", "tta_flip", "ema_decay")}
     settings["flip"], settings["shift"] = cfg["augment"]["flip"], cfg["augment"]["shift"]
+    settings["val_fraction"] = float(val_fraction)
     omitted = [f"augmentation {name}" for name in sorted(set(augment) - {"flip", "shift"})]
     return TEMPLATE.format(
-        title=title, settings=pprint.pformat(settings, indent=4, sort_dicts=True), classes=repr(list(class_names)),
+        title=title, held_out=f"{val_fraction:.0%}", settings=pprint.pformat(settings, indent=4, sort_dicts=True),
+        classes=repr(list(class_names)),
         shape=tuple(int(v) for v in input_shape), init="\n".join(f"        {line}" for line in init_lines) or "        pass",
         call="\n".join(f"        {line}" for line in call_lines),
         omitted=(f"# Not included: the studio's {', '.join(omitted)} (flip and shift augmentation are).\n" if omitted else ""))
@@ -87,17 +91,20 @@ def model_script(model: Any, title: str = "model") -> str:
     (the defaults where it has none)."""
     from fmnist_jax.training.config import TrainConfig
 
-    stored = (getattr(model, "card", None) or {}).get("config")
+    card = getattr(model, "card", None) or {}
+    stored, split = card.get("config"), card.get("split")
     config = TrainConfig.from_dict(stored) if isinstance(stored, dict) else TrainConfig()
-    return training_script(model.spec, config, model.input_shape, model.class_names, title)
+    official = isinstance(split, dict) and split.get("mode", "official") == "official"
+    val_fraction = float(split.get("val_fraction", 0.1)) if official else 0.1  # the run's own validation share
+    return training_script(model.spec, config, model.input_shape, model.class_names, title, val_fraction)
 
 
 TEMPLATE = '''#!/usr/bin/env python
 """Train {title} on Fashion-MNIST: a standalone Flax NNX + Optax script exported by Fashion-MNIST Studio.
 
 Data: TFDS `fashion_mnist`; with FMNIST_DATA_DIR set, TFDS reads Zalando's four *-ubyte.gz files from there
-(its manual-download folder) instead of downloading them. 10% of the training images are held out for
-validation (the studio's official split); the test set is the official one.
+(its manual-download folder) instead of downloading them. {held_out} of the training images are held out for
+validation, as in the run's split; the test set is the official one.
 
     python this_script.py --epochs 10 --json
 """
@@ -137,7 +144,7 @@ def load_data(seed, limit):
                             download_and_prepare_kwargs={{"download_config": config}} if config else None)
     (x, y), (x_test, y_test) = tfds.as_numpy(train), tfds.as_numpy(test)
     order = np.random.default_rng(seed).permutation(len(y))
-    held_out = int(round(0.1 * len(y)))
+    held_out = int(round(SETTINGS["val_fraction"] * len(y)))
     val, keep = order[:held_out], np.sort(order[held_out:])
     keep = keep[:limit] if limit else keep
     return (x[keep], y[keep]), (x[val], y[val]), (x_test, y_test)

@@ -96,7 +96,7 @@ class TrainedModel:
         if not weights_path.exists():
             raise store.StoreError(f"run {run_path.name} has no trained weights yet (still running, or it failed)")
         return cls(run["spec"], tuple(run["input_shape"]), tuple(run["class_names"]), weights_path.read_bytes(),
-                   run.get("preprocess"), {k: run.get(k) for k in ("test_accuracy", "best_val_accuracy", "epochs_completed", "config")},
+                   run.get("preprocess"), {k: run.get(k) for k in ("test_accuracy", "best_val_accuracy", "epochs_completed", "config", "split")},
                    calibration=run.get("calibration"))
 
 
