@@ -56,6 +56,16 @@ class Task:
                 "error": self.error, "created": self.created, "finished": self.finished}
 
 
+def poll_until(condition: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
+    """Check `condition` every `interval` s until it holds (True) or `timeout` s have passed (False)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
+    return True
+
+
 class TaskRegistry:
     """Runs submitted tasks on `workers` threads, oldest first."""
 
@@ -138,13 +148,10 @@ class TaskRegistry:
                 task.cancel.set()
                 if task.status == "queued":
                     task.status, task.finished = "cancelled", time.time()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def idle() -> bool:
             with self._lock:
-                if not any(t.status == "running" for t in self._tasks.values()):
-                    return True
-            time.sleep(0.05)
-        return False
+                return not any(t.status == "running" for t in self._tasks.values())
+        return poll_until(idle, timeout)
 
     def __len__(self) -> int:
         with self._lock:

@@ -19,6 +19,7 @@ from fmnist_jax import store
 from fmnist_jax.data.splitting import Splits
 from fmnist_jax.deploy import predict
 from fmnist_jax.evaluate import metrics_from_probs
+from fmnist_jax.studio.background import poll_until
 from fmnist_jax.training.config import TrainConfig
 from fmnist_jax.training.events import EventLog
 from fmnist_jax.training.loop import TrainingError, train
@@ -160,13 +161,10 @@ class JobRegistry:
             ids = list(self._jobs)
         for job_id in ids:
             self.stop(job_id)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def idle() -> bool:
             with self._lock:
-                if not any(j.status == "running" for j in self._jobs.values()):
-                    return True
-            time.sleep(0.05)
-        return False
+                return not any(j.status == "running" for j in self._jobs.values())
+        return poll_until(idle, timeout)
 
     def get(self, job_id: int) -> dict | None:
         """Snapshot of one job."""

@@ -65,8 +65,8 @@ def _cosine_between(start: jax.Array, end: jax.Array, fraction: jax.Array) -> ja
 
 def make_schedule(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[Any], float]:
     """The learning-rate schedule over the planned steps, as a host function of the step."""
-    plan = schedule_plan(cfg, steps_per_epoch)
-    return lambda count: float(schedule_value(cfg.schedule, count, plan))
+    schedule = _traceable_schedule(cfg, steps_per_epoch)
+    return lambda count: float(schedule(count))
 
 
 def learning_rate_curve(cfg: TrainConfig, steps_per_epoch: int, points: int = 100) -> list[dict]:

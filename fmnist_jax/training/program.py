@@ -3,6 +3,8 @@ initial state, and the compilation cache.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 from typing import Any, Callable
 
@@ -190,9 +192,6 @@ RUN_TIME_FIELDS = ("epochs", "learning_rate", "warmup_epochs", "step_every_epoch
 
 def program_key(spec: Any, cfg: TrainConfig, input_shape: tuple, num_classes: int, train_size: int) -> str:
     """A short key for the compiled training chunk of these settings: equal keys, one compiled program."""
-    import hashlib
-    import json
-
     fields = {name: value for name, value in cfg.to_dict().items() if name not in RUN_TIME_FIELDS}
     rows = padded_size(train_size, int(np.prod(input_shape)))  # uint8 images: a byte per value
     text = json.dumps([spec, fields, list(input_shape), num_classes, rows], sort_keys=True, default=str)
