@@ -182,6 +182,24 @@ def test_dropout_mask_keeps_the_configured_fraction_and_rescales() -> None:
     np.testing.assert_array_equal(out, again)
 
 
+def test_hashed_dropout_masks_are_uncorrelated_across_neighbours_keys_and_rates() -> None:
+    from fmnist_jax.model import cpu_ops
+    key = program._base_key(7)
+    shape = (32, 13, 13, 32)
+    first = np.asarray(cpu_ops._keep_mask(jax.random.fold_in(key, 1), 0.5, shape)).ravel().astype(float)
+    second = np.asarray(cpu_ops._keep_mask(jax.random.fold_in(key, 2), 0.5, shape)).ravel().astype(float)
+    n = first.size  # 173,056 draws: a correlation's standard error is ~0.0024
+    assert abs(first.mean() - 0.5) < 0.005 and abs(second.mean() - 0.5) < 0.005
+    for lag in (1, 2, 32, 13 * 32):  # neighbours in the channel, the row and the image
+        assert abs(np.corrcoef(first[:-lag], first[lag:])[0, 1]) < 0.015, lag
+    assert abs(np.corrcoef(first, second)[0, 1]) < 0.015  # another layer or step draws another mask
+    assert not np.array_equal(first, second)
+    # the threshold maps each rate, low or high, to its fraction of the 32-bit range
+    for keep in (0.1, 0.25, 0.9, 0.999):
+        assert abs(np.asarray(cpu_ops._keep_mask(key, keep, (n,))).mean() - keep) < 4 * np.sqrt(keep * (1 - keep) / n) + 1e-4
+    assert n == int(np.prod(shape))
+
+
 # ----------------------------------------------------------------------------- data parallel
 
 DATA_PARALLEL_SCRIPT = textwrap.dedent("""
