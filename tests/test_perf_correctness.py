@@ -28,7 +28,7 @@ from fmnist_jax.training.program import init_state
 
 pytestmark = pytest.mark.slow  # starts servers, browsers or trains: out of the quick inner loop
 
-BATCH = 64  # two 32-image pieces for models without BatchNorm: the micro-batched gradient is exercised
+BATCH = 64  # four 16-image pieces for models without BatchNorm: the micro-batched gradient is exercised
 
 
 def _without_dropout(spec: list[dict]) -> list[dict]:
@@ -198,6 +198,31 @@ def test_hashed_dropout_masks_are_uncorrelated_across_neighbours_keys_and_rates(
     for keep in (0.1, 0.25, 0.9, 0.999):
         assert abs(np.asarray(cpu_ops._keep_mask(key, keep, (n,))).mean() - keep) < 4 * np.sqrt(keep * (1 - keep) / n) + 1e-4
     assert n == int(np.prod(shape))
+
+
+def test_a_micro_batched_gradient_with_dropout_equals_the_whole_batch_gradient(monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = [{"type": "conv2d", "filters": 4, "kernel": 3, "activation": "relu"}, {"type": "dropout", "rate": 0.5},
+            {"type": "flatten"}, {"type": "dense", "units": 10}]
+    cfg = TrainConfig(batch_size=64, optimizer="adam")
+    graphdef, state = program.init_state(spec, (12, 12, 1), 10, cfg, steps_per_epoch=4)
+    images = jax.random.uniform(jax.random.key(1), (64, 12, 12, 1))
+    labels = jax.random.randint(jax.random.key(2), (64,), 0, 10)
+    forward = program.make_forward(graphdef, cfg)
+
+    def gradients(micro: int):
+        monkeypatch.setattr(program, "CPU_MICRO_BATCH", micro)
+        assert program._micro_batches(64, None, state["batch_stats"]) == 64 // micro
+        (loss, _), grads = jax.jit(program.make_batch_gradients(forward, cfg, None))(state, images, labels, jax.random.key(3))
+        return loss, grads
+
+    whole_loss, whole = gradients(64)
+    for micro in (16, 32):  # each piece draws its rows' slice of the whole batch's dropout mask
+        loss, grads = gradients(micro)
+        assert float(loss) == pytest.approx(float(whole_loss), rel=1e-5)
+        for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(whole)):
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+    other = jax.jit(program.make_batch_gradients(forward, cfg, None))(state, images, labels, jax.random.key(4))
+    assert float(other[0][0]) != pytest.approx(float(whole_loss), rel=1e-3)  # another key, other masks
 
 
 # ----------------------------------------------------------------------------- data parallel

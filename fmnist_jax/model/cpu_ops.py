@@ -105,7 +105,7 @@ def _mix32(h: jax.Array) -> jax.Array:
     return h ^ (h >> 15)
 
 
-def _keep_mask(key: jax.Array, keep_probability: float, shape: Shape) -> jax.Array:
+def _keep_mask(key: jax.Array, keep_probability: float, shape: Shape, row_offset: jax.Array | int = 0) -> jax.Array:
     """Bernoulli(keep_probability) mask: a counter-based hash of each element's index under two seeds drawn from `key`.
 
     Threefry, JAX's generator, costs 20 rounds per 32-bit word and does not vectorise well on XLA CPU:
@@ -113,10 +113,13 @@ def _keep_mask(key: jax.Array, keep_probability: float, shape: Shape) -> jax.Arr
     (fused into the multiply that applies the mask) make the same Bernoulli masks 4-5x cheaper
     (bench/NOTES.md, attempt 26). The index is global, so a sharded batch draws the same mask as a
     whole one; the seeds come from `key`, so masks stay reproducible and independent across layers
-    and steps (tests check the kept fraction, neighbour and cross-key correlations).
+    and steps (tests check the kept fraction, neighbour and cross-key correlations). `row_offset` is the
+    first row's place in the whole batch: a piece of a micro-batched gradient draws exactly its slice of
+    the whole batch's mask.
     """
     seeds = jax.random.bits(key, (2,), jnp.uint32)
-    index = jax.lax.iota(jnp.uint32, math.prod(shape)).reshape(shape)
+    first = jnp.asarray(row_offset, jnp.uint32) * jnp.uint32(math.prod(shape[1:]))
+    index = jax.lax.iota(jnp.uint32, math.prod(shape)).reshape(shape) + first
     words = _mix32(_mix32(index + seeds[0]) ^ seeds[1])
     return words < jnp.uint32(min(round(keep_probability * 2.0**32), 2**32 - 1))
 

@@ -27,12 +27,14 @@ from fmnist_jax.model.layer_specs import (
 
 @dataclass
 class Context:
-    """What a forward pass needs besides the input: train mode, dropout key, compute dtype."""
+    """What a forward pass needs besides the input: train mode, dropout key, compute dtype, and the row of the
+    whole batch the input starts at (a piece of a micro-batched gradient draws its slice of the batch's masks)."""
 
     train: bool = False
     rng: jax.Array | None = None
     dtype: Any = jnp.float32
     conv_impl: str = "xla"
+    row_offset: Any = 0
 
 
 def _initializer(activation: str) -> Callable:
@@ -146,7 +148,7 @@ class Stateless(nnx.Module):
             rate = opts["rate"]
             if not ctx.train or rate == 0.0 or ctx.rng is None:
                 return x
-            keep = _keep_mask(jax.random.fold_in(ctx.rng, self.index), 1.0 - rate, x.shape)
+            keep = _keep_mask(jax.random.fold_in(ctx.rng, self.index), 1.0 - rate, x.shape, ctx.row_offset)
             return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
         raise ValueError(f"unknown stateless layer {self.kind}")
 
