@@ -157,6 +157,23 @@ def test_reshape_pooling_matches_reduce_window(kind: str, size: int, padding: st
     np.testing.assert_allclose(layer(x, layers.Context()), expected, rtol=1e-6)
 
 
+@pytest.mark.parametrize("window,shape", [(2, (2, 8, 8, 3)), (2, (2, 7, 9, 2)), (3, (1, 10, 9, 4))])
+def test_tile_max_gradient_splits_ties_like_jax_and_zeroes_cropped_rows(window: int, shape: tuple) -> None:
+    # small integers: most windows hold tied maxima, the case where the saved mask must count shares
+    x = jax.random.randint(jax.random.key(5), shape, 0, 3).astype(jnp.float32)
+    weights = jax.random.normal(jax.random.key(6), (shape[0], shape[1] // window, shape[2] // window, shape[3]))
+
+    def reference(x):  # JAX's own max reduction over the same tiles
+        return cpu_ops._tiles(x, window).max(axis=(2, 4))
+
+    np.testing.assert_array_equal(cpu_ops._tile_max(x, window), reference(x))
+    got = jax.grad(lambda x: (cpu_ops._tile_max(x, window) * weights).sum())(x)
+    want = jax.grad(lambda x: (reference(x) * weights).sum())(x)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert float(jnp.abs(got[:, (shape[1] // window) * window:]).sum()) == 0.0  # cropped rows get no gradient
+    assert 0.0 < float((got != 0).mean()) < 1.0
+
+
 @pytest.mark.parametrize("shape", [(2, 7, 7, 3), (2, 5, 9, 2), (1, 3, 3, 1)])
 def test_reshape_max_pooling_with_same_padding_matches_reduce_window_and_its_gradient(shape: tuple) -> None:
     x = jax.random.normal(jax.random.key(3), shape)
