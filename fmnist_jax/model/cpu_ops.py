@@ -134,8 +134,8 @@ _tile_max.defvjp(_tile_max_fwd, _tile_max_bwd)
 
 
 def _mix32(h: jax.Array) -> jax.Array:
-    """lowbias32 (C. Wellons' integer hash search): a bijection of uint32 in which every input bit flips
-    each output bit with probability ~1/2."""
+    """lowbias32 (from C. Wellons' hash prospector, its improved constants): a bijection of uint32 in which
+    every input bit flips each output bit with probability ~1/2."""
     h = (h ^ (h >> 16)) * jnp.uint32(0x21F0AAAD)
     h = (h ^ (h >> 15)) * jnp.uint32(0x735A2D97)
     return h ^ (h >> 15)
@@ -144,7 +144,7 @@ def _mix32(h: jax.Array) -> jax.Array:
 def _keep_mask(key: jax.Array, keep_probability: float, shape: Shape, row_offset: jax.Array | int = 0) -> jax.Array:
     """Bernoulli(keep_probability) mask: a counter-based hash of each element's index under two seeds drawn from `key`.
 
-    Threefry, JAX's generator, costs 20 rounds per 32-bit word and does not vectorise well on XLA CPU:
+    Threefry-2x32, JAX's generator, costs 20 rounds per pair of 32-bit words and vectorises poorly on XLA CPU:
     dropout masks were 14% of a dls training step. Two rounds of an integer hash over the element index
     (fused into the multiply that applies the mask) make the same Bernoulli masks 4-5x cheaper
     (bench/NOTES.md, attempt 26). The index is global, so a sharded batch draws the same mask as a
