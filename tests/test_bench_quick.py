@@ -41,6 +41,18 @@ def test_throughput_quick_without_torch() -> None:
     assert out["jax_img_s_32"] > 0 and out["torch_img_s_32"] is None and out["ratio_32"] is None
 
 
+def test_step_variants_quick() -> None:
+    out = _run("step_variants.py")
+    for name, variants in (("masks", {"threefry", "hash"}), ("pieces", {"32 images", "8 images", "16 images"}),
+                           ("pool", {"reduction", "mask"})):
+        result = out[name]["32"]
+        assert set(result) == variants | {"ratio"}, name
+        assert all(result[v] > 0 for v in variants) and result["ratio"] > 0, name
+    layers = [row["layer"] for row in out["breakdown"]]
+    assert layers[0] == "1: conv2d" and layers[-1].endswith(": dense") and len(layers) == 11
+    assert out["breakdown"][-1]["cumulative_ms"] > 0
+
+
 def test_time_to_accuracy_quick() -> None:
     out = _run("time_to_accuracy.py")
     assert set(out) >= {"preset", "seconds_to_93", "seconds_to_94", "seconds_to_95", "best_test_accuracy", "epochs"}

@@ -28,7 +28,7 @@ from fmnist_jax.training.program import init_state
 
 pytestmark = pytest.mark.slow  # starts servers, browsers or trains: out of the quick inner loop
 
-BATCH = 64  # four 16-image pieces for models without BatchNorm: the micro-batched gradient is exercised
+BATCH = 64  # two 32-image pieces for models without BatchNorm: the micro-batched gradient is exercised
 
 
 def _without_dropout(spec: list[dict]) -> list[dict]:

@@ -74,7 +74,7 @@ def _mesh_for(cfg: TrainConfig) -> jax.sharding.Mesh | None:
     return jax.sharding.Mesh(np.array(devices), ("data",))
 
 
-CPU_MICRO_BATCH = 16  # bench/NOTES.md attempts 6 and 28: 16 is 3-4% faster than 32 once dropout masks are cheap
+CPU_MICRO_BATCH = 32  # bench/NOTES.md attempts 6 and 28: 16 and 32 are level (within +-4% over three alternated runs)
 
 
 def _micro_batches(batch: int, mesh: jax.sharding.Mesh | None, batch_stats: Any) -> int:

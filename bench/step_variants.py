@@ -1,0 +1,169 @@
+"""Training-step variants side by side: the measurements behind bench/NOTES.md round 3 (attempts 26, 28, 29).
+
+Each comparison builds one compiled training chunk per variant with `throughput.jax_runner` (the program
+`train()` runs), in one process, and alternates their windows, so every variant sees the same machine load.
+A variant swaps one library function for the duration of its compile:
+
+  masks   dropout masks from threefry (16-bit halves of each word, the code before round 3) vs the hash (now)
+  pieces  gradient pieces of 32 / 8 / 16 images (program.CPU_MICRO_BATCH; 32 is the default)
+  pool    max pooling's gradient from JAX's max reduction vs from the forward pass's mask (now)
+
+`--breakdown` adds where one piece's forward + backward time goes, layer by layer (jax.grad of the model's
+prefixes, no dropout; `--piece N` images, default the library's piece size).
+
+    python bench/step_variants.py [--compare masks,pieces,pool] [--preset dls] [--batch-sizes 128,512]
+                                  [--windows 9] [--breakdown [--piece 16]] [--json]
+    python bench/step_variants.py --quick --json     # tiny sizes, for CI
+
+JSON: {comparison: {batch: {variant: img/s, ..., "ratio": median per-window ratio of the last variant to the
+first}}}, "breakdown": [{layer, ms}], load average.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from typing import Any, Callable
+
+import _common  # noqa: F401  (puts the repository on sys.path)
+import jax
+import jax.numpy as jnp
+import numpy as np
+import throughput
+from _common import emit_json, load_average, median, print_table
+
+from fmnist_jax.model import cpu_ops, layers, presets
+from fmnist_jax.training import program
+from fmnist_jax.training.config import TrainConfig
+
+
+def threefry_mask(key: jax.Array, keep_probability: float, shape: tuple, row_offset: Any = 0) -> jax.Array:
+    """The dropout mask before round 3: threefry words, two 16-bit uniforms per word."""
+    size = math.prod(shape)
+    words = jax.random.bits(jax.random.fold_in(key, row_offset), ((size + 1) // 2,), jnp.uint32)
+    halves = jnp.concatenate([words & 0xFFFF, words >> 16])[:size]
+    return (halves < round(keep_probability * 65536)).reshape(shape)
+
+
+def reduction_pool(x: jax.Array, window: int, kind: str) -> jax.Array:
+    """Pooling whose max gradient is JAX's own gradient of a max reduction (before attempt 29)."""
+    tiles = cpu_ops._tiles(x, window)
+    return tiles.max(axis=(2, 4)) if kind == "maxpool" else tiles.mean(axis=(2, 4))
+
+
+def _swap(module: Any, name: str, value: Any) -> Callable[[], None]:
+    def apply() -> None:
+        setattr(module, name, value)
+    return apply
+
+
+COMPARISONS: dict[str, list[tuple[str, Callable[[], None]]]] = {
+    "masks": [("threefry", _swap(layers, "_keep_mask", threefry_mask)), ("hash", _swap(layers, "_keep_mask", cpu_ops._keep_mask))],
+    "pieces": [(f"{n} images", _swap(program, "CPU_MICRO_BATCH", n)) for n in (32, 8, 16)],  # ratio: 16 vs 32
+    "pool": [("reduction", _swap(layers, "_tiled_pool", reduction_pool)), ("mask", _swap(layers, "_tiled_pool", cpu_ops._tiled_pool))],
+}
+
+
+_LIBRARY = (layers._keep_mask, layers._tiled_pool, program.CPU_MICRO_BATCH)
+
+
+def _restore() -> None:
+    layers._keep_mask, layers._tiled_pool, program.CPU_MICRO_BATCH = _LIBRARY
+
+
+def compare(name: str, spec: list, batch: int, images: np.ndarray, labels: np.ndarray, steps: int,
+            windows: int) -> dict:
+    """{variant: img/s, "ratio": median over windows of (first variant's seconds / last variant's seconds)}."""
+    cfg = TrainConfig(batch_size=batch, optimizer="adam", learning_rate=1e-3, epochs=1)
+    runners = {}
+    for label, apply in COMPARISONS[name]:
+        apply()
+        try:
+            runners[label] = throughput.jax_runner(spec, cfg, images, labels, steps)[0]
+        finally:
+            _restore()
+    seconds: dict[str, list[float]] = {label: [] for label in runners}
+    for index in range(windows):
+        for label, run in runners.items():
+            seconds[label].append(run(index))
+    first, last = next(iter(seconds)), list(seconds)[-1]
+    out: dict[str, Any] = {label: round(steps * batch / median(times), 1) for label, times in seconds.items()}
+    out["ratio"] = round(median([a / b for a, b in zip(seconds[first], seconds[last])]), 3)
+    return out
+
+
+def breakdown(spec: list, piece: int, repeats: int) -> list[dict]:
+    """Milliseconds each layer adds to jax.grad of the model's prefixes on one piece (no dropout; a layer that adds
+    nothing can read slightly negative: the figures are medians of separate programs)."""
+    spec = [dict(layer, rate=0.0) if layer["type"] == "dropout" else layer for layer in spec]
+    model = layers.build_model(spec)
+    from flax import nnx
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    images = jnp.asarray(np.random.default_rng(0).random((piece, 28, 28, 1)), jnp.float32)
+    ctx = layers.Context(train=True, rng=jax.random.key(0), conv_impl=cpu_ops.resolve_conv_impl("auto"))
+    rows, previous = [], 0.0
+    for depth in range(1, len(model.layers) + 1):
+        def loss(params: Any, depth: int = depth) -> jax.Array:
+            x = images
+            for layer in nnx.merge(graphdef, params, rest).layers[:depth]:
+                x = layer(x, ctx)
+            return jnp.sum(x * x)
+        grad = jax.jit(jax.grad(loss))
+        jax.block_until_ready(grad(params))
+        samples = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            jax.block_until_ready(grad(params))
+            samples.append(time.perf_counter() - start)
+        total = median(samples) * 1e3
+        rows.append({"layer": f"{depth}: {spec[depth - 1]['type']}", "ms": round(total - previous, 3),
+                     "cumulative_ms": round(total, 3)})
+        previous = total
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--compare", default="masks,pieces,pool")
+    parser.add_argument("--preset", default="dls")
+    parser.add_argument("--batch-sizes", default="128,512")
+    parser.add_argument("--windows", type=int, default=9)
+    parser.add_argument("--window-images", type=int, default=2048)
+    parser.add_argument("--breakdown", action="store_true", help="also time each layer of one gradient piece")
+    parser.add_argument("--piece", type=int, default=program.CPU_MICRO_BATCH, help="images in the --breakdown piece")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    names = [n for n in args.compare.split(",") if n]
+    unknown = [n for n in names if n not in COMPARISONS]
+    if unknown:
+        parser.error(f"unknown comparison {', '.join(unknown)}; choose from {', '.join(COMPARISONS)}")
+    batches = [32] if args.quick else [int(b) for b in args.batch_sizes.split(",")]
+    windows, window_images = (2, 64) if args.quick else (args.windows, args.window_images)
+    rng = np.random.default_rng(0)
+    count = 512 if args.quick else 8192
+    images = rng.integers(0, 256, (count, 28, 28, 1), dtype=np.uint8)
+    labels = rng.integers(0, 10, count).astype(np.int32)
+    spec = presets.preset(args.preset)
+    load_before = load_average()
+    results: dict[str, Any] = {}
+    rows = []
+    for name in names:
+        for batch in batches:
+            out = compare(name, spec, batch, images, labels, max(2, window_images // batch), windows)
+            results.setdefault(name, {})[str(batch)] = out
+            variants = ", ".join(f"{k} {v:,.0f}" for k, v in out.items() if k != "ratio")
+            rows.append([name, batch, variants, out["ratio"]])
+    print(f"training-step variants, preset {args.preset}, alternated windows, load average {load_before}")
+    print_table(["comparison", "batch", "img/s per variant", "last / first"], rows)
+    payload: dict[str, Any] = {"preset": args.preset, "quick": args.quick, **results}
+    if args.breakdown or args.quick:
+        payload["breakdown"] = breakdown(spec, 4 if args.quick else args.piece, 3 if args.quick else 40)
+        print_table(["layer", "ms", "cumulative ms"], [[r["layer"], r["ms"], r["cumulative_ms"]] for r in payload["breakdown"]])
+    payload["load_average"] = [load_before, load_average()]
+    if args.json:
+        emit_json(payload)
+
+
+if __name__ == "__main__":
+    main()
