@@ -74,7 +74,7 @@ def _mesh_for(cfg: TrainConfig) -> jax.sharding.Mesh | None:
     return jax.sharding.Mesh(np.array(devices), ("data",))
 
 
-CPU_MICRO_BATCH = 32  # bench/NOTES.md attempts 6 and 28: 16 and 32 are level (within +-4% over three alternated runs)
+CPU_MICRO_BATCH = 32  # bench/NOTES.md attempts 6 and 28: 16 and 32 are level (within +-5% over four alternated runs)
 
 
 def _micro_batches(batch: int, mesh: jax.sharding.Mesh | None, batch_stats: Any) -> int:
