@@ -109,8 +109,8 @@ def _tile_max(x: jax.Array, window: int) -> jax.Array:
 
     JAX's gradient of a max reduction compares every input with its recomputed window maximum and
     counts ties in the backward pass; keeping the comparison from the forward pass as a byte mask
-    (instead of the float input) makes the pooling layer's gradient cheaper: +3.4% for a whole `fast`
-    step at batch 32 and for dls at batch 512 (bench/NOTES.md, attempt 29). The gradient is JAX's own:
+    (instead of the float input) makes the pooling layer's gradient cheaper: 1.03-1.07x for a whole `fast`
+    step at batch 32, 1.01-1.03x for dls (bench/NOTES.md, attempt 29). The gradient is JAX's own:
     a tie splits the gradient evenly between the tied inputs (tested).
     """
     return _tiles(x, window).max(axis=(2, 4))
