@@ -12,8 +12,9 @@ utilisation. Evaluation throughput (10,000 images through `TrainedModel.predict_
 
 JSON keys: jax_img_s_128, torch_img_s_128, ratio_128, jax_img_s_512, torch_img_s_512, ratio_512,
 flop_utilisation_512, torch_compile_img_s_B and ratio_compile_B (torch.compile as a second reference,
-alternated too; null with torch_compile_error where it does not work), plus compile seconds,
-peak GFLOP/s, eval_img_s and the load average.
+alternated too; null with torch_compile_error where it does not work), jax_one_device_img_s_B and
+ratio_devices_B (where the CPU is split into several devices, `fmnist_jax.training.cpu_devices`, the same
+chunk on one device, alternated too), plus devices, compile seconds, peak GFLOP/s, eval_img_s and the load average.
 """
 from __future__ import annotations
 
@@ -43,12 +44,16 @@ from fmnist_jax.training.config import TrainConfig
 
 def jax_runner(spec: list, cfg: TrainConfig, images: np.ndarray, labels: np.ndarray,
                window_steps: int) -> tuple[Callable[[int], float], float]:
-    """(run_window(window_index) -> seconds, compile_seconds) for the project's compiled training chunk."""
+    """(run_window(window_index) -> seconds, compile_seconds) for the project's compiled training chunk, on the
+    devices `train()` would use (`cfg.data_parallel="off"`: one device)."""
     steps_per_epoch = len(labels) // cfg.batch_size
     window_steps = min(window_steps, steps_per_epoch)
     graphdef, state = program.init_state(spec, images.shape[1:], 10, cfg, steps_per_epoch=steps_per_epoch)
-    chunk_fn, _, _ = program.build_program(graphdef, cfg, steps_per_epoch, None)
-    device_images, device_labels = jax.device_put(images), jax.device_put(labels)
+    mesh = program._mesh_for(cfg, state["batch_stats"])
+    chunk_fn, _, _ = program.build_program(graphdef, cfg, steps_per_epoch, mesh)
+    placement = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()) if mesh else jax.devices()[0]
+    state = jax.device_put(state, placement)
+    device_images, device_labels = jax.device_put(images, placement), jax.device_put(labels, placement)
     perm = jax.random.permutation(jax.random.key(0), len(labels)).astype(jnp.int32)
     epoch_key = jax.random.fold_in(program._base_key(cfg.seed), 1)
     plan = program.run_plan(cfg, steps_per_epoch)
@@ -219,6 +224,7 @@ def main() -> None:
     load_before = load_average()
 
     result: dict[str, Any] = {"preset": args.preset, "device": program.device_summary()["kind"],
+                              "devices": len(jax.devices()),
                               "conv_impl": cpu_ops.resolve_conv_impl(args.conv_impl), "cpu_count": os.cpu_count(),
                               "torch_threads": args.torch_threads if use_torch else None, "quick": args.quick,
                               "torch_compile_error": None}
@@ -227,17 +233,25 @@ def main() -> None:
         cfg = TrainConfig(batch_size=batch, conv_impl=args.conv_impl, precision=args.precision)
         window_steps = max(1, window_images // batch)
         run_jax, compile_seconds = jax_runner(spec, cfg, images, labels, window_steps)
+        # the same chunk on one device, where the CPU is split into several (cpu_devices): the gain side by side
+        run_one = (jax_runner(spec, cfg.replace(data_parallel="off"), images, labels, window_steps)[0]
+                   if len(jax.devices()) > 1 and not args.quick else None)
         run_torch = torch_runner(spec, cfg, images, labels, window_steps) if use_torch else None
         run_compiled = compiled_torch_runner(spec, cfg, images, labels, window_steps, result) if use_compile else None
-        jax_rates, torch_rates, compiled_rates = [], [], []
-        for index in range(windows):  # alternated windows: the three see the same machine load
+        jax_rates, torch_rates, compiled_rates, one_rates = [], [], [], []
+        for index in range(windows):  # alternated windows: all of them see the same machine load
             jax_rates.append(window_steps * batch / run_jax(index + 1))
+            if run_one:
+                one_rates.append(window_steps * batch / run_one(index + 1))
             if run_torch:
                 torch_rates.append(window_steps * batch / run_torch(index + 1))
             if run_compiled:
                 compiled_rates.append(window_steps * batch / run_compiled(index + 1))
             peaks.append(matmul_peak_gflops(256 if args.quick else 2048))
         jax_rate, torch_rate, compiled_rate = median(jax_rates), median(torch_rates), median(compiled_rates)
+        one_rate = median(one_rates)
+        result[f"jax_one_device_img_s_{batch}"] = round(one_rate, 1) if one_rate else None
+        result[f"ratio_devices_{batch}"] = round(median([a / b for a, b in zip(jax_rates, one_rates)]), 3) if one_rates else None
         ratio = jax_rate / torch_rate if torch_rate else None
         result.update({f"jax_img_s_{batch}": round(jax_rate, 1), f"torch_img_s_{batch}": round(torch_rate, 1) if torch_rate else None,
                        f"ratio_{batch}": round(ratio, 3) if ratio else None, f"compile_s_{batch}": round(compile_seconds, 2),
@@ -260,6 +274,10 @@ def main() -> None:
           f"{result['device']}, {os.cpu_count()} cores, load average {load_before} -> {result['load_average'][1]}")
     print_table(["batch", "jax img/s", "torch img/s", "ratio", "pair range", "torch.compile img/s", "ratio to compiled",
                  "compile s", "steps/window", "windows"], rows)
+    if any(result.get(f"ratio_devices_{b}") for b in batch_sizes):
+        print(f"{len(jax.devices())} CPU devices (cpu_devices) against one, same windows: "
+              + ", ".join(f"batch {b}: {result[f'jax_one_device_img_s_{b}']:,.0f} img/s on one, "
+                          f"{result[f'ratio_devices_{b}']:.2f}x" for b in batch_sizes))
     if result.get("torch_compile_error"):
         print(f"torch.compile did not work here: {result['torch_compile_error']}")
     print(f"float32 matmul peak {peak:.0f} GFLOP/s; FLOP utilisation "

@@ -169,6 +169,8 @@ class _Loop:
 
     def evaluate(self, state: dict, images: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
         weights = eval_weights(state)
+        if self.mesh is not None and not _across_processes(self.mesh):  # one device's copy: no duplicated work
+            weights = jax.tree.map(lambda x: x.addressable_data(0), weights)
         loss, accuracy, _ = evaluate_arrays(self.eval_fn, weights["params"], weights["batch_stats"], images, labels,
                                             self.cfg.eval_batch_size)
         return loss, accuracy
@@ -242,10 +244,10 @@ def _prepare(spec: Any, cfg: TrainConfig, splits: Splits,
     spec = layer_specs.normalize_spec(spec)
     layer_specs.describe(spec, splits.input_shape, splits.num_classes)
     steps_per_epoch = len(splits.train_labels) // cfg.batch_size
-    mesh = _mesh_for(cfg)
+    graphdef, state = init_state(spec, splits.input_shape, splits.num_classes, cfg, steps_per_epoch=steps_per_epoch)
+    mesh = _mesh_for(cfg, state["batch_stats"])
     if mesh is not None and cfg.batch_size % mesh.size:
         raise ValueError(f"batch size {cfg.batch_size} must be divisible by the {mesh.size} devices for data-parallel training")
-    graphdef, state = init_state(spec, splits.input_shape, splits.num_classes, cfg, steps_per_epoch=steps_per_epoch)
     if init_weights is not None:
         state = _start_from(state, init_weights)
     chunk_fn, eval_fn, _ = build_program(graphdef, cfg, steps_per_epoch, mesh, staged=_across_processes(mesh))
@@ -273,7 +275,7 @@ def _start_record(loop: _Loop, cfg: TrainConfig, mesh: Any, startup: tuple[float
     device = device_summary()
     return {"kind": "start", "epochs": cfg.epochs, "steps_per_epoch": loop.steps_per_epoch, "chunk_steps": loop.chunk_len,
             "train_size": len(loop.splits.train_labels), "val_size": len(loop.splits.val_labels),
-            "device": device["kind"], "platform": device["platform"], "devices": device["count"],
+            "device": device["kind"], "platform": device["platform"], "devices": mesh.size if mesh is not None else 1,
             "data_parallel": mesh is not None, "setup_seconds": round(startup[0], 3), "compile_seconds": round(startup[1], 3),
             "resumed_from": resumed, "warnings": warnings, "time": time.time()}
 

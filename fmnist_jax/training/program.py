@@ -16,6 +16,7 @@ from flax import nnx
 
 from fmnist_jax.data.augment import augment_batch
 from fmnist_jax.model import cpu_ops, layers
+from fmnist_jax.training import cpu_devices
 from fmnist_jax.training.config import TrainConfig
 from fmnist_jax.training.optim import (
     RunTimeRate,
@@ -28,6 +29,8 @@ from fmnist_jax.training.optim import (
 )
 
 PRNG_IMPL = "threefry2x32"
+
+cpu_devices.configure()  # one device per core, before anything runs on JAX (cpu_devices)
 
 
 COMPILE_CACHE_MAX_BYTES = 512 * 2**20
@@ -67,14 +70,21 @@ def make_forward(graphdef: Any, cfg: TrainConfig) -> Callable:
     return forward
 
 
-def _mesh_for(cfg: TrainConfig) -> jax.sharding.Mesh | None:
+def _mesh_for(cfg: TrainConfig, batch_stats: Any = None) -> jax.sharding.Mesh | None:
+    """The data-parallel mesh over every device, or None for one device. In one process on a CPU, 'auto' splits only
+    models without batch statistics whose batch divides evenly (cpu_devices); elsewhere, every model."""
     devices = jax.devices()
     if cfg.data_parallel == "off" or (cfg.data_parallel == "auto" and len(devices) == 1):
         return None
+    if (cfg.data_parallel == "auto" and devices[0].platform == "cpu" and jax.process_count() == 1
+            and (jax.tree.leaves(batch_stats) or cfg.batch_size % len(devices))):
+        return None  # one process's CPU devices serve cpu_devices.sharded_gradients only (attempt 19)
     return jax.sharding.Mesh(np.array(devices), ("data",))
 
 
-CPU_MICRO_BATCH = 32  # bench/NOTES.md attempts 6 and 28: 16 and 32 are level (within +-5% over four alternated runs)
+# bench/NOTES.md attempts 6, 28 and 34: on one device 16 and 32 are level (+-5% over four alternated runs);
+# on one device per core, 16 is 1.09x faster
+CPU_MICRO_BATCH = 16
 
 
 def _micro_batches(batch: int, mesh: jax.sharding.Mesh | None, batch_stats: Any) -> int:
@@ -136,24 +146,35 @@ def make_batch_gradients(forward: Callable, cfg: TrainConfig, mesh: jax.sharding
     # batch_stats is an argument (not a closure) so NNX mutates it at the trace level it lives on
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-    def batch_gradients(state: dict, images: jax.Array, labels: jax.Array, key: jax.Array):
-        parts = _micro_batches(batch, mesh, state["batch_stats"])
-        if parts == 1:
-            return grad_fn(state["params"], state["batch_stats"], images, labels, key)
-        # Same gradient as the whole batch at once (the model has no batch statistics, and each piece draws
-        # its rows' slice of the batch's dropout masks), computed in cache-sized pieces: on a CPU the patch
-        # matrices of a large batch spill out of cache.
-        piece = batch // parts
+    def piece_gradients(params: Any, batch_stats: Any, images: jax.Array, labels: jax.Array, key: jax.Array,
+                        first_row: jax.Array | int, parts: int) -> tuple:
+        """(summed loss, correct, summed gradients) of `images` in `parts` equal pieces, one after another."""
+        piece = images.shape[0] // parts
         images = images.reshape((parts, piece) + images.shape[1:])
         labels = labels.reshape(parts, piece)
 
         def accumulate(part: jax.Array, totals: tuple):
-            (loss, (_, correct)), grads = grad_fn(state["params"], state["batch_stats"], images[part], labels[part],
-                                                  key, part * piece)
+            (loss, (_, correct)), grads = grad_fn(params, batch_stats, images[part], labels[part], key,
+                                                  first_row + part * piece)
             return jax.tree.map(jnp.add, totals, (loss, correct, grads))
 
-        zeros = (jnp.float32(0), jnp.int32(0), jax.tree.map(jnp.zeros_like, state["params"]))
-        loss, correct, grads = jax.lax.fori_loop(0, parts, accumulate, zeros)
+        zeros = (jnp.float32(0), jnp.int32(0), jax.tree.map(jnp.zeros_like, params))
+        return jax.lax.fori_loop(0, parts, accumulate, zeros)
+
+    def batch_gradients(state: dict, images: jax.Array, labels: jax.Array, key: jax.Array):
+        # Same gradient as the whole batch at once (the model has no batch statistics, and each piece draws
+        # its rows' slice of the batch's dropout masks), computed in cache-sized pieces: on a CPU the patch
+        # matrices of a large batch spill out of cache.
+        if cpu_devices.applies(mesh, state["batch_stats"]):  # each device its rows, in pieces
+            parts = _micro_batches(batch // mesh.size, None, state["batch_stats"])
+            loss, correct, grads = cpu_devices.sharded_gradients(piece_gradients, mesh, parts, state["params"],
+                                                                 state["batch_stats"], images, labels, key)
+            parts *= mesh.size
+        else:
+            parts = _micro_batches(batch, mesh, state["batch_stats"])
+            if parts == 1:
+                return grad_fn(state["params"], state["batch_stats"], images, labels, key)
+            loss, correct, grads = piece_gradients(state["params"], state["batch_stats"], images, labels, key, 0, parts)
         return (loss / parts, (state["batch_stats"], correct)), jax.tree.map(lambda g: g / parts, grads)
 
     return batch_gradients
