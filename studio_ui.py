@@ -19,6 +19,8 @@ from fmnist_jax.photos import decode
 from fmnist_jax.studio import charts, estimates, public, shares, tasks
 from fmnist_jax.studio import projects as proj
 
+estimates.configure_devices()  # before any page runs JAX: training splits the CPU into one device per core
+
 HOME_PAGE = "app.py"
 HOME_LINK = (HOME_PAGE, "Projects", ":material/folder:")
 PAGES = {

@@ -1,4 +1,4 @@
-"""Training-step variants side by side: the measurements behind bench/NOTES.md round 3 (attempts 26, 28, 29, 34).
+"""Training-step variants side by side: the measurements behind bench/NOTES.md round 3 (attempts 26, 28, 29, 34, 35).
 
 Each comparison builds one compiled training chunk per variant with `throughput.jax_runner` (the program
 `train()` runs), in one process, and alternates their windows, so every variant sees the same machine load.
@@ -7,12 +7,13 @@ A variant swaps one library function for the duration of its compile:
   masks   dropout masks from threefry (16-bit halves of each word, the code before round 3) vs the hash (now)
   pieces  gradient pieces of 32 / 8 / 16 images (program.CPU_MICRO_BATCH; 16 is the default)
   devices the whole chunk on one device vs on one device per core (cpu_devices; now, where JAX has several)
+  conv    convolution gradients as matmuls with XLA's forward (xla_dots, now) vs everything as patches @ matrix
   pool    max pooling's gradient from JAX's max reduction vs from the forward pass's mask (now)
 
 `--breakdown` adds where one piece's forward + backward time goes, layer by layer (jax.grad of the model's
 prefixes, no dropout; `--piece N` images, default the library's piece size).
 
-    python bench/step_variants.py [--compare masks,pieces,pool,devices] [--preset dls] [--batch-sizes 128,512]
+    python bench/step_variants.py [--compare masks,pieces,pool,devices,conv] [--preset dls] [--batch-sizes 128,512]
                                   [--windows 9] [--breakdown [--piece 16]] [--json]
     python bench/step_variants.py --quick --json     # tiny sizes, for CI
 
@@ -63,15 +64,18 @@ COMPARISONS: dict[str, list[tuple[str, Callable[[], None]]]] = {
     "pieces": [(f"{n} images", _swap(program, "CPU_MICRO_BATCH", n)) for n in (32, 8, 16)],  # ratio: 16 vs 32
     "devices": [("one device", _swap(program, "_mesh_for", lambda cfg, batch_stats=None: None)),
                 ("per core", _swap(program, "_mesh_for", program._mesh_for))],
+    "conv": [("xla_dots", _swap(cpu_ops, "resolve_conv_impl", cpu_ops.resolve_conv_impl)),
+             ("im2col", _swap(cpu_ops, "resolve_conv_impl", lambda conv_impl="auto": "im2col"))],
     "pool": [("reduction", _swap(layers, "_tiled_pool", reduction_pool)), ("mask", _swap(layers, "_tiled_pool", cpu_ops._tiled_pool))],
 }
 
 
-_LIBRARY = (layers._keep_mask, layers._tiled_pool, program.CPU_MICRO_BATCH, program._mesh_for)
+_LIBRARY = (layers._keep_mask, layers._tiled_pool, program.CPU_MICRO_BATCH, program._mesh_for, cpu_ops.resolve_conv_impl)
 
 
 def _restore() -> None:
-    layers._keep_mask, layers._tiled_pool, program.CPU_MICRO_BATCH, program._mesh_for = _LIBRARY
+    (layers._keep_mask, layers._tiled_pool, program.CPU_MICRO_BATCH, program._mesh_for,
+     cpu_ops.resolve_conv_impl) = _LIBRARY
 
 
 def compare(name: str, spec: list, batch: int, images: np.ndarray, labels: np.ndarray, steps: int,
@@ -127,7 +131,7 @@ def breakdown(spec: list, piece: int, repeats: int) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--compare", default="masks,pieces,pool,devices")
+    parser.add_argument("--compare", default="masks,pieces,pool,devices,conv")
     parser.add_argument("--preset", default="dls")
     parser.add_argument("--batch-sizes", default="128,512")
     parser.add_argument("--windows", type=int, default=9)

@@ -105,6 +105,14 @@ def describe_pixels(images: np.ndarray) -> str:
     return text + "Backgrounds vary from image to image, as in natural photos."
 
 
+def configure_devices() -> int | None:
+    """Split a CPU into one JAX device per core (training.cpu_devices) before the server runs anything on JAX,
+    whichever page a visitor opens first; the device count, or None where JAX keeps what it has."""
+    from fmnist_jax.training import cpu_devices
+
+    return cpu_devices.configure()
+
+
 def device_info() -> dict:
     """JAX backend, device kind and count, plus memory in use."""
     from fmnist_jax.training.program import device_summary
