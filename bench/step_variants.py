@@ -1,4 +1,4 @@
-"""Training-step variants side by side: the measurements behind bench/NOTES.md round 3 (attempts 26, 28, 29, 34, 35).
+"""Training-step variants side by side: the measurements behind bench/NOTES.md round 3 (attempts 26, 28, 29, 34-36).
 
 Each comparison builds one compiled training chunk per variant with `throughput.jax_runner` (the program
 `train()` runs), in one process, and alternates their windows, so every variant sees the same machine load.
@@ -8,6 +8,8 @@ A variant swaps one library function for the duration of its compile:
   pieces  gradient pieces of 32 / 8 / 16 images (program.CPU_MICRO_BATCH; 16 is the default)
   devices the whole chunk on one device vs on one device per core (cpu_devices; now, where JAX has several)
   conv    convolution gradients as matmuls with XLA's forward (xla_dots, now) vs everything as patches @ matrix
+  dense   the model as it trains vs with no gradient for the wide dense layer's weight (an upper bound of
+          what that weight's per-piece gradient costs; not a training variant, so not in the default set)
   pool    max pooling's gradient from JAX's max reduction vs from the forward pass's mask (now)
 
 `--breakdown` adds where one piece's forward + backward time goes, layer by layer (jax.grad of the model's
@@ -53,6 +55,22 @@ def reduction_pool(x: jax.Array, window: int, kind: str) -> jax.Array:
     return tiles.max(axis=(2, 4)) if kind == "maxpool" else tiles.mean(axis=(2, 4))
 
 
+def frozen_wide_dense(self: layers.Dense, x: jax.Array, ctx: layers.Context) -> jax.Array:
+    """A dense layer whose weight gets no gradient when it has over 1,000 inputs (dls's 10368x128 head): an upper
+    bound on what computing that weight's gradient once per batch, instead of once per piece, could save. Not a
+    training variant (that weight never learns)."""
+    kernel = self.kernel[...]
+    if kernel.shape[0] <= 1000:
+        return _DENSE_CALL(self, x, ctx)
+    y = x.astype(ctx.dtype) @ jax.lax.stop_gradient(kernel).astype(ctx.dtype)
+    if self.bias is not None:
+        y = y + self.bias[...].astype(ctx.dtype)
+    return layers.ACTIVATIONS[self.activation](y)
+
+
+_DENSE_CALL = layers.Dense.__call__
+
+
 def _swap(module: Any, name: str, value: Any) -> Callable[[], None]:
     def apply() -> None:
         setattr(module, name, value)
@@ -66,16 +84,19 @@ COMPARISONS: dict[str, list[tuple[str, Callable[[], None]]]] = {
                 ("per core", _swap(program, "_mesh_for", program._mesh_for))],
     "conv": [("xla_dots", _swap(cpu_ops, "resolve_conv_impl", cpu_ops.resolve_conv_impl)),
              ("im2col", _swap(cpu_ops, "resolve_conv_impl", lambda conv_impl="auto": "im2col"))],
+    "dense": [("trained", _swap(layers.Dense, "__call__", _DENSE_CALL)),
+              ("frozen head", _swap(layers.Dense, "__call__", frozen_wide_dense))],
     "pool": [("reduction", _swap(layers, "_tiled_pool", reduction_pool)), ("mask", _swap(layers, "_tiled_pool", cpu_ops._tiled_pool))],
 }
 
 
-_LIBRARY = (layers._keep_mask, layers._tiled_pool, program.CPU_MICRO_BATCH, program._mesh_for, cpu_ops.resolve_conv_impl)
+_LIBRARY = (layers._keep_mask, layers._tiled_pool, program.CPU_MICRO_BATCH, program._mesh_for, cpu_ops.resolve_conv_impl,
+            _DENSE_CALL)
 
 
 def _restore() -> None:
     (layers._keep_mask, layers._tiled_pool, program.CPU_MICRO_BATCH, program._mesh_for,
-     cpu_ops.resolve_conv_impl) = _LIBRARY
+     cpu_ops.resolve_conv_impl, layers.Dense.__call__) = _LIBRARY
 
 
 def compare(name: str, spec: list, batch: int, images: np.ndarray, labels: np.ndarray, steps: int,
