@@ -235,7 +235,7 @@ def main() -> None:
         run_jax, compile_seconds = jax_runner(spec, cfg, images, labels, window_steps)
         # the same chunk on one device, where the CPU is split into several (cpu_devices): the gain side by side
         run_one = (jax_runner(spec, cfg.replace(data_parallel="off"), images, labels, window_steps)[0]
-                   if len(jax.devices()) > 1 and not args.quick else None)
+                   if len(jax.devices()) > 1 else None)
         run_torch = torch_runner(spec, cfg, images, labels, window_steps) if use_torch else None
         run_compiled = compiled_torch_runner(spec, cfg, images, labels, window_steps, result) if use_compile else None
         jax_rates, torch_rates, compiled_rates, one_rates = [], [], [], []

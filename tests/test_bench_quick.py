@@ -39,6 +39,11 @@ def test_throughput_quick() -> None:
 def test_throughput_quick_without_torch() -> None:
     out = _run("throughput.py", "--no-torch", "--batch-sizes", "32")
     assert out["jax_img_s_32"] > 0 and out["torch_img_s_32"] is None and out["ratio_32"] is None
+    if out["devices"] > 1:  # the CPU split into devices (cpu_devices): the same chunk on one device beside it
+        assert out["jax_one_device_img_s_32"] > 0
+        assert out["ratio_devices_32"] == pytest.approx(out["jax_img_s_32"] / out["jax_one_device_img_s_32"], rel=0.5)
+    else:
+        assert out["jax_one_device_img_s_32"] is None and out["ratio_devices_32"] is None
 
 
 def test_step_variants_quick() -> None:
@@ -52,6 +57,12 @@ def test_step_variants_quick() -> None:
     layers = [row["layer"] for row in out["breakdown"]]
     assert layers[0] == "1: conv2d" and layers[-1].endswith(": dense") and len(layers) == 11
     assert out["breakdown"][-1]["cumulative_ms"] > 0
+
+
+def test_step_variants_dense_upper_bound_quick() -> None:
+    out = _run("step_variants.py", "--compare", "dense")
+    result = out["dense"]["32"]
+    assert set(result) == {"trained", "frozen head", "ratio"} and min(result.values()) > 0
 
 
 def test_time_to_accuracy_quick() -> None:

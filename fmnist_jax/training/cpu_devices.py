@@ -4,8 +4,8 @@ One XLA CPU device runs a training step's small matrix products one after anothe
 the cores by a shared thread pool; for the 16-32 image pieces a CPU computes gradients in (see
 `program.CPU_MICRO_BATCH`) that keeps two cores only 80% busy (1.6 CPU-seconds per second). With one
 device per core, each device takes its share of the batch's rows, computes their gradient in pieces
-of its own, and one `psum` adds the shares: both cores stay busy, and a dls training step runs
-1.2x faster (bench/NOTES.md, attempt 34). The gradient is the whole batch's, up to float rounding:
+of its own, and one `psum` adds the shares: both cores stay busy, and dls trains
+1.16-1.19x faster at batch 128 and 1.24-1.27x at batch 512 (bench/NOTES.md, attempt 34). The gradient is the whole batch's, up to float rounding:
 each piece draws its rows' slice of the batch's dropout masks.
 
 Only models without batch statistics take this path (BatchNorm over a device's share would change
