@@ -1,7 +1,10 @@
 """Shared fixtures: an isolated workspace per test, synthetic splits, and the real-data switch."""
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,6 +12,13 @@ import pytest
 from fmnist_jax.data import catalogue, splitting
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def run_script(script: str, env: dict, timeout: float = 600) -> dict:
+    """Run a Python script in a fresh process (its own JAX devices) and return the JSON object on its last line."""
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 @pytest.fixture(autouse=True)

@@ -2,19 +2,14 @@
 path, and that the sharded gradient is the single-device one."""
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import REPO, run_script
 
 from fmnist_jax.training import cpu_devices
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def test_the_setting_reads_auto_numbers_and_refuses_nonsense(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -72,9 +67,7 @@ SCRIPT = textwrap.dedent("""
 def test_two_cpu_devices_train_a_dropout_model_like_one_and_leave_batchnorm_and_odd_batches_on_one() -> None:
     env = {key: value for key, value in os.environ.items() if key != "XLA_FLAGS"}
     env.update({cpu_devices.SETTING: "2", "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO)})
-    result = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-2000:]
-    out = json.loads(result.stdout.strip().splitlines()[-1])
+    out = run_script(SCRIPT, env)
     assert out["devices"] == 2
     # batch 64 on two devices: 32 rows each, in two 16-image pieces, with the whole batch's dropout masks
     assert out["off"]["data_parallel"] is False and out["auto"]["data_parallel"] is True

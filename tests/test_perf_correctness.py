@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import REPO
+from conftest import REPO, run_script
 from flax import nnx
 
 from fmnist_jax.data import catalogue, splitting
@@ -268,9 +268,7 @@ DATA_PARALLEL_SCRIPT = textwrap.dedent("""
 def test_four_device_data_parallel_follows_the_single_device_loss_curve() -> None:
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu",
            "PYTHONPATH": str(REPO)}
-    result = subprocess.run([sys.executable, "-c", DATA_PARALLEL_SCRIPT], env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-2000:]
-    out = json.loads(result.stdout.strip().splitlines()[-1])
+    out = run_script(DATA_PARALLEL_SCRIPT, env)
     assert out["devices"] == 4
     assert out["off"]["data_parallel"] is False and out["auto"]["data_parallel"] is True
     assert len(out["off"]["losses"]) == len(out["auto"]["losses"]) == 6
@@ -311,10 +309,8 @@ def test_two_processes_with_jax_distributed_follow_the_single_device_loss_curve(
     for process, (_, stderr) in zip(processes, outputs):
         assert process.returncode == 0, stderr[-2000:]
     results = [json.loads(stdout.strip().splitlines()[-1]) for stdout, _ in outputs]
-    single = subprocess.run([sys.executable, "-c", DATA_PARALLEL_SCRIPT], capture_output=True, text=True, timeout=600,
-                            env={**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO)})
-    assert single.returncode == 0, single.stderr[-2000:]
-    reference = json.loads(single.stdout.strip().splitlines()[-1])["off"]["losses"]
+    single = run_script(DATA_PARALLEL_SCRIPT, {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO)})
+    reference = single["off"]["losses"]
     for result in results:
         assert result["devices"] == 4 and result["data_parallel"] is True
         np.testing.assert_allclose(result["losses"], reference, rtol=1e-5)

@@ -76,10 +76,11 @@ def _mesh_for(cfg: TrainConfig, batch_stats: Any = None) -> jax.sharding.Mesh | 
     devices = jax.devices()
     if cfg.data_parallel == "off" or (cfg.data_parallel == "auto" and len(devices) == 1):
         return None
-    if (cfg.data_parallel == "auto" and devices[0].platform == "cpu" and jax.process_count() == 1
-            and (jax.tree.leaves(batch_stats) or cfg.batch_size % len(devices))):
-        return None  # one process's CPU devices serve cpu_devices.sharded_gradients only (attempt 19)
-    return jax.sharding.Mesh(np.array(devices), ("data",))
+    mesh = jax.sharding.Mesh(np.array(devices), ("data",))
+    if cfg.data_parallel == "auto" and devices[0].platform == "cpu" and jax.process_count() == 1:
+        # one process's CPU devices serve cpu_devices.sharded_gradients only (attempt 19)
+        return mesh if cpu_devices.applies(mesh, batch_stats) and cfg.batch_size % mesh.size == 0 else None
+    return mesh
 
 
 # bench/NOTES.md attempts 6, 28 and 34: on one device 16 and 32 are level (+-5% over four alternated runs);
