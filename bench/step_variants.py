@@ -1,4 +1,4 @@
-"""Training-step variants side by side: the measurements behind bench/NOTES.md round 3 (attempts 26, 28, 29, 34-36).
+"""Training-step variants side by side: the measurements behind bench/NOTES.md rounds 3-5 (attempts 26, 28, 29, 34-37).
 
 Each comparison builds one compiled training chunk per variant with `throughput.jax_runner` (the program
 `train()` runs), in one process, and alternates their windows, so every variant sees the same machine load.
@@ -11,11 +11,13 @@ A variant swaps one library function for the duration of its compile:
   dense   the model as it trains vs with no gradient for the wide dense layer's weight (an upper bound of
           what that weight's per-piece gradient costs; not a training variant, so not in the default set)
   pool    max pooling's gradient from JAX's max reduction vs from the forward pass's mask (now)
+  kgrad   a convolution's kernel gradient from the row-major patch matrix (XLA copies it into the transposed
+          layout the matmul reads) vs from patches built in that transposed layout (now, attempt 37)
 
 `--breakdown` adds where one piece's forward + backward time goes, layer by layer (jax.grad of the model's
 prefixes, no dropout; `--piece N` images, default the library's piece size).
 
-    python bench/step_variants.py [--compare masks,pieces,pool,devices,conv] [--preset dls] [--batch-sizes 128,512]
+    python bench/step_variants.py [--compare masks,pieces,pool,devices,conv,kgrad] [--preset dls] [--batch-sizes 128,512]
                                   [--windows 9] [--breakdown [--piece 16]] [--json]
     python bench/step_variants.py --quick --json     # tiny sizes, for CI
 
@@ -25,6 +27,7 @@ first}}}, "breakdown": [{layer, ms}], load average.
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import time
 from typing import Any, Callable
@@ -71,6 +74,26 @@ def frozen_wide_dense(self: layers.Dense, x: jax.Array, ctx: layers.Context) -> 
 _DENSE_CALL = layers.Dense.__call__
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def rowmajor_conv_grads(x: jax.Array, kernel: jax.Array, padding: str) -> jax.Array:
+    """cpu_ops._conv_matmul_grads before attempt 37: the kernel gradient contracts the row-major patch matrix."""
+    return cpu_ops._xla_conv(x, kernel, 1, padding)
+
+
+def _rowmajor_fwd(x: jax.Array, kernel: jax.Array, padding: str) -> tuple[jax.Array, tuple]:
+    return cpu_ops._xla_conv(x, kernel, 1, padding), (x, kernel)
+
+
+def _rowmajor_bwd(padding: str, residuals: tuple, grad: jax.Array) -> tuple[jax.Array, jax.Array]:
+    x, kernel = residuals
+    grad_x, _ = cpu_ops._conv_matmul_grads_bwd(padding, residuals, grad)  # the kernel gradient is recomputed below
+    patches = cpu_ops._patches(x, kernel.shape[0], kernel.shape[1], 1, padding)
+    return grad_x, jnp.einsum("bhwk,bhwo->ko", patches, grad).reshape(kernel.shape)
+
+
+rowmajor_conv_grads.defvjp(_rowmajor_fwd, _rowmajor_bwd)
+
+
 def _swap(module: Any, name: str, value: Any) -> Callable[[], None]:
     def apply() -> None:
         setattr(module, name, value)
@@ -87,16 +110,18 @@ COMPARISONS: dict[str, list[tuple[str, Callable[[], None]]]] = {
     "dense": [("trained", _swap(layers.Dense, "__call__", _DENSE_CALL)),
               ("frozen head", _swap(layers.Dense, "__call__", frozen_wide_dense))],
     "pool": [("reduction", _swap(layers, "_tiled_pool", reduction_pool)), ("mask", _swap(layers, "_tiled_pool", cpu_ops._tiled_pool))],
+    "kgrad": [("row-major patches", _swap(cpu_ops, "_conv_matmul_grads", rowmajor_conv_grads)),
+              ("transposed patches", _swap(cpu_ops, "_conv_matmul_grads", cpu_ops._conv_matmul_grads))],
 }
 
 
 _LIBRARY = (layers._keep_mask, layers._tiled_pool, program.CPU_MICRO_BATCH, program._mesh_for, cpu_ops.resolve_conv_impl,
-            _DENSE_CALL)
+            _DENSE_CALL, cpu_ops._conv_matmul_grads)
 
 
 def _restore() -> None:
     (layers._keep_mask, layers._tiled_pool, program.CPU_MICRO_BATCH, program._mesh_for,
-     cpu_ops.resolve_conv_impl, layers.Dense.__call__) = _LIBRARY
+     cpu_ops.resolve_conv_impl, layers.Dense.__call__, cpu_ops._conv_matmul_grads) = _LIBRARY
 
 
 def compare(name: str, spec: list, batch: int, images: np.ndarray, labels: np.ndarray, steps: int,
@@ -152,7 +177,7 @@ def breakdown(spec: list, piece: int, repeats: int) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--compare", default="masks,pieces,pool,devices,conv")
+    parser.add_argument("--compare", default="masks,pieces,pool,devices,conv,kgrad")
     parser.add_argument("--preset", default="dls")
     parser.add_argument("--batch-sizes", default="128,512")
     parser.add_argument("--windows", type=int, default=9)

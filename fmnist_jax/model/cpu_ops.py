@@ -56,6 +56,19 @@ def _patches(x: jax.Array, kh: int, kw: int, stride: int, padding: str) -> jax.A
     return jnp.concatenate(taps, axis=-1) if len(taps) > 1 else taps[0]
 
 
+def _patches_transposed(x: jax.Array, kh: int, kw: int, padding: str) -> jax.Array:
+    """(kh*kw*C, B*out_h*out_w): `_patches` of a stride-1 convolution transposed, built from the channels-first
+    image, so each tap is a contiguous block of rows."""
+    pad_h, pad_w = _padding(x, kh, kw, 1, padding)
+    if padding == "same":
+        x = jnp.pad(x, ((0, 0), pad_h, pad_w, (0, 0)))
+    batch, height, width, channels = x.shape
+    out_h, out_w = height - kh + 1, width - kw + 1
+    planes = x.transpose(3, 0, 1, 2)
+    taps = [planes[:, :, i:i + out_h, j:j + out_w] for i in range(kh) for j in range(kw)]
+    return jnp.stack(taps).reshape(kh * kw * channels, batch * out_h * out_w)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _conv_matmul_grads(x: jax.Array, kernel: jax.Array, padding: str) -> jax.Array:
     return _xla_conv(x, kernel, 1, padding)
@@ -69,7 +82,9 @@ def _conv_matmul_grads_bwd(padding: str, residuals: tuple, grad: jax.Array) -> t
     x, kernel = residuals
     kh, kw, cin, cout = kernel.shape
     batch, out_h, out_w, _ = grad.shape
-    grad_kernel = jnp.einsum("bhwk,bhwo->ko", _patches(x, kh, kw, 1, padding), grad).reshape(kernel.shape)
+    # kernel gradient: (taps x input channels, positions) @ (positions, output channels), with the patch matrix
+    # built in that transposed layout, so XLA does not copy a row-major patch matrix into it (attempt 37)
+    grad_kernel = (_patches_transposed(x, kh, kw, padding) @ grad.reshape(-1, cout)).reshape(kernel.shape)
     # input gradient: each output position's patch gradient (one matmul), added back onto the padded image
     patch_grads = (grad @ kernel.reshape(kh * kw * cin, cout).T).reshape(batch, out_h, out_w, kh * kw, cin)
     pad_h, pad_w = _padding(x, kh, kw, 1, padding)

@@ -100,6 +100,21 @@ def _micro_batches(batch: int, mesh: jax.sharding.Mesh | None, batch_stats: Any)
     return parts if parts > 1 and batch % parts == 0 else 1
 
 
+def sum_pieces(grad_fn: Callable, params: Any, batch_stats: Any, images: jax.Array, labels: jax.Array, key: jax.Array,
+               first_row: jax.Array | int, parts: int) -> tuple:
+    """(summed loss, correct, summed gradients) of `images` in `parts` equal pieces, one after another."""
+    piece = images.shape[0] // parts
+    images = images.reshape((parts, piece) + images.shape[1:])
+    labels = labels.reshape(parts, piece)
+
+    def accumulate(part: jax.Array, totals: tuple) -> tuple:
+        (loss, (_, correct)), grads = grad_fn(params, batch_stats, images[part], labels[part], key, first_row + part * piece)
+        return jax.tree.map(jnp.add, totals, (loss, correct, grads))
+
+    zeros = (jnp.float32(0), jnp.int32(0), jax.tree.map(jnp.zeros_like, params))
+    return jax.lax.fori_loop(0, parts, accumulate, zeros)
+
+
 CPU_INFERENCE_PIECE = 256
 
 
@@ -149,18 +164,7 @@ def make_batch_gradients(forward: Callable, cfg: TrainConfig, mesh: jax.sharding
 
     def piece_gradients(params: Any, batch_stats: Any, images: jax.Array, labels: jax.Array, key: jax.Array,
                         first_row: jax.Array | int, parts: int) -> tuple:
-        """(summed loss, correct, summed gradients) of `images` in `parts` equal pieces, one after another."""
-        piece = images.shape[0] // parts
-        images = images.reshape((parts, piece) + images.shape[1:])
-        labels = labels.reshape(parts, piece)
-
-        def accumulate(part: jax.Array, totals: tuple):
-            (loss, (_, correct)), grads = grad_fn(params, batch_stats, images[part], labels[part], key,
-                                                  first_row + part * piece)
-            return jax.tree.map(jnp.add, totals, (loss, correct, grads))
-
-        zeros = (jnp.float32(0), jnp.int32(0), jax.tree.map(jnp.zeros_like, params))
-        return jax.lax.fori_loop(0, parts, accumulate, zeros)
+        return sum_pieces(grad_fn, params, batch_stats, images, labels, key, first_row, parts)
 
     def batch_gradients(state: dict, images: jax.Array, labels: jax.Array, key: jax.Array):
         # Same gradient as the whole batch at once (the model has no batch statistics, and each piece draws
