@@ -33,6 +33,24 @@ def test_an_explicit_xla_flag_wins_over_the_setting(monkeypatch: pytest.MonkeyPa
     assert cpu_devices.configure("2") is None
 
 
+def test_wide_vectors_only_on_avx512_cpus_and_never_over_an_explicit_flag(monkeypatch: pytest.MonkeyPatch,
+                                                                          tmp_path) -> None:
+    avx512, avx2 = tmp_path / "avx512", tmp_path / "avx2"
+    avx512.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx avx2 avx512f avx512dq avx512bw\n")
+    avx2.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n")
+    assert cpu_devices.has_avx512(str(avx512)) and not cpu_devices.has_avx512(str(avx2))
+    assert not cpu_devices.has_avx512(str(tmp_path / "missing"))
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_fast_min_max=false")
+    assert not cpu_devices.prefer_wide_vectors(str(avx2))
+    assert os.environ["XLA_FLAGS"] == "--xla_cpu_enable_fast_min_max=false"
+    assert cpu_devices.prefer_wide_vectors(str(avx512))
+    assert os.environ["XLA_FLAGS"] == "--xla_cpu_enable_fast_min_max=false --xla_cpu_prefer_vector_width=512"
+    assert not cpu_devices.prefer_wide_vectors(str(avx512))  # once only
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_prefer_vector_width=256")
+    assert not cpu_devices.prefer_wide_vectors(str(avx512))
+    assert os.environ["XLA_FLAGS"] == "--xla_cpu_prefer_vector_width=256"
+
+
 def test_a_bad_setting_warns_and_leaves_the_devices_alone(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("XLA_FLAGS", raising=False)
     with pytest.warns(UserWarning, match="FMNIST_CPU_DEVICES must be 'auto' or a whole number.*one CPU device"):
