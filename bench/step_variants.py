@@ -11,6 +11,8 @@ A variant swaps one library function for the duration of its compile:
   dense   the model as it trains vs with no gradient for the wide dense layer's weight (an upper bound of
           what that weight's per-piece gradient costs; not a training variant, so not in the default set)
   pool    max pooling's gradient from JAX's max reduction vs from the forward pass's mask (now)
+  precision  float32 vs bfloat16 compute (float32 weights; `precision` in TrainConfig): what bfloat16 costs or
+          gives on this CPU (not a training-step change, so not in the default set)
   kgrad   a convolution's kernel gradient from the row-major patch matrix (XLA copies it into the transposed
           layout the matmul reads) vs from patches built in that transposed layout (now, attempt 37)
 
@@ -93,6 +95,13 @@ def _rowmajor_bwd(padding: str, residuals: tuple, grad: jax.Array) -> tuple[jax.
 
 rowmajor_conv_grads.defvjp(_rowmajor_fwd, _rowmajor_bwd)
 
+_CONTEXT = program._context
+
+
+def bfloat16_context(cfg: TrainConfig, train: bool, rng: Any, row_offset: Any = 0) -> layers.Context:
+    """The forward context of `cfg` with bfloat16 compute, whatever its precision says."""
+    return _CONTEXT(cfg.replace(precision="bfloat16"), train, rng, row_offset)
+
 
 def _swap(module: Any, name: str, value: Any) -> Callable[[], None]:
     def apply() -> None:
@@ -110,18 +119,19 @@ COMPARISONS: dict[str, list[tuple[str, Callable[[], None]]]] = {
     "dense": [("trained", _swap(layers.Dense, "__call__", _DENSE_CALL)),
               ("frozen head", _swap(layers.Dense, "__call__", frozen_wide_dense))],
     "pool": [("reduction", _swap(layers, "_tiled_pool", reduction_pool)), ("mask", _swap(layers, "_tiled_pool", cpu_ops._tiled_pool))],
+    "precision": [("float32", _swap(program, "_context", _CONTEXT)), ("bfloat16", _swap(program, "_context", bfloat16_context))],
     "kgrad": [("row-major patches", _swap(cpu_ops, "_conv_matmul_grads", rowmajor_conv_grads)),
               ("transposed patches", _swap(cpu_ops, "_conv_matmul_grads", cpu_ops._conv_matmul_grads))],
 }
 
 
 _LIBRARY = (layers._keep_mask, layers._tiled_pool, program.CPU_MICRO_BATCH, program._mesh_for, cpu_ops.resolve_conv_impl,
-            _DENSE_CALL, cpu_ops._conv_matmul_grads)
+            _DENSE_CALL, cpu_ops._conv_matmul_grads, _CONTEXT)
 
 
 def _restore() -> None:
     (layers._keep_mask, layers._tiled_pool, program.CPU_MICRO_BATCH, program._mesh_for,
-     cpu_ops.resolve_conv_impl, layers.Dense.__call__, cpu_ops._conv_matmul_grads) = _LIBRARY
+     cpu_ops.resolve_conv_impl, layers.Dense.__call__, cpu_ops._conv_matmul_grads, program._context) = _LIBRARY
 
 
 def compare(name: str, spec: list, batch: int, images: np.ndarray, labels: np.ndarray, steps: int,

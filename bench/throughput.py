@@ -4,17 +4,19 @@ For each batch size, JAX windows (one compiled chunk of `train.build_program`, t
 runs, over device-resident uint8 data) alternate with PyTorch windows (the identical architecture
 built from the same layer spec, the same optimizer, the same batch), so both see the same machine
 load. Throughput is the median over windows after warm-up; compile time is reported separately.
-A float32 matmul measured in the same rounds gives the machine's usable peak, hence the FLOP
-utilisation. Evaluation throughput (10,000 images through `TrainedModel.predict_proba`) closes the run.
+A matmul in the run's precision measured in the same rounds gives the machine's usable peak, hence the
+FLOP utilisation. `--precision bfloat16` trains JAX with bfloat16 compute (float32 weights) and PyTorch under
+`torch.autocast` with bfloat16, so the two still compare like with like. Evaluation throughput (10,000 images through `TrainedModel.predict_proba`) closes the run.
 
-    python bench/throughput.py [--preset dls] [--batch-sizes 128,512] [--windows 7] [--json]
+    python bench/throughput.py [--preset dls] [--batch-sizes 128,512] [--windows 7] [--precision float32] [--json]
     python bench/throughput.py --quick --json     # tiny sizes, for CI
 
 JSON keys: jax_img_s_128, torch_img_s_128, ratio_128, jax_img_s_512, torch_img_s_512, ratio_512,
 flop_utilisation_512, torch_compile_img_s_B and ratio_compile_B (torch.compile as a second reference,
 alternated too; null with torch_compile_error where it does not work), jax_one_device_img_s_B and
 ratio_devices_B (where the CPU is split into several devices, `fmnist_jax.training.cpu_devices`, the same
-chunk on one device, alternated too), plus devices, compile seconds, peak GFLOP/s, eval_img_s and the load average.
+chunk on one device, alternated too), plus precision, devices, compile seconds, peak GFLOP/s, eval_img_s and the load
+average.
 """
 from __future__ import annotations
 
@@ -114,7 +116,8 @@ def torch_model(spec: list, input_shape: tuple[int, int, int], num_classes: int)
 def torch_runner(spec: list, cfg: TrainConfig, images: np.ndarray, labels: np.ndarray,
                  window_steps: int, compiled: bool = False) -> Callable[[int], float]:
     """run_window(window_index) -> seconds for PyTorch eager training with the same optimizer and batch
-    (`compiled`: the model wrapped in torch.compile, compiled during the warm-up window)."""
+    (`compiled`: the model wrapped in torch.compile, compiled during the warm-up window; `cfg.precision` bfloat16:
+    the forward pass under torch.autocast with bfloat16, PyTorch's counterpart of the JAX run's bfloat16 compute)."""
     import torch
     import torch.nn.functional as F
 
@@ -138,7 +141,8 @@ def torch_runner(spec: list, cfg: TrainConfig, images: np.ndarray, labels: np.nd
         for step in range(first, first + window_steps):
             idx = perm[step * batch:(step + 1) * batch]
             x = data[idx].float().div_(255.0)
-            loss = F.cross_entropy(model(x), targets[idx])
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bfloat16"):
+                loss = F.cross_entropy(model(x), targets[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -163,9 +167,9 @@ def compiled_torch_runner(spec: list, cfg: TrainConfig, images: np.ndarray, labe
 
 # ----------------------------------------------------------------------------- peak and evaluation
 
-def matmul_peak_gflops(size: int) -> float:
-    """Sustained float32 matmul rate of this process right now (GFLOP/s), JAX and PyTorch, whichever is higher."""
-    a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
+def matmul_peak_gflops(size: int, precision: str = "float32") -> float:
+    """Sustained matmul rate in `precision` of this process right now (GFLOP/s), JAX and PyTorch, whichever is higher."""
+    a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32).astype(precision)
     dot = jax.jit(lambda x: x @ x)
     dot(a).block_until_ready()
     t0 = time.perf_counter()
@@ -177,7 +181,7 @@ def matmul_peak_gflops(size: int) -> float:
         import torch
     except ImportError:
         return best / 1e9
-    b = torch.randn(size, size)
+    b = torch.randn(size, size, dtype=getattr(torch, precision))
     b @ b
     t0 = time.perf_counter()
     for _ in range(3):
@@ -202,7 +206,8 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=7, help="timed windows per framework and batch size")
     parser.add_argument("--window-images", type=int, default=4096, help="images per timed window")
     parser.add_argument("--conv-impl", default="auto", help="auto, xla or im2col")
-    parser.add_argument("--precision", default="float32")
+    parser.add_argument("--precision", default="float32", choices=("float32", "bfloat16"),
+                        help="compute precision of both frameworks (bfloat16: JAX bfloat16 compute, PyTorch autocast)")
     parser.add_argument("--torch-threads", type=int, default=os.cpu_count(), help="torch.set_num_threads (default: all cores)")
     parser.add_argument("--no-torch", action="store_true", help="JAX only")
     parser.add_argument("--no-torch-compile", action="store_true", help="leave out the torch.compile reference column")
@@ -223,7 +228,7 @@ def main() -> None:
         torch.set_num_threads(args.torch_threads)
     load_before = load_average()
 
-    result: dict[str, Any] = {"preset": args.preset, "device": program.device_summary()["kind"],
+    result: dict[str, Any] = {"preset": args.preset, "precision": args.precision, "device": program.device_summary()["kind"],
                               "devices": len(jax.devices()),
                               "conv_impl": cpu_ops.resolve_conv_impl(args.conv_impl), "cpu_count": os.cpu_count(),
                               "torch_threads": args.torch_threads if use_torch else None, "quick": args.quick,
@@ -247,7 +252,7 @@ def main() -> None:
                 torch_rates.append(window_steps * batch / run_torch(index + 1))
             if run_compiled:
                 compiled_rates.append(window_steps * batch / run_compiled(index + 1))
-            peaks.append(matmul_peak_gflops(256 if args.quick else 2048))
+            peaks.append(matmul_peak_gflops(256 if args.quick else 2048, args.precision))
         jax_rate, torch_rate, compiled_rate = median(jax_rates), median(torch_rates), median(compiled_rates)
         one_rate = median(one_rates)
         result[f"jax_one_device_img_s_{batch}"] = round(one_rate, 1) if one_rate else None
@@ -280,7 +285,7 @@ def main() -> None:
                           f"{result[f'ratio_devices_{b}']:.2f}x" for b in batch_sizes))
     if result.get("torch_compile_error"):
         print(f"torch.compile did not work here: {result['torch_compile_error']}")
-    print(f"float32 matmul peak {peak:.0f} GFLOP/s; FLOP utilisation "
+    print(f"{args.precision} matmul peak {peak:.0f} GFLOP/s; FLOP utilisation "
           + ", ".join(f"batch {b}: {result[f'flop_utilisation_{b}']:.0%}" for b in batch_sizes))
     print(f"evaluation (10k test images, predict_proba): fast {result['eval_img_s']:,.0f} img/s, "
           f"{args.preset} {result['eval_img_s_dls']:,.0f} img/s")

@@ -177,7 +177,7 @@ with st.form(f"hyperparameters-{pid}", border=True):
                                   help="Feeds initialisation, shuffling, dropout and augmentation."))
         precision = b.selectbox("Precision", config.PRECISIONS, index=config.PRECISIONS.index(cfg.precision),
                                 help="bfloat16 computes faster on GPUs/TPUs; weights stay float32. On a CPU, keep float32: "
-                                     "bfloat16 trained dls 1.7x slower on a 2-core Xeon.")
+                                     "bfloat16 trained dls at about half the speed on a 2-core Xeon.")
         chunk_steps = int(c.number_input("Steps per chunk", 1, 10_000, int(cfg.chunk_steps), 10,
                                          help="Optimizer steps per compiled call: how often the curves update "
                                               "and how fast Stop reacts."))

@@ -46,6 +46,13 @@ def test_throughput_quick_without_torch() -> None:
         assert out["jax_one_device_img_s_32"] is None and out["ratio_devices_32"] is None
 
 
+def test_throughput_quick_in_bfloat16() -> None:
+    with_torch = importlib.util.find_spec("torch") is not None  # PyTorch's side (autocast) where it is installed
+    out = _run("throughput.py", "--precision", "bfloat16", "--batch-sizes", "32", *([] if with_torch else ["--no-torch"]))
+    assert out["precision"] == "bfloat16" and out["jax_img_s_32"] > 0 and out["peak_gflops"] > 0
+    assert (out["torch_img_s_32"] > 0) if with_torch else out["torch_img_s_32"] is None
+
+
 def test_step_variants_quick() -> None:
     out = _run("step_variants.py")
     for name, variants in (("masks", {"threefry", "hash"}), ("pieces", {"32 images", "8 images", "16 images"}),
@@ -63,6 +70,12 @@ def test_step_variants_dense_upper_bound_quick() -> None:
     out = _run("step_variants.py", "--compare", "dense")
     result = out["dense"]["32"]
     assert set(result) == {"trained", "frozen head", "ratio"} and min(result.values()) > 0
+
+
+def test_step_variants_precision_quick() -> None:
+    out = _run("step_variants.py", "--compare", "precision")
+    result = out["precision"]["32"]
+    assert set(result) == {"float32", "bfloat16", "ratio"} and min(result.values()) > 0
 
 
 def test_time_to_accuracy_quick() -> None:

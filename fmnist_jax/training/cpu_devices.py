@@ -11,6 +11,8 @@ each piece draws its rows' slice of the batch's dropout masks.
 Only models without batch statistics take this path (BatchNorm over a device's share would change
 the maths, and attempt 19 measured BatchNorm models slower on two host devices), so on a CPU
 `program._mesh_for` only builds a mesh for those, and evaluation runs on one device.
+
+On an AVX-512 CPU, `configure` also lets XLA compile its own loops for 512-bit vectors (`prefer_wide_vectors`).
 """
 from __future__ import annotations
 
