@@ -88,9 +88,8 @@ def _rowmajor_fwd(x: jax.Array, kernel: jax.Array, padding: str) -> tuple[jax.Ar
 
 def _rowmajor_bwd(padding: str, residuals: tuple, grad: jax.Array) -> tuple[jax.Array, jax.Array]:
     x, kernel = residuals
-    grad_x, _ = cpu_ops._conv_matmul_grads_bwd(padding, residuals, grad)  # the kernel gradient is recomputed below
     patches = cpu_ops._patches(x, kernel.shape[0], kernel.shape[1], 1, padding)
-    return grad_x, jnp.einsum("bhwk,bhwo->ko", patches, grad).reshape(kernel.shape)
+    return cpu_ops._conv_input_grad(x, kernel, grad, padding), jnp.einsum("bhwk,bhwo->ko", patches, grad).reshape(kernel.shape)
 
 
 rowmajor_conv_grads.defvjp(_rowmajor_fwd, _rowmajor_bwd)

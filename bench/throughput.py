@@ -6,7 +6,8 @@ built from the same layer spec, the same optimizer, the same batch), so both see
 load. Throughput is the median over windows after warm-up; compile time is reported separately.
 A matmul in the run's precision measured in the same rounds gives the machine's usable peak, hence the
 FLOP utilisation. `--precision bfloat16` trains JAX with bfloat16 compute (float32 weights) and PyTorch under
-`torch.autocast` with bfloat16, so the two still compare like with like. Evaluation throughput (10,000 images through `TrainedModel.predict_proba`) closes the run.
+`torch.autocast` with bfloat16, so the two still compare like with like. Evaluation throughput (10,000 images
+through `TrainedModel.predict_proba`) closes the run.
 
     python bench/throughput.py [--preset dls] [--batch-sizes 128,512] [--windows 7] [--precision float32] [--json]
     python bench/throughput.py --quick --json     # tiny sizes, for CI

@@ -44,13 +44,19 @@ def _padding(x: jax.Array, kh: int, kw: int, stride: int, padding: str) -> tuple
     return _same_pads(x.shape[1], kh, stride), _same_pads(x.shape[2], kw, stride)
 
 
+def _padded(x: jax.Array, kh: int, kw: int, stride: int, padding: str) -> jax.Array:
+    """`x` with its 'same' padding added ('valid': `x` as it is)."""
+    if padding != "same":
+        return x
+    pad_h, pad_w = _padding(x, kh, kw, stride, padding)
+    return jnp.pad(x, ((0, 0), pad_h, pad_w, (0, 0)))
+
+
 def _patches(x: jax.Array, kh: int, kw: int, stride: int, padding: str) -> jax.Array:
     """(B, out_h, out_w, kh*kw*C): every output position's input window, taps in (row, column) order."""
-    pad_h, pad_w = _padding(x, kh, kw, stride, padding)
     out_h = _window_out(x.shape[1], kh, stride, padding)
     out_w = _window_out(x.shape[2], kw, stride, padding)
-    if padding == "same":
-        x = jnp.pad(x, ((0, 0), pad_h, pad_w, (0, 0)))
+    x = _padded(x, kh, kw, stride, padding)
     taps = [x[:, i:i + (out_h - 1) * stride + 1:stride, j:j + (out_w - 1) * stride + 1:stride, :]
             for i in range(kh) for j in range(kw)]
     return jnp.concatenate(taps, axis=-1) if len(taps) > 1 else taps[0]
@@ -59,9 +65,7 @@ def _patches(x: jax.Array, kh: int, kw: int, stride: int, padding: str) -> jax.A
 def _patches_transposed(x: jax.Array, kh: int, kw: int, padding: str) -> jax.Array:
     """(kh*kw*C, B*out_h*out_w): `_patches` of a stride-1 convolution transposed, built from the channels-first
     image, so each tap is a contiguous block of rows."""
-    pad_h, pad_w = _padding(x, kh, kw, 1, padding)
-    if padding == "same":
-        x = jnp.pad(x, ((0, 0), pad_h, pad_w, (0, 0)))
+    x = _padded(x, kh, kw, 1, padding)
     batch, height, width, channels = x.shape
     out_h, out_w = height - kh + 1, width - kw + 1
     planes = x.transpose(3, 0, 1, 2)
@@ -80,12 +84,18 @@ def _conv_matmul_grads_fwd(x: jax.Array, kernel: jax.Array, padding: str) -> tup
 
 def _conv_matmul_grads_bwd(padding: str, residuals: tuple, grad: jax.Array) -> tuple[jax.Array, jax.Array]:
     x, kernel = residuals
-    kh, kw, cin, cout = kernel.shape
-    batch, out_h, out_w, _ = grad.shape
+    kh, kw, _, cout = kernel.shape
     # kernel gradient: (taps x input channels, positions) @ (positions, output channels), with the patch matrix
     # built in that transposed layout, so XLA does not copy a row-major patch matrix into it (attempt 37)
     grad_kernel = (_patches_transposed(x, kh, kw, padding) @ grad.reshape(-1, cout)).reshape(kernel.shape)
-    # input gradient: each output position's patch gradient (one matmul), added back onto the padded image
+    return _conv_input_grad(x, kernel, grad, padding), grad_kernel.astype(kernel.dtype)
+
+
+def _conv_input_grad(x: jax.Array, kernel: jax.Array, grad: jax.Array, padding: str) -> jax.Array:
+    """A stride-1 convolution's input gradient: each output position's patch gradient (one matmul), added back onto
+    the padded image."""
+    kh, kw, cin, cout = kernel.shape
+    batch, out_h, out_w, _ = grad.shape
     patch_grads = (grad @ kernel.reshape(kh * kw * cin, cout).T).reshape(batch, out_h, out_w, kh * kw, cin)
     pad_h, pad_w = _padding(x, kh, kw, 1, padding)
     full_h, full_w = x.shape[1] + sum(pad_h), x.shape[2] + sum(pad_w)
@@ -93,7 +103,7 @@ def _conv_matmul_grads_bwd(padding: str, residuals: tuple, grad: jax.Array) -> t
         jnp.pad(patch_grads[:, :, :, i * kw + j, :], ((0, 0), (i, full_h - out_h - i), (j, full_w - out_w - j), (0, 0)))
         for i in range(kh) for j in range(kw))
     grad_x = grad_padded[:, pad_h[0]:pad_h[0] + x.shape[1], pad_w[0]:pad_w[0] + x.shape[2], :]
-    return grad_x.astype(x.dtype), grad_kernel.astype(kernel.dtype)
+    return grad_x.astype(x.dtype)
 
 
 _conv_matmul_grads.defvjp(_conv_matmul_grads_fwd, _conv_matmul_grads_bwd)
