@@ -108,13 +108,22 @@ def _swap(module: Any, name: str, value: Any) -> Callable[[], None]:
     return apply
 
 
+def _winograd(tile: int) -> Callable[[], None]:
+    def apply() -> None:
+        cpu_ops.resolve_conv_impl = lambda conv_impl="auto": "winograd"
+        cpu_ops.WINOGRAD_TILE = tile
+    return apply
+
+
 COMPARISONS: dict[str, list[tuple[str, Callable[[], None]]]] = {
     "masks": [("threefry", _swap(layers, "_keep_mask", threefry_mask)), ("hash", _swap(layers, "_keep_mask", cpu_ops._keep_mask))],
     "pieces": [(f"{n} images", _swap(program, "CPU_MICRO_BATCH", n)) for n in (32, 8, 16)],  # ratio: 16 vs 32
     "devices": [("one device", _swap(program, "_mesh_for", lambda cfg, batch_stats=None: None)),
                 ("per core", _swap(program, "_mesh_for", program._mesh_for))],
-    "conv": [("xla_dots", _swap(cpu_ops, "resolve_conv_impl", cpu_ops.resolve_conv_impl)),
+    "conv": [("xla_dots", _swap(cpu_ops, "resolve_conv_impl", lambda conv_impl="auto": "xla_dots")),
              ("im2col", _swap(cpu_ops, "resolve_conv_impl", lambda conv_impl="auto": "im2col"))],
+    "winograd": [("xla_dots", _swap(cpu_ops, "resolve_conv_impl", lambda conv_impl="auto": "xla_dots")),
+                 ("F3", _winograd(3)), ("F2", _winograd(2))],
     "dense": [("trained", _swap(layers.Dense, "__call__", _DENSE_CALL)),
               ("frozen head", _swap(layers.Dense, "__call__", frozen_wide_dense))],
     "pool": [("reduction", _swap(layers, "_tiled_pool", reduction_pool)), ("mask", _swap(layers, "_tiled_pool", cpu_ops._tiled_pool))],
@@ -125,12 +134,12 @@ COMPARISONS: dict[str, list[tuple[str, Callable[[], None]]]] = {
 
 
 _LIBRARY = (layers._keep_mask, layers._tiled_pool, program.CPU_MICRO_BATCH, program._mesh_for, cpu_ops.resolve_conv_impl,
-            _DENSE_CALL, cpu_ops._conv_matmul_grads, _CONTEXT)
+            _DENSE_CALL, cpu_ops._conv_matmul_grads, _CONTEXT, cpu_ops.WINOGRAD_TILE)
 
 
 def _restore() -> None:
-    (layers._keep_mask, layers._tiled_pool, program.CPU_MICRO_BATCH, program._mesh_for,
-     cpu_ops.resolve_conv_impl, layers.Dense.__call__, cpu_ops._conv_matmul_grads, program._context) = _LIBRARY
+    (layers._keep_mask, layers._tiled_pool, program.CPU_MICRO_BATCH, program._mesh_for, cpu_ops.resolve_conv_impl,
+     layers.Dense.__call__, cpu_ops._conv_matmul_grads, program._context, cpu_ops.WINOGRAD_TILE) = _LIBRARY
 
 
 def compare(name: str, spec: list, batch: int, images: np.ndarray, labels: np.ndarray, steps: int,

@@ -130,11 +130,11 @@ def params_leaf(params: dict, path: tuple) -> np.ndarray:
     return node
 
 
-@pytest.mark.parametrize("conv_impl", ["xla_dots", "im2col"])
+@pytest.mark.parametrize("conv_impl", ["xla_dots", "im2col", "winograd"])
 @pytest.mark.parametrize("padding,kernel,stride", [("valid", 3, 1), ("same", 3, 1), ("same", 5, 1), ("same", 2, 1), ("same", 3, 2)])
 def test_convolution_implementations_match_xla(conv_impl: str, padding: str, kernel: int, stride: int) -> None:
-    x = jax.random.normal(jax.random.key(0), (3, 9, 9, 5))
-    w = jax.random.normal(jax.random.key(1), (kernel, kernel, 5, 7))
+    x = jax.random.normal(jax.random.key(0), (3, 9, 9, 8))  # 8 input channels: enough for winograd to apply
+    w = jax.random.normal(jax.random.key(1), (kernel, kernel, 8, 7))
 
     def loss(impl: str):
         return lambda x, w: (cpu_ops.conv2d_apply(x, w, stride, padding, impl) ** 2).sum()

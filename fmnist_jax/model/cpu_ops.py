@@ -9,9 +9,14 @@ import math
 import jax
 import jax.numpy as jnp
 
+from fmnist_jax.model import winograd
 from fmnist_jax.model.layer_specs import Shape, _same_pads, _window_out
 
-CONV_IMPLS = ("auto", "xla", "im2col", "xla_dots")
+CONV_IMPLS = ("auto", "xla", "im2col", "xla_dots", "winograd")
+
+# winograd: output tile size m of F(m x m, 3 x 3), and the fewest input channels it pays for (fewer: xla_dots)
+WINOGRAD_TILE = 2
+WINOGRAD_MIN_CHANNELS = 8
 
 
 # ----------------------------------------------------------------------------- modules
@@ -27,6 +32,10 @@ def conv2d_apply(x: jax.Array, kernel: jax.Array, stride: int, padding: str, imp
     """
     if impl == "xla":
         return _xla_conv(x, kernel, stride, padding)
+    if impl == "winograd":
+        if kernel.shape[:2] == (3, 3) and stride == 1 and kernel.shape[2] >= WINOGRAD_MIN_CHANNELS:
+            return winograd.conv3x3(_padded(x, 3, 3, 1, padding), kernel, WINOGRAD_TILE)
+        impl = "xla_dots"
     if impl == "xla_dots" and stride == 1:
         return _conv_matmul_grads(x, kernel, padding)
     kh, kw, cin, cout = kernel.shape
@@ -186,9 +195,10 @@ def _keep_mask(key: jax.Array, keep_probability: float, shape: Shape, row_offset
 
 
 def resolve_conv_impl(conv_impl: str = "auto") -> str:
-    """'auto' -> 'xla_dots' on CPU (XLA's forward, matmul gradients; measured in bench/NOTES.md), XLA's convolution elsewhere."""
+    """'auto' -> 'winograd' on CPU (3x3 convolutions by F(2x2, 3x3), the rest as 'xla_dots': XLA's forward, matmul
+    gradients; measured in bench/NOTES.md), XLA's convolution elsewhere."""
     if conv_impl not in CONV_IMPLS:
         raise ValueError(f"conv_impl must be one of {', '.join(CONV_IMPLS)}, got {conv_impl!r}")
     if conv_impl != "auto":
         return conv_impl
-    return "xla_dots" if jax.default_backend() == "cpu" else "xla"
+    return "winograd" if jax.default_backend() == "cpu" else "xla"
