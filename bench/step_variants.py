@@ -1,4 +1,4 @@
-"""Training-step variants side by side: the measurements behind bench/NOTES.md rounds 3-5 (attempts 26, 28, 29, 34-37).
+"""Training-step variants side by side: the measurements behind bench/NOTES.md rounds 3-6 (attempts 26, 28, 29, 34-37, 42).
 
 Each comparison builds one compiled training chunk per variant with `throughput.jax_runner` (the program
 `train()` runs), in one process, and alternates their windows, so every variant sees the same machine load.
@@ -14,12 +14,13 @@ A variant swaps one library function for the duration of its compile:
   precision  float32 vs bfloat16 compute (float32 weights; `precision` in TrainConfig): what bfloat16 costs or
           gives on this CPU (not a training-step change, so not in the default set)
   kgrad   a convolution's kernel gradient from the row-major patch matrix (XLA copies it into the transposed
-          layout the matmul reads) vs from patches built in that transposed layout (now, attempt 37)
+          layout the matmul reads) vs from patches built in that transposed layout (now, attempt 37); both xla_dots
+  winograd  3x3 convolutions as xla_dots vs Winograd F(3x3, 3x3) vs F(2x2, 3x3) (now, attempt 42)
 
 `--breakdown` adds where one piece's forward + backward time goes, layer by layer (jax.grad of the model's
 prefixes, no dropout; `--piece N` images, default the library's piece size).
 
-    python bench/step_variants.py [--compare masks,pieces,pool,devices,conv,kgrad] [--preset dls] [--batch-sizes 128,512]
+    python bench/step_variants.py [--compare masks,pieces,pool,devices,conv,kgrad,winograd] [--preset dls] [--batch-sizes 128,512]
                                   [--windows 9] [--breakdown [--piece 16]] [--json]
     python bench/step_variants.py --quick --json     # tiny sizes, for CI
 
@@ -115,6 +116,14 @@ def _winograd(tile: int) -> Callable[[], None]:
     return apply
 
 
+def _xla_dots_with(conv_matmul_grads: Callable) -> Callable[[], None]:
+    """Every convolution as xla_dots (attempt 37 predates Winograd), with this kernel-gradient path."""
+    def apply() -> None:
+        cpu_ops.resolve_conv_impl = lambda conv_impl="auto": "xla_dots"
+        cpu_ops._conv_matmul_grads = conv_matmul_grads
+    return apply
+
+
 COMPARISONS: dict[str, list[tuple[str, Callable[[], None]]]] = {
     "masks": [("threefry", _swap(layers, "_keep_mask", threefry_mask)), ("hash", _swap(layers, "_keep_mask", cpu_ops._keep_mask))],
     "pieces": [(f"{n} images", _swap(program, "CPU_MICRO_BATCH", n)) for n in (32, 8, 16)],  # ratio: 16 vs 32
@@ -128,8 +137,8 @@ COMPARISONS: dict[str, list[tuple[str, Callable[[], None]]]] = {
               ("frozen head", _swap(layers.Dense, "__call__", frozen_wide_dense))],
     "pool": [("reduction", _swap(layers, "_tiled_pool", reduction_pool)), ("mask", _swap(layers, "_tiled_pool", cpu_ops._tiled_pool))],
     "precision": [("float32", _swap(program, "_context", _CONTEXT)), ("bfloat16", _swap(program, "_context", bfloat16_context))],
-    "kgrad": [("row-major patches", _swap(cpu_ops, "_conv_matmul_grads", rowmajor_conv_grads)),
-              ("transposed patches", _swap(cpu_ops, "_conv_matmul_grads", cpu_ops._conv_matmul_grads))],
+    "kgrad": [("row-major patches", _xla_dots_with(rowmajor_conv_grads)),
+              ("transposed patches", _xla_dots_with(cpu_ops._conv_matmul_grads))],
 }
 
 
@@ -195,7 +204,7 @@ def breakdown(spec: list, piece: int, repeats: int) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--compare", default="masks,pieces,pool,devices,conv,kgrad")
+    parser.add_argument("--compare", default="masks,pieces,pool,devices,conv,kgrad,winograd")
     parser.add_argument("--preset", default="dls")
     parser.add_argument("--batch-sizes", default="128,512")
     parser.add_argument("--windows", type=int, default=9)

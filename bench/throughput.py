@@ -206,7 +206,7 @@ def main() -> None:
     parser.add_argument("--batch-sizes", default="128,512")
     parser.add_argument("--windows", type=int, default=7, help="timed windows per framework and batch size")
     parser.add_argument("--window-images", type=int, default=4096, help="images per timed window")
-    parser.add_argument("--conv-impl", default="auto", help="auto, xla or im2col")
+    parser.add_argument("--conv-impl", default="auto", help="auto, xla, im2col, xla_dots or winograd")
     parser.add_argument("--precision", default="float32", choices=("float32", "bfloat16"),
                         help="compute precision of both frameworks (bfloat16: JAX bfloat16 compute, PyTorch autocast)")
     parser.add_argument("--torch-threads", type=int, default=os.cpu_count(), help="torch.set_num_threads (default: all cores)")

@@ -57,7 +57,8 @@ def test_step_variants_quick() -> None:
     out = _run("step_variants.py")
     for name, variants in (("masks", {"threefry", "hash"}), ("pieces", {"32 images", "8 images", "16 images"}),
                            ("pool", {"reduction", "mask"}), ("devices", {"one device", "per core"}),
-                           ("conv", {"xla_dots", "im2col"}), ("kgrad", {"row-major patches", "transposed patches"})):
+                           ("conv", {"xla_dots", "im2col"}), ("kgrad", {"row-major patches", "transposed patches"}),
+                           ("winograd", {"xla_dots", "F3", "F2"})):
         result = out[name]["32"]
         assert set(result) == variants | {"ratio"}, name
         assert all(result[v] > 0 for v in variants) and result["ratio"] > 0, name

@@ -95,3 +95,21 @@ def test_bfloat16_stays_close() -> None:
     assert got.dtype == jnp.bfloat16
     want = _xla(x, kernel)
     assert float(jnp.abs(got.astype(jnp.float32) - want).max()) <= 0.03 * float(jnp.abs(want).max())
+
+
+def test_a_conv_layer_uses_winograd_to_train_and_xla_forward_to_infer(monkeypatch) -> None:
+    from fmnist_jax.model import layers
+
+    calls = []
+    original = winograd.conv3x3
+    monkeypatch.setattr(winograd, "conv3x3", lambda x, k, m: calls.append(m) or original(x, k, m))
+    model = layers.build_model([{"type": "conv2d", "filters": 8, "kernel": 3}, {"type": "conv2d", "filters": 4, "kernel": 3},
+                                {"type": "flatten"}, {"type": "dense", "units": 3}], (9, 9, 1), 3, seed=0)
+    x = jax.random.uniform(jax.random.key(7), (2, 9, 9, 1))
+    trained = model(x, layers.Context(train=True, rng=jax.random.key(0), conv_impl="winograd"))
+    assert len(calls) == 1  # the second convolution; the first has one input channel, below the minimum
+    calls.clear()
+    inferred = model(x, layers.Context(train=False, conv_impl="winograd"))
+    assert calls == []
+    np.testing.assert_allclose(trained, inferred, atol=1e-5)
+    assert cpu_ops.conv_impl_for("winograd", False) == "xla_dots" and cpu_ops.conv_impl_for("im2col", False) == "im2col"

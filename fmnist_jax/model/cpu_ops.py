@@ -14,7 +14,9 @@ from fmnist_jax.model.layer_specs import Shape, _same_pads, _window_out
 
 CONV_IMPLS = ("auto", "xla", "im2col", "xla_dots", "winograd")
 
-# winograd: output tile size m of F(m x m, 3 x 3), and the fewest input channels it pays for (fewer: xla_dots)
+# winograd: output tile size m of F(m x m, 3 x 3) (F(3x3) and F(4x4) measured slower, bench/NOTES.md attempt 42), and
+# the fewest input channels it applies to (fewer: xla_dots). A one-channel first layer measured 1.24x faster in dls's
+# 16-image pieces but 0.88x at `fast`'s 32 images of 30 px, 8 channels 1.07x, 16 channels 2.28x (gradient included)
 WINOGRAD_TILE = 2
 WINOGRAD_MIN_CHANNELS = 8
 
@@ -28,7 +30,9 @@ def conv2d_apply(x: jax.Array, kernel: jax.Array, stride: int, padding: str, imp
     convolution whose window is the whole image), while its forward convolution and its matmuls are
     fast. 'xla_dots' keeps XLA's forward (so inference never builds patches) and computes both
     gradients from patches with matmuls; 'im2col' does everything as one matmul over extracted
-    patches. All give the same numbers up to float rounding.
+    patches; 'winograd' computes 3x3 stride-1 convolutions with at least WINOGRAD_MIN_CHANNELS input
+    channels by Winograd's F(2x2, 3x3) (`winograd`: 2.25x fewer multiplies, forward and both gradients)
+    and the rest as 'xla_dots'. All give the same numbers up to float rounding.
     """
     if impl == "xla":
         return _xla_conv(x, kernel, stride, padding)
@@ -192,6 +196,13 @@ def _keep_mask(key: jax.Array, keep_probability: float, shape: Shape, row_offset
     index = jax.lax.iota(jnp.uint32, math.prod(shape)).reshape(shape) + first
     words = _mix32(_mix32(index + seeds[0]) ^ seeds[1])
     return words < jnp.uint32(min(round(keep_probability * 2.0**32), 2**32 - 1))
+
+
+def conv_impl_for(impl: str, train: bool) -> str:
+    """The implementation a forward pass uses: 'winograd' pays in training, where both gradients run through it;
+    inference keeps XLA's forward convolution ('xla_dots'), which the evaluation path runs faster (bench/NOTES.md,
+    attempt 42)."""
+    return "xla_dots" if impl == "winograd" and not train else impl
 
 
 def resolve_conv_impl(conv_impl: str = "auto") -> str:

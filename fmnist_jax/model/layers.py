@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from fmnist_jax.model.activations import ACTIVATIONS
-from fmnist_jax.model.cpu_ops import _keep_mask, _tiled_pool, conv2d_apply
+from fmnist_jax.model.cpu_ops import _keep_mask, _tiled_pool, conv2d_apply, conv_impl_for
 from fmnist_jax.model.layer_specs import (
     LayerType,
     Param,
@@ -54,7 +54,8 @@ class Conv2D(nnx.Module):
         self.stride, self.padding, self.activation = params["stride"], params["padding"], params["activation"]
 
     def __call__(self, x: jax.Array, ctx: Context) -> jax.Array:
-        y = conv2d_apply(x.astype(ctx.dtype), self.kernel[...].astype(ctx.dtype), self.stride, self.padding, ctx.conv_impl)
+        impl = conv_impl_for(ctx.conv_impl, ctx.train)
+        y = conv2d_apply(x.astype(ctx.dtype), self.kernel[...].astype(ctx.dtype), self.stride, self.padding, impl)
         if self.bias is not None:
             y = y + self.bias[...].astype(ctx.dtype)
         return ACTIVATIONS[self.activation](y)
