@@ -84,8 +84,9 @@ def test_conv2d_apply_routes_3x3_stride_1_to_winograd_and_the_rest_to_matmuls(pa
             assert calls[0] == ((2, 12, 12, 8) if padding == "same" else (2, 10, 10, 8), cpu_ops.WINOGRAD_TILE)
 
 
-def test_winograd_is_opt_in() -> None:
-    assert cpu_ops.resolve_conv_impl("auto") == ("xla_dots" if jax.default_backend() == "cpu" else "xla")
+def test_winograd_is_the_cpu_default() -> None:
+    assert cpu_ops.resolve_conv_impl("auto") == ("winograd" if jax.default_backend() == "cpu" else "xla")
+    assert cpu_ops.conv_impl_for(cpu_ops.resolve_conv_impl("auto"), train=False) != "winograd"
     assert cpu_ops.resolve_conv_impl("winograd") == "winograd"
 
 

@@ -46,7 +46,7 @@ def _add_train_parser(sub: Any) -> None:
     p.add_argument("--augment", help="augmentation strengths, e.g. flip=0.5,shift=0.1,rotation=10")
     p.add_argument("--precision", help="float32 or bfloat16")
     p.add_argument("--chunk-steps", type=int, help="optimizer steps per compiled chunk (metrics/stop granularity)")
-    p.add_argument("--conv-impl", help="auto, xla, im2col, xla_dots or winograd (auto: xla_dots on CPU)")
+    p.add_argument("--conv-impl", help="auto, xla, im2col, xla_dots or winograd (auto: winograd on CPU)")
     p.add_argument("--split", choices=("official", "pooled"), default="official")
     p.add_argument("--fractions", help="pooled split fractions train,val,test (default 0.8,0.1,0.1)")
     p.add_argument("--val-fraction", type=float, help="official split: validation fraction of the 60k train images")

@@ -206,14 +206,14 @@ def conv_impl_for(impl: str, train: bool) -> str:
 
 
 def resolve_conv_impl(conv_impl: str = "auto") -> str:
-    """'auto' -> 'xla_dots' on CPU (XLA's forward, matmul gradients; measured in bench/NOTES.md), XLA's convolution elsewhere.
+    """'auto' -> 'winograd' on CPU (3x3 stride-1 convolutions with enough channels by F(2x2, 3x3) in training,
+    the rest and all inference as 'xla_dots'; measured in bench/NOTES.md, attempt 42), XLA's convolution elsewhere.
 
-    'winograd' trains faster (bench/NOTES.md, attempt 42) but stays opt-in: inside the training chunk, dls's convolution
-    gradients differ from the plain reference by up to 2e-3 relative (xla_dots: 1e-6), though a lone layer matches XLA
-    to 1e-6. The suspected cause, ReLU's gradient at pre-activations that are exactly 0 over blank image regions and
-    +-1e-9 after Winograd's rounding, is not confirmed yet."""
+    Every implementation rounds differently, so a ReLU whose pre-activation lies within rounding of 0 can take the
+    other branch than in XLA's convolution: one such element of dls's 663,552 moved its convolution gradients by 2e-3
+    relative to a plain reference (bench/NOTES.md, attempt 43); with the same pre-activations they agree to 1e-6."""
     if conv_impl not in CONV_IMPLS:
         raise ValueError(f"conv_impl must be one of {', '.join(CONV_IMPLS)}, got {conv_impl!r}")
     if conv_impl != "auto":
         return conv_impl
-    return "xla_dots" if jax.default_backend() == "cpu" else "xla"
+    return "winograd" if jax.default_backend() == "cpu" else "xla"
