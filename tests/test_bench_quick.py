@@ -67,6 +67,19 @@ def test_step_variants_quick() -> None:
     assert out["breakdown"][-1]["cumulative_ms"] > 0
 
 
+def test_winograd_branches_quick() -> None:
+    """Gradients match the reference that shares the program's pre-activations; any gap to the plain reference
+    comes with a ReLU pre-activation that changed sign."""
+    out = _run("winograd_branches.py")
+    for impl in ("xla_dots", "winograd"):
+        result = out[impl]
+        assert len(result["sign_changes"]) == 3 and len(result["gradient_errors"]) == 10
+        assert all(e["vs_same_values"] < 2e-5 for e in result["gradient_errors"]), impl
+        if any(e["vs_plain"] > 2e-5 for e in result["gradient_errors"]):
+            assert sum(result["sign_changes"]) > 0, impl
+    assert out["xla_dots"]["sign_changes"] == [0, 0, 0]  # XLA's own forward: the same values, bit for bit
+
+
 def test_step_variants_outside_the_default_set_quick() -> None:  # the dense upper bound and the precision comparison
     out = _run("step_variants.py", "--compare", "dense,precision")
     for name, variants in (("dense", {"trained", "frozen head"}), ("precision", {"float32", "bfloat16"})):
