@@ -87,8 +87,10 @@ BEST_RECIPE: dict = {
              "random horizontal flips, weight averaging (EMA 0.999) and mirror test-time augmentation, chosen on a "
              "10% validation split. The recipe keeps 2% of the training images for validation (on a split with an "
              "official test set) and trains on the other 98%. On a 2-core CPU it reached 94% test accuracy after "
-             "8-9.5 minutes and 94.1-94.2% at best in three runs of 10-12 minutes (bench/time_to_accuracy.py --config "
-             "bench/configs/best_94.json, 2026-11-30 and 12-01)."),
+             "8-9.5 minutes and 94.1-94.2% at best in three runs of 10-12 minutes with the earlier convolution code; "
+             "with the Winograd convolutions that are now the CPU default it ends at 93.9% (13 to 21 minutes, "
+             "depending on the machine; bench/time_to_accuracy.py --config bench/configs/best_94.json, "
+             "2026-11-30 to 12-02)."),
 }
 
 
