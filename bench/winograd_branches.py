@@ -29,18 +29,8 @@ from fmnist_jax.model import cpu_ops, presets  # noqa: E402
 
 def pre_activations(spec: list[dict], params: dict, x: jax.Array, values_of: str | None) -> list[jax.Array]:
     """Each convolution's pre-activation (before its ReLU) in the reference network, with `values_of`'s forward."""
-    out = []
-    for index, layer in enumerate(spec):
-        if layer["type"] == "flatten":
-            break
-        if layer["type"] == "conv2d":
-            p = params[index]
-            z = reference._reference_conv(x, p["kernel"], layer["stride"], layer["padding"], values_of)
-            z = z + p["bias"] if "bias" in p else z
-            out.append(z)
-            x = reference.layers.ACTIVATIONS[layer["activation"]](z)
-        else:
-            x = reference._reference_logits([layer], {0: params.get(index, {})}, x)
+    out: list[jax.Array] = []
+    reference._reference_logits(spec, params, x, values_of, out)
     return out
 
 

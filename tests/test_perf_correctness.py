@@ -58,7 +58,7 @@ def _reference_conv(x: jax.Array, kernel: jax.Array, stride: int, padding: str, 
         return cpu_ops.conv2d_apply(x, kernel, stride, padding, values_of)
 
     def forward(x, kernel):
-        return conv(x, kernel), (x, kernel)
+        return cpu_ops.conv2d_apply(x, kernel, stride, padding, values_of), (x, kernel)
 
     def backward(residuals, grad):  # the convolution is linear: its VJP does not depend on the forward values
         return jax.vjp(lambda x, kernel: _textbook_conv(x, kernel, stride, padding), *residuals)[1](grad)
@@ -67,14 +67,19 @@ def _reference_conv(x: jax.Array, kernel: jax.Array, stride: int, padding: str, 
     return conv(x, kernel)
 
 
-def _reference_logits(spec: list[dict], params: dict, images: jax.Array, values_of: str | None = None) -> jax.Array:
-    """The spec's network in training mode written with textbook JAX ops (lax.conv, reduce_window, two-pass BN)."""
+def _reference_logits(spec: list[dict], params: dict, images: jax.Array, values_of: str | None = None,
+                      pre_activations: list | None = None) -> jax.Array:
+    """The spec's network in training mode written with textbook JAX ops (lax.conv, reduce_window, two-pass BN);
+    each convolution's pre-activation is appended to `pre_activations` when given."""
     x = images
     for index, layer in enumerate(spec):
         kind, p = layer["type"], params.get(index, {})
         if kind == "conv2d":
             x = _reference_conv(x, p["kernel"], layer["stride"], layer["padding"], values_of)
-            x = layers.ACTIVATIONS[layer["activation"]](x + p["bias"] if "bias" in p else x)
+            x = x + p["bias"] if "bias" in p else x
+            if pre_activations is not None:
+                pre_activations.append(x)
+            x = layers.ACTIVATIONS[layer["activation"]](x)
         elif kind == "dense":
             x = layers.ACTIVATIONS[layer["activation"]](x @ p["kernel"] + p["bias"])
         elif kind == "maxpool":
