@@ -63,9 +63,21 @@ def real_home(shared_home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return shared_home
 
 
+# Tests that start a server, a browser or many sessions and hold them to time limits: pytest-xdist runs them one
+# after another in one worker ("servers"), so two of them never compete for the cores; every other module stays
+# whole on one worker (its module-scoped fixtures, such as a trained model, are built once).
+SERVER_MODULES = {"test_browser.py", "test_load_ui.py", "test_hosted_api.py", "test_load.py", "test_serve.py"}
+SERVER_BENCHES = ("test_load_test_", "test_startup_")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests on the real files are slow too: `pytest -m "not slow"` leaves them out of the quick inner loop."""
+    """Tests on the real files are slow too: `pytest -m "not slow"` leaves them out of the quick inner loop.
+    Every test gets its xdist group (see SERVER_MODULES)."""
     for item in items:
         if any(mark.name == "skipif" and "FMNIST_DATA_DIR" in str(mark.kwargs.get("reason", ""))
                for mark in item.iter_markers()):
             item.add_marker(pytest.mark.slow)
+        module = item.path.name
+        server = module in SERVER_MODULES or (module == "test_bench_quick.py" and item.name.startswith(SERVER_BENCHES))
+        item.add_marker(pytest.mark.xdist_group("servers" if server else module))

@@ -153,7 +153,7 @@ def test_real_photos_bench_scores_a_folder(tmp_path) -> None:
 def test_load_test_short_mode_public_space_stays_up_and_refuses_the_hostile_jobs() -> None:
     """bench/load_test.py --quick: visitors predicting over /api, a training page, a hostile visitor."""
     out = _run("load_test.py")
-    assert out["requests"] > 30 and out["errors"] == 0 and out["ok"] > 0, out
+    assert out["requests"] > 30 and out["errors"] == 0 and out["ok"] > 0, {k: out.get(k) for k in ("requests", "ok", "errors", "error_kinds", "p95_ms", "max_ms")}
     assert out["p95_ms"] is not None and out["server_rss_peak_mb"] > 0
     assert all(t["done"] for t in out["trainings"]), out["trainings"]
     assert out["hostile_page"]["refused"] and out["hostile_page"]["seconds"] < 30

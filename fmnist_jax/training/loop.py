@@ -93,6 +93,7 @@ class RunWriter:
         if best.state is not None and best.epoch == record["epoch"]:
             store.atomic_write_bytes(self.run_path / "best.msgpack", best.state)
         _checkpoint(self.run_path, state, record["epoch"], 0, np.zeros(3), best.as_meta())
+        self.last_checkpoint = time.perf_counter()  # the next mid-epoch one comes checkpoint_seconds after this
         _update_run(self.run_path, epochs_completed=epochs_done, best_val_accuracy=best.val_accuracy,
                     best_epoch=best.epoch, seconds=record["elapsed"])
 
