@@ -50,6 +50,15 @@ requires_real_data = pytest.mark.skipif(
     reason="FMNIST_DATA_DIR is unset or lacks the four Fashion-MNIST *-ubyte.gz files (see README)")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Before any test or xdist worker starts: prepare Fashion-MNIST once in the FMNIST_HOME the tests inherit, so
+    the subprocesses that use it (bench scripts, the studio the browser tests drive) find it ready, instead of two
+    workers preparing it at once or a browser step spending its time limit on TFDS."""
+    if hasattr(config, "workerinput") or real_data_dir() is None or "not slow" in (config.option.markexpr or ""):
+        return
+    catalogue.load_dataset("fashion_mnist", data_dir=real_data_dir())
+
+
 @pytest.fixture(scope="session")
 def shared_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One workspace for the real-data tests of a session, so TFDS prepares the data only once."""
