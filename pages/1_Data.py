@@ -265,6 +265,8 @@ settings_column, preview_column = st.columns([2, 3], gap="large")
 SLIDERS = {
     "flip": ("Horizontal flip (probability)", 0.0, 1.0, 0.05, "Mirror left-right; clothes look the same mirrored."),
     "shift": ("Shift (fraction of the side)", 0.0, 0.3, 0.01, "Move the garment up to this share of the image."),
+    "crop": ("Random crop (pixels)", 0, 8, 1, "Move the garment by up to this many whole pixels each way "
+             "(pad with black, crop back): the cheapest shift, no resampling."),
     "rotation": ("Rotation (degrees)", 0.0, 45.0, 1.0, "Rotate by up to this many degrees either way."),
     "zoom": ("Zoom (relative)", 0.0, 0.5, 0.01, "Scale in or out by up to this share."),
     "shear": ("Shear", 0.0, 0.5, 0.01, "Slant the image by up to this factor."),
@@ -280,7 +282,8 @@ PHOTO_SLIDERS = {
 with settings_column:
     new_augment = dict(augment)
     for name, (label, low, high, step, text) in SLIDERS.items():
-        new_augment[name] = st.slider(label, low, high, float(min(high, augment[name])), step, key=f"aug-{name}-{pid}", help=text)
+        value = type(low)(min(high, augment[name]))  # whole pixels for crop, fractions for the rest
+        new_augment[name] = st.slider(label, low, high, value, step, key=f"aug-{name}-{pid}", help=text)
     with st.expander("Photo robustness (for real photos on Deploy)"):
         for name, (label, low, high, step, text) in PHOTO_SLIDERS.items():
             new_augment[name] = st.slider(label, low, high, float(min(high, augment[name])), step, key=f"aug-{name}-{pid}",

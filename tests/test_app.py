@@ -164,6 +164,10 @@ def test_data_augmentation_preview_uses_the_saved_settings(seeded: dict) -> None
     assert not at.exception
     assert proj.train_config(store.Workspace().get_project(pid)).augment.rotation == 20.0
     assert "All augmentation is off" not in texts(at, "info")
+    at.slider(key=f"aug-crop-{pid}").set_value(2).run()  # whole pixels, saved as an int
+    assert not at.exception
+    saved = proj.train_config(store.Workspace().get_project(pid)).augment
+    assert saved.crop == 2 and isinstance(saved.crop, int) and saved.rotation == 20.0
 
 
 def test_model_page_rejects_an_invalid_stack_and_keeps_the_last_valid_spec(seeded: dict) -> None:

@@ -186,3 +186,12 @@ def test_tta_gain_quick() -> None:
     out = _run("tta_gain.py", "bench/configs/best_94.json")
     (result,) = out["results"]
     assert result["epochs"] == 1 and 0.0 <= result["val_accuracy"] <= 1.0 and 0.0 <= result["val_accuracy_tta"] <= 1.0
+
+
+def test_augment_cost_quick() -> None:
+    out = _run("augment_cost.py")
+    names = [s["name"] for s in out["settings"]]
+    assert names[0] == "none" and "flip + crop 1" in names and out["settings"][0]["ratio_to_none"] == 1.0
+    for setting in out["settings"]:
+        assert setting["images_per_s"] > 0 and setting["augment_us_per_batch"] > 0
+    assert next(s for s in out["settings"] if s["name"] == "flip + crop 1")["augment"] == {"flip": 0.5, "crop": 1}

@@ -28,6 +28,8 @@ def test_json_round_trip_is_exact() -> None:
     ({"optimizer": "lbfgs"}, "optimizer must be one of"),
     ({"label_smoothing": 0.9}, "label smoothing must be at most 0.5"),
     ({"augment": {"flip": 2.0}}, "augmentation 'flip' must be at most 1"),
+    ({"augment": {"crop": 9}}, "augmentation 'crop' must be at most 8"),
+    ({"augment": {"crop": 1.5}}, "augmentation 'crop' must be a whole number"),
     ({"precision": "float8"}, "precision must be one of"),
 ])
 def test_invalid_values_raise_actionable_errors(changes: dict, message: str) -> None:

@@ -81,6 +81,24 @@ def test_augment_preview_runs_the_training_augmentation() -> None:
         estimates.augment_preview(images, {"rotation": 500.0})
 
 
+def test_random_crop_moves_each_image_by_whole_pixels_within_its_bound() -> None:
+    import jax
+    import jax.numpy as jnp
+
+    square = jnp.zeros((64, 28, 28, 1)).at[:, 10:14, 8:12, :].set(1.0)  # a 4x4 patch, corner at (10, 8)
+    moved = np.asarray(augment.augment_batch(square, jax.random.key(3), augment.AugmentConfig(crop=2)))
+    corners = np.array([np.argwhere(image[..., 0] > 0).min(axis=0) for image in moved])
+    offsets = corners - np.array([10, 8])
+    assert np.abs(offsets).max() == 2 and len({tuple(o) for o in offsets}) > 10  # every shift in range, many drawn
+    np.testing.assert_array_equal(moved.sum(axis=(1, 2, 3)), 16.0)  # moved, not blurred: the patch stays 4x4 of ones
+    assert set(np.unique(moved)) == {0.0, 1.0}
+    edge = jnp.zeros((64, 28, 28, 1)).at[:, :, :2, :].set(1.0)  # pixels moved out of the frame are gone, new ones are 0
+    cropped = np.asarray(augment.augment_batch(edge, jax.random.key(4), augment.AugmentConfig(crop=2)))
+    assert cropped[..., 0].sum(axis=(1, 2)).min() < 56 and cropped[:, :, 4:].max() == 0.0
+    unchanged = augment.augment_batch(square, jax.random.key(3), augment.AugmentConfig(crop=0))
+    np.testing.assert_array_equal(np.asarray(unchanged), np.asarray(square))
+
+
 def test_montage_and_upscale_shapes() -> None:
     images = np.zeros((5, 28, 28, 1), np.uint8)
     assert estimates.upscale(images[0], 3).shape == (84, 84)

@@ -86,6 +86,13 @@ def test_the_script_averages_the_weights_when_the_run_did(tmp_path: Path) -> Non
     after = jax.tree.map(np.asarray, script.nnx.state(averaged, script.nnx.Param))
     for old, new in zip(jax.tree.leaves(before), jax.tree.leaves(after)):
         np.testing.assert_allclose(new, old + 0.9, rtol=1e-5, atol=1e-5)
+    # the recipe's 1-pixel random crop is in the script too: whole-pixel moves of at most one pixel per axis
+    assert script.SETTINGS["crop"] == 1 and script.SETTINGS["shift"] == 0.0
+    patch = np.zeros((64, 28, 28, 1), np.float32)
+    patch[:, 10:14, 8:12] = 1.0
+    moved = np.asarray(script.augment(jax.numpy.asarray(patch), jax.random.key(0)))
+    corners = np.array([np.argwhere(image[..., 0] > 0).min(axis=0) for image in moved])
+    assert set(corners[:, 0] - 10) == {-1, 0, 1} and moved.sum() == 64 * 16
 
 
 def test_the_script_holds_out_the_runs_own_validation_share(tmp_path: Path) -> None:

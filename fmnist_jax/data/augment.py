@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 from pydantic import Field
 
-from fmnist_jax.checks import Real, Settings
+from fmnist_jax.checks import Real, Settings, Whole
 
 
 def _strength(label: str, high: float) -> Any:
@@ -25,6 +25,7 @@ class AugmentConfig(Settings):
 
     flip: Real = _strength("flip", 1)                # probability of a horizontal flip
     shift: Real = _strength("shift", 0.5)            # max translation as a fraction of the image side
+    crop: Whole = Field(0, ge=0, le=8, title="augmentation 'crop'")  # max whole-pixel translation (random crop of the zero-padded image)
     rotation: Real = _strength("rotation", 180)      # max rotation in degrees
     zoom: Real = _strength("zoom", 0.9)              # max relative zoom in or out
     shear: Real = _strength("shear", 1)              # max shear factor
@@ -65,6 +66,16 @@ def _affine(image: jax.Array, key: jax.Array, cfg: AugmentConfig) -> jax.Array:
     return jnp.stack(out, axis=-1).reshape(height, width, channels)
 
 
+def _crop(images: jax.Array, key: jax.Array, pixels: int) -> jax.Array:
+    """Random crop of the zero-padded batch: each image moves by whole pixels, at most `pixels` either way on
+    each axis (the standard "pad and crop" of small-image training; no interpolation, so it costs little)."""
+    batch, height, width, channels = images.shape
+    padded = jnp.pad(images, ((0, 0), (pixels, pixels), (pixels, pixels), (0, 0)))
+    corners = jax.random.randint(key, (batch, 2), 0, 2 * pixels + 1)
+    return jax.vmap(lambda image, corner: jax.lax.dynamic_slice(image, (corner[0], corner[1], 0), (height, width, channels)))(
+        padded, corners)
+
+
 def _erase(image: jax.Array, key: jax.Array, probability: float) -> jax.Array:
     height, width, _ = image.shape
     k_on, k_size, k_pos = jax.random.split(key, 3)
@@ -100,6 +111,8 @@ def augment_batch(images: jax.Array, key: jax.Array, cfg: AugmentConfig) -> jax.
         images = jnp.where(flip, images[:, :, ::-1, :], images)
     if cfg.rotation or cfg.zoom or cfg.shear or cfg.shift:
         images = jax.vmap(lambda img, k: _affine(img, k, cfg))(images, jax.random.split(keys[1], batch))
+    if cfg.crop:
+        images = _crop(images, jax.random.fold_in(keys[1], 1), int(cfg.crop))
     if cfg.thickness:
         choice = jax.random.uniform(keys[2], (batch, 1, 1, 1))
         half = cfg.thickness / 2

@@ -75,15 +75,16 @@ def training_script(spec: list, config: Any, input_shape: tuple, class_names: tu
                                     "beta1", "beta2", "rho", "epsilon", "schedule", "warmup_epochs",
                                     "step_every_epochs", "step_factor", "weight_decay", "grad_clip", "loss",
                                     "label_smoothing", "focal_gamma", "seed", "tta_flip", "ema_decay")}
-    settings["flip"], settings["shift"] = cfg["augment"]["flip"], cfg["augment"]["shift"]
+    settings["flip"], settings["shift"], settings["crop"] = (cfg["augment"]["flip"], cfg["augment"]["shift"],
+                                                             cfg["augment"]["crop"])
     settings["val_fraction"] = float(val_fraction)
-    omitted = [f"augmentation {name}" for name in sorted(set(augment) - {"flip", "shift"})]
+    omitted = [f"augmentation {name}" for name in sorted(set(augment) - {"flip", "shift", "crop"})]
     return TEMPLATE.format(
         title=title, held_out=f"{val_fraction:.0%}", settings=pprint.pformat(settings, indent=4, sort_dicts=True),
         classes=repr(list(class_names)),
         shape=tuple(int(v) for v in input_shape), init="\n".join(f"        {line}" for line in init_lines) or "        pass",
         call="\n".join(f"        {line}" for line in call_lines),
-        omitted=(f"# Not included: the studio's {', '.join(omitted)} (flip and shift augmentation are).\n" if omitted else ""))
+        omitted=(f"# Not included: the studio's {', '.join(omitted)} (flip, shift and crop augmentation are).\n" if omitted else ""))
 
 
 def model_script(model: Any, title: str = "model") -> str:
@@ -196,11 +197,12 @@ def loss_fn(logits, labels):
 
 
 def augment(images, key):
-    """Random horizontal flips and shifts (pixels moved in from outside are black), per image."""
+    """Random horizontal flips and whole-pixel shifts (pixels moved in from outside are black), per image: up to
+    the shift's share of the side plus the crop's pixels either way."""
     flip_key, shift_key = jax.random.split(key)
     flipped = jax.random.uniform(flip_key, (images.shape[0], 1, 1, 1)) < SETTINGS["flip"]
     images = jnp.where(flipped, images[:, :, ::-1], images)
-    limit = int(round(SETTINGS["shift"] * images.shape[1]))
+    limit = int(round(SETTINGS["shift"] * images.shape[1])) + int(SETTINGS["crop"])
     if limit:
         shifts = jax.random.randint(shift_key, (images.shape[0], 2), -limit, limit + 1)
         padded = jnp.pad(images, ((0, 0), (limit, limit), (limit, limit), (0, 0)))
@@ -212,7 +214,7 @@ def augment(images, key):
 @nnx.jit
 def train_step(model, opt, images, labels, key):
     images = images.astype(jnp.float32) / 255.0
-    if SETTINGS["flip"] or SETTINGS["shift"]:
+    if SETTINGS["flip"] or SETTINGS["shift"] or SETTINGS["crop"]:
         images = augment(images, key)
 
     def loss_of(model):
