@@ -15,6 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 from _common import emit_json, fashion_splits, print_table
 
 from fmnist_jax.model import presets
@@ -45,8 +46,34 @@ def run(path: str, splits, quick: bool) -> dict:
         model = TrainedModel(trained.spec, trained.input_shape, trained.class_names, trained.weights_bytes(), tta_flip=tta)
         predicted = model.predict_logits(splits.val_images).argmax(axis=1)
         accuracy[tta] = float((predicted == splits.val_labels).mean())
+    mirrored = TrainedModel(trained.spec, trained.input_shape, trained.class_names, trained.weights_bytes(), tta_flip=True)
+    shifted = {name: float((shift_views_logits(mirrored, splits.val_images, shifts).argmax(axis=1) == splits.val_labels).mean())
+               for name, shifts in SHIFT_VIEWS.items()}
     return {"config": path, "epochs": len(curve), "seconds": curve[-1]["seconds"] if curve else None,
-            "val_accuracy": accuracy[False], "val_accuracy_tta": accuracy[True], "curve": curve}
+            "val_accuracy": accuracy[False], "val_accuracy_tta": accuracy[True], "val_accuracy_shift_views": shifted,
+            "curve": curve}
+
+
+# Translated views on top of the mirror (each view is also mirrored): whole-pixel shifts with black fill, the
+# views the 1-pixel random crop of training shows the model.
+SHIFT_VIEWS = {"mirror + left/right 1 px": [(0, 1), (0, -1)],
+               "mirror + up/down 1 px": [(1, 0), (-1, 0)],
+               "mirror + 4 shifts of 1 px": [(0, 1), (0, -1), (1, 0), (-1, 0)]}
+
+
+def shift_image(images: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    """`images` (N, H, W[, C]) moved by whole pixels, the uncovered border black."""
+    out = np.zeros_like(images)
+    h, w = images.shape[1:3]
+    out[:, max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = images[:, max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]
+    return out
+
+
+def shift_views_logits(model: TrainedModel, images: np.ndarray, shifts: list) -> np.ndarray:
+    """Mean logits over the untranslated view (weighted as much as all shifted views together) and the shifts."""
+    base = np.asarray(model.predict_logits(images))
+    moved = sum(np.asarray(model.predict_logits(shift_image(images, dy, dx))) for dy, dx in shifts) / len(shifts)
+    return base + moved
 
 
 def main() -> None:
@@ -62,6 +89,9 @@ def main() -> None:
                 [[Path(r["config"]).name, r["epochs"], r["seconds"], f"{r['val_accuracy']:.4f}",
                   f"{r['val_accuracy_tta']:.4f}", f"{100 * (r['val_accuracy_tta'] - r['val_accuracy']):+.2f}"]
                  for r in results])
+    print_table(["config", "views", "val acc", "gain over mirror (points)"],
+                [[Path(r["config"]).name, name, f"{acc:.4f}", f"{100 * (acc - r['val_accuracy_tta']):+.2f}"]
+                 for r in results for name, acc in r["val_accuracy_shift_views"].items()])
     if args.json:
         emit_json({"results": results, "quick": args.quick})
 

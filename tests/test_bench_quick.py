@@ -186,6 +186,21 @@ def test_tta_gain_quick() -> None:
     out = _run("tta_gain.py", "bench/configs/best_94.json")
     (result,) = out["results"]
     assert result["epochs"] == 1 and 0.0 <= result["val_accuracy"] <= 1.0 and 0.0 <= result["val_accuracy_tta"] <= 1.0
+    views = result["val_accuracy_shift_views"]
+    assert set(views) == {"mirror + left/right 1 px", "mirror + up/down 1 px", "mirror + 4 shifts of 1 px"}
+    assert all(0.0 <= accuracy <= 1.0 for accuracy in views.values())
+
+
+def test_tta_gain_shift_image_moves_whole_pixels_with_black_fill() -> None:
+    sys.path.insert(0, str(REPO / "bench"))
+    import tta_gain
+
+    images = np.arange(2 * 4 * 4, dtype=np.uint8).reshape(2, 4, 4) + 1
+    right = tta_gain.shift_image(images, 0, 1)
+    assert (right[:, :, 0] == 0).all() and (right[:, :, 1:] == images[:, :, :-1]).all()
+    up = tta_gain.shift_image(images, -1, 0)
+    assert (up[:, -1] == 0).all() and (up[:, :-1] == images[:, 1:]).all()
+    assert (tta_gain.shift_image(images, 0, 0) == images).all()
 
 
 def test_augment_cost_quick() -> None:
