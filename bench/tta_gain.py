@@ -2,7 +2,9 @@
 
 Trains each benchmark config (bench/configs/ format) on the official split, printing validation accuracy
 per epoch, then evaluates the final model twice: plain, and with the mean logits of each image and its
-mirror image. The test split is not evaluated (configs are chosen on validation).
+mirror image; then with translated views on top of the mirror (1-pixel shifts, SHIFT_VIEWS; JSON key
+val_accuracy_shift_views), measured here before any of them is built into the library (bench/NOTES.md,
+attempt 47). The test split is not evaluated (configs are chosen on validation).
 
     python bench/tta_gain.py bench/configs/round2/fast30_ema.json bench/configs/round2/mid9_ema.json [--json]
     python bench/tta_gain.py bench/configs/best_94.json --quick --json     # tiny synthetic run, for CI
