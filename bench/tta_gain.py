@@ -44,12 +44,11 @@ def run(path: str, splits, quick: bool) -> dict:
                 raise SystemExit(f"training failed: {record['message']}")
         trained = TrainedModel.from_run(folder)
     accuracy = {}
-    for tta in (False, True):
+    for tta in (False, True):  # the mirror model (tta=True) and its logits are kept for the translated views
         model = TrainedModel(trained.spec, trained.input_shape, trained.class_names, trained.weights_bytes(), tta_flip=tta)
-        predicted = model.predict_logits(splits.val_images).argmax(axis=1)
-        accuracy[tta] = float((predicted == splits.val_labels).mean())
-    mirrored = TrainedModel(trained.spec, trained.input_shape, trained.class_names, trained.weights_bytes(), tta_flip=True)
-    shifted = {name: float((shift_views_logits(mirrored, splits.val_images, shifts).argmax(axis=1) == splits.val_labels).mean())
+        logits = np.asarray(model.predict_logits(splits.val_images))
+        accuracy[tta] = float((logits.argmax(axis=1) == splits.val_labels).mean())
+    shifted = {name: float((shift_views_logits(model, splits.val_images, shifts, logits).argmax(axis=1) == splits.val_labels).mean())
                for name, shifts in SHIFT_VIEWS.items()}
     return {"config": path, "epochs": len(curve), "seconds": curve[-1]["seconds"] if curve else None,
             "val_accuracy": accuracy[False], "val_accuracy_tta": accuracy[True], "val_accuracy_shift_views": shifted,
@@ -71,9 +70,9 @@ def shift_image(images: np.ndarray, dy: int, dx: int) -> np.ndarray:
     return out
 
 
-def shift_views_logits(model: TrainedModel, images: np.ndarray, shifts: list) -> np.ndarray:
-    """Mean logits over the untranslated view (weighted as much as all shifted views together) and the shifts."""
-    base = np.asarray(model.predict_logits(images))
+def shift_views_logits(model: TrainedModel, images: np.ndarray, shifts: list, base: np.ndarray) -> np.ndarray:
+    """Mean logits over the untranslated view (`base`, `model`'s logits of `images`, weighted as much as all
+    shifted views together) and the shifts."""
     moved = sum(np.asarray(model.predict_logits(shift_image(images, dy, dx))) for dy, dx in shifts) / len(shifts)
     return base + moved
 
