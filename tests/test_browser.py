@@ -159,7 +159,7 @@ def test_a_user_walks_from_a_new_project_to_a_prediction(studio: str, workspace:
         page.get_by_text("Summary").wait_for()
         preset = page.get_by_test_id("stSelectbox").filter(has_text="Preset")
         preset.click()
-        page.get_by_role("option", name="fast").click()
+        page.get_by_role("option", name="fast", exact=True).click()
         page.get_by_role("button", name="Load", exact=True).click()
         idle()
         page.get_by_text("241,770").first.wait_for()
