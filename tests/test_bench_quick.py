@@ -210,3 +210,20 @@ def test_augment_cost_quick() -> None:
     for setting in out["settings"]:
         assert setting["images_per_s"] > 0 and setting["augment_us_per_batch"] > 0
     assert next(s for s in out["settings"] if s["name"] == "flip + crop 1")["augment"] == {"flip": 0.5, "crop": 1}
+
+
+def test_model_cost_quick() -> None:
+    wide = {"layers": [{"type": "conv2d", "filters": 8, "kernel": 3, "padding": "same", "activation": "relu"},
+                       {"type": "maxpool", "pool": 2, "stride": 2}, {"type": "flatten"},
+                       {"type": "dense", "units": 10}]}
+    out = _run("model_cost.py", "--candidate", "nadam={\"optimizer\": \"nadam\"}", "--candidate", "tiny=" + json.dumps(wide))
+    rows = {row["name"]: row for row in out["rows"]}
+    assert list(rows) == ["base", "nadam", "tiny"] and rows["base"]["ratio_to_base"] == 1.0
+    assert rows["base"]["preset"] == rows["nadam"]["preset"] == "fast256" and rows["tiny"]["preset"] == "custom"
+    # the same network whatever the optimizer; the custom stack's own size: 8*9 + 8 conv, 14*14*8*10 + 10 dense
+    assert rows["nadam"]["params"] == rows["base"]["params"] == 390_634
+    assert rows["tiny"]["params"] == 8 * 9 + 8 + 14 * 14 * 8 * 10 + 10
+    assert rows["tiny"]["forward_flops"] < rows["base"]["forward_flops"]
+    for row in rows.values():
+        assert row["images_per_s"] > 0
+        assert row["ratio_to_base"] == pytest.approx(row["images_per_s"] / rows["base"]["images_per_s"], abs=0.002)
