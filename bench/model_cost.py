@@ -7,7 +7,7 @@ them alike); the table reports each one's median images per second, its ratio to
 A candidate that is not within a few percent of the base's rate is not "the same cost" for the 15-minute recipe.
 
     python bench/model_cost.py --base bench/configs/round2/best_94_val10_fast256.json \
-        --candidate 'gelu={"layers": [...]}' --candidate 'nadam={"optimizer": "nadam"}' [--windows 5] [--json]
+        --candidate 'gelu={"layers": [...]}' --candidate 'nadam={"optimizer": "nadam"}' [--windows 9] [--json]
     python bench/model_cost.py --quick --json     # tiny sizes, for CI
 
 JSON keys: rows (name, preset, params, forward_flops, images, batch_size, images_per_s, ratio_to_base), batch_size, windows, window_images,
@@ -37,7 +37,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--base", default=str(DEFAULT_BASE), help="benchmark config the candidates override")
     parser.add_argument("--candidate", action="append", default=[], help="NAME=JSON override of the base, or NAME=FILE")
-    parser.add_argument("--windows", type=int, default=5, help="timed windows per row")
+    parser.add_argument("--windows", type=int, default=9, help="timed windows per row (with 5, two identical rows differed by up to 0.15x here)")
     parser.add_argument("--window-images", type=int, default=4096, help="images per timed window")
     parser.add_argument("--quick", action="store_true", help="tiny sizes so CI can run it")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
