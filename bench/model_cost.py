@@ -10,8 +10,8 @@ A candidate that is not within a few percent of the base's rate is not "the same
         --candidate 'gelu={"layers": [...]}' --candidate 'nadam={"optimizer": "nadam"}' [--windows 9] [--json]
     python bench/model_cost.py --quick --json     # tiny sizes, for CI
 
-JSON keys: rows (name, preset, params, forward_flops, images, batch_size, images_per_s, ratio_to_base), batch_size, windows, window_images,
-load_average.
+JSON keys: rows (name, preset, params, forward_flops, images, batch_size, images_per_s, ratio_to_base), base,
+windows, window_images, quick, load_average.
 """
 from __future__ import annotations
 
@@ -84,8 +84,8 @@ def main() -> None:
     print(f"training-chunk cost against {Path(args.base).name}; {args.windows} alternated windows of "
           f"~{args.window_images} images; load average {load_before} -> {load_average()}")
     print_table(["row", "model", "parameters", "forward MFLOPs", "batch", "training img/s", "vs base"],
-                [[r["name"], r["preset"], f"{r['params']:,}", f"{r['forward_flops'] / 1e6:.1f}", r["batch_size"], f"{r['images_per_s']:,.0f}",
-                  f"{r['ratio_to_base']:.3f}"] for r in rows])
+                [[r["name"], r["preset"], f"{r['params']:,}", f"{r['forward_flops'] / 1e6:.1f}", r["batch_size"],
+                  f"{r['images_per_s']:,.0f}", f"{r['ratio_to_base']:.3f}"] for r in rows])
     if args.json:
         emit_json({"rows": rows, "base": str(args.base), "windows": args.windows, "window_images": args.window_images,
                    "quick": args.quick, "load_average": [load_before, load_average()]})

@@ -213,10 +213,10 @@ def test_augment_cost_quick() -> None:
 
 
 def test_model_cost_quick() -> None:
-    wide = {"layers": [{"type": "conv2d", "filters": 8, "kernel": 3, "padding": "same", "activation": "relu"},
+    tiny = {"layers": [{"type": "conv2d", "filters": 8, "kernel": 3, "padding": "same", "activation": "relu"},
                        {"type": "maxpool", "pool": 2, "stride": 2}, {"type": "flatten"},
                        {"type": "dense", "units": 10}]}
-    out = _run("model_cost.py", "--candidate", "nadam={\"optimizer\": \"nadam\"}", "--candidate", "tiny=" + json.dumps(wide))
+    out = _run("model_cost.py", "--candidate", "nadam={\"optimizer\": \"nadam\"}", "--candidate", "tiny=" + json.dumps(tiny))
     rows = {row["name"]: row for row in out["rows"]}
     assert list(rows) == ["base", "nadam", "tiny"] and rows["base"]["ratio_to_base"] == 1.0
     assert rows["base"]["preset"] == rows["nadam"]["preset"] == "fast256" and rows["tiny"]["preset"] == "custom"

@@ -335,9 +335,9 @@ def test_the_phone_drawer_closes_after_a_page_is_chosen_and_the_desktop_sidebar_
             # On a loaded machine Streamlit may collapse the phone drawer after the first read of its state, so
             # open it until it reports open (bounded), then check that it stays open on the same page.
             deadline = time.monotonic() + 60
-            while sidebar.get_attribute("data-collapsed") != "false" and time.monotonic() < deadline:
-                expand = page.get_by_test_id("stExpandSidebarButton")
-                if sidebar.get_attribute("data-collapsed") == "true" and expand.is_visible():
+            expand = page.get_by_test_id("stExpandSidebarButton")
+            while (state := sidebar.get_attribute("data-collapsed")) != "false" and time.monotonic() < deadline:
+                if state == "true" and expand.is_visible():
                     expand.click()
                 time.sleep(0.5)
             time.sleep(1.5)  # the home page's own run is over: an open drawer stays open on the same page
