@@ -178,22 +178,25 @@ def breakdown(spec: list, piece: int, repeats: int) -> list[dict]:
     spec = [dict(layer, rate=0.0) if layer["type"] == "dropout" else layer for layer in spec]
     model = layers.build_model(spec)
     from flax import nnx
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    graphdef, params, stats, rest = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
     images = jnp.asarray(np.random.default_rng(0).random((piece, 28, 28, 1)), jnp.float32)
     ctx = layers.Context(train=True, rng=jax.random.key(0), conv_impl=cpu_ops.resolve_conv_impl("auto"))
     rows, previous = [], 0.0
     for depth in range(1, len(model.layers) + 1):
-        def loss(params: Any, depth: int = depth) -> jax.Array:
+        def loss(params: Any, stats: Any, depth: int = depth) -> jax.Array:
+            # BatchNorm's running statistics are an argument, copied into this trace, as in program.make_forward:
+            # NNX refuses to update variables that belong to an outer trace
+            copy = jax.tree.map(lambda v: v, stats)
             x = images
-            for layer in nnx.merge(graphdef, params, rest).layers[:depth]:
+            for layer in nnx.merge(graphdef, params, copy, rest).layers[:depth]:
                 x = layer(x, ctx)
             return jnp.sum(x * x)
         grad = jax.jit(jax.grad(loss))
-        jax.block_until_ready(grad(params))
+        jax.block_until_ready(grad(params, stats))
         samples = []
         for _ in range(repeats):
             start = time.perf_counter()
-            jax.block_until_ready(grad(params))
+            jax.block_until_ready(grad(params, stats))
             samples.append(time.perf_counter() - start)
         total = median(samples) * 1e3
         rows.append({"layer": f"{depth}: {spec[depth - 1]['type']}", "ms": round(total - previous, 3),
