@@ -67,7 +67,6 @@ def test_step_variants_quick() -> None:
     assert out["breakdown"][-1]["cumulative_ms"] > 0
 
 
-
 def test_step_variants_breakdown_of_a_batchnorm_preset() -> None:
     """The per-layer breakdown also times stacks with BatchNorm (it raised NNX's TraceContextError on them)."""
     out = _run("step_variants.py", "--preset", "fast256", "--compare", "pool")
@@ -75,6 +74,7 @@ def test_step_variants_breakdown_of_a_batchnorm_preset() -> None:
     layers = [row["layer"] for row in out["breakdown"]]
     assert layers[:3] == ["1: conv2d", "2: batchnorm", "3: activation"] and len(layers) == 16
     assert layers[-1] == "16: dense" and out["breakdown"][-1]["cumulative_ms"] > 0
+
 
 def test_winograd_branches_quick() -> None:
     """Gradients match the reference that shares the program's pre-activations; any gap to the plain reference
