@@ -85,7 +85,7 @@ schedule = top[1].selectbox("Learning-rate schedule", config.SCHEDULES, index=co
 
 with st.form(f"hyperparameters-{pid}", border=True):
     st.markdown("**Training length**")
-    a, b, c = st.columns(3)
+    a, b, c, d = st.columns([3, 3, 3, 2])
     epochs = a.slider("Epochs", 1, 100, int(min(cfg.epochs, 100)), help="Full passes over the training split.")
     batch_size = b.select_slider("Batch size", BATCH_SIZES + ([cfg.batch_size] if cfg.batch_size not in BATCH_SIZES else []),
                                  value=cfg.batch_size, help="Images per optimizer step. Larger is faster per image "
@@ -93,6 +93,9 @@ with st.form(f"hyperparameters-{pid}", border=True):
     limit_value = c.number_input("Training images (0 = all)", 0, counts["train"], int(limit or 0), step=100,
                                  help=f"Train on only the first N of the {counts['train']:,} training images: "
                                       "for quick experiments.")
+    clean_epochs = int(d.number_input("Clean last epochs", 0, 100, int(min(cfg.clean_epochs, 100)), 1,
+                                      help="Train the last N epochs on the images as they are, with the Data page's "
+                                           "augmentation off, as evaluation sees them. 0: augment every epoch."))
 
     st.markdown(f"**Optimizer · {OPTIMIZER_LABELS[optimizer]}**")
     a, b, c, d = st.columns(4)
@@ -195,7 +198,7 @@ if submitted:
             step_factor=float(step_factor), weight_decay=float(weight_decay), label_smoothing=float(label_smoothing),
             loss=loss, grad_clip=float(grad_clip), early_stopping=bool(early_stopping), monitor=monitor,
             patience=patience, restore_best=bool(restore_best), seed=seed, precision=precision, ema_decay=float(ema_decay),
-            tta_flip=bool(tta_flip),
+            tta_flip=bool(tta_flip), clean_epochs=clean_epochs,
             chunk_steps=chunk_steps, **{k: v for k, v in values.items()})
         new_cfg.validate(train_size=new_train_size)
     except ValueError as error:

@@ -244,10 +244,17 @@ def test_hyperparameters_form_validates_before_saving(seeded: dict) -> None:
 
     _form_widget(at.select_slider, "Batch size").set_value(16)
     _form_widget(at.slider, "Epochs").set_value(3)
+    _form_widget(at.number_input, "Clean last epochs").set_value(4)
+    next(b for b in at.button if b.label == "Save settings").click().run()
+    assert "without augmentation at the end must be at most 3 (the number of epochs), got 4" in texts(at, "error")
+    assert proj.train_config(store.Workspace().get_project(pid)).clean_epochs == 0
+
+    _form_widget(at.number_input, "Clean last epochs").set_value(1)
     next(b for b in at.button if b.label == "Save settings").click().run()
     assert not at.exception and not at.error
     saved = store.Workspace().get_project(pid)
     assert proj.train_config(saved).batch_size == 16 and proj.train_config(saved).epochs == 3
+    assert proj.train_config(saved).clean_epochs == 1
     assert saved["train_limit"] == 50
     assert any(m.label == "Per epoch" for m in at.metric)
 

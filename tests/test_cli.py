@@ -42,6 +42,7 @@ def test_missing_data_directory_exits_2_with_one_line(tmp_path: Path) -> None:
     (["train", "--preset", "huge"], "unknown preset"),
     (["train", "--fractions", "0.5,0.5,0.5", "--split", "pooled"], "add up to 1"),
     (["train", "--lr", "nan"], "learning rate must be a finite number"),
+    (["train", "--epochs", "2", "--clean-epochs", "3"], "without augmentation at the end must be at most 2"),
     (["evaluate", "/nonexistent/run"], "does not exist"),
     (["train", "--resume", "/nonexistent/run"], "cannot resume"),
 ])

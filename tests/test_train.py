@@ -367,3 +367,23 @@ def test_draining_the_registry_stops_running_jobs_with_a_resumable_checkpoint(ti
     assert store.read_json(tmp_path / "a" / "run.json")["status"] == "stopped"
     _, meta, _ = store.load_latest_checkpoint(tmp_path / "a")  # what a resume after the restart starts from
     assert meta["epoch"] < 200
+
+
+def test_clean_final_epochs_train_on_the_images_as_they_are(tiny_splits: splitting.Splits) -> None:
+    augment = AugmentConfig(flip=0.5, crop=2, erasing=0.5)
+    plain = _epoch_losses(_records(loop.train(TINY, TrainConfig(epochs=3, batch_size=32, chunk_steps=2), tiny_splits)))
+    augmented = _epoch_losses(_records(loop.train(
+        TINY, TrainConfig(epochs=3, batch_size=32, chunk_steps=2, augment=augment), tiny_splits)))
+    last_clean = _epoch_losses(_records(loop.train(
+        TINY, TrainConfig(epochs=3, batch_size=32, chunk_steps=2, augment=augment, clean_epochs=1), tiny_splits)))
+    all_clean = _epoch_losses(_records(loop.train(
+        TINY, TrainConfig(epochs=3, batch_size=32, chunk_steps=2, augment=augment, clean_epochs=3), tiny_splits)))
+    assert augmented != plain
+    assert all_clean == plain  # augmentation off from the first step: the run of no augmentation, to the bit
+    assert last_clean[:2] == augmented[:2]  # augmented until the last epoch, then not
+    assert last_clean[2] != augmented[2]
+
+
+def test_more_clean_epochs_than_epochs_is_refused_with_both_numbers() -> None:
+    with pytest.raises(ValueError, match=r"without augmentation at the end must be at most 3 .*got 4"):
+        TrainConfig(epochs=3, clean_epochs=4).validate()

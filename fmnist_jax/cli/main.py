@@ -44,6 +44,7 @@ def _add_train_parser(sub: Any) -> None:
     p.add_argument("--label-smoothing", type=float)
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--augment", help="augmentation strengths, e.g. flip=0.5,shift=0.1,rotation=10")
+    p.add_argument("--clean-epochs", type=int, metavar="N", help="train the last N epochs without augmentation")
     p.add_argument("--precision", help="float32 or bfloat16")
     p.add_argument("--chunk-steps", type=int, help="optimizer steps per compiled chunk (metrics/stop granularity)")
     p.add_argument("--conv-impl", help="auto, xla, im2col, xla_dots or winograd (auto: winograd on CPU)")

@@ -22,7 +22,7 @@ def _build_config(args: argparse.Namespace, base: dict | None) -> Any:
                  "chunk_steps": args.chunk_steps, "precision": args.precision, "conv_impl": args.conv_impl,
                  "label_smoothing": args.label_smoothing, "weight_decay": args.weight_decay,
                  "freeze_layers": args.freeze, "outlier_weight": args.outlier_weight,
-                 "ema_decay": args.ema_decay, "tta_flip": args.tta_flip}
+                 "ema_decay": args.ema_decay, "tta_flip": args.tta_flip, "clean_epochs": args.clean_epochs}
     changes = {k: v for k, v in overrides.items() if v is not None}
     if args.augment:
         augment = dict(cfg.augment.__dict__)

@@ -54,6 +54,8 @@ class TrainConfig(Settings):
     monitor: choice(MONITORS) = _num("val_accuracy", "early-stopping monitor")
     restore_best: StrictBool = _num(True, "restore_best")
     augment: AugmentConfig = Field(default_factory=AugmentConfig, title="augment")
+    # The last N epochs train on the images as they are (augmentation off), as evaluation sees them.
+    clean_epochs: Whole = _num(0, "epochs without augmentation at the end", ge=0, le=10_000)
     seed: Whole = _num(0, "seed", ge=0, le=2**31 - 1)
     precision: choice(PRECISIONS) = _num("float32", "precision")
     chunk_steps: Whole = _num(50, "chunk steps", ge=1, le=100_000)
@@ -77,6 +79,9 @@ class TrainConfig(Settings):
         if train_size is not None and self.batch_size > train_size:
             raise ValueError(f"batch size {self.batch_size} is larger than the training split ({train_size} examples); "
                              f"lower it to at most {train_size}")
+        if self.clean_epochs > self.epochs:
+            raise ValueError(f"epochs without augmentation at the end must be at most {self.epochs} (the number of "
+                             f"epochs), got {self.clean_epochs!r}")
         if self.warmup_epochs > self.epochs:
             raise ValueError(f"warmup epochs must be at most {self.epochs:g} (the number of epochs), "
                              f"got {self.warmup_epochs!r}")

@@ -26,7 +26,9 @@ def schedule_plan(cfg: TrainConfig, steps_per_epoch: int) -> dict[str, float]:
             "warmup": float(min(total - 1, int(cfg.warmup_epochs * steps_per_epoch))),
             "every": float(max(1, cfg.step_every_epochs * steps_per_epoch)),
             "drops": float(max(0, math.ceil(cfg.epochs / cfg.step_every_epochs) - 1)),
-            "factor": float(cfg.step_factor)}
+            "factor": float(cfg.step_factor),
+            # augmentation stops at this step (the clean epochs at the end; never when there are none)
+            "augment_until": float(total if cfg.clean_epochs == 0 else (cfg.epochs - cfg.clean_epochs) * steps_per_epoch)}
 
 
 def schedule_value(kind: str, count: jax.Array, plan: dict) -> jax.Array:

@@ -217,7 +217,7 @@ def pad_rows(array: np.ndarray, rows: int) -> np.ndarray:
 
 
 # Settings the compiled chunk takes as arguments (run_plan, the keys) or never reads (evaluation, stopping).
-RUN_TIME_FIELDS = ("epochs", "learning_rate", "warmup_epochs", "step_every_epochs", "step_factor", "seed", "early_stopping",
+RUN_TIME_FIELDS = ("epochs", "clean_epochs", "learning_rate", "warmup_epochs", "step_every_epochs", "step_factor", "seed", "early_stopping",
                    "patience", "min_delta", "monitor", "restore_best", "eval_batch_size", "tta_flip")
 
 
@@ -297,8 +297,9 @@ def build_program(graphdef: Any, cfg: TrainConfig, steps_per_epoch: int, mesh: j
                 x, y = images[idx], labels[idx]
             x, y = shard(x.astype(jnp.float32) / 255.0), shard(y)
             key = jax.random.fold_in(epoch_key, step_in_epoch)
-            if cfg.augment.active():
-                x = augment_batch(x, jax.random.fold_in(key, 7919), cfg.augment)
+            if cfg.augment.active():  # a run-time switch: the clean last epochs share the compiled program
+                x = jax.lax.cond(state["step"] < plan["augment_until"],
+                                 lambda x: augment_batch(x, jax.random.fold_in(key, 7919), cfg.augment), lambda x: x, x)
             state, step_sums = train_step(state, x, y, key, plan)
             return state, sums + step_sums
 
