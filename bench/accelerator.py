@@ -76,7 +76,7 @@ def time_to_accuracy(splits: splitting.Splits, budget: float, quick: bool) -> di
     cfg = TrainConfig.from_dict(RECIPE["config"])
     spec = presets.preset("fast" if quick else RECIPE["preset"], splits.num_classes)
     if quick:
-        cfg = cfg.replace(epochs=1, batch_size=64, chunk_steps=8)
+        cfg = cfg.with_epochs(1, batch_size=64, chunk_steps=8)
     stop, reached, curve = threading.Event(), {0.94: None, 0.95: None}, []
     start = time.perf_counter()
     for record in train_and_test(spec, cfg, splits, None, stop=stop, eval_test_each_epoch=True):

@@ -55,9 +55,9 @@ def parse_candidate(text: str, base: dict) -> tuple[str, dict]:
 def run_candidate(name: str, values: dict, splits, epochs: int | None, quick: bool) -> dict:
     cfg = TrainConfig.from_dict(values["config"])
     if epochs is not None:
-        cfg = cfg.replace(epochs=epochs)
+        cfg = cfg.with_epochs(epochs)
     if quick:
-        cfg = cfg.replace(epochs=1, batch_size=64, chunk_steps=4)
+        cfg = cfg.with_epochs(1, batch_size=64, chunk_steps=4)
     cfg.validate()
     spec = values.get("layers") or presets.preset(values["preset"], splits.num_classes)
     start = time.perf_counter()

@@ -38,7 +38,7 @@ def load_config(path: Path, epochs: int | None) -> tuple[str, TrainConfig, list 
     values = json.loads(Path(path).read_text())
     cfg = TrainConfig.from_dict(values["config"])
     if epochs is not None:
-        cfg = cfg.replace(epochs=epochs)
+        cfg = cfg.with_epochs(epochs)
     return values["preset"], cfg, values.get("layers"), float(values.get("val_fraction", 0.1))
 
 

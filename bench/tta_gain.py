@@ -30,7 +30,7 @@ def run(path: str, splits, quick: bool) -> dict:
     values = json.loads(Path(path).read_text())
     cfg = TrainConfig.from_dict(values["config"])
     if quick:
-        cfg = cfg.replace(epochs=1, batch_size=64, chunk_steps=4)
+        cfg = cfg.with_epochs(1, batch_size=64, chunk_steps=4)
     spec = values.get("layers") or presets.preset(values["preset"], splits.num_classes)
     start, curve = time.perf_counter(), []
     with tempfile.TemporaryDirectory(prefix="fmnist-tta-gain-") as folder:

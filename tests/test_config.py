@@ -146,3 +146,11 @@ def test_the_run_time_rate_must_be_given_inside_the_program() -> None:
         assert rate(7) == 0.5
     with pytest.raises(RuntimeError):
         rate(1)
+
+
+def test_a_shortened_recipe_keeps_its_clean_last_epochs_within_the_new_length() -> None:
+    recipe = TrainConfig(epochs=24, clean_epochs=7, batch_size=32)
+    assert recipe.with_epochs(10).clean_epochs == 7 and recipe.with_epochs(10).epochs == 10
+    short = recipe.with_epochs(1, batch_size=64)
+    assert (short.epochs, short.clean_epochs, short.batch_size) == (1, 1, 64)
+    short.validate()  # would refuse 7 clean epochs in a 1-epoch run

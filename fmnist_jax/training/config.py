@@ -100,6 +100,11 @@ class TrainConfig(Settings):
             raise ValueError(f"config is not valid JSON: {error}") from None
         return cls.from_dict(values)
 
+    def with_epochs(self, epochs: int, **changes: Any) -> "TrainConfig":
+        """A copy that runs `epochs` epochs (and any other changes), its clean last epochs capped at that length:
+        for shortened runs of a recipe (benchmarks' --epochs and --quick)."""
+        return self.replace(epochs=epochs, clean_epochs=min(self.clean_epochs, int(epochs)), **changes)
+
     def replace(self, **changes: Any) -> "TrainConfig":
         """A copy with some fields changed (nested augment may be a dict or an AugmentConfig)."""
         values = self.to_dict()
