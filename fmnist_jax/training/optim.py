@@ -28,7 +28,7 @@ def schedule_plan(cfg: TrainConfig, steps_per_epoch: int) -> dict[str, float]:
             "drops": float(max(0, math.ceil(cfg.epochs / cfg.step_every_epochs) - 1)),
             "factor": float(cfg.step_factor),
             # augmentation stops at this step (the clean epochs at the end; never when there are none)
-            "augment_until": float(total if cfg.clean_epochs == 0 else (cfg.epochs - cfg.clean_epochs) * steps_per_epoch)}
+            "augment_until": math.inf if cfg.clean_epochs == 0 else float((cfg.epochs - cfg.clean_epochs) * steps_per_epoch)}
 
 
 def schedule_value(kind: str, count: jax.Array, plan: dict) -> jax.Array:
