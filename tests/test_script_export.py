@@ -109,3 +109,34 @@ def test_the_script_holds_out_the_runs_own_validation_share(tmp_path: Path) -> N
     assert "'val_fraction': 0.02" in text and "2% of the training images are held out" in text
     plain = script_export.training_script(spec, TrainConfig(), (28, 28, 1), tuple("abcdefghij"))
     assert "'val_fraction': 0.1" in plain and "10% of the training images are held out" in plain
+
+
+def test_the_script_trains_its_clean_last_epochs_without_augmentation(tmp_path: Path) -> None:
+    """With clean last epochs, the script's step ignores the augmentation key when told the epoch is clean (the
+    step of two identical models then moves them identically) and uses it otherwise."""
+    import importlib.util
+
+    import jax
+    import numpy as np
+
+    config = TrainConfig.from_dict({**presets.BEST_RECIPE["config"], "clean_epochs": 2})
+    text = script_export.training_script(presets.preset("lenet", 10), config, (28, 28, 1), tuple("abcdefghij"), "lenet")
+    assert "'clean_epochs': 2" in text and "Not included" not in text
+    path = tmp_path / "train_lenet.py"
+    path.write_text(text)
+    spec = importlib.util.spec_from_file_location("exported_clean_script", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    images = jax.numpy.asarray(np.random.default_rng(0).integers(0, 256, (32, 28, 28, 1), dtype=np.uint8))
+    labels = jax.numpy.arange(32) % 10
+
+    def weights_after_a_step(key: int, augmenting: bool) -> list:
+        model = script.Net(script.nnx.Rngs(params=0, dropout=1))
+        opt = script.nnx.Optimizer(model, script.optimizer(10), wrt=script.nnx.Param)
+        script.train_step(model, opt, images, labels, jax.random.key(key), jax.numpy.bool_(augmenting))
+        return [np.asarray(w) for w in jax.tree.leaves(script.nnx.state(model, script.nnx.Param))]
+
+    clean = [weights_after_a_step(key, False) for key in (1, 2)]
+    augmented = [weights_after_a_step(key, True) for key in (1, 2)]
+    assert all(np.array_equal(a, b) for a, b in zip(*clean))
+    assert not all(np.array_equal(a, b) for a, b in zip(*augmented))

@@ -74,7 +74,7 @@ def training_script(spec: list, config: Any, input_shape: tuple, class_names: tu
     settings = {k: cfg[k] for k in ("epochs", "batch_size", "optimizer", "learning_rate", "momentum", "nesterov",
                                     "beta1", "beta2", "rho", "epsilon", "schedule", "warmup_epochs",
                                     "step_every_epochs", "step_factor", "weight_decay", "grad_clip", "loss",
-                                    "label_smoothing", "focal_gamma", "seed", "tta_flip", "ema_decay")}
+                                    "label_smoothing", "focal_gamma", "seed", "tta_flip", "ema_decay", "clean_epochs")}
     settings["flip"], settings["shift"], settings["crop"] = (cfg["augment"]["flip"], cfg["augment"]["shift"],
                                                              cfg["augment"]["crop"])
     settings["val_fraction"] = float(val_fraction)
@@ -212,10 +212,10 @@ def augment(images, key):
 
 
 @nnx.jit
-def train_step(model, opt, images, labels, key):
+def train_step(model, opt, images, labels, key, augmenting):
     images = images.astype(jnp.float32) / 255.0
-    if SETTINGS["flip"] or SETTINGS["shift"] or SETTINGS["crop"]:
-        images = augment(images, key)
+    if SETTINGS["flip"] or SETTINGS["shift"] or SETTINGS["crop"]:  # off in the last SETTINGS["clean_epochs"] epochs
+        images = jax.lax.cond(augmenting, lambda x: augment(x, key), lambda x: x, images)
 
     def loss_of(model):
         return loss_fn(model(images), labels)
@@ -269,11 +269,12 @@ def main():
     kept = averaged or model  # the model evaluated and reported
     rng, key, start = np.random.default_rng(args.seed), jax.random.key(args.seed), time.time()
     for epoch in range(1, args.epochs + 1):
+        augmenting = jnp.bool_(epoch <= args.epochs - min(SETTINGS["clean_epochs"], args.epochs))
         order = rng.permutation(len(y))
         for step in range(steps):
             batch = order[step * SETTINGS["batch_size"]:(step + 1) * SETTINGS["batch_size"]]
             key, step_key = jax.random.split(key)
-            loss = train_step(model, opt, jnp.asarray(x[batch]), jnp.asarray(y[batch]), step_key)
+            loss = train_step(model, opt, jnp.asarray(x[batch]), jnp.asarray(y[batch]), step_key, augmenting)
             if averaged is not None:
                 average(model, averaged, jnp.float32((epoch - 1) * steps + step))
         val_accuracy, val_loss = evaluate(kept, x_val, y_val)
