@@ -95,10 +95,11 @@ BEST_RECIPE: dict = {
              "with a one-cycle schedule, label smoothing 0.1, random horizontal flips and 1-pixel random crops, weight "
              "averaging (EMA 0.999) and mirror test-time augmentation, chosen on a 10% validation split (94.65% mean "
              "validation accuracy over three seeds). The recipe keeps 2% of the training images for validation (on a "
-             "split with an official test set) and trains on the other 98%. On a 2-core CPU it reached 93.85% test "
-             "accuracy at best in 13.3 minutes (2026-12-03); earlier versions of the recipe reached 94.0-94.2% in three "
-             "runs of 8-12 minutes and 93.8-93.9% in others, so 94% is at the edge of what it reaches "
-             "(bench/time_to_accuracy.py --config bench/configs/best_94.json, 2026-11-30 to 12-03)."),
+             "split with an official test set) and trains on the other 98%. On 2-core CPUs it reached 93.85% test "
+             "accuracy at best in 13.3 minutes (2026-12-03) and 93.90% in 9.2 minutes on a faster one (2026-12-04); "
+             "earlier versions of the recipe reached 94.0-94.2% in three runs of 8-12 minutes and 93.8-93.9% in "
+             "others, so 94% is at the edge of what it reaches "
+             "(bench/time_to_accuracy.py --config bench/configs/best_94.json, 2026-11-30 to 12-04)."),
 }
 
 
