@@ -295,8 +295,8 @@ if sweep_task is None or sweep_task["status"] not in ("queued", "running"):
                 st.error(ui.plain(error), icon=":material/error:")
             else:
                 st.rerun()
-if sweep_task is not None:
-    ui.watch_task(sweep_task, on_done=lambda report: st.rerun())
+if sweep_task is not None:  # a finished sweep is forgotten without a rerun: the report below is read after this, and a
+    ui.watch_task(sweep_task, on_done=lambda report: None)  # rerun would drop a click made as the last trial ended
 report = sweeps.latest_sweep(ui.workspace(), pid)
 if report and report["trials"]:
     rows = sweeps.table_rows(report)

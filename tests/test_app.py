@@ -814,6 +814,30 @@ def test_a_sweep_runs_through_the_queue_and_its_best_settings_are_one_click_away
     assert saved["config"]["batch_size"] == 32 and saved["config"]["epochs"] == 1
 
 
+def test_the_best_settings_click_counts_when_the_sweep_ends_between_two_reruns(seeded: dict) -> None:
+    """The report is saved after every trial, so the page offers the best settings while the sweep task still
+    runs; a click in the rerun where the task had just ended was dropped by that rerun's st.rerun (CI saw it)."""
+    pid, ws, release = seeded["id"], store.Workspace(), threading.Event()
+    trial = {"trial": 2, "preset": "lenet", "learning_rate": 3e-3, "batch_size": 32, "epochs": 1, "augment": 0.0,
+             "val_accuracy": 0.5, "test_accuracy": 0.4, "seconds": 1.0, "run": "sweep-20260101-000000-02"}
+    other = {**trial, "trial": 1, "learning_rate": 1e-3, "val_accuracy": 0.25, "run": "sweep-20260101-000000-01"}
+    store.atomic_write_json(ws.project_dir(pid) / "sweeps" / "sweep-20260101-000000.json",
+                            {"id": "sweep-20260101-000000", "trials": [other, trial], "best": trial, "skipped": 0,
+                             "planned": 2, "seconds": 2.0})
+    tasks_ = proj.get_task_registry()
+    task = tasks_.submit(proj.owner_of(ws), "sweep", pid, lambda progress: release.wait(60) and {}, label="Sweep")
+    at = open_app("pages/3_Hyperparameters.py", pid)
+    assert tasks_.get(task["id"])["status"] in ("queued", "running")
+    assert any("2 of 2 trials run" in c.value for c in at.caption)  # offered while the task still runs
+    release.set()
+    assert tasks_.wait(task["id"], timeout=30)["status"] == "done"
+    at.button(key=f"sweep-best-{pid}").click().run()
+    assert not at.exception
+    saved = store.Workspace().get_project(pid)
+    assert saved["model_preset"] == "lenet" and saved["config"]["learning_rate"] == 3e-3
+    assert tasks_.get(task["id"]) is None  # the ended task was forgotten, once
+
+
 def test_evaluation_pages_through_every_mistake_with_one_percent_format(trained: dict,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     from fmnist_jax.evaluate import metrics_from_probs, reliability
