@@ -231,10 +231,24 @@ def watch_task(snap: dict, on_done: Callable[[Any], None] | None = None) -> None
         background().forget(snap["id"])
 
 
+def in_fragment_run() -> bool:
+    """True in a fragment's own rerun (its `run_every` tick or a widget inside it), False in a full run of the page.
+
+    A fragment that sees its task end calls for a full rerun only in its own rerun: in a full run the page has
+    already drawn from its own read, and an st.rerun() there would drop a click made in that run (the button's
+    True lasts one run). The fragment's next tick, within a second, brings the page up to date instead."""
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    ctx = get_script_run_ctx()
+    return bool(ctx is not None and ctx.fragment_ids_this_run)
+
+
 def _task_progress(task_id: int) -> None:
     snap = background().get(task_id)
     if snap is None or snap["status"] not in ("queued", "running"):
-        st.rerun(scope="app")  # ended: the whole page shows the outcome
+        if in_fragment_run():
+            st.rerun(scope="app")  # ended: the whole page shows the outcome
+        return
     text = snap["message"] or ("waiting for a free worker" if snap["status"] == "queued" else "starting")
     a, b = st.columns([5, 1], vertical_alignment="center")
     a.progress(snap["progress"], text=f"{snap['label']}: {text}")

@@ -200,10 +200,16 @@ def _live_panel(snap: dict | None) -> None:
         st.success(f"Test accuracy **{result['test_accuracy']:.2%}** (loss {result['test_loss']:.4f}) after "
                    f"{result.get('epochs_completed', '?')} epoch(s) in {ui.seconds_text(result.get('seconds'))}.",
                    icon=":material/verified:")
-    # a job that just ended: redraw the whole page once so the history below includes it
+    # a job that just ended: redraw the whole page once so the history below includes it. Only from the panel's own
+    # rerun: in a full run a rerun would drop a Resume or Delete click made in that run. A full run whose first read
+    # saw the job ended reads the history after this panel anyway; one whose first read saw it running leaves the
+    # flag for the panel's next tick (within a second), which redraws the page without the live redraws.
     if not active and st.session_state.get("training-active-job") == snap["id"]:
-        st.session_state["training-active-job"] = None
-        st.rerun()
+        if ui.in_fragment_run():
+            st.session_state["training-active-job"] = None
+            st.rerun()
+        elif not is_active:
+            st.session_state["training-active-job"] = None
     # a job that just started: redraw the whole page so this panel refreshes itself every second
     if active and st.session_state.get("training-active-job") != snap["id"]:
         st.session_state["training-active-job"] = snap["id"]

@@ -288,32 +288,36 @@ def test_hyperparameters_page_offers_no_recipe_for_an_edited_model(seeded: dict)
     assert not [b for b in at.button if b.key == f"hp-recipe-{seeded['id']}"]
 
 
-def test_training_page_runs_a_tiny_job_and_lists_it_in_history(seeded: dict) -> None:
-    pid = seeded["id"]
+def test_training_page_runs_a_tiny_job_and_lists_it_in_history(seeded: dict,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    pid, gate, prepare_for = seeded["id"], threading.Event(), tasks._prepare_for
+
+    def held_prepare(*args, **kwargs):  # the job waits in its preparation until the test has seen a live redraw
+        prepare = prepare_for(*args, **kwargs)     # (a tiny job on a fast machine used to end before one redraw)
+        return lambda: (gate.wait(60), prepare())[1]
+
+    monkeypatch.setattr(tasks, "_prepare_for", held_prepare)
     at = open_app("pages/4_Training.py", pid)
     assert "No training job in progress" in texts(at, "info")
     at.button(key="start-training").click().run()
     assert not at.exception
-    saw_running = hidden_while_running = False
+    status = lambda: proj.get_registry().for_project(pid, proj.owner_of(store.Workspace()))["status"]  # noqa: E731
+    deadline = time.monotonic() + 60
+    while status() != "running" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert status() == "running"
+    at.run()  # a live redraw: Streamlit's blinking "Running… Stop" is hidden
+    assert not at.exception and status() == "running"
+    assert any("stStatusWidget" in str(h.proto) for h in at.get("html")), "run indicator not hidden"
+    gate.set()
     deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        snapshot = proj.get_registry().for_project(pid, proj.owner_of(store.Workspace()))
-        if snapshot["status"] == "running":
-            saw_running = True
-        if snapshot["status"] not in ("queued", "running"):
-            break
+    while status() in ("queued", "running") and time.monotonic() < deadline:
         time.sleep(0.5)
-        before = proj.get_registry().for_project(pid, proj.owner_of(store.Workspace()))["status"]
         at.run()
-        after = proj.get_registry().for_project(pid, proj.owner_of(store.Workspace()))["status"]
         assert not at.exception
-        if {before, after} <= {"queued", "running"}:  # live redraws: Streamlit's blinking "Running… Stop" is hidden
-            assert any("stStatusWidget" in str(h.proto) for h in at.get("html")), "run indicator not hidden"
-            hidden_while_running = True
     at.run()
+    snapshot = proj.get_registry().for_project(pid, proj.owner_of(store.Workspace()))
     assert snapshot["status"] == "completed", snapshot.get("error")
-    assert saw_running
-    assert hidden_while_running
     assert not any("stStatusWidget" in str(h.proto) for h in at.get("html"))  # shown again once nothing runs
     assert not at.exception
     assert at.get("progress"), "the finished job still shows its progress bar"
@@ -334,6 +338,31 @@ def _fake_run(pid: str, name: str, epochs: int) -> None:
     for epoch in range(1, epochs + 1):
         store.append_jsonl(run_dir / "history.jsonl", {"kind": "epoch", "epoch": epoch, "loss": 1.0 / epoch,
                                                        "accuracy": 0.5, "val_loss": 1.0, "val_accuracy": 0.5})
+
+
+def test_a_click_in_the_first_redraw_after_a_job_ends_is_not_dropped(seeded: dict,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The panel's "job just ended" st.rerun() ran in full runs too, and dropped a click made in that run (here:
+    deleting an older run as the current job ended)."""
+    pid, gate, prepare_for = seeded["id"], threading.Event(), tasks._prepare_for
+    monkeypatch.setattr(tasks, "_prepare_for", lambda *a, **k: (lambda p: lambda: (gate.wait(60), p())[1])(
+        prepare_for(*a, **k)))
+    _fake_run(pid, "older", 1)
+    at = open_app("pages/4_Training.py", pid)
+    at.button(key="start-training").click().run()
+    registry, owner = proj.get_registry(), proj.owner_of(store.Workspace())
+    deadline = time.monotonic() + 60
+    while registry.for_project(pid, owner)["status"] != "running" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    at.run()  # drawn while the job runs: the panel's flag is set, the older run is offered for deletion
+    at.selectbox(key=f"delete-run-{pid}").set_value("older")
+    gate.set()
+    job = registry.for_project(pid, owner)
+    assert registry.wait(job["id"], timeout=240)["status"] == "completed"
+    next(b for b in at.button if b.label == "Delete run").click().run()
+    assert not at.exception
+    assert "older" not in [r["id"] for r in store.Workspace().list_runs(pid)]
+    assert "Test accuracy" in texts(at, "success") and at.dataframe[0].value["run"].tolist() == [job["name"]]
 
 
 def test_compare_picker_adds_runs_made_since_the_page_was_drawn(seeded: dict) -> None:
@@ -814,28 +843,52 @@ def test_a_sweep_runs_through_the_queue_and_its_best_settings_are_one_click_away
     assert saved["config"]["batch_size"] == 32 and saved["config"]["epochs"] == 1
 
 
-def test_the_best_settings_click_counts_when_the_sweep_ends_between_two_reruns(seeded: dict) -> None:
-    """The report is saved after every trial, so the page offers the best settings while the sweep task still
-    runs; a click in the rerun where the task had just ended was dropped by that rerun's st.rerun (CI saw it)."""
-    pid, ws, release = seeded["id"], store.Workspace(), threading.Event()
+def _held_sweep(pid: str) -> tuple:
+    """A finished sweep's report (best: lenet at 3e-3) and a sweep task that runs until the event is set."""
+    ws, release = store.Workspace(), threading.Event()
     trial = {"trial": 2, "preset": "lenet", "learning_rate": 3e-3, "batch_size": 32, "epochs": 1, "augment": 0.0,
              "val_accuracy": 0.5, "test_accuracy": 0.4, "seconds": 1.0, "run": "sweep-20260101-000000-02"}
     other = {**trial, "trial": 1, "learning_rate": 1e-3, "val_accuracy": 0.25, "run": "sweep-20260101-000000-01"}
     store.atomic_write_json(ws.project_dir(pid) / "sweeps" / "sweep-20260101-000000.json",
                             {"id": "sweep-20260101-000000", "trials": [other, trial], "best": trial, "skipped": 0,
                              "planned": 2, "seconds": 2.0})
-    tasks_ = proj.get_task_registry()
-    task = tasks_.submit(proj.owner_of(ws), "sweep", pid, lambda progress: release.wait(60) and {}, label="Sweep")
+    registry = proj.get_task_registry()
+    task = registry.submit(proj.owner_of(ws), "sweep", pid, lambda progress: release.wait(60) and {}, label="Sweep")
+    return registry, task, release
+
+
+def test_the_best_settings_click_counts_when_the_sweep_ends_between_two_reruns(seeded: dict) -> None:
+    """The report is saved after every trial, so the page offers the best settings while the sweep task still
+    runs; a click in the rerun where the task had just ended was dropped by that rerun's st.rerun (CI saw it)."""
+    pid = seeded["id"]
+    registry, task, release = _held_sweep(pid)
     at = open_app("pages/3_Hyperparameters.py", pid)
-    assert tasks_.get(task["id"])["status"] in ("queued", "running")
+    assert registry.get(task["id"])["status"] in ("queued", "running")
     assert any("2 of 2 trials run" in c.value for c in at.caption)  # offered while the task still runs
     release.set()
-    assert tasks_.wait(task["id"], timeout=30)["status"] == "done"
+    assert registry.wait(task["id"], timeout=30)["status"] == "done"
     at.button(key=f"sweep-best-{pid}").click().run()
     assert not at.exception
     saved = store.Workspace().get_project(pid)
     assert saved["model_preset"] == "lenet" and saved["config"]["learning_rate"] == 3e-3
-    assert tasks_.get(task["id"]) is None  # the ended task was forgotten, once
+    assert registry.get(task["id"]) is None  # the ended task was forgotten, once
+
+
+def test_the_best_settings_click_counts_when_the_sweep_ends_between_the_pages_two_reads(
+        seeded: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The page reads the task at its top and its progress panel reads it again: a task that ended between the
+    two made the panel restart the whole page, in a full run, before the button below was read."""
+    pid = seeded["id"]
+    registry, task, release = _held_sweep(pid)
+    try:
+        at = open_app("pages/3_Hyperparameters.py", pid)
+        get = registry.get
+        monkeypatch.setattr(registry, "get", lambda task_id: {**get(task_id), "status": "done"})  # the panel's read
+        at.button(key=f"sweep-best-{pid}").click().run()
+        assert not at.exception
+        assert store.Workspace().get_project(pid)["model_preset"] == "lenet"
+    finally:
+        release.set()
 
 
 def test_evaluation_pages_through_every_mistake_with_one_percent_format(trained: dict,

@@ -244,7 +244,9 @@ def test_a_phone_visitor_gets_an_answer_from_the_camera_with_zero_clicks(studio:
         page.get_by_test_id("stCameraInput").wait_for()
         take = page.get_by_role("button", name="Take Photo")
         take.wait_for()
-        time.sleep(2.0)  # the fake device starts streaming
+        page.wait_for_function(  # the fake device streams: a click before its first frame takes no picture
+            "() => { const v = document.querySelector(\"[data-testid='stCameraInput'] video\");"
+            " return !!v && v.readyState >= 2 && v.videoWidth > 0; }")
         take.click()
         answer = page.get_by_text("camera photo →")
         answer.wait_for(timeout=120_000)
