@@ -288,30 +288,44 @@ def test_hyperparameters_page_offers_no_recipe_for_an_edited_model(seeded: dict)
     assert not [b for b in at.button if b.key == f"hp-recipe-{seeded['id']}"]
 
 
-def test_training_page_runs_a_tiny_job_and_lists_it_in_history(seeded: dict,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    pid, gate, prepare_for = seeded["id"], threading.Event(), tasks._prepare_for
+def _hold_jobs_in_preparation(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """Training jobs started from now on wait in their preparation until the returned event is set (a tiny job on
+    a fast machine can otherwise end before the test has seen it run)."""
+    gate, prepare_for = threading.Event(), tasks._prepare_for
 
-    def held_prepare(*args, **kwargs):  # the job waits in its preparation until the test has seen a live redraw
-        prepare = prepare_for(*args, **kwargs)     # (a tiny job on a fast machine used to end before one redraw)
+    def held(*args, **kwargs):
+        prepare = prepare_for(*args, **kwargs)
         return lambda: (gate.wait(60), prepare())[1]
 
-    monkeypatch.setattr(tasks, "_prepare_for", held_prepare)
+    monkeypatch.setattr(tasks, "_prepare_for", held)
+    return gate
+
+
+def _job_status(pid: str) -> str:
+    return proj.get_registry().for_project(pid, proj.owner_of(store.Workspace()))["status"]
+
+
+def _until_running(pid: str) -> None:
+    deadline = time.monotonic() + 60
+    while _job_status(pid) != "running" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _job_status(pid) == "running"
+
+
+def test_training_page_runs_a_tiny_job_and_lists_it_in_history(seeded: dict,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    pid, gate = seeded["id"], _hold_jobs_in_preparation(monkeypatch)
     at = open_app("pages/4_Training.py", pid)
     assert "No training job in progress" in texts(at, "info")
     at.button(key="start-training").click().run()
     assert not at.exception
-    status = lambda: proj.get_registry().for_project(pid, proj.owner_of(store.Workspace()))["status"]  # noqa: E731
-    deadline = time.monotonic() + 60
-    while status() != "running" and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert status() == "running"
+    _until_running(pid)
     at.run()  # a live redraw: Streamlit's blinking "Running… Stop" is hidden
-    assert not at.exception and status() == "running"
+    assert not at.exception and _job_status(pid) == "running"
     assert any("stStatusWidget" in str(h.proto) for h in at.get("html")), "run indicator not hidden"
     gate.set()
     deadline = time.monotonic() + 240
-    while status() in ("queued", "running") and time.monotonic() < deadline:
+    while _job_status(pid) in ("queued", "running") and time.monotonic() < deadline:
         time.sleep(0.5)
         at.run()
         assert not at.exception
@@ -344,16 +358,12 @@ def test_a_click_in_the_first_redraw_after_a_job_ends_is_not_dropped(seeded: dic
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """The panel's "job just ended" st.rerun() ran in full runs too, and dropped a click made in that run (here:
     deleting an older run as the current job ended)."""
-    pid, gate, prepare_for = seeded["id"], threading.Event(), tasks._prepare_for
-    monkeypatch.setattr(tasks, "_prepare_for", lambda *a, **k: (lambda p: lambda: (gate.wait(60), p())[1])(
-        prepare_for(*a, **k)))
+    pid, gate = seeded["id"], _hold_jobs_in_preparation(monkeypatch)
     _fake_run(pid, "older", 1)
     at = open_app("pages/4_Training.py", pid)
     at.button(key="start-training").click().run()
     registry, owner = proj.get_registry(), proj.owner_of(store.Workspace())
-    deadline = time.monotonic() + 60
-    while registry.for_project(pid, owner)["status"] != "running" and time.monotonic() < deadline:
-        time.sleep(0.05)
+    _until_running(pid)
     at.run()  # drawn while the job runs: the panel's flag is set, the older run is offered for deletion
     at.selectbox(key=f"delete-run-{pid}").set_value("older")
     gate.set()
