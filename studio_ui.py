@@ -182,7 +182,7 @@ def public_caps(spec: list, input_shape: tuple, num_classes: int, cfg: Any, trai
     if not settings.public_mode():
         return
     try:
-        figures = public.job_figures(spec, input_shape, num_classes, cfg.batch_size, cfg.epochs, train_size)
+        figures = public.job_figures(spec, input_shape, num_classes, cfg.batch_size, cfg.epochs, train_size, cfg.ensemble)
     except ValueError:
         return  # an invalid model is reported by the page itself
     try:

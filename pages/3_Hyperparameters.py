@@ -163,6 +163,12 @@ with st.form(f"hyperparameters-{pid}", border=True):
     tta_flip = b.toggle("Mirror test-time augmentation", cfg.tta_flip,
                         help="Predict from the mean of each image's and its mirror image's answer: in evaluation, "
                              "on the Deploy page, in the REST API and in exported models. Costs a second forward pass.")
+    a, b = st.columns(2)
+    ensemble = int(a.number_input("Ensemble members", 1, 8, int(cfg.ensemble), 1,
+                                  help="Train this many copies of the model side by side, each from its own seed "
+                                       "(weights, order, augmentation), and predict with the mean of their answers: "
+                                       "usually more accurate than one, and each epoch takes about as many times "
+                                       "as long. Exports (ONNX, TFLite, the script) keep every member."))
 
     st.markdown("**Early stopping**")
     a, b, c, d = st.columns(4)
@@ -198,7 +204,7 @@ if submitted:
             step_factor=float(step_factor), weight_decay=float(weight_decay), label_smoothing=float(label_smoothing),
             loss=loss, grad_clip=float(grad_clip), early_stopping=bool(early_stopping), monitor=monitor,
             patience=patience, restore_best=bool(restore_best), seed=seed, precision=precision, ema_decay=float(ema_decay),
-            tta_flip=bool(tta_flip), clean_epochs=clean_epochs,
+            tta_flip=bool(tta_flip), clean_epochs=clean_epochs, ensemble=ensemble,
             chunk_steps=chunk_steps, **{k: v for k, v in values.items()})
         new_cfg.validate(train_size=new_train_size)
     except ValueError as error:
@@ -232,7 +238,7 @@ with right:
     spec = proj.model_spec(project, dataset.num_classes)
     try:
         estimate = estimates.estimate_epoch_seconds(ui.workspace(), pid, spec, dataset.input_shape, dataset.num_classes,
-                                               steps_per_epoch * cfg.batch_size, counts["validation"])
+                                               steps_per_epoch * cfg.batch_size, counts["validation"], cfg.ensemble)
     except ValueError as error:
         st.info(f"No estimate: the model is not valid ({ui.plain(error)}).", icon=":material/info:")
     else:
@@ -245,7 +251,8 @@ with right:
         st.markdown("Start-up before the first epoch (set-up, data on the device, compilation): **"
                     + (f"{ui.seconds_text(startup['seconds'])}** as measured in run {startup['run']}." if startup else
                        "measured by the first run**, typically 5 to 60 s on a CPU."))
-        st.caption(f"{estimate['flops_per_image'] / 1e6:,.1f} MFLOPs to train on one image × "
+        st.caption(f"{estimate['flops_per_image'] / 1e6:,.1f} MFLOPs to train on one image"
+                   + (f" ({cfg.ensemble} members)" if cfg.ensemble > 1 else "") + " × "
                    f"{steps_per_epoch * cfg.batch_size:,} images per epoch, at "
                    f"{estimate['flops_per_s'] / 1e9:,.1f} GFLOP/s on {device['platform'].upper()} "
                    f"(from the {estimate['source']}), plus the validation pass.")

@@ -97,13 +97,23 @@ def test_job_caps_name_the_limit_and_the_figure_and_say_how_to_run_locally() -> 
         public.check_job(_figures(FAST, epochs=20, images=60_000), caps)
     lines = public.usage_lines(_figures(FAST), caps)
     assert lines[0].startswith("parameters ") and lines[0].endswith(" of 5 million") and len(lines) == 4
+    # an ensemble is N networks: N times the parameters, memory and compute of one, the images once
+    one, four = _figures(FAST), public.job_figures(FAST, (28, 28, 1), 10, 128, 10, 54_000, members=4)
+    assert four["params"] == 4 * one["params"] and four["memory_mb"] == pytest.approx(4 * one["memory_mb"])
+    assert four["job_tflop"] == pytest.approx(4 * one["job_tflop"]) and four["epoch_images"] == one["epoch_images"]
+    heavy_one = _figures(HEAVY_CONV, batch=1, epochs=10)
+    only_compute = public.PublicLimits(max_params=10**10, max_memory_mb=10**7, max_job_tflop=2 * heavy_one["job_tflop"])
+    public.check_job(heavy_one, only_compute)  # one of them fits, eight do not
+    with pytest.raises(ValueError, match=r"would compute [\d,]+ TFLOP"):
+        public.check_job(public.job_figures(HEAVY_CONV, (28, 28, 1), 10, 1, 10, 54_000, members=8), only_compute)
 
 
 def test_every_presets_recommended_recipe_fits_the_public_caps() -> None:
     from fmnist_jax.model import presets
     for name, preset in presets.PRESETS.items():
         cfg = TrainConfig.from_dict(preset.train_defaults) if preset.train_defaults else TrainConfig()
-        public.check_job(_figures(presets.preset(name, 10), cfg.batch_size, cfg.epochs, 54_000))
+        public.check_job(public.job_figures(presets.preset(name, 10), (28, 28, 1), 10, cfg.batch_size, cfg.epochs, 54_000,
+                                            cfg.ensemble))
 
 
 def test_a_job_past_its_time_limit_is_stopped_with_its_checkpoint_kept(tmp_path: Path) -> None:

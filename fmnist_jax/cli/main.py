@@ -71,6 +71,8 @@ def _add_train_parser(sub: Any) -> None:
     p.add_argument("--calibration-from", metavar="RUN_DIR", help="take the temperature and 'not sure' threshold from "
                                                                  "a run with held-out photos (for --photo-held-out 0)")
     p.add_argument("--outlier-weight", type=float, help="weight of the 'not sure' loss for photos outside the classes")
+    p.add_argument("--ensemble", type=int, metavar="N",
+                   help="train N networks side by side (seeds S, S+1, ...) and predict with their mean logits")
     p.add_argument("--ema-decay", type=float, help="keep and evaluate a moving average of the weights (e.g. 0.999; 0: off)")
     p.add_argument("--tta-flip", action="store_true", default=None,
                    help="predict from the mean of each image's and its mirror image's logits (also in exports)")

@@ -22,7 +22,8 @@ def _build_config(args: argparse.Namespace, base: dict | None) -> Any:
                  "chunk_steps": args.chunk_steps, "precision": args.precision, "conv_impl": args.conv_impl,
                  "label_smoothing": args.label_smoothing, "weight_decay": args.weight_decay,
                  "freeze_layers": args.freeze, "outlier_weight": args.outlier_weight,
-                 "ema_decay": args.ema_decay, "tta_flip": args.tta_flip, "clean_epochs": args.clean_epochs}
+                 "ema_decay": args.ema_decay, "tta_flip": args.tta_flip, "clean_epochs": args.clean_epochs,
+                 "ensemble": args.ensemble}
     changes = {k: v for k, v in overrides.items() if v is not None}
     if args.augment:
         augment = dict(cfg.augment.__dict__)
@@ -234,7 +235,7 @@ def cmd_train_plain(args: argparse.Namespace, spec: list | None = None, init_wei
             from fmnist_jax.studio import public
 
             public.check_job(public.job_figures(spec, splits.input_shape, splits.num_classes, cfg.batch_size,
-                                                cfg.epochs, len(splits.train_labels)))
+                                                cfg.epochs, len(splits.train_labels), cfg.ensemble))
         if lead:
             run_dir.mkdir(parents=True, exist_ok=True)
         if dataset.startswith("upload/"):

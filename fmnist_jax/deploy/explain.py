@@ -18,6 +18,7 @@ import numpy as np
 from flax import nnx
 
 from fmnist_jax.model import layers
+from fmnist_jax.training.members import member_weights
 
 METHODS = ("gradcam", "occlusion")
 # Layers that only transform a convolution's output in place; Grad-CAM reads the block after them.
@@ -126,8 +127,16 @@ def explain(model: Any, images: np.ndarray, method: str | None = None) -> tuple[
         side = max(model.input_shape[:2])
         cache[method] = _gradcam_fn(model) if method == "gradcam" else _occlusion_fn(model, max(2, side // 7),
                                                                                      max(1, side // 14))
-    maps, chosen = cache[method](model.weights, jnp.asarray(np.asarray(images, np.uint8)))
-    return np.asarray(maps, np.float32), np.asarray(chosen)
+    images = jnp.asarray(np.asarray(images, np.uint8))
+    if model.members == 1:
+        maps, chosen = cache[method](model.weights, images)
+        return np.asarray(maps, np.float32), np.asarray(chosen)
+    # An ensemble: each member's map of its own top class (the members share the layers, so one compiled
+    # explainer), averaged over the members and normalised again; the class reported is the ensemble's prediction.
+    parts = [cache[method](member_weights(model.weights, k), images)[0] for k in range(model.members)]
+    maps = _normalise(sum(parts) / len(parts))
+    chosen = np.asarray(model.predict_logits(np.asarray(images))).argmax(axis=-1)
+    return np.asarray(maps, np.float32), chosen
 
 
 def heatmap_png(saliency: np.ndarray) -> np.ndarray:

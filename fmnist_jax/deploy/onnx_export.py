@@ -40,18 +40,13 @@ def _pool(x: jax.Array, kind: str, window: int, stride: int, padding: str) -> ja
     return total / counts[None, :, :, None]
 
 
-def export_forward(model: TrainedModel) -> Any:
-    """probabilities(images float32 (N, H, W, C) in [0, 1]) from the model's weights, in plain jnp ops.
-
-    The layers' own pooling uses lax.reduce_window, which jax2onnx turns into a MaxPool that
-    onnxruntime rejects for NHWC windows; this forward is the same network written with ops that
-    convert cleanly, and export_onnx checks that it agrees with the real model.
-    """
+def _member_steps(member: TrainedModel) -> list:
+    """One network's layers as (kind, spec, weight, bias) steps, BatchNorm folded into an affine step."""
     from flax import nnx
 
-    network = nnx.merge(model.graphdef, model.weights["params"], model.weights["batch_stats"])
+    network = nnx.merge(member.graphdef, member.weights["params"], member.weights["batch_stats"])
     steps = []
-    for spec, module in zip(model.spec, network.layers):
+    for spec, module in zip(member.spec, network.layers):
         kind = spec["type"]
         if kind == "conv2d":
             steps.append(("conv2d", spec, np.asarray(module.kernel[...]),
@@ -65,6 +60,18 @@ def export_forward(model: TrainedModel) -> Any:
             steps.append(("affine", spec, inv, np.asarray(module.bias[...] - mean * inv)))
         else:
             steps.append((kind, spec, None, None))
+    return steps
+
+
+def export_forward(model: TrainedModel) -> Any:
+    """probabilities(images float32 (N, H, W, C) in [0, 1]) from the model's weights, in plain jnp ops.
+
+    The layers' own pooling uses lax.reduce_window, which jax2onnx turns into a MaxPool that
+    onnxruntime rejects for NHWC windows; this forward is the same network written with ops that
+    convert cleanly, and export_onnx checks that it agrees with the real model.
+    """
+    # an ensemble's logits are the mean of its members', as TrainedModel predicts
+    members = [_member_steps(model.member(k)) for k in range(model.members)]
 
     def probabilities(images: jax.Array) -> jax.Array:
         if model.tta_flip:  # the mean logits of the image and its mirror image, as TrainedModel predicts
@@ -73,6 +80,11 @@ def export_forward(model: TrainedModel) -> Any:
         return jax.nn.softmax(logits_of(images) / temperature, axis=-1)
 
     def logits_of(images: jax.Array) -> jax.Array:
+        if len(members) == 1:
+            return member_logits(members[0], images)
+        return sum(member_logits(steps, images) for steps in members) / len(members)
+
+    def member_logits(steps: list, images: jax.Array) -> jax.Array:
         x = images
         for kind, spec, weight, bias in steps:
             if kind == "conv2d":

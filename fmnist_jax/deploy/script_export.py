@@ -3,7 +3,7 @@
 The script imports no part of this project: the data come through TFDS (the four Fashion-MNIST files from
 FMNIST_DATA_DIR when it is set), the layers are plain nnx modules written out one by one, and the
 optimizer, schedule, loss, training loop and test evaluation are spelled out. It runs with
-`--epochs N --limit N --seed S --json` and prints a JSON last line with `test_accuracy`.
+`--epochs N --limit N --seed S [--members M] --json` and prints a JSON last line with `test_accuracy`.
 """
 from __future__ import annotations
 
@@ -74,7 +74,8 @@ def training_script(spec: list, config: Any, input_shape: tuple, class_names: tu
     settings = {k: cfg[k] for k in ("epochs", "batch_size", "optimizer", "learning_rate", "momentum", "nesterov",
                                     "beta1", "beta2", "rho", "epsilon", "schedule", "warmup_epochs",
                                     "step_every_epochs", "step_factor", "weight_decay", "grad_clip", "loss",
-                                    "label_smoothing", "focal_gamma", "seed", "tta_flip", "ema_decay", "clean_epochs")}
+                                    "label_smoothing", "focal_gamma", "seed", "tta_flip", "ema_decay", "clean_epochs",
+                                    "ensemble")}
     settings["flip"], settings["shift"], settings["crop"] = (cfg["augment"]["flip"], cfg["augment"]["shift"],
                                                              cfg["augment"]["crop"])
     settings["val_fraction"] = float(val_fraction)
@@ -245,31 +246,29 @@ def predict(model, images):
     return logits
 
 
-def evaluate(model, images, labels, batch=1000):
-    model.eval()
-    logits = np.concatenate([np.asarray(predict(model, images[i:i + batch])) for i in range(0, len(labels), batch)])
-    model.train()
+def evaluate(models, images, labels, batch=1000):
+    """(accuracy, loss) of the mean logits of `models` (one model, or an ensemble's members)."""
+    logits = 0
+    for model in models:
+        model.eval()
+        logits = logits + np.concatenate([np.asarray(predict(model, images[i:i + batch]))
+                                          for i in range(0, len(labels), batch)])
+        model.train()
+    logits = logits / len(models)
     log_probs = jax.nn.log_softmax(logits)
     return float((logits.argmax(1) == labels).mean()), float(-np.take_along_axis(log_probs, labels[:, None], 1).mean())
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int, default=SETTINGS["epochs"])
-    parser.add_argument("--limit", type=int, default=0, help="train on the first N training images (0: all)")
-    parser.add_argument("--seed", type=int, default=SETTINGS["seed"])
-    parser.add_argument("--json", action="store_true", help="print a JSON object as the last line")
-    args = parser.parse_args()
-    SETTINGS["epochs"] = args.epochs
-    (x, y), (x_val, y_val), (x_test, y_test) = load_data(args.seed, args.limit)
+def train_member(seed, x, y, x_val, y_val, epochs, report):
+    """One network trained from `seed` (initial weights, order, augmentation); returns the model to keep."""
     steps = max(1, len(y) // SETTINGS["batch_size"])
-    model = Net(nnx.Rngs(params=args.seed, dropout=args.seed + 1))
+    model = Net(nnx.Rngs(params=seed, dropout=seed + 1))
     opt = nnx.Optimizer(model, optimizer(steps), wrt=nnx.Param)
     averaged = nnx.clone(model) if SETTINGS["ema_decay"] else None
     kept = averaged or model  # the model evaluated and reported
-    rng, key, start = np.random.default_rng(args.seed), jax.random.key(args.seed), time.time()
-    for epoch in range(1, args.epochs + 1):
-        augmenting = jnp.bool_(epoch <= args.epochs - min(SETTINGS["clean_epochs"], args.epochs))
+    rng, key = np.random.default_rng(seed), jax.random.key(seed)
+    for epoch in range(1, epochs + 1):
+        augmenting = jnp.bool_(epoch <= epochs - min(SETTINGS["clean_epochs"], epochs))
         order = rng.permutation(len(y))
         for step in range(steps):
             batch = order[step * SETTINGS["batch_size"]:(step + 1) * SETTINGS["batch_size"]]
@@ -277,12 +276,31 @@ def main():
             loss = train_step(model, opt, jnp.asarray(x[batch]), jnp.asarray(y[batch]), step_key, augmenting)
             if averaged is not None:
                 average(model, averaged, jnp.float32((epoch - 1) * steps + step))
-        val_accuracy, val_loss = evaluate(kept, x_val, y_val)
-        if not args.json:
-            print(f"epoch {{epoch}}: loss {{float(loss):.4f}}, validation accuracy {{val_accuracy:.4f}}")
-    test_accuracy, test_loss = evaluate(kept, x_test, y_test)
+        if report:
+            val_accuracy, _ = evaluate([kept], x_val, y_val)
+            print(f"seed {{seed}}, epoch {{epoch}}: loss {{float(loss):.4f}}, validation accuracy {{val_accuracy:.4f}}")
+    return kept
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--epochs", type=int, default=SETTINGS["epochs"])
+    parser.add_argument("--limit", type=int, default=0, help="train on the first N training images (0: all)")
+    parser.add_argument("--seed", type=int, default=SETTINGS["seed"])
+    parser.add_argument("--members", type=int, default=SETTINGS["ensemble"],
+                        help="an ensemble: train this many networks (seeds seed, seed + 1, ...) and average their logits")
+    parser.add_argument("--json", action="store_true", help="print a JSON object as the last line")
+    args = parser.parse_args()
+    SETTINGS["epochs"] = args.epochs
+    (x, y), (x_val, y_val), (x_test, y_test) = load_data(args.seed, args.limit)
+    start = time.time()
+    members = [train_member(args.seed + k, x, y, x_val, y_val, args.epochs, not args.json)
+               for k in range(max(1, args.members))]
+    val_accuracy, _ = evaluate(members, x_val, y_val)
+    test_accuracy, test_loss = evaluate(members, x_test, y_test)
     result = {{"test_accuracy": test_accuracy, "test_loss": test_loss, "val_accuracy": val_accuracy,
-              "epochs": args.epochs, "train_size": int(len(y)), "seconds": round(time.time() - start, 1)}}
+              "epochs": args.epochs, "members": len(members), "train_size": int(len(y)),
+              "seconds": round(time.time() - start, 1)}}
     print(json.dumps(result) if args.json else f"test accuracy {{test_accuracy:.4f}}, loss {{test_loss:.4f}}")
 
 

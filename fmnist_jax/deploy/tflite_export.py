@@ -17,12 +17,13 @@ from fmnist_jax.deploy.bundle import ONNX_TOLERANCE, ExportError
 TOLERANCE = ONNX_TOLERANCE
 
 
-def _keras_layers(spec: list[dict], weights: dict, keras: Any) -> list[tuple[Any, list | None]]:  # long: one branch per layer type
-    """(Keras layer, its weights or None) for each studio layer, plus separate activations."""
+def _keras_layers(spec: list[dict], weights: dict, keras: Any, prefix: str = "") -> list[tuple[Any, list | None]]:  # long: one branch per layer type
+    """(Keras layer, its weights or None) for each studio layer, plus separate activations; names start with
+    `prefix` (an ensemble's members each have their own layers)."""
     activations = {"relu": "relu", "elu": "elu", "tanh": "tanh", "sigmoid": "sigmoid"}
 
     def activation_layer(name: str, index: int) -> Any:
-        label = f"layer{index}_{name}"
+        label = f"{prefix}layer{index}_{name}"
         if name == "gelu":
             return keras.layers.Activation(lambda x: keras.activations.gelu(x, approximate=True), name=label)
         if name == "leaky_relu":
@@ -34,7 +35,7 @@ def _keras_layers(spec: list[dict], weights: dict, keras: Any) -> list[tuple[Any
     for index, layer in enumerate(spec):
         # Explicit names: Keras numbers unnamed layers per process, and two exports at once (the Deploy page's
         # background tasks) could both take "activation".
-        kind, own, name = layer["type"], params.get(index, {}), f"layer{index}_{layer['type']}"
+        kind, own, name = layer["type"], params.get(index, {}), f"{prefix}layer{index}_{layer['type']}"
         if kind == "conv2d":
             values = [own["kernel"]] + ([own["bias"]] if layer["use_bias"] else [])
             out.append((keras.layers.Conv2D(layer["filters"], layer["kernel"], strides=layer["stride"],
@@ -87,16 +88,21 @@ def tflite_bytes(model: Any, check_images: np.ndarray) -> tuple[bytes, float]:
     import tensorflow as tf
 
     keras = tf.keras
-    weights = {"params": _plain(model.weights["params"]), "batch_stats": _plain(model.weights["batch_stats"])}
     inputs = keras.Input(shape=model.input_shape, batch_size=None, dtype="float32", name="images")
-    branches = [inputs]
+    views = [inputs]
     if model.tta_flip:  # the mean logits of the image and its mirror image, as TrainedModel predicts
-        branches.append(keras.layers.Lambda(lambda t: tf.reverse(t, axis=[2]), name="mirror")(inputs))
-    for layer, values in _keras_layers(model.spec, weights, keras):
-        branches = [layer(x) for x in branches]  # the same layer object: shared weights
-        if values is not None:
-            layer.set_weights(values)
-    x = branches[0] if len(branches) == 1 else keras.layers.Average(name="flip_average")(branches)
+        views.append(keras.layers.Lambda(lambda t: tf.reverse(t, axis=[2]), name="mirror")(inputs))
+    outputs = []
+    for index in range(model.members):  # an ensemble: the mean logits of its members, as TrainedModel predicts
+        member = model.member(index)
+        weights = {"params": _plain(member.weights["params"]), "batch_stats": _plain(member.weights["batch_stats"])}
+        branches = list(views)
+        for layer, values in _keras_layers(model.spec, weights, keras, prefix=f"m{index}_" if model.members > 1 else ""):
+            branches = [layer(x) for x in branches]  # the same layer object: shared weights
+            if values is not None:
+                layer.set_weights(values)
+        outputs += branches
+    x = outputs[0] if len(outputs) == 1 else keras.layers.Average(name="flip_average")(outputs)
     scaled = keras.layers.Rescaling(1.0 / model.temperature, name="temperature")(x)
     network = keras.Model(inputs, keras.layers.Softmax(name="probabilities")(scaled), name="fmnist_model")
     # From the Keras model: the converter freezes its weights into constants (from a tf.function's concrete

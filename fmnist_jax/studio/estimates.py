@@ -172,18 +172,19 @@ def _run_records(ws: store.Workspace, project_id: str) -> list[tuple[dict, dict]
 
 
 def estimate_epoch_seconds(ws: store.Workspace, project_id: str, spec: list, input_shape: tuple, num_classes: int,
-                           train_size: int, val_size: int = 0) -> dict:
+                           train_size: int, val_size: int = 0, members: int = 1) -> dict:
     """Estimated seconds per epoch (training plus the validation pass) from the model's FLOPs and a throughput,
     and the start-up before the first epoch (putting the data on the device, compiling).
 
     The throughput comes from this project's most recent run with history (its images/s times its
     model's FLOPs per image; its epochs included validation too), or else from a measured matmul rate
     times CONV_EFFICIENCY. The start-up is the most recent run's measured one ("startup": None before
-    any run has recorded it; runs made before it was recorded count as none).
+    any run has recorded it; runs made before it was recorded count as none). An ensemble of `members` networks
+    costs `members` times the FLOPs of one (its runs' images/s count each image once for all its members).
     """
     info = layer_specs.describe(spec, input_shape, num_classes)
-    flops_per_image = info["train_flops_per_image"]
-    epoch_flops = train_size * flops_per_image + val_size * info["forward_flops"]
+    flops_per_image = info["train_flops_per_image"] * members
+    epoch_flops = train_size * flops_per_image + val_size * info["forward_flops"] * members
     runs = _run_records(ws, project_id)
     startup = next(({"seconds": record["setup_seconds"] + record["compile_seconds"], "run": run["name"]}
                     for run, record in runs if "compile_seconds" in record and "setup_seconds" in record), None)
@@ -194,7 +195,8 @@ def estimate_epoch_seconds(ws: store.Workspace, project_id: str, spec: list, inp
         try:
             run_flops = layer_specs.describe(run_record["spec"], tuple(run_record["input_shape"]),
                                              len(run_record["class_names"]))["train_flops_per_image"]
-        except (KeyError, ValueError):
+            run_flops *= int((run_record.get("config") or {}).get("ensemble", 1))
+        except (KeyError, ValueError, TypeError, AttributeError):
             continue
         rate = float(np.median([h["images_per_s"] for h in history])) * run_flops
         return {"seconds": train_size * flops_per_image / rate, "flops_per_s": rate, "startup": startup,

@@ -52,7 +52,7 @@ def train_and_test(spec: Any, cfg: TrainConfig, splits: Splits, run_dir: str | P
     weights = done.pop("weights", None)
     if weights is not None and (done["epochs_completed"] > 0 or done["status"] == "stopped"):
         model = TrainedModel(spec, splits.input_shape, splits.class_names, weights, conv_impl=cfg.conv_impl,
-                             tta_flip=cfg.tta_flip)
+                             tta_flip=cfg.tta_flip, members=cfg.ensemble)
         probs = model.predict_proba(splits.test_images, batch=cfg.eval_batch_size)
         metrics = metrics_from_probs(probs, splits.test_labels, splits.class_names)
         done.update(test_accuracy=metrics["accuracy"], test_loss=metrics["loss"])

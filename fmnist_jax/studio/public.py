@@ -226,17 +226,20 @@ def _count(value: float) -> str:
     return f"{int(value):,}"
 
 
-def job_figures(spec: Any, input_shape: tuple, num_classes: int, batch_size: int, epochs: int, train_size: int) -> dict:
+def job_figures(spec: Any, input_shape: tuple, num_classes: int, batch_size: int, epochs: int, train_size: int,
+                members: int = 1) -> dict:
     """What a training job would take, from the layer list alone (nothing is allocated): parameters, training
     memory (float32 weights, gradients and two optimizer moments, plus every layer's activations and their
-    gradients at the batch size), compute (training FLOPs x images x epochs) and epochs x images."""
+    gradients at the batch size), compute (training FLOPs x images x epochs) and epochs x images; an ensemble
+    of `members` networks takes `members` times the parameters, memory and compute of one."""
     from fmnist_jax.model import layer_specs
 
     info = layer_specs.describe(spec, input_shape, num_classes)
     activations = math.prod(input_shape) + sum(math.prod(layer["output_shape"]) for layer in info["layers"])
-    return {"params": info["total_params"],
-            "memory_mb": 4 * (4 * info["total_params"] + 2 * int(batch_size) * activations) / 2**20,
-            "job_tflop": info["train_flops_per_image"] * int(train_size) * int(epochs) / 1e12,
+    members = int(members)
+    return {"params": info["total_params"] * members,
+            "memory_mb": members * 4 * (4 * info["total_params"] + 2 * int(batch_size) * activations) / 2**20,
+            "job_tflop": members * info["train_flops_per_image"] * int(train_size) * int(epochs) / 1e12,
             "epoch_images": int(epochs) * int(train_size)}
 
 

@@ -69,7 +69,7 @@ def start_training(ws: store.Workspace, project: dict, run_name: str | None = No
         from fmnist_jax.studio import public
 
         figures = public.job_figures(spec, dataset.input_shape, dataset.num_classes, cfg.batch_size, cfg.epochs,
-                                     train_size)
+                                     train_size, cfg.ensemble)
         public.check_job(figures)
         public.check_disk(ws.home, public.run_bytes(figures["params"]))
     active = registry.for_project(project["id"], owner_of(ws))
@@ -134,7 +134,7 @@ def warm_up(ws: store.Workspace, project: dict) -> tuple[str, Callable[[Progress
         from fmnist_jax.studio import public
 
         public.check_job(public.job_figures(spec, dataset.input_shape, dataset.num_classes, cfg.batch_size, cfg.epochs,
-                                            train_size))
+                                            train_size, cfg.ensemble))
     record, limit = _data_record(project, dataset), train_limit(project)
     key = _warm_key(spec, cfg, dataset, train_size)
 

@@ -72,6 +72,9 @@ class TrainConfig(Settings):
     ema_decay: Real = _num(0.0, "weight averaging (EMA) decay", ge=0, le=0.99999)
     # Test-time augmentation: predict from the mean logits of each image and its mirror image.
     tta_flip: StrictBool = _num(False, "flip test-time augmentation")
+    # An ensemble: N copies of the layers, member k initialised, shuffled and augmented as a run with seed + k
+    # would be, trained side by side (one vmapped step); predictions are the mean of the members' logits.
+    ensemble: Whole = _num(1, "ensemble members", ge=1, le=8)
 
     def validate(self, train_size: int | None = None) -> "TrainConfig":  # type: ignore[override]
         """Raise ValueError with a message a user can act on; returns self for chaining."""
@@ -82,6 +85,9 @@ class TrainConfig(Settings):
         if self.clean_epochs > self.epochs:
             raise ValueError(f"epochs without augmentation at the end must be at most {self.epochs} (the number of "
                              f"epochs), got {self.clean_epochs!r}")
+        if self.ensemble > 1 and self.data_parallel == "on":
+            raise ValueError(f"an ensemble of {self.ensemble} trains its members side by side on one device; set data "
+                             f"parallel to 'auto' or 'off', or train a single model (ensemble members 1)")
         if self.warmup_epochs > self.epochs:
             raise ValueError(f"warmup epochs must be at most {self.epochs:g} (the number of epochs), "
                              f"got {self.warmup_epochs!r}")

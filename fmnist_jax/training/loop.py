@@ -147,8 +147,15 @@ class _Loop:
     staged: dict = field(default_factory=dict)  # across processes: {epoch: that epoch's staged batches}
 
     def epoch_inputs(self, epoch: int) -> tuple[jax.Array, jax.Array]:
-        """The epoch's shuffling permutation and augmentation/dropout key (both from the seed)."""
-        epoch_key = jax.random.fold_in(self.base_key, epoch)
+        """The epoch's shuffling permutation and augmentation/dropout key (both from the seed); for an ensemble,
+        one of each per member, stacked (member k's are those of a run with seed + k)."""
+        if self.cfg.ensemble > 1:
+            pairs = [self._member_inputs(key, epoch) for key in self.base_key]
+            return jnp.stack([perm for perm, _ in pairs]), jnp.stack([key for _, key in pairs])
+        return self._member_inputs(self.base_key, epoch)
+
+    def _member_inputs(self, base_key: jax.Array, epoch: int) -> tuple[jax.Array, jax.Array]:
+        epoch_key = jax.random.fold_in(base_key, epoch)
         count = len(self.splits.train_labels)
         perm = jax.random.permutation(jax.random.fold_in(epoch_key, 0), count).astype(jnp.int32)
         if self.train_images is not None:  # the resident set is padded to its size class, and so is the permutation
@@ -242,6 +249,9 @@ def _prepare(spec: Any, cfg: TrainConfig, splits: Splits,
              init_weights: dict | None = None) -> tuple[list, int, Any, Any, Any, Any, Any]:
     """Validate, build the initial state and the jitted programs: (spec, steps/epoch, mesh, state, chunk, eval, graphdef)."""
     cfg.validate(train_size=len(splits.train_labels))
+    if cfg.ensemble > 1 and jax.process_count() > 1:
+        raise TrainingError(f"an ensemble of {cfg.ensemble} trains its members side by side on one machine; train it "
+                            f"without --distributed, or train a single model (ensemble 1) across the machines")
     spec = layer_specs.normalize_spec(spec)
     layer_specs.describe(spec, splits.input_shape, splits.num_classes)
     steps_per_epoch = len(splits.train_labels) // cfg.batch_size
@@ -267,7 +277,7 @@ def _make_loop(cfg: TrainConfig, splits: Splits, steps_per_epoch: int, eval_fn: 
     return _Loop(cfg, splits, steps_per_epoch, min(cfg.chunk_steps, steps_per_epoch), None, eval_fn,
                  jax.device_put(pad_rows(splits.train_images, rows), replicated) if resident else None,
                  jax.device_put(pad_rows(splits.train_labels, rows), replicated) if resident else None,
-                 _base_key(cfg.seed), run_plan(cfg, steps_per_epoch), mesh=mesh)
+                 _base_key(cfg.seed, cfg.ensemble), run_plan(cfg, steps_per_epoch), mesh=mesh)
 
 
 def _start_record(loop: _Loop, cfg: TrainConfig, mesh: Any, startup: tuple[float, float], resumed: dict | None,

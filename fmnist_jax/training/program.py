@@ -14,9 +14,9 @@ import numpy as np
 import optax
 from flax import nnx
 
-from fmnist_jax.data.augment import augment_batch
 from fmnist_jax.model import cpu_ops, layers
 from fmnist_jax.training import cpu_devices
+from fmnist_jax.training import members as ensemble
 from fmnist_jax.training.config import TrainConfig
 from fmnist_jax.training.optim import (
     RunTimeRate,
@@ -59,8 +59,17 @@ def _context(cfg: TrainConfig, train: bool, rng: jax.Array | None, row_offset: j
                           row_offset=row_offset)
 
 
-def make_forward(graphdef: Any, cfg: TrainConfig) -> Callable:
-    """forward(params, batch_stats, images_float, train, rng[, row_offset]) -> (logits, new_batch_stats)."""
+def make_forward(graphdef: Any, cfg: TrainConfig, members: int = 1) -> Callable:
+    """forward(params, batch_stats, images_float, train, rng[, row_offset]) -> (logits, new_batch_stats).
+
+    With `members` > 1 the weights are an ensemble's, stacked along a first axis (init_state), and the forward
+    pass is the ensemble's prediction, the mean of its members' logits (members.mean_forward)."""
+    one = member_forward(graphdef, cfg)
+    return one if members == 1 else ensemble.mean_forward(one)
+
+
+def member_forward(graphdef: Any, cfg: TrainConfig) -> Callable:
+    """The forward pass of one network (one member's weights)."""
     def forward(params: Any, batch_stats: Any, images: jax.Array, train: bool, rng: jax.Array | None,
                 row_offset: jax.Array | int = 0):
         # fresh Variable objects owned by the current trace (NNX refuses to mutate ones from outer traces)
@@ -74,6 +83,8 @@ def _mesh_for(cfg: TrainConfig, batch_stats: Any = None) -> jax.sharding.Mesh | 
     """The data-parallel mesh over every device, or None for one device. In one process on a CPU, 'auto' splits only
     models without batch statistics whose batch divides evenly (cpu_devices); elsewhere, every model."""
     devices = jax.devices()
+    if cfg.ensemble > 1:  # the members train side by side on one device (TrainConfig.validate refuses "on")
+        return None
     if cfg.data_parallel == "off" or (cfg.data_parallel == "auto" and len(devices) == 1):
         return None
     mesh = jax.sharding.Mesh(np.array(devices), ("data",))
@@ -267,10 +278,12 @@ def build_program(graphdef: Any, cfg: TrainConfig, steps_per_epoch: int, mesh: j
     one compile serves every such run (the studio's warm-up compiles it before Start)."""
     rate = RunTimeRate()
     tx = make_optimizer(cfg, steps_per_epoch, rate)
-    forward = make_forward(graphdef, cfg)
+    members = cfg.ensemble
     batch = cfg.batch_size
     batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")) if mesh else None
-    batch_gradients = make_batch_gradients(forward, cfg, mesh)
+    batch_gradients = make_batch_gradients(member_forward(graphdef, cfg), cfg, mesh)
+    if members > 1:  # each member its own batch, key, loss and gradient, in one vmapped step
+        batch_gradients = ensemble.vmapped_gradients(batch_gradients, members)
 
     def shard(x: jax.Array) -> jax.Array:
         return jax.lax.with_sharding_constraint(x, batch_sharding) if batch_sharding is not None else x
@@ -284,7 +297,8 @@ def build_program(graphdef: Any, cfg: TrainConfig, steps_per_epoch: int, mesh: j
         new_state = {"params": params, "batch_stats": new_stats, "opt_state": opt_state, "step": state["step"] + 1}
         if "ema" in state:
             new_state["ema"] = ema_update(state["ema"], {"params": params, "batch_stats": new_stats}, state["step"], cfg.ema_decay)
-        return new_state, jnp.stack([loss * images.shape[0], correct.astype(jnp.float32), jnp.float32(images.shape[0])])
+        rows = images.shape[-4]  # (batch, H, W, C), or (members, batch, H, W, C)
+        return new_state, jnp.stack([loss * rows, correct.astype(jnp.float32), jnp.float32(rows)])
 
     def chunk(state: dict, images: jax.Array, labels: jax.Array, perm: jax.Array, epoch_key: jax.Array,
               start: jax.Array, plan: dict, length: int) -> tuple[dict, jax.Array]:
@@ -292,14 +306,14 @@ def build_program(graphdef: Any, cfg: TrainConfig, steps_per_epoch: int, mesh: j
             state, sums = carry
             if staged:
                 x, y = images[step_in_epoch], labels[step_in_epoch]
-            else:
-                idx = jax.lax.dynamic_slice(perm, (step_in_epoch * batch,), (batch,))
+            else:  # an ensemble's perm is (members, rows): each member its own order (and key, below)
+                idx = ensemble.member_batch(perm, step_in_epoch, batch, members)
                 x, y = images[idx], labels[idx]
             x, y = shard(x.astype(jnp.float32) / 255.0), shard(y)
-            key = jax.random.fold_in(epoch_key, step_in_epoch)
+            key = ensemble.step_keys(epoch_key, step_in_epoch, members)
             if cfg.augment.active():  # a run-time switch: the clean last epochs share the compiled program
                 x = jax.lax.cond(state["step"] < plan["augment_until"],
-                                 lambda x: augment_batch(x, jax.random.fold_in(key, 7919), cfg.augment), lambda x: x, x)
+                                 lambda x: ensemble.augment(x, key, cfg.augment, members), lambda x: x, x)
             state, step_sums = train_step(state, x, y, key, plan)
             return state, sums + step_sums
 
@@ -309,7 +323,7 @@ def build_program(graphdef: Any, cfg: TrainConfig, steps_per_epoch: int, mesh: j
         return jax.lax.fori_loop(start, stop, body, (state, jnp.zeros(3, jnp.float32)))
 
     chunk_jit = jax.jit(chunk, static_argnames=("length",), donate_argnums=(0,))
-    return chunk_jit, jax.jit(make_evaluate(forward, cfg.tta_flip)), tx
+    return chunk_jit, jax.jit(make_evaluate(make_forward(graphdef, cfg, members), cfg.tta_flip)), tx
 
 
 # ----------------------------------------------------------------------------- state
@@ -329,8 +343,13 @@ def eval_weights(state: dict) -> dict:
 def init_state(spec: Any, splits_shape: tuple[int, int, int], num_classes: int, cfg: TrainConfig,
                tx: optax.GradientTransformation | None = None, steps_per_epoch: int = 1) -> tuple[Any, dict]:
     """(graphdef, state) for a fresh model: params, batch stats, optimizer state and step counter."""
-    model = layers.build_model(spec, splits_shape, num_classes, seed=cfg.seed)
-    graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+    graphdef, params, batch_stats = nnx.split(layers.build_model(spec, splits_shape, num_classes, seed=cfg.seed),
+                                              nnx.Param, nnx.BatchStat)
+    if cfg.ensemble > 1:  # member k starts as a run with seed + k would, the members stacked along a first axis
+        others = [nnx.split(layers.build_model(spec, splits_shape, num_classes, seed=cfg.seed + k), nnx.Param, nnx.BatchStat)
+                  for k in range(1, cfg.ensemble)]
+        params = ensemble.stack_members([params] + [other[1] for other in others])
+        batch_stats = ensemble.stack_members([batch_stats] + [other[2] for other in others])
     tx = tx or make_optimizer(cfg, steps_per_epoch)
     state = {"params": params, "batch_stats": batch_stats, "opt_state": tx.init(params), "step": jnp.int32(0)}
     if cfg.ema_decay > 0:  # its own buffers: the chunk donates the state, and a buffer cannot be donated twice
@@ -338,7 +357,10 @@ def init_state(spec: Any, splits_shape: tuple[int, int, int], num_classes: int, 
     return graphdef, state
 
 
-def _base_key(seed: int) -> jax.Array:
+def _base_key(seed: int, members: int = 1) -> jax.Array:
+    """The run's key; for an ensemble, one per member (member k's is a run with seed + k's)."""
+    if members > 1:
+        return jnp.stack([jax.random.key(seed + k, impl=PRNG_IMPL) for k in range(members)])
     return jax.random.key(seed, impl=PRNG_IMPL)
 
 

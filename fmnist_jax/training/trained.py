@@ -14,6 +14,7 @@ from fmnist_jax.model import layer_specs, layers
 from fmnist_jax.training.calibrate import softmax
 from fmnist_jax.training.checkpoint import state_from_bytes, state_to_bytes
 from fmnist_jax.training.config import TrainConfig
+from fmnist_jax.training.members import member_weights
 from fmnist_jax.training.program import inference_logits, make_forward
 
 # ----------------------------------------------------------------------------- trained models
@@ -23,25 +24,32 @@ class TrainedModel:
 
     def __init__(self, spec: list, input_shape: tuple[int, int, int], class_names: tuple[str, ...], weights: dict,
                  preprocess: dict | None = None, card: dict | None = None, conv_impl: str = "auto",
-                 calibration: dict | None = None, tta_flip: bool | None = None):
+                 calibration: dict | None = None, tta_flip: bool | None = None, members: int | None = None):
         self.spec = layer_specs.normalize_spec(spec)
         self.input_shape = tuple(int(v) for v in input_shape)
         self.class_names = tuple(class_names)
         self.preprocess = dict(preprocess or {})
         self.card = dict(card or {})
         self.calibration = check_calibration(calibration)
+        # flip test-time augmentation and the ensemble's size as the model was trained (and measured): its config says
+        config = self.card.get("config") if isinstance(self.card.get("config"), dict) else {}
+        self.members = int(config.get("ensemble", 1)) if members is None else int(members)
+        if not 1 <= self.members <= 64:
+            raise ValueError(f"an ensemble has 1 to 64 members, got {self.members}")
         # Shapes only (nnx.eval_shape): the real values come from `weights`, so nothing is initialised twice.
         abstract = nnx.eval_shape(lambda: layers.build_model(self.spec, self.input_shape, len(self.class_names)))
         self.graphdef, params, batch_stats = nnx.split(abstract, nnx.Param, nnx.BatchStat)
         template = {"params": params, "batch_stats": batch_stats}
+        if self.members > 1:  # the members' weights stacked along a first axis (program.init_state)
+            template = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct((self.members,) + tuple(leaf.shape), leaf.dtype),
+                                    template)
         if not isinstance(weights, (bytes, bytearray)):
             weights = state_to_bytes(weights)  # one validation path for every source of weights
         weights = state_from_bytes(template, bytes(weights))
         self.weights = jax.device_put(weights)
+        self.conv_impl = conv_impl
         ctx_cfg = TrainConfig(conv_impl=conv_impl)
-        forward = make_forward(self.graphdef, ctx_cfg)
-        # flip test-time augmentation when the model was trained (and measured) with it: its training config says so
-        config = self.card.get("config") if isinstance(self.card.get("config"), dict) else {}
+        forward = make_forward(self.graphdef, ctx_cfg, self.members)
         self.tta_flip = bool(config.get("tta_flip", False)) if tta_flip is None else bool(tta_flip)
         self._logits = jax.jit(lambda w, x: inference_logits(forward, w["params"], w["batch_stats"], x, self.tta_flip))
 
@@ -82,6 +90,17 @@ class TrainedModel:
             padded = np.concatenate([part, np.zeros((size - len(part),) + part.shape[1:], part.dtype)]) if size > len(part) else part
             out.append(np.asarray(self._logits(self.weights, padded))[:len(part)])
         return np.concatenate(out) if out else np.zeros((0, self.num_classes), np.float32)
+
+    def member(self, index: int) -> "TrainedModel":
+        """Member `index` of an ensemble as a model of its own (its weights, the same layers and settings);
+        a single model is its own member 0."""
+        if not 0 <= index < self.members:
+            raise ValueError(f"member {index} does not exist: the model has {self.members}")
+        if self.members == 1:
+            return self
+        weights = jax.device_get(member_weights(self.weights, index))
+        return TrainedModel(self.spec, self.input_shape, self.class_names, weights, self.preprocess, self.card,
+                            conv_impl=self.conv_impl, calibration=self.calibration, tta_flip=self.tta_flip, members=1)
 
     def weights_bytes(self) -> bytes:
         """msgpack bytes of the weights (params and batch statistics)."""
