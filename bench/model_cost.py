@@ -4,13 +4,15 @@ Takes the same base config and `--candidate NAME=JSON` (or NAME=FILE) overrides 
 stacks and settings timed here are exactly the ones the sweep would train. The training chunks of the base and of
 every candidate are compiled first and then run in alternated windows on random uint8 images (machine noise hits
 them alike); the table reports each one's median images per second, its ratio to the base and its parameter count.
+An ensemble's images per second count each image once per member (each member trains on its own batches), so a
+ratio of 1.0 means an ensemble costs exactly its members' single runs.
 A candidate that is not within a few percent of the base's rate is not "the same cost" for the 15-minute recipe.
 
     python bench/model_cost.py --base bench/configs/round2/best_94_val10_fast256.json \
         --candidate 'gelu={"layers": [...]}' --candidate 'nadam={"optimizer": "nadam"}' [--windows 9] [--json]
     python bench/model_cost.py --quick --json     # tiny sizes, for CI
 
-JSON keys: rows (name, preset, params, forward_flops, images, batch_size, images_per_s, ratio_to_base), base,
+JSON keys: rows (name, preset, params, forward_flops, images, batch_size, members, images_per_s, ratio_to_base), base,
 windows, window_images, quick, load_average.
 """
 from __future__ import annotations
@@ -71,7 +73,9 @@ def main() -> None:
         summary = describe(spec, (28, 28, 1))
         meta[name] = {"preset": "custom" if values.get("layers") else values["preset"],
                       "params": summary["total_params"], "forward_flops": summary["forward_flops"],
-                      "images": window_steps * cfg.batch_size, "batch_size": cfg.batch_size}
+                      # an ensemble trains each member on its own images: a window is members x batches of them
+                      "images": window_steps * cfg.batch_size * cfg.ensemble, "batch_size": cfg.batch_size,
+                      "members": cfg.ensemble}
     seconds: dict[str, list[float]] = {name: [] for name in configs}
     for window in range(1, args.windows + 1):  # alternated: every row once per round
         for name, run_window in runners.items():
@@ -83,9 +87,9 @@ def main() -> None:
         row["ratio_to_base"] = round(row["images_per_s"] / rows[0]["images_per_s"], 3)
     print(f"training-chunk cost against {Path(args.base).name}; {args.windows} alternated windows of "
           f"~{args.window_images} images; load average {load_before} -> {load_average()}")
-    print_table(["row", "model", "parameters", "forward MFLOPs", "batch", "training img/s", "vs base"],
+    print_table(["row", "model", "parameters", "forward MFLOPs", "batch", "members", "training img/s", "vs base"],
                 [[r["name"], r["preset"], f"{r['params']:,}", f"{r['forward_flops'] / 1e6:.1f}", r["batch_size"],
-                  f"{r['images_per_s']:,.0f}", f"{r['ratio_to_base']:.3f}"] for r in rows])
+                  r["members"], f"{r['images_per_s']:,.0f}", f"{r['ratio_to_base']:.3f}"] for r in rows])
     if args.json:
         emit_json({"rows": rows, "base": str(args.base), "windows": args.windows, "window_images": args.window_images,
                    "quick": args.quick, "load_average": [load_before, load_average()]})

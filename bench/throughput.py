@@ -59,6 +59,10 @@ def jax_runner(spec: list, cfg: TrainConfig, images: np.ndarray, labels: np.ndar
     device_images, device_labels = jax.device_put(images, placement), jax.device_put(labels, placement)
     perm = jax.random.permutation(jax.random.key(0), len(labels)).astype(jnp.int32)
     epoch_key = jax.random.fold_in(program._base_key(cfg.seed), 1)
+    if cfg.ensemble > 1:  # each member its own order and key, as in training
+        perm = jnp.stack([jax.random.permutation(jax.random.key(k), len(labels)).astype(jnp.int32)
+                          for k in range(cfg.ensemble)])
+        epoch_key = jnp.stack([jax.random.fold_in(key, 1) for key in program._base_key(cfg.seed, cfg.ensemble)])
     plan = program.run_plan(cfg, steps_per_epoch)
     start = time.perf_counter()
     compiled = chunk_fn.lower(state, device_images, device_labels, perm, epoch_key, jnp.int32(0), plan,

@@ -1,4 +1,4 @@
-"""Ensembles: N members trained side by side in one vmapped step, each exactly the run its own seed would make,
+"""Ensembles: N members trained side by side in one compiled step, each exactly the run its own seed would make,
 predicting with the mean of their logits through every path (TrainedModel, evaluation, checkpoints, exports)."""
 from __future__ import annotations
 
@@ -25,8 +25,12 @@ def _final(cfg: TrainConfig, splits: splitting.Splits) -> dict:
     return loop.run_to_completion(loop.train(TINY, cfg, splits))
 
 
-def test_each_member_is_the_run_its_own_seed_would_make(tiny_splits: splitting.Splits) -> None:
+@pytest.mark.parametrize("member_loop", ["map", "vmap"])  # the CPU's way and the accelerators' way
+def test_each_member_is_the_run_its_own_seed_would_make(tiny_splits: splitting.Splits, member_loop: str,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """Member k of an ensemble seeded s starts, shuffles, augments and drops out as a single run seeded s + k."""
+    monkeypatch.setenv("FMNIST_MEMBER_LOOP", member_loop)
+    assert members.member_loop() == member_loop
     ensemble = _final(CFG.replace(ensemble=2, seed=5), tiny_splits)["weights"]
     for k in range(2):
         alone = _final(CFG.replace(seed=5 + k), tiny_splits)["weights"]
@@ -37,7 +41,10 @@ def test_each_member_is_the_run_its_own_seed_would_make(tiny_splits: splitting.S
     assert not np.allclose(np.asarray(first[0]), np.asarray(second[0]))  # two different networks
 
 
-def test_the_ensemble_predicts_the_mean_of_its_members_logits(tiny_splits: splitting.Splits, tmp_path) -> None:
+@pytest.mark.parametrize("member_loop", ["map", "vmap"])
+def test_the_ensemble_predicts_the_mean_of_its_members_logits(tiny_splits: splitting.Splits, tmp_path, member_loop: str,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FMNIST_MEMBER_LOOP", member_loop)
     cfg = CFG.replace(ensemble=3)
     records = list(train_and_test(TINY, cfg, tiny_splits, tmp_path / "run"))
     model = TrainedModel.from_run(tmp_path / "run")
@@ -70,6 +77,13 @@ def test_an_ensemble_run_resumes_exactly(tiny_splits: splitting.Splits, tmp_path
     resumed = loop.run_to_completion(loop.train(TINY, cfg, tiny_splits, run_dir=tmp_path / "run", resume=True))
     for got, want in zip(jax.tree.leaves(resumed["weights"]), jax.tree.leaves(whole)):
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-6)
+
+
+def test_a_cpu_runs_the_members_one_after_another_inside_the_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FMNIST_MEMBER_LOOP", raising=False)
+    assert members.member_loop() == ("map" if jax.default_backend() == "cpu" else "vmap")
+    monkeypatch.setenv("FMNIST_MEMBER_LOOP", "something else")
+    assert members.member_loop() in ("map", "vmap")
 
 
 def test_an_ensemble_with_data_parallel_on_is_refused_with_what_to_change() -> None:

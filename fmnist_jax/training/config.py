@@ -73,7 +73,7 @@ class TrainConfig(Settings):
     # Test-time augmentation: predict from the mean logits of each image and its mirror image.
     tta_flip: StrictBool = _num(False, "flip test-time augmentation")
     # An ensemble: N copies of the layers, member k initialised, shuffled and augmented as a run with seed + k
-    # would be, trained side by side (one vmapped step); predictions are the mean of the members' logits.
+    # would be, trained side by side (one compiled step); predictions are the mean of the members' logits.
     ensemble: Whole = _num(1, "ensemble members", ge=1, le=8)
 
     def validate(self, train_size: int | None = None) -> "TrainConfig":  # type: ignore[override]

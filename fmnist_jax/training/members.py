@@ -1,17 +1,28 @@
 """Ensembles: N copies of a network trained side by side, their weights stacked along a first axis.
 
 Member k starts, shuffles, augments and drops out exactly as a single run with seed + k would (the keys and
-initial weights below), every step is one vmapped computation of all the members' own losses and gradients,
+initial weights below), every step computes all the members' own losses and gradients in one compiled program,
 and the ensemble predicts with the mean of its members' logits.
 """
 from __future__ import annotations
 
+import os
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 
 from fmnist_jax.data.augment import AugmentConfig, augment_batch
+
+
+def member_loop() -> str:
+    """How a step runs the members: "map" (one after another inside the compiled step) on a CPU, where a vmapped
+    step ran 0.85x two single runs' speed per image and the loop 0.96x (bench/NOTES.md round 19); "vmap" (all at
+    once, larger batched kernels) on accelerators. FMNIST_MEMBER_LOOP=map|vmap overrides it, for benchmarks."""
+    chosen = os.environ.get("FMNIST_MEMBER_LOOP", "")
+    if chosen in ("map", "vmap"):
+        return chosen
+    return "map" if jax.default_backend() == "cpu" else "vmap"
 
 
 def stack_members(trees: list) -> Any:
@@ -26,20 +37,29 @@ def member_weights(weights: Any, member: int) -> Any:
 
 def mean_forward(one: Callable) -> Callable:
     """The ensemble's forward pass from one member's: every member sees the same images, and the logits are the
-    mean of the members' (inference; training computes each member's own loss, vmapped_gradients)."""
+    mean of the members' (inference; training computes each member's own loss, member_gradients)."""
     def forward(params: Any, batch_stats: Any, images: jax.Array, train: bool, rng: jax.Array | None,
                 row_offset: jax.Array | int = 0):
-        logits, stats = jax.vmap(lambda p, s: one(p, s, images, train, rng, row_offset))(params, batch_stats)
+        def member(p: Any, s: Any) -> tuple:
+            return one(p, s, images, train, rng, row_offset)
+
+        if member_loop() == "map":
+            logits, stats = jax.lax.map(lambda weights: member(*weights), (params, batch_stats))
+        else:
+            logits, stats = jax.vmap(member)(params, batch_stats)
         return logits.mean(axis=0), stats
     return forward
 
 
-def vmapped_gradients(one_member: Callable, members: int) -> Callable:
+def member_gradients(one_member: Callable, members: int) -> Callable:
     """(state, images, labels, keys) -> ((mean loss, (stats, mean correct)), gradients) with each member's own
     batch (images (members, batch, ...)), key, loss and gradient, from one member's batch_gradients."""
     def batch_gradients(state: dict, images: jax.Array, labels: jax.Array, key: jax.Array):
-        (loss, (stats, correct)), grads = jax.vmap(one_member)(
-            {"params": state["params"], "batch_stats": state["batch_stats"]}, images, labels, key)
+        weights = {"params": state["params"], "batch_stats": state["batch_stats"]}
+        if member_loop() == "map":
+            (loss, (stats, correct)), grads = jax.lax.map(lambda args: one_member(*args), (weights, images, labels, key))
+        else:
+            (loss, (stats, correct)), grads = jax.vmap(one_member)(weights, images, labels, key)
         return (loss.mean(), (stats, correct.sum() / members)), grads
     return batch_gradients
 

@@ -282,8 +282,8 @@ def build_program(graphdef: Any, cfg: TrainConfig, steps_per_epoch: int, mesh: j
     batch = cfg.batch_size
     batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")) if mesh else None
     batch_gradients = make_batch_gradients(member_forward(graphdef, cfg), cfg, mesh)
-    if members > 1:  # each member its own batch, key, loss and gradient, in one vmapped step
-        batch_gradients = ensemble.vmapped_gradients(batch_gradients, members)
+    if members > 1:  # each member its own batch, key, loss and gradient, in one compiled step
+        batch_gradients = ensemble.member_gradients(batch_gradients, members)
 
     def shard(x: jax.Array) -> jax.Array:
         return jax.lax.with_sharding_constraint(x, batch_sharding) if batch_sharding is not None else x
