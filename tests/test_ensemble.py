@@ -9,7 +9,7 @@ import pytest
 from fmnist_jax.data import splitting
 from fmnist_jax.data.augment import AugmentConfig
 from fmnist_jax.studio.jobs import train_and_test
-from fmnist_jax.training import loop, members
+from fmnist_jax.training import loop, members, program
 from fmnist_jax.training.config import TrainConfig
 from fmnist_jax.training.trained import TrainedModel
 
@@ -184,3 +184,17 @@ def test_the_exported_script_trains_every_member_and_averages_them(ensemble_mode
     assert accuracy == pytest.approx(float((mean.argmax(1) == labels).mean()))
     log_probs = mean - np.log(np.exp(mean - mean.max(1, keepdims=True)).sum(1, keepdims=True)) - mean.max(1, keepdims=True)
     assert loss == pytest.approx(float(-log_probs[np.arange(20), labels].mean()), rel=1e-4)
+
+
+def test_transfer_learning_starts_every_member_from_a_single_model(tiny_splits: splitting.Splits) -> None:
+    single = _final(CFG, tiny_splits)["weights"]
+    _, state = program.init_state(TINY, tiny_splits.input_shape, 10, CFG.replace(ensemble=2))
+    started = loop._start_from(state, single, 2)
+    for k in range(2):
+        for got, want in zip(jax.tree.leaves(members.member_weights(started["params"], k)),
+                             jax.tree.leaves(single["params"])):
+            np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    # an ensemble's weights do not start a single model: the message says what to change
+    _, alone = program.init_state(TINY, tiny_splits.input_shape, 10, CFG)
+    with pytest.raises(loop.TrainingError, match="the starting model is an ensemble"):
+        loop._start_from(alone, {"params": started["params"], "batch_stats": started["batch_stats"]}, 1)

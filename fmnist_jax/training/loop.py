@@ -19,6 +19,7 @@ import numpy as np
 from fmnist_jax import store
 from fmnist_jax.data.splitting import Splits
 from fmnist_jax.model import layer_specs
+from fmnist_jax.training import members as ensemble
 from fmnist_jax.training.best import BestTracker
 from fmnist_jax.training.checkpoint import (
     _checkpoint,
@@ -233,13 +234,18 @@ def _epoch_record(loop: _Loop, state: dict, epoch: int, sums: np.ndarray, first_
     return record
 
 
-def _start_from(state: dict, init_weights: dict) -> dict:
-    """The initial state with a trained model's weights (transfer learning); TrainingError if they do not fit."""
+def _start_from(state: dict, init_weights: dict, members: int = 1) -> dict:
+    """The initial state with a trained model's weights (transfer learning); TrainingError if they do not fit.
+    An ensemble starts every member from a single model's weights, or each from its own of an ensemble's."""
+    template = {"params": state["params"], "batch_stats": state["batch_stats"]}
+    extra_axes = np.ndim(jax.tree.leaves(init_weights)[0]) - np.ndim(jax.tree.leaves(template)[0])
+    if members > 1 and extra_axes == -1:
+        init_weights, extra_axes = ensemble.stack_members([init_weights] * members), 0
     try:
-        weights = state_from_bytes({"params": state["params"], "batch_stats": state["batch_stats"]},
-                                   state_to_bytes(init_weights))
+        weights = state_from_bytes(template, state_to_bytes(init_weights))
     except ValueError as error:
-        raise TrainingError(f"the starting model does not fit this model's layers: {error}") from None
+        hint = " (the starting model is an ensemble: train with as many ensemble members as it has)" if extra_axes == 1 else ""
+        raise TrainingError(f"the starting model does not fit this model's layers{hint}: {error}") from None
     if "ema" in state:  # the average starts from the starting model too
         weights["ema"] = jax.tree.map(jnp.copy, weights)
     return {**state, **weights}
@@ -260,7 +266,7 @@ def _prepare(spec: Any, cfg: TrainConfig, splits: Splits,
     if mesh is not None and cfg.batch_size % mesh.size:
         raise ValueError(f"batch size {cfg.batch_size} must be divisible by the {mesh.size} devices for data-parallel training")
     if init_weights is not None:
-        state = _start_from(state, init_weights)
+        state = _start_from(state, init_weights, cfg.ensemble)
     chunk_fn, eval_fn, _ = build_program(graphdef, cfg, steps_per_epoch, mesh, staged=_across_processes(mesh))
     return spec, steps_per_epoch, mesh, state, chunk_fn, eval_fn, graphdef
 
