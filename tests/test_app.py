@@ -258,6 +258,13 @@ def test_hyperparameters_form_validates_before_saving(seeded: dict) -> None:
     assert saved["train_limit"] == 50
     assert any(m.label == "Per epoch" for m in at.metric)
 
+    # an ensemble: saved with the rest, and the estimate counts its members' work
+    _form_widget(at.number_input, "Ensemble members").set_value(3)
+    next(b for b in at.button if b.label == "Save settings").click().run()
+    assert not at.exception and not at.error
+    assert proj.train_config(store.Workspace().get_project(pid)).ensemble == 3
+    assert any("MFLOPs to train on one image (3 members)" in c.value for c in at.caption)
+
 
 def test_hyperparameters_page_applies_the_presets_measured_recipe(workspace: Path) -> None:
     project = store.Workspace().create_project("Recipe", "", dataset=proj.SYNTHETIC, split=None, model=None,

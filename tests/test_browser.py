@@ -321,9 +321,15 @@ def test_hyperparameters_labels_and_figures_are_not_cut_on_a_phone_or_a_desktop(
             assert clean.evaluate("""e => { const cut = []; for (let n = e, i = 0; n && i < 4; n = n.parentElement, i++)
                                               if (n.scrollWidth > n.clientWidth + 1) cut.push(n.tagName); return cut; }""") == [], \
                 f"'Clean last epochs' label cut at {width}px"
+            members = page.get_by_text("Ensemble members", exact=True)
+            assert members.evaluate("""e => { const cut = []; for (let n = e, i = 0; n && i < 4; n = n.parentElement, i++)
+                                                if (n.scrollWidth > n.clientWidth + 1) cut.push(n.tagName); return cut; }""") == [], \
+                f"'Ensemble members' label cut at {width}px"
             page.screenshot(path=str(ARTIFACTS / f"hyperparameters-{width}.png"), full_page=False)
             clean.scroll_into_view_if_needed()
             page.screenshot(path=str(ARTIFACTS / f"hyperparameters-form-{width}.png"), full_page=False)
+            members.scroll_into_view_if_needed()
+            page.screenshot(path=str(ARTIFACTS / f"hyperparameters-ensemble-{width}.png"), full_page=False)
             page.close()
         browser.close()
 

@@ -130,6 +130,14 @@ def test_estimate_uses_the_measured_rate_then_a_previous_run(ws: store.Workspace
     assert second["source"] == "speed of run earlier"
     assert second["seconds"] == pytest.approx(2.0)  # 1,000 images at the earlier run's 500 images/s
     assert first["startup"] is None and second["startup"] is None  # that run did not record its start-up
+    # an ensemble of 3 does three networks' work per image
+    three = estimates.estimate_epoch_seconds(ws, tiny_project["id"], spec, (28, 28, 1), 10, 1000, 100, members=3)
+    assert three["seconds"] == pytest.approx(6.0) and three["flops_per_image"] == 3 * second["flops_per_image"]
+    # and an earlier ensemble's 500 images/s were 2 networks' work: a single model would run twice as fast
+    store.atomic_write_json(run_dir / "run.json", {"name": "earlier", "spec": spec, "input_shape": [28, 28, 1],
+                                                   "class_names": list(catalogue.CLASS_NAMES), "config": {"ensemble": 2}})
+    after_ensemble = estimates.estimate_epoch_seconds(ws, tiny_project["id"], spec, (28, 28, 1), 10, 1000, 100)
+    assert after_ensemble["seconds"] == pytest.approx(1.0)
 
 
 def test_estimate_includes_the_start_up_a_real_run_measured(ws: store.Workspace, tiny_project: dict) -> None:
