@@ -45,7 +45,8 @@ def run(path: str, splits, quick: bool) -> dict:
         trained = TrainedModel.from_run(folder)
     accuracy = {}
     for tta in (False, True):  # the mirror model (tta=True) and its logits are kept for the translated views
-        model = TrainedModel(trained.spec, trained.input_shape, trained.class_names, trained.weights_bytes(), tta_flip=tta)
+        model = TrainedModel(trained.spec, trained.input_shape, trained.class_names, trained.weights_bytes(), tta_flip=tta,
+                             members=trained.members)
         logits = np.asarray(model.predict_logits(splits.val_images))
         accuracy[tta] = float((logits.argmax(axis=1) == splits.val_labels).mean())
     shifted = {name: float((shift_views_logits(model, splits.val_images, shifts, logits).argmax(axis=1) == splits.val_labels).mean())

@@ -56,7 +56,8 @@ with st.container(border=True):
         cols[0].markdown(f"**Data** · {proj.DATASET_LABELS.get(project.get('dataset') or 'fashion_mnist', 'uploaded').split(' (')[0]}  \n"
                          f":gray[{train_size:,} train · {counts['validation']:,} val · {counts['test']:,} test]")
         cols[1].markdown(f"**Model** · {proj.preset_of(project) or 'custom'}  \n"
-                         f":gray[{info['total_params']:,} parameters, {len(spec)} layers]")
+                         f":gray[{info['total_params'] * cfg.ensemble:,} parameters, {len(spec)} layers"
+                         + (f", {cfg.ensemble} members" if cfg.ensemble > 1 else "") + "]")
         cols[2].markdown(f"**Optimizer** · {cfg.optimizer}, lr {cfg.learning_rate:g}  \n"
                          f":gray[{cfg.schedule.replace('_', ' ')} schedule, batch {cfg.batch_size}]")
         cols[3].markdown(f"**Length** · {cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''}  \n"

@@ -17,8 +17,9 @@ TINY = [{"type": "conv2d", "filters": 4, "kernel": 3, "stride": 2, "padding": "s
         {"type": "batchnorm"}, {"type": "dropout", "rate": 0.1}, {"type": "flatten"},
         {"type": "dense", "units": 32, "activation": "relu"}, {"type": "dense", "units": 10}]
 
+# gradient clipping at a norm the gradients reach, and weight decay: each member must be clipped by its own norm
 CFG = TrainConfig(epochs=2, batch_size=16, chunk_steps=3, learning_rate=3e-3, ema_decay=0.9, tta_flip=True,
-                  augment=AugmentConfig(flip=0.5, crop=1))
+                  grad_clip=0.5, weight_decay=1e-3, augment=AugmentConfig(flip=0.5, crop=1))
 
 
 def _final(cfg: TrainConfig, splits: splitting.Splits) -> dict:
@@ -148,17 +149,25 @@ def test_tflite_export_of_an_ensemble_matches_jax(ensemble_model: TrainedModel) 
     assert payload[4:8] == b"TFL3" and difference <= tflite_export.TOLERANCE
 
 
-def test_an_ensembles_saliency_is_its_members_maps_averaged(ensemble_model: TrainedModel) -> None:
+def test_an_ensembles_saliency_is_its_members_maps_of_its_class_averaged(ensemble_model: TrainedModel) -> None:
     from fmnist_jax.deploy import explain
 
     images = _images(6)
     maps, chosen = explain.explain(ensemble_model, images, "occlusion")
     assert maps.shape == (6, 28, 28) and maps.min() >= 0 and maps.max() <= 1
     np.testing.assert_array_equal(chosen, ensemble_model.predict_logits(images).argmax(1))
-    parts = [explain.explain(ensemble_model.member(k), images, "occlusion")[0] for k in range(2)]
+    # each member's map is of the ensemble's class, also where that member's own top class differs
+    parts = [explain.explain(ensemble_model.member(k), images, "occlusion", classes=chosen)[0] for k in range(2)]
     mean = (parts[0] + parts[1]) / 2
     low, high = mean.min(axis=(1, 2), keepdims=True), mean.max(axis=(1, 2), keepdims=True)
     np.testing.assert_allclose(maps, (mean - low) / np.maximum(high - low, 1e-12), atol=1e-5)
+    # a map of a class chosen by the caller differs from the predicted class's
+    other = (chosen + 1) % 10
+    other_maps, explained = explain.explain(ensemble_model, images, "occlusion", classes=other)
+    np.testing.assert_array_equal(explained, other)
+    assert np.abs(other_maps - maps).max() > 1e-3
+    with pytest.raises(ValueError, match="one class index from 0 to 9 per image"):
+        explain.explain(ensemble_model, images, "occlusion", classes=[10] * 6)
 
 
 def test_the_exported_script_trains_every_member_and_averages_them(ensemble_model: TrainedModel, tmp_path) -> None:

@@ -9,6 +9,7 @@ import pytest
 
 from fmnist_jax import store
 from fmnist_jax.data import augment, catalogue, splitting
+from fmnist_jax.deploy import predict
 from fmnist_jax.model import layer_specs, presets
 from fmnist_jax.studio import charts, estimates, tasks
 from fmnist_jax.studio import projects as proj
@@ -182,6 +183,30 @@ def test_a_trained_run_is_evaluated_once_and_cached(ws: store.Workspace, tiny_pr
         tasks.resume_training(ws, tiny_project, job["name"], registry)
     rows = tasks.runs_table(ws, tiny_project["id"])
     assert rows[0]["has_weights"] and rows[0]["status"] == "completed"
+
+
+def test_an_ensemble_trains_evaluates_and_is_offered_only_where_its_weights_fit(ws: store.Workspace,
+                                                                                 tiny_project: dict) -> None:
+    """Through the studio's queue: a 2-member run trains and evaluates as one model; as a starting model it is
+    offered to projects training 2 members, not to single-model ones (a single model starts any ensemble)."""
+    registry = proj.get_registry()
+    pair = ws.update_project(tiny_project["id"], config={**tiny_project["config"], "ensemble": 2})
+    job = tasks.start_training(ws, pair, "pair", registry)
+    final = registry.wait(job["id"], timeout=240)
+    assert final["status"] == "completed", final["error"]
+    model = predict.load_model(job["run_dir"])
+    assert model.members == 2
+    metrics = tasks.evaluate_run(ws, pair["id"], job["name"])
+    assert metrics["count"] == 200
+    # the evaluation's accuracy is the ensemble's, as the run's own test pass measured it
+    assert metrics["accuracy"] == pytest.approx(store.read_json(Path(job["run_dir"]) / "run.json")["test_accuracy"])
+    spec = proj.model_spec(pair)
+    assert job["name"] in tasks.starting_models(ws, pair, spec, 10)
+    single = ws.update_project(pair["id"], config={**pair["config"], "ensemble": 1})
+    assert job["name"] not in tasks.starting_models(ws, single, spec, 10)
+    chosen = ws.update_project(single["id"], init_from=job["name"])
+    with pytest.raises(ValueError, match="is an ensemble of 2 and this project trains 1 member; set Ensemble members to 2"):
+        tasks.starting_model(ws, chosen, spec)
 
 
 # ----------------------------------------------------------------------------- charts

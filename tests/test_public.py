@@ -104,8 +104,10 @@ def test_job_caps_name_the_limit_and_the_figure_and_say_how_to_run_locally() -> 
     heavy_one = _figures(HEAVY_CONV, batch=1, epochs=10)
     only_compute = public.PublicLimits(max_params=10**10, max_memory_mb=10**7, max_job_tflop=2 * heavy_one["job_tflop"])
     public.check_job(heavy_one, only_compute)  # one of them fits, eight do not
-    with pytest.raises(ValueError, match=r"would compute [\d,]+ TFLOP"):
+    with pytest.raises(ValueError, match=r"would compute [\d,]+ TFLOP.*smaller model or fewer ensemble members"):
         public.check_job(public.job_figures(HEAVY_CONV, (28, 28, 1), 10, 1, 10, 54_000, members=8), only_compute)
+    with pytest.raises(ValueError, match=r"^this ensemble of 8 models has .* layers or fewer ensemble members"):
+        public.check_job(public.job_figures(HEAVY_CONV, (28, 28, 1), 10, 1, 10, 54_000, members=8), caps)
 
 
 def test_every_presets_recommended_recipe_fits_the_public_caps() -> None:

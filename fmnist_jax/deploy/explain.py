@@ -52,7 +52,7 @@ def _gradcam_fn(model: Any) -> Any:
     ctx = layers.Context(train=False)
     height, width = model.input_shape[:2]
 
-    def run(weights: dict, images: jax.Array) -> tuple[jax.Array, jax.Array]:
+    def run(weights: dict, images: jax.Array, target: jax.Array) -> tuple[jax.Array, jax.Array]:
         net = _network(model, weights)
         x = images.astype(jnp.float32) / 255.0
         for layer in net.layers[:cut + 1]:
@@ -64,7 +64,7 @@ def _gradcam_fn(model: Any) -> Any:
             for layer in net.layers[cut + 1:]:
                 y = layer(y, ctx)
             logits = y.astype(jnp.float32)
-            chosen = jnp.argmax(logits, axis=-1)
+            chosen = jnp.where(target >= 0, target, jnp.argmax(logits, axis=-1))  # given, or the top class
             return jnp.take_along_axis(logits, chosen[:, None], axis=1).sum(), chosen
 
         grads, chosen = jax.grad(top_logit, has_aux=True)(features)
@@ -90,19 +90,19 @@ def _occlusion_fn(model: Any, patch: int, stride: int) -> Any:
     def probs_of(net: Any, x: jax.Array) -> jax.Array:
         return jax.nn.softmax(net(x, ctx).astype(jnp.float32), axis=-1)
 
-    def one(net: Any, image: jax.Array) -> tuple[jax.Array, jax.Array]:
+    def one(net: Any, image: jax.Array, target: jax.Array) -> tuple[jax.Array, jax.Array]:
         x = image.astype(jnp.float32) / 255.0
         base = probs_of(net, x[None])[0]
-        chosen = jnp.argmax(base)
+        chosen = jnp.where(target >= 0, target, jnp.argmax(base))  # given, or the top class
         covered = probs_of(net, x[None] * masks)[:, chosen]  # one forward pass for every patch position
         drop = jax.nn.relu(base[chosen] - covered)
         heat = (drop[:, None, None] * (1.0 - masks[..., 0])).sum(0)
         counts = (1.0 - masks[..., 0]).sum(0)
         return heat / jnp.maximum(counts, 1.0), chosen
 
-    def run(weights: dict, images: jax.Array) -> tuple[jax.Array, jax.Array]:
+    def run(weights: dict, images: jax.Array, target: jax.Array) -> tuple[jax.Array, jax.Array]:
         net = _network(model, weights)
-        heat, chosen = jax.lax.map(lambda image: one(net, image), images)
+        heat, chosen = jax.lax.map(lambda pair: one(net, *pair), (images, target))
         return _normalise(heat), chosen
 
     return jax.jit(run)
@@ -114,9 +114,11 @@ def _normalise(maps: jax.Array) -> jax.Array:
     return jnp.where(high - low > 1e-12, (maps - low) / jnp.maximum(high - low, 1e-12), 0.0)
 
 
-def explain(model: Any, images: np.ndarray, method: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Saliency maps (N, H, W) float32 in [0, 1] for uint8 model inputs (N, H, W, C), and the explained
-    (predicted) class of each. ValueError for an unknown method or Grad-CAM on a model without convolutions."""
+def explain(model: Any, images: np.ndarray, method: str | None = None,
+            classes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Saliency maps (N, H, W) float32 in [0, 1] for uint8 model inputs (N, H, W, C), and the explained class of
+    each: the predicted one, or `classes` (one per image) when given. ValueError for an unknown method, a class
+    out of range, or Grad-CAM on a model without convolutions."""
     method = method or default_method(model)
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
@@ -128,15 +130,20 @@ def explain(model: Any, images: np.ndarray, method: str | None = None) -> tuple[
         cache[method] = _gradcam_fn(model) if method == "gradcam" else _occlusion_fn(model, max(2, side // 7),
                                                                                      max(1, side // 14))
     images = jnp.asarray(np.asarray(images, np.uint8))
+    if classes is not None:
+        classes = np.asarray(classes, np.int64).reshape(-1)
+        if classes.shape != (images.shape[0],) or classes.min(initial=0) < 0 or classes.max(initial=0) >= model.num_classes:
+            raise ValueError(f"classes must be one class index from 0 to {model.num_classes - 1} per image")
     if model.members == 1:
-        maps, chosen = cache[method](model.weights, images)
+        target = jnp.asarray(classes if classes is not None else np.full(images.shape[0], -1), jnp.int32)
+        maps, chosen = cache[method](model.weights, images, target)
         return np.asarray(maps, np.float32), np.asarray(chosen)
-    # An ensemble: each member's map of its own top class (the members share the layers, so one compiled
-    # explainer), averaged over the members and normalised again; the class reported is the ensemble's prediction.
-    parts = [cache[method](member_weights(model.weights, k), images)[0] for k in range(model.members)]
-    maps = _normalise(sum(parts) / len(parts))
-    chosen = np.asarray(model.predict_logits(np.asarray(images))).argmax(axis=-1)
-    return np.asarray(maps, np.float32), chosen
+    # An ensemble: each member's map of the ensemble's predicted class (the members share the layers, so one
+    # compiled explainer), averaged over the members and normalised again.
+    chosen = classes if classes is not None else np.asarray(model.predict_logits(np.asarray(images))).argmax(axis=-1)
+    target = jnp.asarray(chosen, jnp.int32)
+    parts = [cache[method](member_weights(model.weights, k), images, target)[0] for k in range(model.members)]
+    return np.asarray(_normalise(sum(parts) / len(parts)), np.float32), chosen
 
 
 def heatmap_png(saliency: np.ndarray) -> np.ndarray:

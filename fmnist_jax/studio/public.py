@@ -240,6 +240,7 @@ def job_figures(spec: Any, input_shape: tuple, num_classes: int, batch_size: int
     return {"params": info["total_params"] * members,
             "memory_mb": members * 4 * (4 * info["total_params"] + 2 * int(batch_size) * activations) / 2**20,
             "job_tflop": members * info["train_flops_per_image"] * int(train_size) * int(epochs) / 1e12,
+            "members": members,
             "epoch_images": int(epochs) * int(train_size)}
 
 
@@ -248,16 +249,20 @@ def check_job(figures: dict, caps: PublicLimits | None = None) -> None:
     parameters; this Space allows 5 million"), and how to run it without limits."""
     caps = caps or limits()
     local = f"; run it on your own machine without limits: {LOCAL_COMMAND}"
+    members = int(figures.get("members", 1))
+    model = f"this ensemble of {members} models" if members > 1 else "this model"
+    fewer = " or fewer ensemble members" if members > 1 else ""
     if figures["params"] > caps.max_params:
-        raise ValueError(f"this model has {_count(figures['params'])} parameters; this Space allows "
-                         f"{_count(caps.max_params)}. Use fewer or smaller layers{local}")
+        raise ValueError(f"{model} has {_count(figures['params'])} parameters; this Space allows "
+                         f"{_count(caps.max_params)}. Use fewer or smaller layers{fewer}{local}")
     if figures["memory_mb"] > caps.max_memory_mb:
-        raise ValueError(f"training this model at this batch size needs about {figures['memory_mb']:,.0f} MiB; this "
-                         f"Space allows {caps.max_memory_mb:,} MiB per job. Lower the batch size or the filters{local}")
+        raise ValueError(f"training {model} at this batch size needs about {figures['memory_mb']:,.0f} MiB; this "
+                         f"Space allows {caps.max_memory_mb:,} MiB per job. Lower the batch size or the "
+                         f"filters{fewer}{local}")
     if figures["job_tflop"] > caps.max_job_tflop:
         raise ValueError(f"this job would compute {figures['job_tflop']:,.0f} TFLOP (model x images x epochs); this "
                          f"Space allows {caps.max_job_tflop:g} per job. Use fewer epochs or training images, or a "
-                         f"smaller model{local}")
+                         f"smaller model{fewer}{local}")
     if figures["epoch_images"] > caps.max_epoch_images:
         raise ValueError(f"this job would train on {figures['epoch_images']:,} images (epochs x training images); this "
                          f"Space allows {caps.max_epoch_images:,} per job. Use fewer epochs or a smaller training "

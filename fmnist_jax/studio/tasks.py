@@ -235,8 +235,9 @@ DEMO_CHOICE = "demo"
 
 def starting_models(ws: store.Workspace, project: dict, spec: list, num_classes: int) -> dict[str, str]:
     """Models a run of this project can start from (transfer learning): {choice id: label}. Only models with
-    exactly this project's layers and number of classes qualify: their weights must fit."""
-    wanted = layer_specs.normalize_spec(spec)
+    exactly this project's layers and number of classes qualify: their weights must fit (a single model starts
+    every member of an ensemble; an ensemble starts only an ensemble of its own size)."""
+    wanted, members = layer_specs.normalize_spec(spec), train_config(project).ensemble
     choices = {}
     demo = store.read_json(predict.DEMO_DIR / "model.json")  # the description only: this runs on every page rerun
     if layer_specs.normalize_spec(demo["spec"]) == wanted and len(demo["class_names"]) == num_classes:
@@ -245,7 +246,9 @@ def starting_models(ws: store.Workspace, project: dict, spec: list, num_classes:
         if not run["has_weights"]:
             continue
         record = store.read_json(Path(run["path"]) / "run.json")
-        if layer_specs.normalize_spec(record["spec"]) == wanted and len(record["class_names"]) == num_classes:
+        their_members = int((record.get("config") or {}).get("ensemble", 1))
+        if (layer_specs.normalize_spec(record["spec"]) == wanted and len(record["class_names"]) == num_classes
+                and their_members in (1, members)):
             accuracy = run.get("test_accuracy")
             choices[run["id"]] = f"Run {run['id']}" + (f" ({accuracy:.1%} test)" if accuracy is not None else "")
     return choices
@@ -265,6 +268,11 @@ def starting_model(ws: store.Workspace, project: dict, spec: list) -> str:
     if model.spec != layer_specs.normalize_spec(spec):
         raise ValueError(f"the starting model {choice} has different layers from this project's model; "
                          f"choose a model with the same layers or start from scratch")
+    members = train_config(project).ensemble
+    if model.members not in (1, members):
+        raise ValueError(f"the starting model {choice} is an ensemble of {model.members} and this project trains "
+                         f"{members} member{'s' if members != 1 else ''}; set Ensemble members to {model.members}, "
+                         f"choose another model or start from scratch")
     return source
 
 

@@ -134,7 +134,10 @@ def make_optimizer(cfg: TrainConfig, steps_per_epoch: int, rate: RunTimeRate | N
         chain.append(optax.clip_by_global_norm(cfg.grad_clip))
     if cfg.weight_decay and name != "adamw":
         chain.append(optax.add_decayed_weights(cfg.weight_decay))
-    return optax.chain(*chain, base) if chain else base
+    tx = optax.chain(*chain, base) if chain else base
+    if cfg.ensemble > 1:  # an ensemble's weights are stacked: each member its own state and gradient norm (clipping)
+        tx = optax.GradientTransformation(jax.vmap(tx.init), jax.vmap(tx.update))
+    return tx
 
 
 def _traceable_schedule(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[Any], jax.Array]:

@@ -99,7 +99,10 @@ class TrainedModel:
         if self.members == 1:
             return self
         weights = jax.device_get(member_weights(self.weights, index))
-        return TrainedModel(self.spec, self.input_shape, self.class_names, weights, self.preprocess, self.card,
+        card = dict(self.card)
+        if isinstance(card.get("config"), dict):  # one network: saved on its own, it must load as one
+            card["config"] = {**card["config"], "ensemble": 1}
+        return TrainedModel(self.spec, self.input_shape, self.class_names, weights, self.preprocess, card,
                             conv_impl=self.conv_impl, calibration=self.calibration, tta_flip=self.tta_flip, members=1)
 
     def weights_bytes(self) -> bytes:
