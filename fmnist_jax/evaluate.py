@@ -76,4 +76,13 @@ def evaluate_model(model: TrainedModel, images: np.ndarray, labels: np.ndarray,
     metrics["calibration"] = {"temperature": model.temperature,
                               "before": reliability(softmax(logits[known], 1.0), np.asarray(labels)[known]),
                               "after": reliability(probs[known], np.asarray(labels)[known])}
+    if model.members > 1:  # an ensemble: what each member alone gets right on the same images
+        metrics["members"] = [member_accuracy(model.member(k), images, labels, batch) for k in range(model.members)]
     return metrics
+
+
+def member_accuracy(member: TrainedModel, images: np.ndarray, labels: np.ndarray, batch: int = 1000) -> float:
+    """The accuracy of one network's answers (an ensemble's member) on arrays; set labels count as metrics do."""
+    predicted = member.predict_logits(images, batch=batch).argmax(axis=1)
+    probs = np.eye(member.num_classes, dtype=np.float32)[predicted]
+    return metrics_from_probs(probs, labels, member.class_names)["accuracy"]

@@ -77,6 +77,10 @@ m[3].metric("Train accuracy", ui.percent(last.get("accuracy")), help="Running ac
 gap = (last.get("accuracy") or 0) - metrics["accuracy"]
 m[4].metric("Train − test gap", f"{gap:+.2%}" if last else "–",
             help="A large positive gap means over-fitting: more regularisation or augmentation may help.")
+if metrics.get("members"):
+    alone = ", ".join(ui.percent(a) for a in metrics["members"])
+    st.caption(f"An ensemble of {len(metrics['members'])} models: alone, its members get {alone} of these test images "
+               f"right; the mean of their answers gets {ui.percent(metrics['accuracy'])}.")
 
 left, right = st.columns([3, 2], gap="large")
 with left:

@@ -451,6 +451,25 @@ def test_evaluation_page_shows_test_metrics_confusion_matrix_and_mistakes(traine
         assert "got every test image right" in texts(at, "success")
 
 
+def test_evaluation_page_of_an_ensemble_shows_what_each_member_gets_right(seeded: dict) -> None:
+    registry = proj.get_registry()
+    pair = store.Workspace().update_project(seeded["id"], config={**seeded["config"], "ensemble": 2})
+    job = tasks.start_training(store.Workspace(), pair, "pair", registry)
+    final = registry.wait(job["id"], timeout=240)
+    assert final["status"] == "completed", final["error"]
+    at = open_app("pages/5_Evaluation.py", pair["id"])
+    _until(at, lambda: "Test accuracy" in metric_values(at) or bool(at.error))
+    assert not at.exception and not at.error, texts(at, "error")
+    metrics = tasks.evaluate_run(store.Workspace(), pair["id"], "pair")
+    alone = ", ".join(f"{a:.2%}" for a in metrics["members"])
+    assert any(c.value.startswith(f"An ensemble of 2 models: alone, its members get {alone} of these test images right; "
+                                  f"the mean of their answers gets {metrics['accuracy']:.2%}") for c in at.caption)
+    # the Training page counts both networks' parameters
+    training = open_app("pages/4_Training.py", pair["id"])
+    assert not training.exception
+    assert any(", 2 members]" in m.value for m in training.markdown)
+
+
 def test_deploy_page_predicts_each_upload_and_explains_a_bad_file(trained: dict) -> None:
     pid = trained["id"]
     at = open_app("pages/6_Deploy.py", pid)

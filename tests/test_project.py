@@ -198,8 +198,12 @@ def test_an_ensemble_trains_evaluates_and_is_offered_only_where_its_weights_fit(
     assert model.members == 2
     metrics = tasks.evaluate_run(ws, pair["id"], job["name"])
     assert metrics["count"] == 200
-    # the evaluation's accuracy is the ensemble's, as the run's own test pass measured it
+    # the evaluation's accuracy is the ensemble's, as the run's own test pass measured it, beside each member's
     assert metrics["accuracy"] == pytest.approx(store.read_json(Path(job["run_dir"]) / "run.json")["test_accuracy"])
+    splits = proj.load_splits(store.read_json(Path(job["run_dir"]) / "run.json"))
+    alone = [float((model.member(k).predict_logits(splits.test_images).argmax(1) == splits.test_labels).mean())
+             for k in range(2)]
+    assert metrics["members"] == pytest.approx(alone)
     spec = proj.model_spec(pair)
     assert job["name"] in tasks.starting_models(ws, pair, spec, 10)
     single = ws.update_project(pair["id"], config={**pair["config"], "ensemble": 1})

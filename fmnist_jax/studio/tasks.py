@@ -307,7 +307,9 @@ def evaluate_run(ws: store.Workspace, project_id: str, run_id: str, progress: Pr
     if cache.exists():
         try:
             cached = store.read_json(cache)
-            if cached.get("weights_stamp") == stamp and "calibration" in cached:  # older caches lack calibration
+            ensemble = int((store.read_json(run_dir / "run.json").get("config") or {}).get("ensemble", 1)) > 1
+            # older caches lack the calibration, and an ensemble's its members' accuracies
+            if cached.get("weights_stamp") == stamp and "calibration" in cached and (not ensemble or "members" in cached):
                 return cached
         except store.StoreError:
             pass
