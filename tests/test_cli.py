@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, requires_real_data
 
+from fmnist_jax import store
 from fmnist_jax.cli import main as cli
 from fmnist_jax.data import catalogue
 
@@ -43,6 +44,7 @@ def test_missing_data_directory_exits_2_with_one_line(tmp_path: Path) -> None:
     (["train", "--fractions", "0.5,0.5,0.5", "--split", "pooled"], "add up to 1"),
     (["train", "--lr", "nan"], "learning rate must be a finite number"),
     (["train", "--epochs", "2", "--clean-epochs", "3"], "without augmentation at the end must be at most 2"),
+    (["train", "--ensemble", "0"], "ensemble members"),
     (["evaluate", "/nonexistent/run"], "does not exist"),
     (["train", "--resume", "/nonexistent/run"], "cannot resume"),
 ])
@@ -68,6 +70,14 @@ def test_train_json_on_synthetic_data_via_the_library_path(tmp_path: Path, monke
     evaluation = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert code == 0 and evaluation["accuracy"] == pytest.approx(result["test_accuracy"])
     assert len(evaluation["confusion_matrix"]) == 10 and sum(map(sum, evaluation["confusion_matrix"])) == 60
+    # --ensemble 2: the run is a pair, its evaluation the pair's, with each member's accuracy beside it
+    code = cli.main(["train", "--dataset", "synthetic", "--epochs", "1", "--batch-size", "32", "--preset", "lenet",
+                     "--ensemble", "2", "--out", str(tmp_path / "pair"), "--json"])
+    pair = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert code == 0 and store.read_json(tmp_path / "pair" / "run.json")["config"]["ensemble"] == 2
+    code = cli.main(["evaluate", str(tmp_path / "pair"), "--json"])
+    evaluation = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert code == 0 and evaluation["accuracy"] == pytest.approx(pair["test_accuracy"]) and len(evaluation["members"]) == 2
 
 
 def test_public_mode_refuses_an_oversized_model_before_building_it(tmp_path: Path, monkeypatch, capsys) -> None:
@@ -83,6 +93,16 @@ def test_public_mode_refuses_an_oversized_model_before_building_it(tmp_path: Pat
     code = cli.main(["train", "--dataset", "synthetic", "--epochs", "1", "--batch-size", "32", "--preset", "lenet",
                      "--out", str(tmp_path / "small"), "--json"])
     assert code == 0  # a small job still trains
+    capsys.readouterr()
+    # an ensemble counts every member: four LeNets are over a cap that one fits under
+    from fmnist_jax.model import layer_specs, presets
+    lenet = layer_specs.describe(presets.preset("lenet", 10), (28, 28, 1), 10)["total_params"]
+    monkeypatch.setenv("FMNIST_PUBLIC_MAX_PARAMS", str(2 * lenet))
+    code = cli.main(["train", "--dataset", "synthetic", "--epochs", "1", "--batch-size", "32", "--preset", "lenet",
+                     "--ensemble", "4", "--out", str(tmp_path / "four"), "--json"])
+    error = capsys.readouterr().err.strip()
+    assert code == 2 and error.startswith(f"error: this ensemble of 4 models has {4 * lenet:,} parameters")
+    assert "fewer ensemble members" in error and not (tmp_path / "four").exists()
 
 
 @requires_real_data

@@ -290,9 +290,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print_json({"run_dir": str(run_dir), "split": args.split, "accuracy": metrics["accuracy"], "loss": metrics["loss"],
                     "count": metrics["count"], "per_class": metrics["per_class"],
                     "confusion_matrix": metrics["confusion_matrix"], "most_confused": metrics["most_confused"],
-                    "class_names": metrics["class_names"], "seconds": seconds})
+                    "class_names": metrics["class_names"], "seconds": seconds,
+                    **({"members": metrics["members"]} if "members" in metrics else {})})  # an ensemble's, each alone
         return 0
     print(f"{args.split}: accuracy {metrics['accuracy']:.4f}, loss {metrics['loss']:.4f} on {metrics['count']:,} images ({seconds:.1f} s)")
+    if "members" in metrics:
+        print(f"an ensemble of {len(metrics['members'])}; each member alone: "
+              + ", ".join(f"{accuracy:.4f}" for accuracy in metrics["members"]))
     print(f"{'class':<12} {'precision':>9} {'recall':>7} {'f1':>6} {'support':>8}")
     for row in metrics["per_class"]:
         print(f"{row['class']:<12} {row['precision']:>9.3f} {row['recall']:>7.3f} {row['f1']:>6.3f} {row['support']:>8}")
