@@ -164,7 +164,7 @@ with st.form(f"hyperparameters-{pid}", border=True):
                         help="Predict from the mean of each image's and its mirror image's answer: in evaluation, "
                              "on the Deploy page, in the REST API and in exported models. Costs a second forward pass.")
     a, b = st.columns(2)
-    ensemble = int(a.number_input("Ensemble members", 1, 8, int(cfg.ensemble), 1,
+    ensemble = int(a.number_input("Ensemble members", 1, config.MAX_ENSEMBLE, int(cfg.ensemble), 1,
                                   help="Train this many copies of the model side by side, each from its own seed "
                                        "(weights, order, augmentation), and predict with the mean of their answers: "
                                        "usually more accurate than one, and each epoch takes about as many times "

@@ -18,6 +18,7 @@ MONITORS = ("val_accuracy", "val_loss")
 PRECISIONS = ("float32", "bfloat16")
 DATA_PARALLEL = ("auto", "off", "on")
 SET_LOSSES = ("best", "any")
+MAX_ENSEMBLE = 8  # members of an ensemble (TrainConfig.ensemble)
 
 
 def _num(default: Any, title: str, **bounds: Any) -> Any:
@@ -74,7 +75,7 @@ class TrainConfig(Settings):
     tta_flip: StrictBool = _num(False, "flip test-time augmentation")
     # An ensemble: N copies of the layers, member k initialised, shuffled and augmented as a run with seed + k
     # would be, trained side by side (one compiled step); predictions are the mean of the members' logits.
-    ensemble: Whole = _num(1, "ensemble members", ge=1, le=8)
+    ensemble: Whole = _num(1, "ensemble members", ge=1, le=MAX_ENSEMBLE)
 
     def validate(self, train_size: int | None = None) -> "TrainConfig":  # type: ignore[override]
         """Raise ValueError with a message a user can act on; returns self for chaining."""

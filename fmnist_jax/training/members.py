@@ -17,8 +17,9 @@ from fmnist_jax.data.augment import AugmentConfig, augment_batch
 
 def member_loop() -> str:
     """How a step runs the members: "map" (one after another inside the compiled step) on a CPU, where a vmapped
-    step ran 0.85x two single runs' speed per image and the loop 0.96x (bench/NOTES.md round 19); "vmap" (all at
-    once, larger batched kernels) on accelerators. FMNIST_MEMBER_LOOP=map|vmap overrides it, for benchmarks."""
+    step trained at 0.84x two single runs' speed per image and the loop at 0.975x (bench/NOTES.md attempt 71);
+    "vmap" (all at once, larger batched kernels) on accelerators. FMNIST_MEMBER_LOOP=map|vmap overrides it, for
+    benchmarks."""
     chosen = os.environ.get("FMNIST_MEMBER_LOOP", "")
     if chosen in ("map", "vmap"):
         return chosen

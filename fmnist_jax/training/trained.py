@@ -13,7 +13,7 @@ from fmnist_jax import store
 from fmnist_jax.model import layer_specs, layers
 from fmnist_jax.training.calibrate import softmax
 from fmnist_jax.training.checkpoint import state_from_bytes, state_to_bytes
-from fmnist_jax.training.config import TrainConfig
+from fmnist_jax.training.config import MAX_ENSEMBLE, TrainConfig
 from fmnist_jax.training.members import member_weights
 from fmnist_jax.training.program import inference_logits, make_forward
 
@@ -34,8 +34,8 @@ class TrainedModel:
         # flip test-time augmentation and the ensemble's size as the model was trained (and measured): its config says
         config = self.card.get("config") if isinstance(self.card.get("config"), dict) else {}
         self.members = int(config.get("ensemble", 1)) if members is None else int(members)
-        if not 1 <= self.members <= 64:
-            raise ValueError(f"an ensemble has 1 to 64 members, got {self.members}")
+        if not 1 <= self.members <= MAX_ENSEMBLE:
+            raise ValueError(f"an ensemble has 1 to {MAX_ENSEMBLE} members, got {self.members}")
         # Shapes only (nnx.eval_shape): the real values come from `weights`, so nothing is initialised twice.
         abstract = nnx.eval_shape(lambda: layers.build_model(self.spec, self.input_shape, len(self.class_names)))
         self.graphdef, params, batch_stats = nnx.split(abstract, nnx.Param, nnx.BatchStat)
