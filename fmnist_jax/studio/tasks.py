@@ -303,17 +303,17 @@ def evaluate_run(ws: store.Workspace, project_id: str, run_id: str, progress: Pr
     if not weights.exists():
         raise store.StoreError(f"run {run_id} has no trained weights yet (still running, or it failed)")
     stamp = [weights.stat().st_mtime_ns, weights.stat().st_size]
+    run = store.read_json(run_dir / "run.json")
     cache = run_dir / EVALUATION_FILE
     if cache.exists():
         try:
             cached = store.read_json(cache)
-            ensemble = int((store.read_json(run_dir / "run.json").get("config") or {}).get("ensemble", 1)) > 1
+            ensemble = int((run.get("config") or {}).get("ensemble", 1)) > 1
             # older caches lack the calibration, and an ensemble's its members' accuracies
             if cached.get("weights_stamp") == stamp and "calibration" in cached and (not ensemble or "members" in cached):
                 return cached
         except store.StoreError:
             pass
-    run = store.read_json(run_dir / "run.json")
     progress = progress or (lambda fraction, message: None)
     progress(0.0, "Loading the test split")
     splits = load_splits(run)
