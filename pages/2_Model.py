@@ -133,8 +133,7 @@ with editor:
     for index, (layer, uid) in enumerate(zip(draft["layers"], draft["uids"])):
         layer_type = layer_specs.REGISTRY[layer["type"]]
         with st.container(border=True, key=f"layer-box-{uid}"):
-            st.markdown(f"**{index} · {layer_type.label}** &nbsp; :gray[{charts.layer_summary(layer)}]",
-                        help=layer_type.description)
+            title = st.empty()  # filled below from the widgets' values, so it never lags one change behind
             # the buttons get a row of their own: beside the title they wrapped around it in a narrow column
             with st.container(horizontal=True, gap="small"):
                 st.button("Up", icon=":material/arrow_upward:", key=f"up-{uid}", on_click=_move_layer, args=(index, -1),
@@ -149,6 +148,8 @@ with editor:
                 for column, param in zip(columns, layer_type.params[row_start:row_start + 3]):
                     with column:
                         values[param.name] = _param_widget(param, layer[param.name], f"p-{uid}-{param.name}")
+            title.markdown(f"**{index} · {layer_type.label}** &nbsp; :gray[{charts.layer_summary(values)}]",
+                           help=layer_type.description)
             new_layers.append(values)
             edited.append(st.empty())
     draft["layers"] = new_layers

@@ -195,6 +195,25 @@ def test_model_page_adds_a_layer_and_saves_a_valid_stack(seeded: dict) -> None:
     assert saved[1]["units"] == 128
 
 
+def test_model_page_adds_a_residual_block_with_its_own_settings(seeded: dict) -> None:
+    pid = seeded["id"]
+    at = open_app("pages/2_Model.py", pid)
+    at.selectbox(key=f"add-kind-{pid}").set_value("residual")
+    at.number_input(key=f"add-pos-{pid}-2").set_value(0)
+    next(b for b in at.button if b.label == "Add layer").click().run()
+    assert not at.exception and not at.error
+    stride = next(w for w in at.number_input if w.key and w.key.endswith("-stride"))
+    assert stride.value == 1 and stride.max == 2
+    stride.set_value(2).run()
+    assert not at.exception and not at.error
+    saved = store.Workspace().get_project(pid)["model"]
+    assert [layer["type"] for layer in saved] == ["residual", "flatten", "dense"]
+    assert saved[0]["stride"] == 2 and saved[0]["filters"] == 64
+    summary = next(d.value for d in at.dataframe if "layer" in d.value.columns)
+    assert summary.iloc[0]["layer"] == "Residual" and summary.iloc[0]["output"] == "14×14×64"
+    assert "two 3×3 convolutions + shortcut, stride 2" in " ".join(m.value for m in at.markdown)
+
+
 def test_model_page_layer_buttons_have_names_and_move_and_remove_layers(seeded: dict) -> None:
     pid = seeded["id"]
     at = open_app("pages/2_Model.py", pid)

@@ -26,9 +26,9 @@ _SAME_BLOCK = ("batchnorm", "activation", "dropout")
 
 
 def gradcam_layer(spec: list[dict]) -> int | None:
-    """Index of the layer whose output Grad-CAM reads: the last convolution, or the normalisation and activation
-    right after it; None when the model has no convolution (use occlusion)."""
-    convs = [i for i, layer in enumerate(spec) if layer["type"] == "conv2d"]
+    """Index of the layer whose output Grad-CAM reads: the last convolution (or residual block), or the
+    normalisation and activation right after it; None when the model has no convolution (use occlusion)."""
+    convs = [i for i, layer in enumerate(spec) if layer["type"] in ("conv2d", "residual")]
     if not convs:
         return None
     cut = convs[-1]

@@ -40,6 +40,31 @@ def _pool(x: jax.Array, kind: str, window: int, stride: int, padding: str) -> ja
     return total / counts[None, :, :, None]
 
 
+def _folded(norm: Any) -> tuple[np.ndarray, np.ndarray]:
+    """A BatchNorm at inference as (scale, shift): x * scale + shift."""
+    mean, var = norm.running_stats()
+    inv = np.asarray(jax.lax.rsqrt(var + norm.epsilon) * norm.scale[...])
+    return inv, np.asarray(norm.bias[...] - mean * inv)
+
+
+def _fold_into(kernel: np.ndarray, norm: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(kernel, bias) of a bias-free convolution followed by `norm`, as one convolution."""
+    scale, shift = _folded(norm)
+    return kernel * scale, shift
+
+
+def _residual(x: jax.Array, spec: dict, block: dict) -> jax.Array:
+    """A residual block with folded BatchNorms, in the ops the rest of the export uses."""
+    def conv(inputs: jax.Array, folded: tuple, stride: int) -> jax.Array:
+        kernel, bias = folded
+        return cpu_ops.conv2d_apply(inputs, jnp.asarray(kernel), stride, "same", "xla") + jnp.asarray(bias)
+
+    y = jax.nn.relu(conv(x, block["conv1"], spec["stride"]))
+    y = conv(y, block["conv2"], 1)
+    shortcut = x if block["project"] is None else conv(x, block["project"], spec["stride"])
+    return jax.nn.relu(y + shortcut)
+
+
 def _member_steps(member: TrainedModel) -> list:
     """One network's layers as (kind, spec, weight, bias) steps, BatchNorm folded into an affine step."""
     from flax import nnx
@@ -55,9 +80,13 @@ def _member_steps(member: TrainedModel) -> list:
             steps.append(("dense", spec, np.asarray(module.kernel[...]),
                           None if module.bias is None else np.asarray(module.bias[...])))
         elif kind == "batchnorm":
-            mean, var = module.running_stats()
-            inv = np.asarray(jax.lax.rsqrt(var + module.epsilon) * module.scale[...])
-            steps.append(("affine", spec, inv, np.asarray(module.bias[...] - mean * inv)))
+            steps.append(("affine", spec, *_folded(module)))
+        elif kind == "residual":  # each convolution with its BatchNorm folded into the kernel and a bias
+            block = {"conv1": _fold_into(np.asarray(module.conv1[...]), module.bn1),
+                     "conv2": _fold_into(np.asarray(module.conv2[...]), module.bn2),
+                     "project": None if module.project is None else _fold_into(np.asarray(module.project[...]),
+                                                                               module.bn_project)}
+            steps.append(("residual", spec, block, None))
         else:
             steps.append((kind, spec, None, None))
     return steps
@@ -101,6 +130,8 @@ def export_forward(model: TrainedModel) -> Any:
                 x = x.reshape(x.shape[0], -1)
             elif kind == "activation":
                 x = layers.ACTIVATIONS[spec["function"]](x)
+            elif kind == "residual":
+                x = _residual(x, spec, weight)
             if kind in ("conv2d", "dense"):
                 if bias is not None:
                     x = x + jnp.asarray(bias)

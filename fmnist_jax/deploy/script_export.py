@@ -40,6 +40,10 @@ def _layer_code(index: int, layer: dict, in_shape: list[int]) -> tuple[list[str]
         init.append(f"{name} = nnx.BatchNorm({in_shape[-1]}, momentum={layer['momentum']}, epsilon={layer['epsilon']}, "
                     f"rngs=rngs)")
         call.append(f"x = {name}(x)  # BatchNorm (batch statistics in training, running averages in evaluation)")
+    elif kind == "residual":
+        init.append(f"{name} = Residual({in_shape[-1]}, {layer['filters']}, stride={layer['stride']}, "
+                    f"momentum={layer['momentum']}, epsilon={layer['epsilon']}, rngs=rngs)")
+        call.append(f"x = {name}(x)  # Residual block, {layer['filters']} filters, stride {layer['stride']}")
     elif kind == "dropout":
         init.append(f"{name} = nnx.Dropout({layer['rate']}, rngs=rngs)")
         call.append(f"x = {name}(x)  # Dropout {layer['rate']} (training only)")
@@ -85,6 +89,7 @@ def training_script(spec: list, config: Any, input_shape: tuple, class_names: tu
         classes=repr(list(class_names)),
         shape=tuple(int(v) for v in input_shape), init="\n".join(f"        {line}" for line in init_lines) or "        pass",
         call="\n".join(f"        {line}" for line in call_lines),
+        blocks=RESIDUAL_CODE if any(layer["type"] == "residual" for layer in spec) else "",
         omitted=(f"# Not included: the studio's {', '.join(omitted)} (flip, shift and crop augmentation are).\n" if omitted else ""))
 
 
@@ -100,6 +105,34 @@ def model_script(model: Any, title: str = "model") -> str:
     val_fraction = float(split.get("val_fraction", 0.1)) if official else 0.1  # the run's own validation share
     return training_script(model.spec, config, model.input_shape, model.class_names, title, val_fraction)
 
+
+RESIDUAL_CODE = '''
+class Residual(nnx.Module):
+    """A ResNet basic block: 3x3 convolution, BatchNorm, ReLU, 3x3 convolution, BatchNorm, plus the shortcut (the
+    input, or a 1x1 convolution with BatchNorm where the block strides or changes the channel count), then ReLU."""
+
+    def __init__(self, channels, filters, stride, momentum, epsilon, rngs):
+        he = nnx.initializers.he_uniform()
+        self.conv1 = nnx.Conv(channels, filters, kernel_size=(3, 3), strides=(stride, stride), padding="SAME",
+                              use_bias=False, kernel_init=he, rngs=rngs)
+        self.bn1 = nnx.BatchNorm(filters, momentum=momentum, epsilon=epsilon, rngs=rngs)
+        self.conv2 = nnx.Conv(filters, filters, kernel_size=(3, 3), padding="SAME", use_bias=False, kernel_init=he,
+                              rngs=rngs)
+        self.bn2 = nnx.BatchNorm(filters, momentum=momentum, epsilon=epsilon, rngs=rngs)
+        if stride != 1 or channels != filters:
+            self.project = nnx.Conv(channels, filters, kernel_size=(1, 1), strides=(stride, stride), padding="SAME",
+                                    use_bias=False, kernel_init=nnx.initializers.glorot_uniform(), rngs=rngs)
+            self.bn_project = nnx.BatchNorm(filters, momentum=momentum, epsilon=epsilon, rngs=rngs)
+        else:
+            self.project = self.bn_project = None
+
+    def __call__(self, x):
+        y = jax.nn.relu(self.bn1(self.conv1(x)))
+        y = self.bn2(self.conv2(y))
+        shortcut = x if self.project is None else self.bn_project(self.project(x))
+        return jax.nn.relu(y + shortcut)
+
+'''
 
 TEMPLATE = '''#!/usr/bin/env python
 """Train {title} on Fashion-MNIST: a standalone Flax NNX + Optax script exported by Fashion-MNIST Studio.
@@ -126,7 +159,7 @@ SETTINGS = {settings}
 CLASS_NAMES = {classes}
 INPUT_SHAPE = {shape}
 {omitted}
-
+{blocks}
 class Net(nnx.Module):
     """The layers, as the studio's Model page listed them."""
 

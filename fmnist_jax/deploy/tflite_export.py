@@ -53,6 +53,8 @@ def _keras_layers(spec: list[dict], weights: dict, keras: Any, prefix: str = "")
             out.append((keras.layers.GlobalAveragePooling2D(name=name), None))
         elif kind == "flatten":
             out.append((keras.layers.Flatten(name=name), None))
+        elif kind == "residual":
+            out.append((_KerasResidual(layer, own, stats.get(index, {}), keras, name), None))
         elif kind == "dropout":
             continue  # inference: no dropout
         elif kind != "activation":
@@ -61,6 +63,44 @@ def _keras_layers(spec: list[dict], weights: dict, keras: Any, prefix: str = "")
         if function and function != "linear":
             out.append((activation_layer(function, index), None))
     return out
+
+
+class _KerasResidual:
+    """A residual block as Keras layers (convolutions, BatchNorms, the addition and the ReLUs), called like one
+    layer; its weights are set when it is built, and calling it again (the mirror view) shares them."""
+
+    def __init__(self, layer: dict, own: dict, stats: dict, keras: Any, name: str):
+        norm = {"epsilon": layer["epsilon"], "momentum": layer["momentum"]}
+        stride = layer["stride"]
+
+        def conv(key: str, size: int, strides: int) -> Any:
+            return keras.layers.Conv2D(layer["filters"], size, strides=strides, padding="same", use_bias=False,
+                                       name=f"{name}_{key}")
+
+        self.parts = {"conv1": conv("conv1", 3, stride), "bn1": keras.layers.BatchNormalization(**norm, name=f"{name}_bn1"),
+                      "conv2": conv("conv2", 3, 1), "bn2": keras.layers.BatchNormalization(**norm, name=f"{name}_bn2")}
+        if "project" in own:
+            self.parts["project"] = conv("project", 1, stride)
+            self.parts["bn_project"] = keras.layers.BatchNormalization(**norm, name=f"{name}_bn_project")
+        self.relu1 = keras.layers.Activation("relu", name=f"{name}_relu1")
+        self.add = keras.layers.Add(name=f"{name}_add")
+        self.relu2 = keras.layers.Activation("relu", name=f"{name}_relu2")
+        self.values = {key: ([own[key]] if key in ("conv1", "conv2", "project") else
+                             [own[key]["scale"], own[key]["bias"], *_running_stats(stats[key], layer["momentum"])])
+                       for key in self.parts}
+        self.built = False
+
+    def __call__(self, x: Any) -> Any:
+        parts = self.parts
+        y = self.relu1(parts["bn1"](parts["conv1"](x)))
+        y = parts["bn2"](parts["conv2"](y))
+        shortcut = parts["bn_project"](parts["project"](x)) if "project" in parts else x
+        out = self.relu2(self.add([y, shortcut]))
+        if not self.built:
+            for key, layer in parts.items():
+                layer.set_weights(self.values[key])
+            self.built = True
+        return out
 
 
 def _running_stats(stats: dict, momentum: float) -> list[np.ndarray]:

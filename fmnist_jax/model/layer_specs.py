@@ -73,7 +73,8 @@ REGISTRY: dict[str, LayerType] = {}
 ALIASES = {
     "conv": "conv2d", "convolution2d": "conv2d", "maxpooling2d": "maxpool", "maxpool2d": "maxpool",
     "averagepooling2d": "avgpool", "avgpool2d": "avgpool", "globalaveragepooling2d": "globalavgpool",
-    "batchnormalization": "batchnorm", "linear": "dense", "fc": "dense",
+    "batchnormalization": "batchnorm", "linear": "dense", "fc": "dense", "resblock": "residual",
+    "residualblock": "residual", "resnetblock": "residual",
 }
 
 

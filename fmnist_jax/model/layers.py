@@ -116,6 +116,43 @@ class BatchNorm(nnx.Module):
         return (x * inv.astype(x.dtype) + (self.bias[...] - mean * inv).astype(x.dtype)).astype(x.dtype)
 
 
+class Residual(nnx.Module):
+    """A ResNet basic block: 3x3 convolution, BatchNorm, ReLU, 3x3 convolution, BatchNorm, plus the shortcut, then
+    ReLU. The shortcut is the input itself, or a 1x1 convolution with BatchNorm where the block changes the number
+    of channels or strides (He et al. 2016, option B)."""
+
+    def __init__(self, params: dict, in_shape: Shape, rngs: nnx.Rngs):
+        filters, channels = params["filters"], in_shape[-1]
+        norm = {"momentum": params["momentum"], "epsilon": params["epsilon"]}
+        he = jax.nn.initializers.he_uniform()
+        self.conv1 = nnx.Param(he(rngs.params(), (3, 3, channels, filters)))
+        self.bn1 = BatchNorm(norm, in_shape[:-1] + (filters,), rngs)
+        self.conv2 = nnx.Param(he(rngs.params(), (3, 3, filters, filters)))
+        self.bn2 = BatchNorm(norm, in_shape[:-1] + (filters,), rngs)
+        self.stride = params["stride"]
+        if residual_projects(params, in_shape):
+            self.project = nnx.Param(jax.nn.initializers.glorot_uniform()(rngs.params(), (1, 1, channels, filters)))
+            self.bn_project = BatchNorm(norm, in_shape[:-1] + (filters,), rngs)
+        else:
+            self.project, self.bn_project = None, None
+
+    def __call__(self, x: jax.Array, ctx: Context) -> jax.Array:
+        impl = conv_impl_for(ctx.conv_impl, ctx.train)
+        x = x.astype(ctx.dtype)
+        y = conv2d_apply(x, self.conv1[...].astype(ctx.dtype), self.stride, "same", impl)
+        y = jax.nn.relu(self.bn1(y, ctx))
+        y = self.bn2(conv2d_apply(y, self.conv2[...].astype(ctx.dtype), 1, "same", impl), ctx)
+        shortcut = x
+        if self.project is not None:
+            shortcut = self.bn_project(conv2d_apply(x, self.project[...].astype(ctx.dtype), self.stride, "same", impl), ctx)
+        return jax.nn.relu(y + shortcut)
+
+
+def residual_projects(params: dict, in_shape: Shape) -> bool:
+    """Whether a residual block needs the 1x1 projection shortcut (it strides, or changes the channel count)."""
+    return params["stride"] != 1 or in_shape[-1] != params["filters"]
+
+
 class Stateless(nnx.Module):
     """A layer with no parameters: pooling, dropout, flatten, activation."""
 
@@ -222,6 +259,32 @@ register(LayerType(
     param_shapes=lambda p, s: {"kernel": (s[0], p["units"]), **({"bias": (p["units"],)} if p["use_bias"] else {})},
     flops=lambda p, s, o: 2 * s[0] * p["units"] + (p["units"] if p["activation"] != "linear" else 0),
     module=lambda p, s, rngs, i: Dense(p, s, rngs), spatial_input=False))
+
+def _residual_param_shapes(p: dict, s: Shape) -> dict[str, Shape]:
+    f, c = p["filters"], s[-1]
+    shapes = {"conv1": (3, 3, c, f), "bn1.scale": (f,), "bn1.bias": (f,), "conv2": (3, 3, f, f), "bn2.scale": (f,),
+              "bn2.bias": (f,)}
+    if residual_projects(p, s):
+        shapes.update({"project": (1, 1, c, f), "bn_project.scale": (f,), "bn_project.bias": (f,)})
+    return shapes
+
+
+def _residual_flops(p: dict, s: Shape, o: Shape) -> int:
+    pixels, f, c = o[0] * o[1], p["filters"], s[-1]
+    convs = 2 * pixels * f * 9 * c + 2 * pixels * f * 9 * f
+    extra = 2 * pixels * f * c + 2 * pixels * f if residual_projects(p, s) else 0
+    return convs + extra + 3 * 2 * pixels * f + 2 * pixels * f  # BatchNorms, the addition and the ReLUs
+
+
+register(LayerType(
+    "residual", "Residual", "ResNet block: two 3×3 convolutions with BatchNorm and a shortcut",
+    (Param("filters", int, 64, "Number of output channels", 1, 4096),
+     Param("stride", int, 1, "2 halves the image's size (the shortcut then has a 1×1 convolution)", 1, 2),
+     Param("momentum", float, 0.9, "BatchNorm running-average momentum", 0.0, 0.9999),
+     Param("epsilon", float, 1e-5, "Added to the variance in BatchNorm", 1e-12, 1.0)),
+    out_shape=lambda p, s, w: (math.ceil(s[0] / p["stride"]), math.ceil(s[1] / p["stride"]), p["filters"]),
+    param_shapes=_residual_param_shapes, flops=_residual_flops,
+    module=lambda p, s, rngs, i: Residual(p, s, rngs), spatial_input=True))
 
 register(LayerType(
     "activation", "Activation", "An element-wise non-linearity",

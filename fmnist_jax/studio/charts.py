@@ -170,7 +170,7 @@ def _shape_text(shape: Sequence[int]) -> str:
 
 LAYER_COLORS = {"Conv2D": "#dbe9f6", "Dense": "#fde7d2", "MaxPool": "#e4f2df", "AvgPool": "#e4f2df",
                 "GlobalAvgPool": "#e4f2df", "BatchNorm": "#efe6f5", "Dropout": "#f2f2f2", "Flatten": "#fff6cc",
-                "Activation": "#fbe3ea"}
+                "Activation": "#fbe3ea", "Residual": "#d5ecf0"}
 
 
 def layer_summary(params: dict) -> str:
@@ -181,6 +181,9 @@ def layer_summary(params: dict) -> str:
     if kind == "conv2d":
         stride = f", stride {params['stride']}" if params["stride"] != 1 else ""
         return f"{params['filters']} filters {params['kernel']}×{params['kernel']}{stride}, {params['padding']}{act}"
+    if kind == "residual":
+        stride = f", stride {params['stride']}" if params["stride"] != 1 else ""
+        return f"{params['filters']} filters, two 3×3 convolutions + shortcut{stride}"
     if kind in ("maxpool", "avgpool"):
         return f"{params['pool']}×{params['pool']}, stride {params['stride']}, {params['padding']}"
     if kind == "dense":

@@ -1,0 +1,208 @@
+"""The residual block (a ResNet basic block): its shapes and parameters, its arithmetic against a plain reference,
+training, and every path a trained model leaves by (bundle, ONNX, TFLite, the exported script, saliency)."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from fmnist_jax.data import splitting
+from fmnist_jax.data.augment import AugmentConfig
+from fmnist_jax.model import layer_specs, layers
+from fmnist_jax.training import loop
+from fmnist_jax.training.config import TrainConfig
+from fmnist_jax.training.trained import TrainedModel
+
+# an identity block (8 -> 8 channels) and a projecting one (8 -> 16, stride 2 from 14 to 7 pixels)
+SMALL = [{"type": "conv2d", "filters": 8, "kernel": 3, "stride": 2, "padding": "same", "activation": "relu"},
+         {"type": "residual", "filters": 8}, {"type": "residual", "filters": 16, "stride": 2},
+         {"type": "flatten"}, {"type": "dense", "units": 10}]
+CFG = TrainConfig(epochs=3, batch_size=16, chunk_steps=3, learning_rate=3e-3, ema_decay=0.9, tta_flip=True,
+                  augment=AugmentConfig(flip=0.5, crop=1))
+
+
+def _images(count: int = 48, seed: int = 4) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (count, 28, 28, 1), dtype=np.uint8)
+
+
+def test_the_block_keeps_or_halves_the_size_and_counts_its_parameters() -> None:
+    info = layer_specs.describe(SMALL)
+    assert [row["output_shape"] for row in info["layers"][:3]] == [[14, 14, 8], [14, 14, 8], [7, 7, 16]]
+    # identity: two 3x3x8x8 kernels and two BatchNorms; projection: 3x3x8x16 + 3x3x16x16 + a 1x1x8x16 shortcut
+    assert info["layers"][1]["params"] == 2 * 9 * 8 * 8 + 2 * 2 * 8
+    assert info["layers"][2]["params"] == 9 * 8 * 16 + 9 * 16 * 16 + 8 * 16 + 3 * 2 * 16
+    assert info["total_params"] == layers.count_params(layers.build_model(SMALL))
+    # odd sides round up, as 'same' padding does: 7 -> 4
+    deeper = SMALL[:3] + [{"type": "residual", "filters": 16, "stride": 2}] + SMALL[3:]
+    assert layer_specs.describe(deeper)["layers"][3]["output_shape"] == [4, 4, 16]
+    assert layer_specs.normalize_layer({"type": "ResBlock", "filters": 4}, 0) == {
+        "type": "residual", "filters": 4, "stride": 1, "momentum": 0.9, "epsilon": 1e-5}
+
+
+def test_impossible_blocks_are_refused_with_what_to_change() -> None:
+    with pytest.raises(ValueError, match=r"layer 1 \(Residual\): 'stride' must be at most 2, got 3"):
+        layer_specs.describe([SMALL[0], {"type": "residual", "filters": 8, "stride": 3}, *SMALL[3:]])
+    with pytest.raises(ValueError, match=r"layer 2 \(Residual\): gets the image-shaped|needs an image-shaped input"):
+        layer_specs.describe([SMALL[0], {"type": "flatten"}, {"type": "residual"}, {"type": "dense", "units": 10}])
+
+
+def _randomise_statistics(model: nnx.Module, seed: int = 1) -> None:
+    """Running statistics and affine parameters away from their initial values, as training leaves them."""
+    rng = np.random.default_rng(seed)
+    for path, value in nnx.state(model, nnx.BatchStat).flat_state():
+        name = path[-1]
+        shape = np.shape(value[...])
+        new = {"mean": rng.normal(0, 0.3, shape), "var": rng.uniform(0.5, 2.0, shape), "updates": np.full(shape, 50.0)}[name]
+        value[...] = jnp.asarray(new, jnp.float32)
+    for path, value in nnx.state(model, nnx.Param).flat_state():
+        if path[-1] in ("scale", "bias"):
+            value[...] = value[...] + jnp.asarray(rng.normal(0, 0.2, np.shape(value[...])), jnp.float32)
+
+
+def _reference_block(x: jax.Array, block: layers.Residual) -> jax.Array:
+    """The textbook block in inference mode: XLA's convolutions and BatchNorm's formula, written out."""
+    def conv(inputs: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+        return jax.lax.conv_general_dilated(inputs, kernel, (stride, stride), "SAME",
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    def norm(inputs: jax.Array, bn: layers.BatchNorm) -> jax.Array:
+        corrected = 1.0 - bn.momentum ** bn.updates[...]
+        mean, var = bn.mean[...] / corrected, bn.var[...] / corrected
+        return (inputs - mean) / jnp.sqrt(var + bn.epsilon) * bn.scale[...] + bn.bias[...]
+
+    y = jax.nn.relu(norm(conv(x, block.conv1[...], block.stride), block.bn1))
+    y = norm(conv(y, block.conv2[...], 1), block.bn2)
+    shortcut = x if block.project is None else norm(conv(x, block.project[...], block.stride), block.bn_project)
+    return jax.nn.relu(y + shortcut)
+
+
+@pytest.mark.parametrize("conv_impl", ["xla", "xla_dots", "winograd", "im2col"])
+def test_the_block_computes_the_textbook_resnet_block(conv_impl: str) -> None:
+    model = layers.build_model(SMALL, seed=3)
+    _randomise_statistics(model)
+    assert model.layers[1].project is None and model.layers[2].project is not None  # identity, then projection
+    x = jnp.asarray(_images(6), jnp.float32) / 255.0
+    ctx = layers.Context(train=False, conv_impl=conv_impl)
+    hidden = model.layers[0](x, ctx)
+    for block in model.layers[1:3]:
+        expected = _reference_block(hidden, block)
+        got = block(hidden, ctx)
+        np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-4, atol=1e-5)
+        hidden = expected
+
+
+def test_in_training_the_block_normalises_with_the_batchs_statistics_and_updates_them() -> None:
+    model = layers.build_model(SMALL, seed=3)
+    block = model.layers[1]
+    x = jax.random.normal(jax.random.key(0), (16, 14, 14, 8)) * 2.0 + 1.0
+    block(x, layers.Context(train=True))
+    assert float(block.bn1.updates[...]) == 1.0 and float(block.bn2.updates[...]) == 1.0
+    conv1 = jax.lax.conv_general_dilated(x, block.conv1[...], (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    np.testing.assert_allclose(np.asarray(block.bn1.mean[...]), 0.1 * np.asarray(conv1.mean(axis=(0, 1, 2))),
+                               rtol=1e-4, atol=1e-6)
+
+
+def _train(spec: list, splits: splitting.Splits, cfg: TrainConfig = CFG) -> dict:
+    return loop.run_to_completion(loop.train(spec, cfg, splits))
+
+
+def _splits() -> splitting.Splits:
+    from fmnist_jax.data import catalogue
+
+    dataset = catalogue.synthetic_dataset(num_train=256, num_test=64, seed=0)
+    return splitting.make_splits(dataset, splitting.SplitSpec(mode="official", val_fraction=0.25, seed=0))
+
+
+@pytest.fixture(scope="module")
+def residual_model() -> TrainedModel:
+    """A trained residual network with flip TTA and a calibration temperature, as a bundle would load it."""
+    from fmnist_jax.data import catalogue
+
+    splits = _splits()
+    result = _train(SMALL, splits)
+    return TrainedModel(SMALL, splits.input_shape, catalogue.CLASS_NAMES, result["weights"],
+                        card={"config": CFG.to_dict()}, calibration={"temperature": 1.3})
+
+
+def test_a_residual_network_trains_and_its_blocks_statistics_move(residual_model: TrainedModel) -> None:
+    stats = residual_model.weights["batch_stats"]["layers"]
+    for index, names in ((1, ("bn1", "bn2")), (2, ("bn1", "bn2", "bn_project"))):
+        for name in names:
+            assert float(stats[index][name]["updates"][...]) > 0
+            assert np.abs(np.asarray(stats[index][name]["mean"][...])).max() > 0
+    splits = _splits()
+    accuracy = float((residual_model.predict_proba(splits.test_images).argmax(axis=1) == splits.test_labels).mean())
+    assert accuracy >= 0.3, accuracy  # ten classes: chance is 0.1
+
+
+def test_a_bundle_of_a_residual_network_loads_and_predicts_the_same(residual_model: TrainedModel) -> None:
+    from fmnist_jax.deploy import bundle
+
+    loaded = bundle.load_bundle(bundle.bundle_bytes(residual_model, config=residual_model.card["config"]))
+    np.testing.assert_allclose(loaded.predict_proba(_images()), residual_model.predict_proba(_images()), atol=1e-6)
+
+
+def test_onnx_export_of_a_residual_network_matches_jax(residual_model: TrainedModel) -> None:
+    import onnxruntime
+
+    from fmnist_jax.deploy import onnx_export
+
+    payload, difference = onnx_export.onnx_bytes(residual_model, _images())
+    assert difference <= onnx_export.ONNX_TOLERANCE
+    session = onnxruntime.InferenceSession(payload, providers=["CPUExecutionProvider"])
+    probs = session.run(None, {"images": _images(seed=9).astype(np.float32) / 255.0})[0]
+    np.testing.assert_allclose(probs, residual_model.predict_proba(_images(seed=9)), atol=1e-4)
+
+
+@pytest.mark.slow
+def test_tflite_export_of_a_residual_network_matches_jax(residual_model: TrainedModel) -> None:
+    from fmnist_jax.deploy import tflite_export
+
+    payload, difference = tflite_export.tflite_bytes(residual_model, _images())
+    assert payload[4:8] == b"TFL3" and difference <= tflite_export.TOLERANCE
+
+
+def test_the_exported_script_writes_the_block_out(residual_model: TrainedModel, tmp_path) -> None:
+    import importlib.util
+
+    from fmnist_jax.deploy import script_export
+
+    text = script_export.model_script(residual_model, "residual")
+    assert "class Residual(nnx.Module)" in text and "fmnist_jax" not in text
+    path = tmp_path / "train_residual.py"
+    path.write_text(text)
+    spec = importlib.util.spec_from_file_location("exported_residual_script", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    net = script.Net(script.nnx.Rngs(params=0, dropout=1))
+    counted = sum(int(np.size(v[...])) for _, v in script.nnx.state(net, script.nnx.Param).flat_state())
+    assert counted == layer_specs.describe(SMALL)["total_params"]
+    assert net.layer1.project is None and net.layer2.project.kernel[...].shape == (1, 1, 8, 16)
+    net.eval()
+    assert np.asarray(script.predict(net, _images(5))).shape == (5, 10)
+    # a model without residual blocks carries no Residual class
+    plain = script_export.training_script([SMALL[0], SMALL[3], SMALL[4]], CFG, (28, 28, 1), tuple("abcdefghij"))
+    assert "class Residual" not in plain
+
+
+def test_grad_cam_reads_the_last_residual_block(residual_model: TrainedModel) -> None:
+    from fmnist_jax.deploy import explain
+
+    assert explain.gradcam_layer(SMALL) == 2
+    assert explain.default_method(residual_model) == "gradcam"
+    maps, chosen = explain.explain(residual_model, _images(4), "gradcam")
+    assert maps.shape == (4, 28, 28) and maps.min() >= 0 and maps.max() <= 1 and maps.max() > 0
+    assert set(chosen.tolist()) <= set(range(10))
+    other, explained = explain.explain(residual_model, _images(4), "gradcam", classes=(chosen + 1) % 10)
+    np.testing.assert_array_equal(explained, (chosen + 1) % 10)
+    assert np.abs(other - maps).max() > 1e-3  # the block's gradients depend on the class explained
+
+
+def test_the_network_diagram_names_the_block() -> None:
+    from fmnist_jax.studio import charts
+
+    assert charts.layer_summary(layer_specs.normalize_layer(SMALL[2], 2)) == \
+        "16 filters, two 3×3 convolutions + shortcut, stride 2"
+    assert "Residual" in charts.LAYER_COLORS
