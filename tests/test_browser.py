@@ -365,3 +365,44 @@ def test_the_phone_drawer_closes_after_a_page_is_chosen_and_the_desktop_sidebar_
                 page.screenshot(path=str(ARTIFACTS / "phone-after-navigation.png"))
             page.close()
         browser.close()
+
+
+def test_a_residual_block_on_the_model_page_shows_its_settings_and_diagram(studio: str, workspace: Path) -> None:
+    """A stack with residual blocks: each block's settings fit beside each other on a phone and a desktop, and the
+    summary table and the network diagram list the blocks with their output shapes."""
+    playwright_api = pytest.importorskip("playwright.sync_api", reason="needs Playwright (pip install playwright)")
+    from fmnist_jax import store
+    from fmnist_jax.model import presets
+    from fmnist_jax.studio import projects as proj
+
+    ws = store.Workspace(workspace)
+    project = proj.create_sample_project(ws)
+    layers = presets.preset("fast256")
+    layers[4:7] = [{"type": "residual", "filters": 64}, {"type": "residual", "filters": 64, "stride": 2}]
+    ws.update_project(project["id"], model=layers, model_preset=None)
+    cut = """els => els.filter(e => e.scrollWidth > e.clientWidth + 1).map(e => e.innerText)"""
+    with playwright_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        for width, height in ((390, 844), (1400, 1000)):
+            page = browser.new_page(viewport={"width": width, "height": height})
+            page.set_default_timeout(90_000)
+            page.goto(f"{studio}/Model?project={project['id']}")
+            title = page.get_by_text("5 · Residual", exact=True)
+            title.wait_for()
+            page.get_by_test_id("stGraphVizChart").wait_for()
+            page.get_by_test_id("stMetricValue").first.wait_for()
+            time.sleep(2.0)  # the page settles: no skeletons in the screenshot
+            assert page.get_by_text("64 filters, two 3×3 convolutions + shortcut, stride 2").count() >= 1
+            labels = page.locator("[data-testid=stMain] [data-testid=stWidgetLabel]").evaluate_all(cut)
+            assert labels == [], f"labels cut at {width}px: {labels}"
+            title.scroll_into_view_if_needed()
+            time.sleep(1.0)
+            page.screenshot(path=str(ARTIFACTS / f"model-residual-{width}.png"), full_page=False)
+            diagram = page.get_by_test_id("stGraphVizChart")
+            diagram.scroll_into_view_if_needed()
+            diagram.wait_for()
+            assert "Residual" in diagram.inner_text() and "7×7×64" in diagram.inner_text()
+            page.screenshot(path=str(ARTIFACTS / f"model-residual-diagram-{width}.png"), full_page=False)
+            page.close()
+        browser.close()
