@@ -41,6 +41,18 @@ def test_the_block_keeps_or_halves_the_size_and_counts_its_parameters() -> None:
         "type": "residual", "filters": 4, "stride": 1, "momentum": 0.9, "epsilon": 1e-5}
 
 
+def test_the_public_spaces_memory_figure_counts_every_tensor_a_block_keeps() -> None:
+    from fmnist_jax.studio import public
+
+    rows = layer_specs.describe(SMALL)["layers"]
+    assert rows[1]["activations"] == 7 * 14 * 14 * 8 and rows[2]["activations"] == 9 * 7 * 7 * 16
+    assert rows[0]["activations"] == 14 * 14 * 8  # a plain layer keeps its output
+    figures = public.job_figures(SMALL, (28, 28, 1), 10, batch_size=64, epochs=1, train_size=1000)
+    weights = 4 * 4 * layer_specs.describe(SMALL)["total_params"]
+    kept = 28 * 28 + sum(row["activations"] for row in rows)
+    assert figures["memory_mb"] == pytest.approx((weights + 4 * 2 * 64 * kept) / 2**20)
+
+
 def test_impossible_blocks_are_refused_with_what_to_change() -> None:
     with pytest.raises(ValueError, match=r"layer 1 \(Residual\): 'stride' must be at most 2, got 3"):
         layer_specs.describe([SMALL[0], {"type": "residual", "filters": 8, "stride": 3}, *SMALL[3:]])

@@ -67,6 +67,9 @@ class LayerType:
     flops: Callable[[dict, Shape, Shape], int]
     module: Callable[..., nnx.Module]
     spatial_input: bool | None = None  # True: needs (H, W, C); False: needs flat (F,); None: any
+    # how many output-sized tensors one image's forward pass keeps for the backward pass (a block of several
+    # operations keeps each one's result)
+    kept_outputs: Callable[[dict, Shape], int] = lambda params, in_shape: 1
 
 
 REGISTRY: dict[str, LayerType] = {}
@@ -209,6 +212,7 @@ def describe(spec: Any, input_shape: Any = (28, 28, 1), num_classes: int = 10) -
             "index": step.index, "type": step.layer_type.label, "settings": _settings_text(step.params),
             "input_shape": list(step.in_shape), "output_shape": list(step.out_shape),
             "params": int(params), "flops": int(step.layer_type.flops(step.params, step.in_shape, step.out_shape)),
+            "activations": int(math.prod(step.out_shape) * step.layer_type.kept_outputs(step.params, step.in_shape)),
         })
     total_flops = sum(r["flops"] for r in rows)
     return {"layers": rows, "total_params": sum(r["params"] for r in rows), "forward_flops": total_flops,

@@ -284,7 +284,9 @@ register(LayerType(
      Param("epsilon", float, 1e-5, "Added to the variance in BatchNorm", 1e-12, 1.0)),
     out_shape=lambda p, s, w: (math.ceil(s[0] / p["stride"]), math.ceil(s[1] / p["stride"]), p["filters"]),
     param_shapes=_residual_param_shapes, flops=_residual_flops,
-    module=lambda p, s, rngs, i: Residual(p, s, rngs), spatial_input=True))
+    module=lambda p, s, rngs, i: Residual(p, s, rngs), spatial_input=True,
+    # two convolutions, two BatchNorms, the inner ReLU, the sum and the last ReLU (+ the shortcut's two)
+    kept_outputs=lambda p, s: 9 if residual_projects(p, s) else 7))
 
 register(LayerType(
     "activation", "Activation", "An element-wise non-linearity",

@@ -235,7 +235,7 @@ def job_figures(spec: Any, input_shape: tuple, num_classes: int, batch_size: int
     from fmnist_jax.model import layer_specs
 
     info = layer_specs.describe(spec, input_shape, num_classes)
-    activations = math.prod(input_shape) + sum(math.prod(layer["output_shape"]) for layer in info["layers"])
+    activations = math.prod(input_shape) + sum(layer["activations"] for layer in info["layers"])
     members = int(members)
     return {"params": info["total_params"] * members,
             "memory_mb": members * 4 * (4 * info["total_params"] + 2 * int(batch_size) * activations) / 2**20,
