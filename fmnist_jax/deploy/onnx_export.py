@@ -55,13 +55,14 @@ def _fold_into(kernel: np.ndarray, norm: Any) -> tuple[np.ndarray, np.ndarray]:
 
 def _residual(x: jax.Array, spec: dict, block: dict) -> jax.Array:
     """A residual block with folded BatchNorms, in the ops the rest of the export uses."""
-    def conv(inputs: jax.Array, folded: tuple, stride: int) -> jax.Array:
+    def conv(inputs: jax.Array, folded: tuple, stride: int, padding: str = "same") -> jax.Array:
         kernel, bias = folded
-        return cpu_ops.conv2d_apply(inputs, jnp.asarray(kernel), stride, "same", "xla") + jnp.asarray(bias)
+        return cpu_ops.conv2d_apply(inputs, jnp.asarray(kernel), stride, padding, "xla") + jnp.asarray(bias)
 
-    y = jax.nn.relu(conv(x, block["conv1"], spec["stride"]))
+    stride = spec["stride"]
+    y = jax.nn.relu(conv(layers.residual_padded(x, stride), block["conv1"], stride, layers.residual_padding(stride)))
     y = conv(y, block["conv2"], 1)
-    shortcut = x if block["project"] is None else conv(x, block["project"], spec["stride"])
+    shortcut = x if block["project"] is None else conv(x, block["project"], stride)
     return jax.nn.relu(y + shortcut)
 
 

@@ -113,8 +113,10 @@ class Residual(nnx.Module):
 
     def __init__(self, channels, filters, stride, momentum, epsilon, rngs):
         he = nnx.initializers.he_uniform()
-        self.conv1 = nnx.Conv(channels, filters, kernel_size=(3, 3), strides=(stride, stride), padding="SAME",
-                              use_bias=False, kernel_init=he, rngs=rngs)
+        # stride 2 pads one pixel on every side, so the windows centre on the pixels the 1x1 shortcut samples
+        self.conv1 = nnx.Conv(channels, filters, kernel_size=(3, 3), strides=(stride, stride),
+                              padding="SAME" if stride == 1 else ((1, 1), (1, 1)), use_bias=False, kernel_init=he,
+                              rngs=rngs)
         self.bn1 = nnx.BatchNorm(filters, momentum=momentum, epsilon=epsilon, rngs=rngs)
         self.conv2 = nnx.Conv(filters, filters, kernel_size=(3, 3), padding="SAME", use_bias=False, kernel_init=he,
                               rngs=rngs)

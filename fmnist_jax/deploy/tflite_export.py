@@ -73,11 +73,13 @@ class _KerasResidual:
         norm = {"epsilon": layer["epsilon"], "momentum": layer["momentum"]}
         stride = layer["stride"]
 
-        def conv(key: str, size: int, strides: int) -> Any:
-            return keras.layers.Conv2D(layer["filters"], size, strides=strides, padding="same", use_bias=False,
+        def conv(key: str, size: int, strides: int, padding: str = "same") -> Any:
+            return keras.layers.Conv2D(layer["filters"], size, strides=strides, padding=padding, use_bias=False,
                                        name=f"{name}_{key}")
 
-        self.parts = {"conv1": conv("conv1", 3, stride), "bn1": keras.layers.BatchNormalization(**norm, name=f"{name}_bn1"),
+        # stride 2: one pixel of zeros on every side and 'valid', as the studio's block computes it
+        self.pad = keras.layers.ZeroPadding2D(1, name=f"{name}_pad") if stride != 1 else None
+        self.parts = {"conv1": conv("conv1", 3, stride, "same" if stride == 1 else "valid"), "bn1": keras.layers.BatchNormalization(**norm, name=f"{name}_bn1"),
                       "conv2": conv("conv2", 3, 1), "bn2": keras.layers.BatchNormalization(**norm, name=f"{name}_bn2")}
         if "project" in own:
             self.parts["project"] = conv("project", 1, stride)
@@ -92,7 +94,7 @@ class _KerasResidual:
 
     def __call__(self, x: Any) -> Any:
         parts = self.parts
-        y = self.relu1(parts["bn1"](parts["conv1"](x)))
+        y = self.relu1(parts["bn1"](parts["conv1"](x if self.pad is None else self.pad(x))))
         y = parts["bn2"](parts["conv2"](y))
         shortcut = parts["bn_project"](parts["project"](x)) if "project" in parts else x
         out = self.relu2(self.add([y, shortcut]))

@@ -139,13 +139,26 @@ class Residual(nnx.Module):
     def __call__(self, x: jax.Array, ctx: Context) -> jax.Array:
         impl = conv_impl_for(ctx.conv_impl, ctx.train)
         x = x.astype(ctx.dtype)
-        y = conv2d_apply(x, self.conv1[...].astype(ctx.dtype), self.stride, "same", impl)
+        y = conv2d_apply(residual_padded(x, self.stride), self.conv1[...].astype(ctx.dtype), self.stride,
+                         residual_padding(self.stride), impl)
         y = jax.nn.relu(self.bn1(y, ctx))
         y = self.bn2(conv2d_apply(y, self.conv2[...].astype(ctx.dtype), 1, "same", impl), ctx)
         shortcut = x
         if self.project is not None:
             shortcut = self.bn_project(conv2d_apply(x, self.project[...].astype(ctx.dtype), self.stride, "same", impl), ctx)
         return jax.nn.relu(y + shortcut)
+
+
+def residual_padded(x: jax.Array, stride: int) -> jax.Array:
+    """The input of a residual block's first convolution: with stride 2, padded by one pixel on every side, so
+    its windows centre on the pixels (2i, 2j) the 1x1 shortcut samples ('same' padding would pad (0, 1) on an
+    even side and centre them one pixel off, as TensorFlow's 'SAME' does); with stride 1, as it is."""
+    return x if stride == 1 else jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+
+
+def residual_padding(stride: int) -> str:
+    """The padding mode of a residual block's first convolution, after `residual_padded`."""
+    return "same" if stride == 1 else "valid"
 
 
 def residual_projects(params: dict, in_shape: Shape) -> bool:
@@ -273,7 +286,7 @@ def _residual_flops(p: dict, s: Shape, o: Shape) -> int:
     pixels, f, c = o[0] * o[1], p["filters"], s[-1]
     convs = 2 * pixels * f * 9 * c + 2 * pixels * f * 9 * f
     extra = 2 * pixels * f * c + 2 * pixels * f if residual_projects(p, s) else 0
-    return convs + extra + 3 * 2 * pixels * f + 2 * pixels * f  # BatchNorms, the addition and the ReLUs
+    return convs + extra + 7 * pixels * f  # two BatchNorms (2 each), two ReLUs and the addition
 
 
 register(LayerType(
