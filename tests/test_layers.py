@@ -10,7 +10,8 @@ from flax import nnx
 
 from fmnist_jax.model import cpu_ops, layer_specs, layers, presets
 
-EXPECTED_PARAMS = {"dls": 1_421_194, "lenet": 61_706, "fast": 241_770, "fast256": 390_634, "wide": 557_386}
+EXPECTED_PARAMS = {"dls": 1_421_194, "lenet": 61_706, "fast": 241_770, "fast256": 390_634, "fastres": 429_802,
+                   "wide": 557_386}
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_PARAMS))

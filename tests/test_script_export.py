@@ -28,9 +28,11 @@ def test_every_preset_exports_a_standalone_script(preset: str) -> None:
                                             if isinstance(node, ast.ImportFrom) and node.module}
     assert "fmnist_jax" not in imported and {"jax", "optax", "flax", "tensorflow_datasets"} <= imported
     spec = presets.preset(preset, 10)
-    modules = sum(layer["type"] in ("conv2d", "dense", "batchnorm", "dropout") for layer in spec)
-    assert text.count("= nnx.Conv(") + text.count("= nnx.Linear(") + text.count("= nnx.BatchNorm(") + \
-        text.count("= nnx.Dropout(") == modules  # every layer with state is a plain nnx module of its own
+    modules = sum(layer["type"] in ("conv2d", "dense", "batchnorm", "dropout", "residual") for layer in spec)
+    net = text[text.index("class Net("):]  # the network's own layers (a residual block's are in its class above)
+    assert net.count("= nnx.Conv(") + net.count("= nnx.Linear(") + net.count("= nnx.BatchNorm(") + \
+        net.count("= nnx.Dropout(") + net.count("= Residual(") == modules  # every layer with state is a module of its own
+    assert ("class Residual(nnx.Module)" in text) == any(layer["type"] == "residual" for layer in spec)
 
 
 def test_the_cli_writes_the_script_of_a_model(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

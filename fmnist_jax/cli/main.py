@@ -32,7 +32,7 @@ def cmd_presets(args: argparse.Namespace) -> int:
 def _add_train_parser(sub: Any) -> None:
     """The `train` command and its flags."""
     p = sub.add_parser("train", help="train a model (or --resume a run)")
-    p.add_argument("--preset", help="model preset (fast, fast256, dls, lenet, wide); default fast")
+    p.add_argument("--preset", help="model preset (fast, fast256, fastres, dls, lenet, wide); default fast")
     p.add_argument("--model", help="model spec JSON file (a list of layers)")
     p.add_argument("--config", help="TrainConfig JSON file; flags override it (default: the preset's recommended settings)")
     p.add_argument("--epochs", type=int)

@@ -73,7 +73,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def add_commands(sub: Any) -> None:
     """Register `sweep` on the CLI's subparsers."""
     p = sub.add_parser("sweep", help="train a grid or a random sample of settings within a budget; best on validation")
-    p.add_argument("--preset", default="fast", help="comma-separated presets (fast, fast256, dls, lenet, wide)")
+    p.add_argument("--preset", default="fast", help="comma-separated presets (fast, fast256, fastres, dls, lenet, wide)")
     p.add_argument("--lr", default="1e-3", help="comma-separated learning rates, e.g. 3e-4,1e-3,3e-3")
     p.add_argument("--batch-size", default="128", help="comma-separated batch sizes")
     p.add_argument("--epochs", default="2", help="comma-separated epoch counts")
