@@ -90,3 +90,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         module = item.path.name
         server = module in SERVER_MODULES or (module == "test_bench_quick.py" and item.name.startswith(SERVER_BENCHES))
         item.add_marker(pytest.mark.xdist_group("servers" if server else module))
+
+
+def load_script(text: str, folder: Path, name: str):
+    """Write an exported training script to `folder` and import it as module `name` (its functions and classes)."""
+    import importlib.util
+
+    path = folder / f"{name}.py"
+    path.write_text(text)
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -88,6 +88,26 @@ def studio(workspace: Path):
         shutil.copy(workspace / "streamlit.log", ARTIFACTS / "streamlit.log")
 
 
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+# the JavaScript that lists the texts of the given elements whose content is wider than their box (cut off)
+CUT = """els => els.filter(e => e.scrollWidth > e.clientWidth + 1).map(e => e.innerText)"""
+
+
+def launch(playwright):
+    """Debian's headless Chromium (browsers cannot be downloaded here)."""
+    return playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
+
+
+def phone_and_desktop_pages(browser, url: str):
+    """(width, page) at 390x844 and 1400x1000, each page opened at `url`, closed after its turn."""
+    for width, height in ((390, 844), (1400, 1000)):
+        page = browser.new_page(viewport={"width": width, "height": height})
+        page.set_default_timeout(90_000)
+        page.goto(url)
+        yield width, page
+        page.close()
+
+
 def fashion_png() -> bytes:
     """A Fashion-MNIST test image (a sneaker or whatever comes first) as PNG bytes."""
     from PIL import Image
@@ -106,8 +126,7 @@ def test_a_user_walks_from_a_new_project_to_a_prediction(studio: str, workspace:
     timings: dict[str, float] = {}
 
     with playwright_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        browser = launch(playwright)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.set_default_timeout(60_000)
 
@@ -266,8 +285,7 @@ def test_page_urls_and_query_parameters_still_work_as_the_first_request(studio: 
 
     project = store.Workspace(workspace).create_project("Linked project", dataset="synthetic")
     with playwright_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        browser = launch(playwright)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.set_default_timeout(90_000)
         for path, heading in (("Training", "4 · Training"), ("Data", "1 · Data"), ("Model", "2 · Model"),
@@ -294,14 +312,9 @@ def test_hyperparameters_labels_and_figures_are_not_cut_on_a_phone_or_a_desktop(
     ws = store.Workspace(workspace)
     project = proj.create_sample_project(ws)
     ws.update_project(project["id"], config={**project["config"], "epochs": 3})  # not the recipe: the button shows
-    cut = """els => els.filter(e => e.scrollWidth > e.clientWidth + 1).map(e => e.innerText)"""
     with playwright_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
-        for width, height in ((390, 844), (1400, 1000)):
-            page = browser.new_page(viewport={"width": width, "height": height})
-            page.set_default_timeout(90_000)
-            page.goto(f"{studio}/Hyperparameters?project={project['id']}")
+        browser = launch(playwright)
+        for width, page in phone_and_desktop_pages(browser, f"{studio}/Hyperparameters?project={project['id']}"):
             button = page.get_by_role("button", name="Use these settings")
             button.wait_for()
             page.get_by_test_id("stMetricValue").first.wait_for()
@@ -309,7 +322,7 @@ def test_hyperparameters_labels_and_figures_are_not_cut_on_a_phone_or_a_desktop(
             inside = button.evaluate("b => [b, ...b.querySelectorAll('*')].filter(e => e.scrollWidth > e.clientWidth + 1 "
                                      "|| e.getBoundingClientRect().right > b.getBoundingClientRect().right + 1).length")
             assert inside == 0, f"button label cut at {width}px"
-            assert page.get_by_test_id("stMetricValue").evaluate_all(cut) == [], f"figures cut at {width}px"
+            assert page.get_by_test_id("stMetricValue").evaluate_all(CUT) == [], f"figures cut at {width}px"
             best = page.get_by_role("button", name="Use the 15-minute recipe")
             assert best.evaluate("b => [b, ...b.querySelectorAll('*')].filter(e => e.scrollWidth > e.clientWidth + 1).length") == 0
             # the toggle's label sat in a quarter-width column and was cut to "Mirror test-time augme..."
@@ -330,7 +343,6 @@ def test_hyperparameters_labels_and_figures_are_not_cut_on_a_phone_or_a_desktop(
             page.screenshot(path=str(ARTIFACTS / f"hyperparameters-form-{width}.png"), full_page=False)
             members.scroll_into_view_if_needed()
             page.screenshot(path=str(ARTIFACTS / f"hyperparameters-ensemble-{width}.png"), full_page=False)
-            page.close()
         browser.close()
 
 
@@ -338,8 +350,7 @@ def test_the_phone_drawer_closes_after_a_page_is_chosen_and_the_desktop_sidebar_
     """On a phone the sidebar is a drawer over the page; Streamlit left it open after a page was chosen in it."""
     playwright_api = pytest.importorskip("playwright.sync_api", reason="needs Playwright (pip install playwright)")
     with playwright_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        browser = launch(playwright)
         for width, height, closes in ((390, 844, True), (1400, 1000, False)):
             page = browser.new_page(viewport={"width": width, "height": height})
             page.set_default_timeout(60_000)
@@ -380,21 +391,16 @@ def test_a_residual_block_on_the_model_page_shows_its_settings_and_diagram(studi
     layers = presets.preset("fast256")
     layers[4:7] = [{"type": "residual", "filters": 64}, {"type": "residual", "filters": 64, "stride": 2}]
     ws.update_project(project["id"], model=layers, model_preset=None)
-    cut = """els => els.filter(e => e.scrollWidth > e.clientWidth + 1).map(e => e.innerText)"""
     with playwright_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
-        for width, height in ((390, 844), (1400, 1000)):
-            page = browser.new_page(viewport={"width": width, "height": height})
-            page.set_default_timeout(90_000)
-            page.goto(f"{studio}/Model?project={project['id']}")
+        browser = launch(playwright)
+        for width, page in phone_and_desktop_pages(browser, f"{studio}/Model?project={project['id']}"):
             title = page.get_by_text("5 · Residual", exact=True)
             title.wait_for()
             page.get_by_test_id("stGraphVizChart").wait_for()
             page.get_by_test_id("stMetricValue").first.wait_for()
             time.sleep(2.0)  # the page settles: no skeletons in the screenshot
             assert page.get_by_text("64 filters, two 3×3 convolutions + shortcut, stride 2").count() >= 1
-            labels = page.locator("[data-testid=stMain] [data-testid=stWidgetLabel]").evaluate_all(cut)
+            labels = page.locator("[data-testid=stMain] [data-testid=stWidgetLabel]").evaluate_all(CUT)
             assert labels == [], f"labels cut at {width}px: {labels}"
             title.scroll_into_view_if_needed()
             time.sleep(1.0)
@@ -404,5 +410,4 @@ def test_a_residual_block_on_the_model_page_shows_its_settings_and_diagram(studi
             diagram.wait_for()
             assert "Residual" in diagram.inner_text() and "7×7×64" in diagram.inner_text()
             page.screenshot(path=str(ARTIFACTS / f"model-residual-diagram-{width}.png"), full_page=False)
-            page.close()
         browser.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 import pytest
+from conftest import load_script
 
 from fmnist_jax.data import splitting
 from fmnist_jax.data.augment import AugmentConfig
@@ -171,17 +172,11 @@ def test_an_ensembles_saliency_is_its_members_maps_of_its_class_averaged(ensembl
 
 
 def test_the_exported_script_trains_every_member_and_averages_them(ensemble_model: TrainedModel, tmp_path) -> None:
-    import importlib.util
-
     from fmnist_jax.deploy import script_export
 
     text = script_export.model_script(ensemble_model, "tiny")
     assert "'ensemble': 2" in text and "--members" in text
-    path = tmp_path / "train_tiny.py"
-    path.write_text(text)
-    spec = importlib.util.spec_from_file_location("exported_ensemble_script", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script(text, tmp_path, "exported_ensemble_script")
     images = _images(20)
     labels = np.arange(20) % 10
     nets = [script.Net(script.nnx.Rngs(params=seed, dropout=seed + 1)) for seed in (0, 1)]

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import load_script
 from flax import nnx
 
 from fmnist_jax.data import splitting
@@ -211,17 +212,11 @@ def test_tflite_export_of_a_residual_network_matches_jax(residual_model: Trained
 
 
 def test_the_exported_script_writes_the_block_out(residual_model: TrainedModel, tmp_path) -> None:
-    import importlib.util
-
     from fmnist_jax.deploy import script_export
 
     text = script_export.model_script(residual_model, "residual")
     assert "class Residual(nnx.Module)" in text and "fmnist_jax" not in text
-    path = tmp_path / "train_residual.py"
-    path.write_text(text)
-    spec = importlib.util.spec_from_file_location("exported_residual_script", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script(text, tmp_path, "exported_residual_script")
     net = script.Net(script.nnx.Rngs(params=0, dropout=1))
     counted = sum(int(np.size(v[...])) for _, v in script.nnx.state(net, script.nnx.Param).flat_state())
     assert counted == layer_specs.describe(SMALL)["total_params"]

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, requires_real_data
+from conftest import REPO, load_script, requires_real_data
 
 from fmnist_jax.cli import main as cli
 from fmnist_jax.deploy import script_export
@@ -67,19 +67,13 @@ def test_the_script_reaches_the_clis_accuracy_for_the_same_short_run(tmp_path: P
 def test_the_script_averages_the_weights_when_the_run_did(tmp_path: Path) -> None:
     """Weight averaging (the 15-minute recipe uses it) is in the script: the first update moves the average
     nine tenths of the way to the model's weights, as the studio's ramp does."""
-    import importlib.util
-
     import jax
     import numpy as np
 
     config = TrainConfig.from_dict(presets.BEST_RECIPE["config"])
     text = script_export.training_script(presets.preset("fast", 10), config, (28, 28, 1), tuple("abcdefghij"), "fast")
     assert "Not included" not in text and "'ema_decay': 0.999" in text
-    path = tmp_path / "train_fast.py"
-    path.write_text(text)
-    spec = importlib.util.spec_from_file_location("exported_script", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script(text, tmp_path, "exported_script")
     model = script.Net(script.nnx.Rngs(params=0, dropout=1))
     averaged = script.nnx.clone(model)
     before = jax.tree.map(np.asarray, script.nnx.state(averaged, script.nnx.Param))
@@ -116,19 +110,13 @@ def test_the_script_holds_out_the_runs_own_validation_share(tmp_path: Path) -> N
 def test_the_script_trains_its_clean_last_epochs_without_augmentation(tmp_path: Path) -> None:
     """With clean last epochs, the script's step ignores the augmentation key when told the epoch is clean (the
     step of two identical models then moves them identically) and uses it otherwise."""
-    import importlib.util
-
     import jax
     import numpy as np
 
     config = TrainConfig.from_dict({**presets.BEST_RECIPE["config"], "clean_epochs": 2})
     text = script_export.training_script(presets.preset("lenet", 10), config, (28, 28, 1), tuple("abcdefghij"), "lenet")
     assert "'clean_epochs': 2" in text and "Not included" not in text
-    path = tmp_path / "train_lenet.py"
-    path.write_text(text)
-    spec = importlib.util.spec_from_file_location("exported_clean_script", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script(text, tmp_path, "exported_clean_script")
     images = jax.numpy.asarray(np.random.default_rng(0).integers(0, 256, (32, 28, 28, 1), dtype=np.uint8))
     labels = jax.numpy.arange(32) % 10
 
