@@ -183,13 +183,19 @@ def test_model_page_rejects_an_invalid_stack_and_keeps_the_last_valid_spec(seede
     assert "last valid model" in texts(at, "warning")
 
 
-def test_model_page_adds_a_layer_and_saves_a_valid_stack(seeded: dict) -> None:
-    pid = seeded["id"]
+def _add_layer(pid: str, kind: str, position: int):
+    """The Model page of the seeded two-layer project after adding a `kind` layer at `position`."""
     at = open_app("pages/2_Model.py", pid)
-    at.selectbox(key=f"add-kind-{pid}").set_value("dense")
-    at.number_input(key=f"add-pos-{pid}-2").set_value(1)
+    at.selectbox(key=f"add-kind-{pid}").set_value(kind)
+    at.number_input(key=f"add-pos-{pid}-2").set_value(position)
     next(b for b in at.button if b.label == "Add layer").click().run()
     assert not at.exception and not at.error
+    return at
+
+
+def test_model_page_adds_a_layer_and_saves_a_valid_stack(seeded: dict) -> None:
+    pid = seeded["id"]
+    _add_layer(pid, "dense", 1)
     saved = store.Workspace().get_project(pid)["model"]
     assert [layer["type"] for layer in saved] == ["flatten", "dense", "dense"]
     assert saved[1]["units"] == 128
@@ -197,11 +203,7 @@ def test_model_page_adds_a_layer_and_saves_a_valid_stack(seeded: dict) -> None:
 
 def test_model_page_adds_a_residual_block_with_its_own_settings(seeded: dict) -> None:
     pid = seeded["id"]
-    at = open_app("pages/2_Model.py", pid)
-    at.selectbox(key=f"add-kind-{pid}").set_value("residual")
-    at.number_input(key=f"add-pos-{pid}-2").set_value(0)
-    next(b for b in at.button if b.label == "Add layer").click().run()
-    assert not at.exception and not at.error
+    at = _add_layer(pid, "residual", 0)
     stride = next(w for w in at.number_input if w.key and w.key.endswith("-stride"))
     assert stride.value == 1 and stride.max == 2
     stride.set_value(2).run()
