@@ -79,8 +79,10 @@ class _KerasResidual:
 
         # stride 2: one pixel of zeros on every side and 'valid', as the studio's block computes it
         self.pad = keras.layers.ZeroPadding2D(1, name=f"{name}_pad") if stride != 1 else None
-        self.parts = {"conv1": conv("conv1", 3, stride, "same" if stride == 1 else "valid"), "bn1": keras.layers.BatchNormalization(**norm, name=f"{name}_bn1"),
-                      "conv2": conv("conv2", 3, 1), "bn2": keras.layers.BatchNormalization(**norm, name=f"{name}_bn2")}
+        self.parts = {"conv1": conv("conv1", 3, stride, "same" if stride == 1 else "valid"),
+                      "bn1": keras.layers.BatchNormalization(**norm, name=f"{name}_bn1"),
+                      "conv2": conv("conv2", 3, 1),
+                      "bn2": keras.layers.BatchNormalization(**norm, name=f"{name}_bn2")}
         if "project" in own:
             self.parts["project"] = conv("project", 1, stride)
             self.parts["bn_project"] = keras.layers.BatchNormalization(**norm, name=f"{name}_bn_project")

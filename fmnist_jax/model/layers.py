@@ -273,6 +273,7 @@ register(LayerType(
     flops=lambda p, s, o: 2 * s[0] * p["units"] + (p["units"] if p["activation"] != "linear" else 0),
     module=lambda p, s, rngs, i: Dense(p, s, rngs), spatial_input=False))
 
+
 def _residual_param_shapes(p: dict, s: Shape) -> dict[str, Shape]:
     f, c = p["filters"], s[-1]
     shapes = {"conv1": (3, 3, c, f), "bn1.scale": (f,), "bn1.bias": (f,), "conv2": (3, 3, f, f), "bn2.scale": (f,),
