@@ -79,11 +79,6 @@ def _randomise_statistics(model: nnx.Module, seed: int = 1) -> None:
             value[...] = value[...] + jnp.asarray(rng.normal(0, 0.2, np.shape(value[...])), jnp.float32)
 
 
-def _reference_block(x: jax.Array, block: layers.Residual) -> jax.Array:
-    """The textbook block in inference mode: XLA's convolutions and BatchNorm's formula, written out."""
-    return _textbook(x, block, train=False)
-
-
 def _textbook(x: jax.Array, block: layers.Residual, train: bool) -> jax.Array:
     """He et al.'s block as torchvision writes it: 3x3 convolutions padded by one pixel on each side (so a stride-2
     window centres on the pixel the 1x1 shortcut samples), BatchNorm with the batch's statistics in training and

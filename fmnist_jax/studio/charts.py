@@ -178,11 +178,10 @@ def layer_summary(params: dict) -> str:
     kind = params.get("type")
     activation = params.get("activation")
     act = f", {activation}" if activation and activation != "linear" else ""
+    stride = f", stride {params['stride']}" if kind in ("conv2d", "residual") and params["stride"] != 1 else ""
     if kind == "conv2d":
-        stride = f", stride {params['stride']}" if params["stride"] != 1 else ""
         return f"{params['filters']} filters {params['kernel']}×{params['kernel']}{stride}, {params['padding']}{act}"
     if kind == "residual":
-        stride = f", stride {params['stride']}" if params["stride"] != 1 else ""
         return f"{params['filters']} filters, two 3×3 convolutions + shortcut{stride}"
     if kind in ("maxpool", "avgpool"):
         return f"{params['pool']}×{params['pool']}, stride {params['stride']}, {params['padding']}"
