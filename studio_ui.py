@@ -12,7 +12,7 @@ from typing import Any, Callable
 import numpy as np
 import streamlit as st
 
-from fmnist_jax import settings, store
+from fmnist_jax import checks, settings, store
 from fmnist_jax.data import catalogue
 from fmnist_jax.deploy import explain, predict
 from fmnist_jax.photos import decode
@@ -152,6 +152,15 @@ def save_project(project: dict, **changes: Any) -> dict | None:
     project.clear()
     project.update(updated)
     return updated
+
+
+def settings_slider(model: type, name: str, value: Any, key: str) -> Any:
+    """A slider for one settings field, drawn from the field's metadata and bounds (fmnist_jax.checks.widget), so its
+    range is always the range the settings accept and a stored value is shown exactly as it is."""
+    meta = checks.widget(model, name)
+    kind = type(meta["default"])  # whole pixels stay int, strengths float
+    return st.slider(meta["label"], kind(meta["min"]), kind(meta["max"]), kind(value), kind(meta["step"]), key=key,
+                     help=meta["help"])
 
 
 def require_project() -> dict:
@@ -346,24 +355,23 @@ def sidebar(project: dict | None) -> None:
 
 # On a phone (narrower than Streamlit's 768 px breakpoint) the sidebar is a drawer over the page, and Streamlit
 # leaves it open after a page is chosen in it. The page is named in the text, so the browser runs this again
-# when the page changes, and not on the same page's reruns (a drawer the user opens there stays open).
+# when the page changes, and not on the same page's reruns (a drawer the user opens there stays open). It runs in
+# the app's own document (st.html), not in a component frame: st.components.v1.html is deprecated.
 _CLOSE_DRAWER = """<!-- page PAGE --><script>
-const doc = window.parent.document;
-const drawer = doc.querySelector('[data-testid="stSidebar"]');
-if (window.parent.innerWidth < 768 && drawer && drawer.dataset.collapsed === "false") {
-  const close = doc.querySelector('[data-testid="stSidebarCollapseButton"] button');
+const drawer = document.querySelector('[data-testid="stSidebar"]');
+if (window.innerWidth < 768 && drawer && drawer.dataset.collapsed === "false") {
+  const close = document.querySelector('[data-testid="stSidebarCollapseButton"] button');
   if (close) close.click();
 }
 </script>"""
 
 
 def _close_drawer_on_phones() -> None:
-    """A zero-height component that closes the phone's sidebar drawer once a page has been chosen in it."""
-    import streamlit.components.v1 as components
+    """A script with no visible output that closes the phone's sidebar drawer once a page has been chosen in it."""
     from streamlit.runtime.scriptrunner import get_script_run_ctx
 
     ctx = get_script_run_ctx()
-    components.html(_CLOSE_DRAWER.replace("PAGE", ctx.page_script_hash if ctx else ""), height=0)
+    st.html(_CLOSE_DRAWER.replace("PAGE", ctx.page_script_hash if ctx else ""), unsafe_allow_javascript=True)
 
 
 def _queue_panel() -> None:

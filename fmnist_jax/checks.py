@@ -75,6 +75,28 @@ class Settings(BaseModel):
         type(self).from_dict(self.to_dict())
 
 
+def widget(model: type[BaseModel], name: str) -> dict:
+    """How a page draws one field: its UI metadata (label, step, help) with the field's own bounds as the range, so
+    a widget cannot offer a narrower range than the check allows and clamp a stored value into it."""
+    field = model.model_fields[name]
+    extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+    if "ui" not in extra:
+        raise KeyError(f"{model.__name__}.{name} has no UI metadata")
+    bounds = {}
+    for constraint in field.metadata:
+        for key in ("ge", "gt", "le", "lt"):
+            if getattr(constraint, key, None) is not None:
+                bounds[key[0]] = getattr(constraint, key)
+    return {**extra["ui"], "min": bounds.get("g"), "max": bounds.get("l"), "default": field.default}
+
+
+def edits(shown: dict, chosen: dict) -> dict:
+    """The values the user changed: those whose widget returned something other than what it was drawn with.
+    Saving only these keeps every value a widget could not represent exactly (a learning rate between its stops,
+    a fraction between its whole percents) as it is stored."""
+    return {name: value for name, value in chosen.items() if name not in shown or value != shown[name]}
+
+
 def _label(model: type[BaseModel], loc: tuple) -> tuple[str, type[BaseModel]]:
     """The field's user-facing title (following nested settings) and the model that owns it."""
     label, owner = ".".join(map(str, loc)), model

@@ -10,7 +10,7 @@ import numpy as np
 import streamlit as st
 
 import studio_ui as ui
-from fmnist_jax import settings, store
+from fmnist_jax import checks, settings, store
 from fmnist_jax.data import catalogue, splitting
 from fmnist_jax.data.augment import AugmentConfig
 from fmnist_jax.data.uploads import importer
@@ -50,7 +50,7 @@ with right:
                                     "TFDS reads them from here instead of downloading; leave empty to download.")
         if folder.strip() != (project.get("data_dir") or ""):
             try:
-                catalogue.check_data_dir(folder.strip() or None)
+                catalogue.check_data_dir(folder.strip() or None, origin="the data folder box")
             except ValueError as error:
                 st.error(ui.plain(error), icon=":material/folder_off:")
             else:
@@ -164,7 +164,7 @@ if source == UPLOAD:
         st.stop()
     if chosen_upload != project.get("dataset"):
         ui.save_project(project, dataset=chosen_upload, upload_home=str(ui.workspace().home))
-elif source != project.get("dataset"):
+elif source != current_source:  # a project with no dataset stored yet is on the default, Fashion-MNIST
     ui.save_project(project, dataset=source)
 
 bar = st.empty()
@@ -188,32 +188,36 @@ with controls:
                     help="Official keeps Zalando's 10,000 test images and carves validation out of the 60,000 "
                          "training images (comparable with published results). Pooled mixes all 70,000 and cuts "
                          "them by your fractions (80/10/10 as in the seed article).")
+    # The sliders show whole percents; the spec changes only where the user moves one, so a stored fraction
+    # between two percents (0.855) is never rounded just by opening the page.
+    shown = {"mode": saved.mode, "train": int(round(saved.fractions[0] * 100)),
+             "val": int(round(saved.fractions[1] * 100)), "val_fraction": int(round(saved.val_fraction * 100)),
+             "seed": saved.seed, "stratify": saved.stratify}
+    chosen = {"mode": mode}
     if mode == "pooled":
         a, b = st.columns(2)
-        train_pct = a.slider("Train %", 10, 97, int(round(saved.fractions[0] * 100)), key=f"split-train-{pid}",
-                             help="Share of all images used to fit the weights.")
+        chosen["train"] = a.slider("Train %", 10, 97, shown["train"], key=f"split-train-{pid}",
+                                   help="Share of all images used to fit the weights.")
         # The three shares add up by construction: validation can take at most what train leaves, minus 1% for test.
-        val_max = min(50, 99 - train_pct)
+        val_max = min(50, 99 - chosen["train"])
         val_key = f"split-val-{pid}"
         if st.session_state.get(val_key, 0) > val_max:
             st.session_state[val_key] = val_max
-        val_pct = b.slider("Validation %", 1, val_max, min(val_max, int(round(saved.fractions[1] * 100))), key=val_key,
-                           help="Share used to pick the best epoch and tune settings. The rest is the test set.")
-        test_pct = 100 - train_pct - val_pct
-        st.caption(f"Test: **{test_pct}%** (what is left).")
-        spec = saved.model_copy(update={
-            "mode": "pooled", "fractions": (train_pct / 100, val_pct / 100, round(1 - train_pct / 100 - val_pct / 100, 6))})
+        chosen["val"] = b.slider("Validation %", 1, val_max, min(val_max, shown["val"]), key=val_key,
+                                 help="Share used to pick the best epoch and tune settings. The rest is the test set.")
     else:
-        val_pct = st.slider("Validation % of the training images", 1, 50, int(round(saved.val_fraction * 100)),
-                            key=f"split-valfrac-{pid}", help="Carved out of the official training images.")
-        spec = saved.model_copy(update={"mode": "official", "val_fraction": val_pct / 100})
+        chosen["val_fraction"] = st.slider("Validation % of the training images", 1, 50, shown["val_fraction"],
+                                           key=f"split-valfrac-{pid}", help="Carved out of the official training images.")
     a, b = st.columns(2)
-    spec.seed = int(a.number_input("Shuffle seed", 0, 2**31 - 1, saved.seed, key=f"split-seed-{pid}",
-                                   help="The same seed gives the same split, image for image."))
+    chosen["seed"] = int(a.number_input("Shuffle seed", 0, 2**31 - 1, saved.seed, key=f"split-seed-{pid}",
+                                        help="The same seed gives the same split, image for image."))
     with b:
         st.write("")
-        spec.stratify = st.toggle("Stratify by class", saved.stratify, key=f"split-strat-{pid}",
-                                  help="Keep each class's share equal in every split.")
+        chosen["stratify"] = st.toggle("Stratify by class", saved.stratify, key=f"split-strat-{pid}",
+                                       help="Keep each class's share equal in every split.")
+    spec = splitting.edited_spec(saved, checks.edits(shown, chosen))
+    if spec.mode == "pooled":
+        st.caption(f"Test: **{spec.fractions[2]:.0%}** (what is left).")
 
 with counts_column:
     try:
@@ -262,44 +266,27 @@ st.caption("Random changes applied to each training batch on the device (never t
 cfg = proj.train_config(project)
 augment = cfg.augment.to_dict()
 settings_column, preview_column = st.columns([2, 3], gap="large")
-SLIDERS = {
-    "flip": ("Horizontal flip (probability)", 0.0, 1.0, 0.05, "Mirror left-right; clothes look the same mirrored."),
-    "shift": ("Shift (fraction of the side)", 0.0, 0.3, 0.01, "Move the garment up to this share of the image."),
-    "crop": ("Random crop (pixels)", 0, 8, 1, "Move the garment by up to this many whole pixels each way "
-             "(pad with black, crop back): the cheapest shift, no resampling."),
-    "rotation": ("Rotation (degrees)", 0.0, 45.0, 1.0, "Rotate by up to this many degrees either way."),
-    "zoom": ("Zoom (relative)", 0.0, 0.5, 0.01, "Scale in or out by up to this share."),
-    "shear": ("Shear", 0.0, 0.5, 0.01, "Slant the image by up to this factor."),
-    "erasing": ("Random erasing (probability)", 0.0, 1.0, 0.05, "Black out a random rectangle (cutout)."),
-}
-PHOTO_SLIDERS = {
-    "brightness": ("Brightness", 0.0, 0.5, 0.01, "Add or remove up to this share of full brightness."),
-    "contrast": ("Contrast", 0.0, 0.9, 0.01, "Stretch or squash contrast by up to this share."),
-    "blur": ("Blur (probability)", 0.0, 1.0, 0.05, "Soften with a 3×3 blur, like a resized photo."),
-    "noise": ("Noise", 0.0, 0.3, 0.01, "Gaussian pixel noise (share of full scale)."),
-    "thickness": ("Outline thickness (probability)", 0.0, 1.0, 0.05, "Thicken or thin the garment's outline."),
-}
 with settings_column:
-    new_augment = dict(augment)
-    for name, (label, low, high, step, text) in SLIDERS.items():
-        value = type(low)(min(high, augment[name]))  # whole pixels for crop, fractions for the rest
-        new_augment[name] = st.slider(label, low, high, value, step, key=f"aug-{name}-{pid}", help=text)
+    # Each slider spans its field's whole valid range (AugmentConfig's metadata), and only the strengths the user
+    # moves are saved: opening the page never rewrites a stored value.
+    chosen = {name: ui.settings_slider(AugmentConfig, name, augment[name], key=f"aug-{name}-{pid}")
+              for name in AugmentConfig.GEOMETRY}
     with st.expander("Photo robustness (for real photos on Deploy)"):
-        for name, (label, low, high, step, text) in PHOTO_SLIDERS.items():
-            new_augment[name] = st.slider(label, low, high, float(min(high, augment[name])), step, key=f"aug-{name}-{pid}",
-                                          help=text)
+        chosen.update({name: ui.settings_slider(AugmentConfig, name, augment[name], key=f"aug-{name}-{pid}")
+                       for name in AugmentConfig.PHOTO})
+    changed = checks.edits(augment, chosen)
     try:
-        new_cfg = cfg.replace(augment=new_augment)
+        new_cfg = cfg.replace(augment={**augment, **changed})
         new_cfg.augment.validate()
     except ValueError as error:
         st.error(ui.plain(error), icon=":material/error:")
     else:
-        if new_cfg.augment.to_dict() != augment:
+        if changed:
             ui.save_project(project, config=new_cfg.to_dict())
             cfg = new_cfg
     if st.button("Turn all augmentation off", icon=":material/block:", disabled=not cfg.augment.active()):
         ui.save_project(project, config=cfg.replace(augment=AugmentConfig()).to_dict())
-        for name in list(SLIDERS) + list(PHOTO_SLIDERS):
+        for name in AugmentConfig.GEOMETRY + AugmentConfig.PHOTO:
             st.session_state.pop(f"aug-{name}-{pid}", None)
         st.rerun()
 

@@ -50,7 +50,8 @@ def _valid(spec: list[dict]) -> bool:
 
 
 saved_spec = proj.model_spec(project, num_classes)
-if not _valid(saved_spec):  # e.g. the dataset changed its class count: fall back to the preset, sized to fit
+fitted = _valid(saved_spec)
+if not fitted:  # e.g. the dataset changed its class count: fall back to the preset, sized to fit
     saved_spec = presets.preset(project.get("model_preset") or "fast", num_classes)
 if st.session_state.get(DRAFT, {}).get("project") != pid:
     st.session_state[DRAFT] = _fresh_draft(saved_spec)
@@ -172,7 +173,9 @@ error_message = None
 try:
     info = layer_specs.describe(draft["layers"], input_shape, num_classes)
     shown_spec = draft["layers"]
-    if not project.get("model") or layer_specs.normalize_spec(project["model"]) != draft["layers"]:
+    # Saved when the user edited the layers (or the stored ones no longer fit the data), never just by opening the
+    # page: a stored spec is not rewritten in its normalised form.
+    if draft["layers"] != layer_specs.normalize_spec(saved_spec) or not fitted:
         ui.save_project(project, model=draft["layers"])
 except ValueError as error:
     error_message = str(error)

@@ -2,11 +2,10 @@
 early stopping, seed and precision; inline validation, a learning-rate preview and a time-per-epoch estimate."""
 from __future__ import annotations
 
-import math
-
 import streamlit as st
 
 import studio_ui as ui
+from fmnist_jax import checks
 from fmnist_jax.data import catalogue
 from fmnist_jax.model import layer_specs, presets
 from fmnist_jax.studio import charts, estimates, sweeps
@@ -39,10 +38,6 @@ except (ValueError, catalogue.DataUnavailable) as error:
 cfg = proj.train_config(project)
 limit = proj.train_limit(project)
 train_size = min(counts["train"], limit) if limit else counts["train"]
-
-
-def _nearest(options: list, value: float) -> float:
-    return min(options, key=lambda option: abs(math.log(option) - math.log(value)) if value > 0 else option)
 
 
 recommended = proj.recommended_config(project)
@@ -86,20 +81,20 @@ schedule = top[1].selectbox("Learning-rate schedule", config.SCHEDULES, index=co
 with st.form(f"hyperparameters-{pid}", border=True):
     st.markdown("**Training length**")
     a, b, c, d = st.columns([3, 3, 3, 2])
-    epochs = a.slider("Epochs", 1, 100, int(min(cfg.epochs, 100)), help="Full passes over the training split.")
+    epochs = a.slider("Epochs", 1, max(100, cfg.epochs), cfg.epochs, help="Full passes over the training split.")
     batch_size = b.select_slider("Batch size", BATCH_SIZES + ([cfg.batch_size] if cfg.batch_size not in BATCH_SIZES else []),
                                  value=cfg.batch_size, help="Images per optimizer step. Larger is faster per image "
                                                             "on a GPU; smaller often generalises a little better.")
-    limit_value = c.number_input("Training images (0 = all)", 0, counts["train"], int(limit or 0), step=100,
+    limit_value = c.number_input("Training images (0 = all)", 0, max(counts["train"], limit or 0), int(limit or 0), step=100,
                                  help=f"Train on only the first N of the {counts['train']:,} training images: "
                                       "for quick experiments.")
-    clean_epochs = int(d.number_input("Clean last epochs", 0, 100, int(min(cfg.clean_epochs, 100)), 1,
+    clean_epochs = int(d.number_input("Clean last epochs", 0, max(100, cfg.clean_epochs), cfg.clean_epochs, 1,
                                       help="Train the last N epochs on the images as they are, with the Data page's "
                                            "augmentation off, as evaluation sees them. 0: augment every epoch."))
 
     st.markdown(f"**Optimizer · {OPTIMIZER_LABELS[optimizer]}**")
     a, b, c, d = st.columns(4)
-    learning_rate = a.select_slider("Learning rate (log scale)", LR_STOPS, value=_nearest(LR_STOPS, cfg.learning_rate),
+    learning_rate = a.select_slider("Learning rate (log scale)", sorted({*LR_STOPS, cfg.learning_rate}), value=cfg.learning_rate,
                                     format_func=lambda v: f"{v:.0e}",
                                     help="Step size, on a log scale from 1e-6 to 1 (1-2-5 steps per decade). "
                                          "1e-3 suits Adam; SGD usually wants 1e-2 to 1e-1.")
@@ -125,18 +120,18 @@ with st.form(f"hyperparameters-{pid}", border=True):
             values[name] = column.number_input("ρ (rho)", 0.0, 0.9999, float(cfg.rho), 0.01, format="%g",
                                                help="Decay of the running average of squared gradients.")
         elif name == "epsilon":
-            values[name] = column.number_input("ε (epsilon)", 1e-10, 1.0, float(cfg.epsilon), 1e-7, format="%.1e",
+            values[name] = column.number_input("ε (epsilon)", min(1e-10, cfg.epsilon), 1.0, float(cfg.epsilon), 1e-7, format="%.1e",
                                                help="Added to denominators for numerical stability.")
 
     st.markdown(f"**Schedule · {SCHEDULE_LABELS[schedule]}**")
     a, b, c, _ = st.columns(4)
     warmup_epochs, step_every, step_factor = cfg.warmup_epochs, cfg.step_every_epochs, cfg.step_factor
     if schedule == "warmup_cosine":
-        warmup_epochs = a.number_input("Warm-up epochs", 0.0, 100.0, float(cfg.warmup_epochs), 0.5, format="%g",
+        warmup_epochs = a.number_input("Warm-up epochs", 0.0, max(100.0, cfg.warmup_epochs), float(cfg.warmup_epochs), 0.5, format="%g",
                                        help="Rise linearly from 0 to the learning rate over this many epochs.")
     elif schedule == "step":
-        step_every = int(a.number_input("Decay every (epochs)", 1, 1000, int(cfg.step_every_epochs), 1))
-        step_factor = b.number_input("Multiply by", 0.01, 1.0, float(cfg.step_factor), 0.05, format="%g",
+        step_every = int(a.number_input("Decay every (epochs)", 1, max(1000, cfg.step_every_epochs), cfg.step_every_epochs, 1))
+        step_factor = b.number_input("Multiply by", min(0.01, cfg.step_factor), 1.0, float(cfg.step_factor), 0.05, format="%g",
                                      help="Factor applied at each decay step.")
     else:
         a.caption({"constant": "The same rate for every step.", "cosine": "Falls smoothly to 0 by the last step.",
@@ -151,7 +146,7 @@ with st.form(f"hyperparameters-{pid}", border=True):
     loss = c.selectbox("Loss", config.LOSSES, index=config.LOSSES.index(cfg.loss),
                        format_func={"cross_entropy": "Cross-entropy", "focal": "Focal"}.get,
                        help="Focal loss down-weights easy examples.")
-    grad_clip = d.number_input("Gradient clipping (0 = off)", 0.0, 1000.0, float(cfg.grad_clip), 0.5, format="%g",
+    grad_clip = d.number_input("Gradient clipping (0 = off)", 0.0, max(1000.0, cfg.grad_clip), float(cfg.grad_clip), 0.5, format="%g",
                                help="Clip the global gradient norm; helps against divergence.")
     # Their own row of two: in a quarter-width column the toggle's label was cut to "Mirror test-time augme..."
     a, b = st.columns(2)
@@ -176,7 +171,7 @@ with st.form(f"hyperparameters-{pid}", border=True):
                               help="Stop after `patience` epochs without improvement of the monitored metric.")
     monitor = b.selectbox("Monitor", config.MONITORS, index=config.MONITORS.index(cfg.monitor),
                           format_func={"val_accuracy": "validation accuracy", "val_loss": "validation loss"}.get)
-    patience = int(c.number_input("Patience (epochs)", 1, 1000, int(cfg.patience), 1))
+    patience = int(c.number_input("Patience (epochs)", 1, max(1000, cfg.patience), cfg.patience, 1))
     restore_best = d.checkbox("Restore best", cfg.restore_best,
                               help="At the end, restore the weights of the best epoch.")
 
@@ -187,7 +182,7 @@ with st.form(f"hyperparameters-{pid}", border=True):
         precision = b.selectbox("Precision", config.PRECISIONS, index=config.PRECISIONS.index(cfg.precision),
                                 help="bfloat16 computes faster on GPUs/TPUs; weights stay float32. On a CPU, keep float32: "
                                      "bfloat16 trained dls at about half the speed on a 2-core Xeon.")
-        chunk_steps = int(c.number_input("Steps per chunk", 1, 10_000, int(cfg.chunk_steps), 10,
+        chunk_steps = int(c.number_input("Steps per chunk", 1, max(10_000, cfg.chunk_steps), cfg.chunk_steps, 10,
                                          help="Optimizer steps per compiled call: how often the curves update "
                                               "and how fast Stop reacts."))
 
@@ -197,15 +192,16 @@ with st.form(f"hyperparameters-{pid}", border=True):
 if submitted:
     new_limit = int(limit_value) or None
     new_train_size = min(counts["train"], new_limit) if new_limit else counts["train"]
+    chosen = dict(
+        epochs=epochs, batch_size=int(batch_size), optimizer=optimizer, learning_rate=float(learning_rate),
+        schedule=schedule, warmup_epochs=float(warmup_epochs), step_every_epochs=int(step_every),
+        step_factor=float(step_factor), weight_decay=float(weight_decay), label_smoothing=float(label_smoothing),
+        loss=loss, grad_clip=float(grad_clip), early_stopping=bool(early_stopping), monitor=monitor,
+        patience=patience, restore_best=bool(restore_best), seed=seed, precision=precision, ema_decay=float(ema_decay),
+        tta_flip=bool(tta_flip), clean_epochs=clean_epochs, ensemble=ensemble, chunk_steps=chunk_steps, **values)
     try:
-        new_cfg = cfg.replace(
-            epochs=epochs, batch_size=int(batch_size), optimizer=optimizer, learning_rate=float(learning_rate),
-            schedule=schedule, warmup_epochs=float(warmup_epochs), step_every_epochs=int(step_every),
-            step_factor=float(step_factor), weight_decay=float(weight_decay), label_smoothing=float(label_smoothing),
-            loss=loss, grad_clip=float(grad_clip), early_stopping=bool(early_stopping), monitor=monitor,
-            patience=patience, restore_best=bool(restore_best), seed=seed, precision=precision, ema_decay=float(ema_decay),
-            tta_flip=bool(tta_flip), clean_epochs=clean_epochs, ensemble=ensemble,
-            chunk_steps=chunk_steps, **{k: v for k, v in values.items()})
+        # Only what the user changed: every widget was drawn with the stored value, so the rest stays as stored.
+        new_cfg = cfg.replace(**checks.edits(cfg.to_dict(), chosen))
         new_cfg.validate(train_size=new_train_size)
     except ValueError as error:
         feedback.error(f"Not saved: {ui.plain(error)}.", icon=":material/error:")

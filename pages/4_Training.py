@@ -76,12 +76,14 @@ def transfer_panel() -> None:
                        "demo's preset (fast) on the Model page to start from the demo model.")
             return
         left, right = st.columns([3, 1])
+        shown = current if current in choices else ""  # a starting model that no longer fits is shown as none...
         choice = left.selectbox("Start from", list(choices), format_func=choices.get,
-                                index=list(choices).index(current) if current in choices else 0, key=f"init-from-{pid}",
+                                index=list(choices).index(shown), key=f"init-from-{pid}",
                                 help="The new run starts from this model's weights instead of random ones.")
-        freeze = right.number_input("Freeze first layers", 0, len(spec), int(cfg.freeze_layers), key=f"freeze-{pid}",
+        freeze = right.number_input("Freeze first layers", 0, max(len(spec), cfg.freeze_layers), cfg.freeze_layers,
+                                    key=f"freeze-{pid}",
                                     disabled=not choice, help="These layers keep the starting model's weights.")
-        if choice != current or freeze != cfg.freeze_layers:
+        if choice != shown or freeze != cfg.freeze_layers:  # ...and is kept until the user picks another
             ui.save_project(project, init_from=choice or None,
                             config={**cfg.to_dict(), "freeze_layers": int(freeze) if choice else 0})
             st.rerun()

@@ -52,7 +52,7 @@ def _photo_splits(args: argparse.Namespace, base: Any, preprocess: dict, seed: i
         mix = adapt.PhotoMix(held_out=args.photo_held_out, photo_repeat=args.photo_repeat, seed=seed).validate()
     except ValueError as error:
         raise CliError(str(error)) from None
-    fashion = catalogue.load_dataset("fashion_mnist", data_dir=args.data_dir,
+    fashion = catalogue.load_dataset("fashion_mnist", data_dir=args.data_dir, origin="--data-dir",
                                      progress=None if args.json else _progress_bar)
     inputs = folders.photo_inputs(folder, preprocess, base.input_shape, progress=None if args.json else _progress_bar)
     splits, _ = adapt.adaptation_splits(fashion, inputs, mix)

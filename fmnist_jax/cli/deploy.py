@@ -42,9 +42,23 @@ def _read_images(paths: list[str]) -> tuple[list[tuple[str, bytes]], list[dict]]
     return files, errors
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+
+def images_given(args: argparse.Namespace) -> list[str]:
+    """The image paths of predict/explain; a lone image path means the model was left out, and the message says so."""
+    if args.images:
+        return args.images
+    if Path(args.model).suffix.lower() in IMAGE_SUFFIXES:
+        raise CliError(f"{args.command} needs a model before the images, e.g. python -m fmnist_jax {args.command} demo "
+                       f"{args.model} ({MODEL_HELP})")
+    raise CliError(f"{args.command}: give one or more image files after the model {args.model!r}")
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from fmnist_jax.deploy.predict import predict_files, public_record
 
+    images_given(args)
     model = _load(args.model)
     files, errors = _read_images(args.images)
     predicted = {r["file"]: public_record(r) for r in predict_files(model, files)} if files else {}
@@ -75,6 +89,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from fmnist_jax.deploy import explain
     from fmnist_jax.deploy.predict import predict_files
 
+    images_given(args)
     model = _load(args.model)
     method = args.method or explain.default_method(model)
     if method == "gradcam" and explain.gradcam_layer(model.spec) is None:
@@ -190,13 +205,15 @@ def add_commands(sub: Any) -> None:
     """Register the deployment subcommands on the CLI's subparsers."""
     p = sub.add_parser("predict", help="classify image files (photos are preprocessed like the training data)")
     p.add_argument("model", help=MODEL_HELP)
-    p.add_argument("images", nargs="+", help="image files (PNG, JPEG, WebP, BMP, GIF, TIFF)")
+    # nargs="*" and images_given(): argparse's own "required: images" reads wrong when the one path given was an image
+    p.add_argument("images", nargs="*", help="image files (PNG, JPEG, WebP, BMP, GIF, TIFF)")
     p.add_argument("--json", action="store_true", help="print a JSON list: file, label, index, probability, top3 (or file, error)")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("explain", help="saliency maps: which pixels of each image the prediction rests on")
     p.add_argument("model", help=MODEL_HELP)
-    p.add_argument("images", nargs="+", help="image files (PNG, JPEG, WebP, BMP, GIF, TIFF)")
+    # nargs="*" and images_given(): argparse's own "required: images" reads wrong when the one path given was an image
+    p.add_argument("images", nargs="*", help="image files (PNG, JPEG, WebP, BMP, GIF, TIFF)")
     p.add_argument("--out", required=True, help="folder for the heatmap PNGs (grayscale, the model input's size, "
                                                 "white = most important)")
     p.add_argument("--method", choices=("gradcam", "occlusion"),
@@ -211,7 +228,8 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--max-request-mb", type=float, default=40.0, help="largest accepted request body (413 above it)")
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("export", help="export a model as a bundle zip, an ONNX file or a training script")
+    p = sub.add_parser("export", help="export a model as a bundle zip, an ONNX or TensorFlow Lite file, or a training "
+                                      "script")
     p.add_argument("model", help=MODEL_HELP)
     p.add_argument("--format", choices=("bundle", "onnx", "tflite", "script"), required=True,
                    help="bundle (zip for predict/serve), onnx, tflite (float32 (N,H,W,C) in [0,1] -> probabilities), or "

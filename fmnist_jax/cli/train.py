@@ -62,7 +62,7 @@ def load_splits_for(dataset: str, split_spec: Any, data_dir: str | None, progres
 
         ds = importer.load_upload(dataset, progress=progress)
     else:
-        ds = catalogue.load_dataset(dataset, data_dir=data_dir, progress=progress)
+        ds = catalogue.load_dataset(dataset, data_dir=data_dir, progress=progress, origin="--data-dir")
     return splitting.make_splits(ds, split_spec)
 
 

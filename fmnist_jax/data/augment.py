@@ -14,8 +14,11 @@ from pydantic import Field
 from fmnist_jax.checks import Real, Settings, Whole
 
 
-def _strength(label: str, high: float) -> Any:
-    return Field(0.0, ge=0, le=high, title=f"augmentation '{label}'")
+def _strength(label: str, high: float, ui_label: str, step: float, text: str) -> Any:
+    """A strength from 0 to `high`; the Data page draws its slider from this metadata over the same range, so a
+    stored value is always one the slider can show (it once clamped rotation 90 to its own 45 and saved that)."""
+    return Field(0.0, ge=0, le=high, title=f"augmentation '{label}'",
+                 json_schema_extra={"ui": {"label": ui_label, "step": step, "help": text}})
 
 
 class AugmentConfig(Settings):
@@ -23,18 +26,32 @@ class AugmentConfig(Settings):
 
     kind: ClassVar[str] = "augmentation"
 
-    flip: Real = _strength("flip", 1)                # probability of a horizontal flip
-    shift: Real = _strength("shift", 0.5)            # max translation as a fraction of the image side
-    crop: Whole = Field(0, ge=0, le=8, title="augmentation 'crop'")  # max whole-pixel translation (random crop of the zero-padded image)
-    rotation: Real = _strength("rotation", 180)      # max rotation in degrees
-    zoom: Real = _strength("zoom", 0.9)              # max relative zoom in or out
-    shear: Real = _strength("shear", 1)              # max shear factor
-    erasing: Real = _strength("erasing", 1)          # probability of erasing one random rectangle
-    brightness: Real = _strength("brightness", 1)    # max brightness offset (fraction of full scale)
-    contrast: Real = _strength("contrast", 0.9)      # max relative contrast change
-    blur: Real = _strength("blur", 1)                # probability of a 3x3 Gaussian blur
-    noise: Real = _strength("noise", 1)              # std of Gaussian pixel noise (fraction of full scale)
-    thickness: Real = _strength("thickness", 1)      # probability of thicker or thinner outlines (grey dilation/erosion)
+    flip: Real = _strength("flip", 1, "Horizontal flip (probability)", 0.05,
+                           "Mirror left-right; clothes look the same mirrored.")
+    shift: Real = _strength("shift", 0.5, "Shift (fraction of the side)", 0.01,
+                            "Move the garment up to this share of the image.")  # max translation
+    crop: Whole = Field(0, ge=0, le=8, title="augmentation 'crop'", json_schema_extra={"ui": {
+        "label": "Random crop (pixels)", "step": 1, "help": "Move the garment by up to this many whole pixels each "
+        "way (pad with black, crop back): the cheapest shift, no resampling."}})  # random crop of the padded image
+    rotation: Real = _strength("rotation", 180, "Rotation (degrees)", 1.0,
+                               "Rotate by up to this many degrees either way.")
+    zoom: Real = _strength("zoom", 0.9, "Zoom (relative)", 0.01, "Scale in or out by up to this share.")
+    shear: Real = _strength("shear", 1, "Shear", 0.01, "Slant the image by up to this factor.")
+    erasing: Real = _strength("erasing", 1, "Random erasing (probability)", 0.05,
+                              "Black out a random rectangle (cutout).")
+    # Photo robustness: brightness offset, relative contrast change, 3x3 Gaussian blur, Gaussian pixel noise, and
+    # thicker or thinner outlines (grey dilation/erosion).
+    brightness: Real = _strength("brightness", 1, "Brightness", 0.01,
+                                 "Add or remove up to this share of full brightness.")
+    contrast: Real = _strength("contrast", 0.9, "Contrast", 0.01, "Stretch or squash contrast by up to this share.")
+    blur: Real = _strength("blur", 1, "Blur (probability)", 0.05, "Soften with a 3×3 blur, like a resized photo.")
+    noise: Real = _strength("noise", 1, "Noise", 0.01, "Gaussian pixel noise (share of full scale).")
+    thickness: Real = _strength("thickness", 1, "Outline thickness (probability)", 0.05,
+                                "Thicken or thin the garment's outline.")
+
+    # The Data page's two groups of sliders, in this order.
+    GEOMETRY: ClassVar[tuple[str, ...]] = ("flip", "shift", "crop", "rotation", "zoom", "shear", "erasing")
+    PHOTO: ClassVar[tuple[str, ...]] = ("brightness", "contrast", "blur", "noise", "thickness")
 
     def validate(self) -> "AugmentConfig":  # type: ignore[override]
         """Raise ValueError for strengths outside their ranges (fields may have been assigned since construction)."""

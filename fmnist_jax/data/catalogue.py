@@ -4,6 +4,7 @@ under the workspace, the shared in-memory copies, and synthetic data for tests.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import threading
@@ -17,11 +18,15 @@ import numpy as np
 
 from fmnist_jax import settings
 
+LOG = logging.getLogger(__name__)
+
 CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 FASHION_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
                  "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
 # TFDS's small image-classification sets offered beside Fashion-MNIST (name -> display label).
+# The made-up dataset of 10 patterns that needs no files: trying the workflow offline (never for accuracy).
+SYNTHETIC = "synthetic"
 TFDS_DATASETS = {"fashion_mnist": "Fashion-MNIST", "mnist": "MNIST", "kmnist": "Kuzushiji-MNIST",
                  "emnist/letters": "EMNIST letters", "cifar10": "CIFAR-10"}
 # Class names TFDS leaves as numbers (or, for EMNIST letters, numbers 1-26 of 37 slots).
@@ -125,18 +130,24 @@ def save_cached(dataset: Dataset, home: str | os.PathLike | None = None, folder:
     return folder
 
 
-def check_data_dir(data_dir: str | os.PathLike | None, name: str = "fashion_mnist") -> Path | None:
-    """Resolve the manual-download folder and check it holds the expected files (ValueError if not)."""
+def check_data_dir(data_dir: str | os.PathLike | None, name: str = "fashion_mnist",
+                   origin: str = "the data folder setting") -> Path | None:
+    """Resolve the manual-download folder and check it holds the expected files (ValueError if not).
+
+    `origin` names where an explicit `data_dir` came from (the CLI's --data-dir, the Data page's box), so the
+    message names what the user typed; a folder from the environment is named FMNIST_DATA_DIR."""
     folder = settings.data_dir(data_dir)
     if folder is None:
         return None
+    origin = origin if data_dir else "FMNIST_DATA_DIR"
     if not folder.is_dir():
-        raise ValueError(f"data folder {folder} does not exist; set FMNIST_DATA_DIR to the folder with "
-                         f"Zalando's four *-ubyte.gz files, or unset it to download")
+        raise ValueError(f"data folder {folder} ({origin}) does not exist; point {origin} at the folder with "
+                         f"Zalando's four *-ubyte.gz files, or leave it out to download them")
     if name == "fashion_mnist":
         missing = [f for f in FASHION_FILES if not (folder / f).is_file()]
         if missing:
-            raise ValueError(f"data folder {folder} lacks {', '.join(missing)}; it must hold Zalando's four *-ubyte.gz files")
+            raise ValueError(f"data folder {folder} ({origin}) lacks {', '.join(missing)}; it must hold Zalando's "
+                             f"four *-ubyte.gz files")
     return folder
 
 
@@ -176,15 +187,31 @@ def _check_download_reachable(name: str, builder: object, manual_dir: Path | Non
                 f"{TFDS_DATASETS.get(name, name)} must be downloaded first ({size:.0f} MB from {parts.hostname}) "
                 f"but the network is unreachable ({error.strerror or error}); connect once and load it again, "
                 f"or put {files} directly in {manual_dir or _manual_folder_hint(name)} (the Data page's data-folder "
-                f"box sets it), or pick the synthetic dataset, which works offline") from None
+                f"box sets it, the CLI's --data-dir too), or use the synthetic dataset, which works offline (the Data "
+                f"page's 'Synthetic demo data', the CLI's --dataset synthetic)") from None
+
+
+def _quiet(tfds: object, builder: object, name: str, manual_dir: Path | None) -> None:
+    """TFDS's own output goes to the log: the caller's progress callback is the only progress bar. TFDS prints
+    "Downloading and preparing dataset Unknown size" to stdout even when it reads the manual folder, and draws
+    tqdm bars that tangled with the CLI's own; say what really happens instead."""
+    tfds.display_progress_bar(False)
+    source = f"the files in {manual_dir}" if manual_dir else "files it downloads"
+    builder._log_download_bytes = lambda: LOG.info("TFDS is preparing %s from %s", name, source)
+    builder._log_download_done = lambda: LOG.info("TFDS prepared %s in %s", name, builder.data_dir)
 
 
 def _prepare_with_tfds(name: str, home: str | os.PathLike | None, manual_dir: Path | None, progress: Progress) -> Dataset:
+    # TensorFlow's C++ start-up notes (oneDNN, absl) are not the user's business; a user's own setting wins. TFDS
+    # only reads and writes records with TensorFlow, so its oneDNN kernels are not needed either.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     import tensorflow_datasets as tfds  # heavy import: only on first preparation
 
     tfds_dir = settings.home_dir(home) / "tfds"
     builder = tfds.builder(name, data_dir=str(tfds_dir))
     _check_download_reachable(name, builder, manual_dir)
+    _quiet(tfds, builder, name, manual_dir)
     download_config = tfds.download.DownloadConfig(manual_dir=str(manual_dir) if manual_dir else None)
     done = threading.Event()
     failure: list[BaseException] = []
@@ -228,11 +255,16 @@ def _prepare_with_tfds(name: str, home: str | os.PathLike | None, manual_dir: Pa
 
 
 def load_dataset(name: str = "fashion_mnist", data_dir: str | os.PathLike | None = None,
-                 home: str | os.PathLike | None = None, progress: Progress | None = None) -> Dataset:
-    """Load a TFDS dataset or an uploaded one from the workspace cache, preparing it the first time."""
+                 home: str | os.PathLike | None = None, progress: Progress | None = None,
+                 origin: str = "the data folder setting") -> Dataset:
+    """Load a TFDS dataset or an uploaded one from the workspace cache, preparing it the first time; "synthetic"
+    is the small made-up dataset that needs no files. `origin` names where `data_dir` came from, for messages."""
     progress = progress or (lambda fraction, message: None)
+    if name == SYNTHETIC:
+        progress(1.0, "Made the synthetic dataset")
+        return synthetic_dataset(num_train=1000, num_test=200, seed=0)
     if name in TFDS_DATASETS:
-        check_data_dir(data_dir, name)  # a wrong explicit setting is an error even when data is cached
+        check_data_dir(data_dir, name, origin)  # a wrong explicit setting is an error even when data is cached
     cached = _load_cached(name, home)
     if cached is not None:
         progress(1.0, "Loaded from cache")
@@ -240,8 +272,8 @@ def load_dataset(name: str = "fashion_mnist", data_dir: str | os.PathLike | None
     if name.startswith("upload/"):
         raise DataUnavailable(f"uploaded dataset {name[7:]!r} is not in the workspace; upload it again")
     if name not in TFDS_DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(TFDS_DATASETS)}")
-    manual_dir = manual_dir_for(name, check_data_dir(data_dir, name))
+        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join((*TFDS_DATASETS, SYNTHETIC))}")
+    manual_dir = manual_dir_for(name, check_data_dir(data_dir, name, origin))
     dataset = _prepare_with_tfds(name, home, manual_dir, progress)
     save_cached(dataset, home)
     progress(1.0, "Prepared and cached")

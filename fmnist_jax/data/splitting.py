@@ -139,6 +139,20 @@ def default_spec(dataset: Dataset) -> SplitSpec:
     return SplitSpec()
 
 
+def edited_spec(saved: SplitSpec, changes: dict) -> SplitSpec:
+    """The spec after the Data page's edits: `changes` holds only what the user moved (mode, seed, stratify, and the
+    whole percents train, val and val_fraction); every other field keeps its stored value exactly. Not validated
+    here: split_counts reports an impossible result in the user's words."""
+    update = {name: changes[name] for name in ("mode", "seed", "stratify") if name in changes}
+    if "train" in changes or "val" in changes:
+        train = changes["train"] / 100 if "train" in changes else saved.fractions[0]
+        val = changes["val"] / 100 if "val" in changes else saved.fractions[1]
+        update["fractions"] = (train, val, round(1 - train - val, 6))
+    if "val_fraction" in changes:
+        update["val_fraction"] = changes["val_fraction"] / 100
+    return saved.model_copy(update=update)
+
+
 def make_splits(dataset: Dataset, spec: SplitSpec | None = None) -> Splits:
     """Split a dataset according to `spec`; the same seed always gives the same split, bit for bit.
 

@@ -164,9 +164,10 @@ def tflite_bytes(model: Any, check_images: np.ndarray) -> tuple[bytes, float]:
 
 
 def _check(payload: bytes, model: Any, images: np.ndarray) -> float:
-    import tensorflow as tf
+    # LiteRT's interpreter: tf.lite.Interpreter is deprecated (scheduled for deletion in TF 2.20) in its favour.
+    from ai_edge_litert.interpreter import Interpreter
 
-    interpreter = tf.lite.Interpreter(model_content=payload)
+    interpreter = Interpreter(model_content=payload)
     batch = np.asarray(images, np.float32) / 255.0
     detail = interpreter.get_input_details()[0]
     interpreter.resize_tensor_input(detail["index"], batch.shape)

@@ -22,7 +22,7 @@ from fmnist_jax.training.config import TrainConfig
 
 Progress = Callable[[float, str], None]
 
-SYNTHETIC = "synthetic"
+SYNTHETIC = catalogue.SYNTHETIC
 DATASET_LABELS = {"fashion_mnist": "Fashion-MNIST (Zalando, 70,000 images)",
                   SYNTHETIC: "Synthetic demo data (1,200 images, instant)"}
 SAMPLE_PROJECT_NAME = "Fashion-MNIST sample"
