@@ -13,6 +13,7 @@ from typing import Any, Awaitable, Callable
 import numpy as np
 from fastapi import FastAPI, File, Request, UploadFile
 from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi_offline import FastAPIOffline
 from starlette.concurrency import run_in_threadpool
 
 from fmnist_jax import __version__
@@ -85,9 +86,16 @@ def _description(model: Any) -> str:
             "```\ncurl -F files=@shirt.jpg -F files=@shoe.png http://127.0.0.1:8000/predict\n```")
 
 
+def documented_api(**options: Any) -> FastAPI:
+    """A FastAPI app whose /docs (Swagger UI) and /redoc load their scripts and styles from this server (the
+    fastapi-offline package ships them), not from a CDN: the documentation works wherever the API does, offline
+    and on a closed network included."""
+    return FastAPIOffline(**options)
+
+
 def create_app(model: Any, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES, max_files: int = MAX_FILES) -> Any:
     """The ASGI app serving `model` (a TrainedModel), with the request-size cap applied around it."""
-    api = FastAPI(title="Fashion-MNIST Studio API", version=__version__, description=_description(model))
+    api = documented_api(title="Fashion-MNIST Studio API", version=__version__, description=_description(model))
     # Compile the batch-of-one program now, so the first request is as fast as the rest.
     model.predict_proba(np.zeros((1, *model.input_shape), np.uint8))
 

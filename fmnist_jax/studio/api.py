@@ -17,7 +17,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, File, Header, HTTPException, Query, Request, UploadFile
+from fastapi import File, Header, HTTPException, Query, Request, UploadFile
 from fastapi.responses import JSONResponse
 
 from fmnist_jax import __version__, settings
@@ -73,7 +73,7 @@ def create_api(max_request_bytes: int = serve.DEFAULT_MAX_REQUEST_BYTES,
                limiter: public.RateLimiter | None = None) -> Any:
     """The ASGI app to mount at /api, with the request-size cap around it."""
     limiter = limiter or public.RateLimiter(PREDICTIONS_PER_MINUTE)
-    api = FastAPI(title="Fashion-MNIST Studio API", version=__version__,
+    api = serve.documented_api(title="Fashion-MNIST Studio API", version=__version__,
                   description="Classify garment photos with the studio's demo model or a shared model. "
                               "`curl -F files=@shirt.jpg 'https://HOST/api/predict?share=TOKEN'`")
 
