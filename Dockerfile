@@ -8,12 +8,13 @@ RUN apt-get update && apt-get install -y --no-install-recommends libgomp1 && rm 
 
 RUN useradd --create-home --uid 1000 user
 USER user
-# FMNIST_HOME is the writable workspace: projects, runs, and the Fashion-MNIST arrays TFDS downloads at first use.
+# No FMNIST_HOME here: the workspace (projects, runs, share links, the prepared Fashion-MNIST arrays and the
+# compilation cache) goes to the Space's persistent storage, /data/fmnist-home, when the Space has it, and to
+# ~/.fmnist_jax otherwise, which every restart of a free Space wipes (fmnist_jax/settings.py default_home).
 ENV HOME=/home/user \
     VIRTUAL_ENV=/home/user/venv \
     PATH=/home/user/venv/bin:/home/user/.local/bin:$PATH \
     PYTHONUNBUFFERED=1 \
-    FMNIST_HOME=/home/user/fmnist-home \
     STREAMLIT_BROWSER_GATHER_USAGE_STATS=false \
     STREAMLIT_SERVER_MAX_UPLOAD_SIZE=100 \
     FMNIST_PUBLIC_UPLOAD_MB=100
@@ -30,8 +31,13 @@ RUN python -m venv "$VIRTUAL_ENV" \
          pip install --no-cache-dir "jax[$JAX_EXTRA]==$(python -c 'import jax; print(jax.__version__)')"; fi
 
 COPY --chown=user . .
-RUN mkdir -p "$FMNIST_HOME"
 
 EXPOSE 8501
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8501/_stcore/health', timeout=4)"
-CMD ["streamlit", "run", "app.py", "--server.port", "8501", "--server.address", "0.0.0.0"]
+# XSRF protection is off in this image, as in Hugging Face's own Streamlit template. A Space page shows the app in
+# a cross-site iframe, where browsers drop Streamlit's SameSite=Lax XSRF cookie, so every upload (photos, datasets,
+# projects) got HTTP 403; SameSite=None needs HTTPS end to end and still fails where third-party cookies are blocked
+# (Safari, Firefox strict). What it gives up: a foreign page could post a file into a visitor's open session. Here
+# that session holds no login or secret: a workspace is chosen by the ?w= key in the address, never by a cookie,
+# and every upload is size-capped and checked like any other. `streamlit run app.py` outside this image keeps it on.
+CMD ["streamlit", "run", "app.py", "--server.port", "8501", "--server.address", "0.0.0.0", "--server.enableXsrfProtection", "false"]

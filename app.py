@@ -39,6 +39,24 @@ def _create_sample() -> None:
     st.session_state["home-notice"] = f"Created **{project['name']}**. Next: look at the data, or go straight to Training."
 
 
+def _public_notice() -> None:
+    """Where a visitor's work lives on a public Space, the address that brings them back to it, and the limits."""
+    caps = public.limits()
+    first, *others = ui.own_links()
+    with st.container(border=True):
+        st.markdown(":material/public: **This is a public demo.** Your projects live in a private workspace that "
+                    "this address opens; keep it to come back, and keep it to yourself: anyone with it opens your "
+                    "whole workspace.")
+        st.code(first["url"], language=None, wrap_lines=True)
+        for link in others:
+            st.caption(f"{link['label']}: `{link['url']}`")
+        if settings.storage_is_ephemeral():
+            st.warning(f"This Space keeps no files over a restart, and idle workspaces are deleted after "
+                       f"{caps.idle_hours:g} hours: to keep a project, download it (Export on its card).",
+                       icon=":material/cloud_off:")
+        st.caption("Limits here: " + "; ".join(caps.describe()) + ".")
+
+
 def _how_it_works() -> None:
     # One row of columns per three steps: on a phone the columns stack, and the steps still read 1 to 6.
     for row in range(0, len(HOW_IT_WORKS), 3):
@@ -181,10 +199,7 @@ def home() -> None:
     if error := st.session_state.pop("home-error", None):
         st.error(error, icon=":material/error:")
     if settings.public_mode():
-        caps = public.limits()
-        st.info("This is a public demo: your projects live in a private workspace tied to this page's address. "
-                "**Bookmark this URL** to come back to them. Limits here: " + "; ".join(caps.describe()) + ".",
-                icon=":material/public:")
+        _public_notice()
     projects = ws.list_projects()
     if not projects:
         left, right = st.columns([1, 1], gap="large")
@@ -222,6 +237,7 @@ def home() -> None:
 if __name__ == "__main__":  # Streamlit runs this file as the home page's script
     if (token := st.query_params.get("share")) is not None:
         ui.shared_model_page(token)  # a predict-only link: nothing of the studio or the workspace behind it
+    ui.open_page_from_query()  # ?page=deploy: the way a Space page's address names a page
     ui.frame()
     home()
 else:
@@ -231,4 +247,7 @@ else:
 
     from fmnist_jax.studio.api import create_api
 
+    from fmnist_jax.deploy import predict
+
     app = st.App("app.py", routes=[Mount("/api", app=create_api())])
+    predict.warm_demo_in_background()  # the first visitor's photo finds the demo model loaded and compiled

@@ -16,7 +16,7 @@ from fmnist_jax import checks, settings, store
 from fmnist_jax.data import catalogue
 from fmnist_jax.deploy import explain, predict
 from fmnist_jax.photos import decode
-from fmnist_jax.studio import charts, estimates, public, shares, tasks
+from fmnist_jax.studio import charts, estimates, public, shares, space, tasks
 from fmnist_jax.studio import projects as proj
 
 estimates.configure_devices()  # before any page runs JAX: training splits the CPU into one device per core
@@ -63,8 +63,9 @@ def owner() -> str:
     return proj.owner_of(workspace())
 
 
-def frame() -> dict | None:
-    """Every page's first call: wide page config, the open project and the sidebar (navigation, device, jobs).
+def frame(page: str | None = None) -> dict | None:
+    """Every page's first call, with its key in PAGES (None: the home page): wide page config, the open project
+    and the sidebar (navigation, device, jobs), and the page's address told to a Space page that embeds it.
 
     Each script sets up its own frame (rather than app.py wrapping pages with st.navigation), so a shared
     link straight to a page works even as the first request after a server start.
@@ -76,7 +77,35 @@ def frame() -> dict | None:
         proj.cleanup_public_workspaces(keep=ws.home.name)
     project = current_project()
     sidebar(project)
+    with st.sidebar:  # no visible output; the sidebar exists on every page, in a drawer on a phone
+        st.html(space.parent_message(st.query_params.to_dict(), page), unsafe_allow_javascript=True)
     return project
+
+
+def open_page_from_query() -> None:
+    """The home page's first step: a ?page= query (how a Space page's address names a page, since only the query
+    reaches the app) opens that page with the rest of the query."""
+    wanted = st.query_params.get(space.PAGE_PARAMETER)
+    if wanted in PAGES:
+        rest = {key: value for key, value in st.query_params.to_dict().items() if key != space.PAGE_PARAMETER}
+        st.switch_page(PAGES[wanted][0], query_params=rest)
+
+
+def own_links(page: str | None = None, **extra: str) -> list[dict]:
+    """The addresses that reopen what this session has open (workspace, project, the query's model, and `extra`),
+    on a Space its Space page's address first; see fmnist_jax.studio.space.links."""
+    params = {**st.query_params.to_dict(), **extra}
+    if settings.public_mode():
+        params["w"] = workspace().home.name
+    path = PAGES[page][0].split("_", 1)[1].removesuffix(".py") if page else ""
+    return space.links(_origin(), params, page, path)
+
+
+def _origin() -> str:
+    """The app's origin as the browser reached it (scheme, host and port), without a page path or query."""
+    url = st.context.url or "http://localhost:8501"
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://{rest.split('/')[0].split('?')[0]}"
 
 
 _LOG = logging.getLogger("fmnist_jax.studio")
@@ -358,11 +387,14 @@ def sidebar(project: dict | None) -> None:
 # when the page changes, and not on the same page's reruns (a drawer the user opens there stays open). It runs in
 # the app's own document (st.html), not in a component frame: st.components.v1.html is deprecated.
 _CLOSE_DRAWER = """<!-- page PAGE --><script>
-const drawer = document.querySelector('[data-testid="stSidebar"]');
-if (window.innerWidth < 768 && drawer && drawer.dataset.collapsed === "false") {
-  const close = document.querySelector('[data-testid="stSidebarCollapseButton"] button');
-  if (close) close.click();
-}
+// After the page's first paint: run at once, during the page switch's render, the click was lost.
+setTimeout(() => {
+  const drawer = document.querySelector('[data-testid="stSidebar"]');
+  if (window.innerWidth < 768 && drawer && drawer.dataset.collapsed === "false") {
+    const close = document.querySelector('[data-testid="stSidebarCollapseButton"] button');
+    if (close) close.click();
+  }
+}, 300);
 </script>"""
 
 
@@ -405,8 +437,9 @@ STEP_TITLES = {"original": "Your photo", "background removed": "Background remov
 
 @st.cache_resource(show_spinner=False, max_entries=4)
 def cached_model(source: str, stamp: str) -> Any:
-    """A loaded model, shared read-only by every session; `stamp` changes when the weights file does."""
-    return predict.load_model(source)
+    """A loaded model, shared read-only by every session; `stamp` changes when the weights file does. The demo is
+    the process's own instance, which the server warmed up at start (predict.warm_demo_in_background)."""
+    return predict.demo_model() if source == "demo" else predict.load_model(source)
 
 
 def _thumbnail(image: Any) -> Any:
@@ -518,19 +551,18 @@ def share_panel(project_id: str, choice: str, label: str) -> None:
             shares.create_share(ws, project_id, choice, label)
         except (ValueError, store.StoreError) as error:
             st.error(plain(error), icon=":material/error:")
-    base = st.context.url or "/"
     for share in shares.list_shares(ws, project_id):
         with st.container(border=True):
             st.markdown(f"{plain(share['label'])} · {stamp(share['created'])}")
-            st.code(shares.share_url(base, share["token"]), language=None, wrap_lines=True)
+            for link in space.links(_origin(), {"share": share["token"]}):
+                st.code(link["url"], language=None, wrap_lines=True)
             if st.button("Revoke", icon=":material/link_off:", key=f"share-revoke-{share['token']}",
                          help="The link stops working at once."):
                 shares.revoke_share(ws, share["token"])
                 st.rerun()
-    page = base.split("?")[0] if base.split("?")[0].rstrip("/").endswith("Deploy") else base.split("?")[0].rstrip("/") + "/Deploy"
-    own = f"{page}?" + (f"w={ws.home.name}&" if settings.public_mode() else "") + f"project={project_id}&model={choice}"
     with st.expander("Your own link to this page"):
-        st.code(own, language=None, wrap_lines=True)
+        for link in own_links("deploy", project=project_id, model=choice):
+            st.code(link["url"], language=None, wrap_lines=True)
         st.caption("It opens this project with this model selected" + (
             ", in your whole workspace (projects, data, runs): keep it to yourself, to come back later."
             if settings.public_mode() else "."))

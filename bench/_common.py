@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+import shlex
 import statistics
 import sys
 import time
@@ -83,3 +85,25 @@ def emit_json(result: dict) -> None:
             return [clean(v) for v in value]
         return value
     print(json.dumps(clean(result)), flush=True)
+
+
+def dockerfile_start(dockerfile: Path = REPO / "Dockerfile") -> tuple[dict, list[str]]:
+    """The Dockerfile's ENV (continuation lines joined, $VARIABLES expanded in order) and its CMD: how the Space
+    starts the app, read from the file so a benchmark or test that starts it the same way cannot drift from it."""
+    lines = [line for line in dockerfile.read_text().splitlines() if not line.lstrip().startswith("#")]
+    joined = re.sub(r"\\\n", " ", "\n".join(lines))
+    env: dict[str, str] = {}
+    for line in joined.splitlines():
+        if line.startswith("ENV "):
+            for pair in shlex.split(line[4:]):
+                key, value = pair.split("=", 1)
+                env[key] = re.sub(r"\$(\w+)", lambda m: env.get(m.group(1), os.environ.get(m.group(1), "")), value)
+    cmd = json.loads(re.search(r"^CMD (\[.*\])$", joined, re.MULTILINE).group(1))
+    return env, cmd
+
+
+def with_option(cmd: Sequence[str], name: str, value: str) -> list[str]:
+    """`cmd` with the value after `name` replaced (the port or address of the Dockerfile's CMD)."""
+    changed = list(cmd)
+    changed[changed.index(name) + 1] = value
+    return changed

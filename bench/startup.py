@@ -8,10 +8,19 @@
    "retuned": other epochs, learning rate and training-set size (2,000 images), which the same compiled
    program serves (they are its arguments), so it too only loads the cached program.
 
+3. --space: a cold Space's first visitor. The app starts exactly as the Dockerfile's ENV and CMD start it (read
+   from the file; port, address and workspace folder changed to loopback and temporary ones, SPACE_ID set), in
+   a fresh workspace with the Fashion-MNIST files present. From the moment the health check answers: seconds
+   until headless Chromium shows the first page's photo uploader, and until a real phone photo
+   (samples/t-shirt.jpg) uploaded there is answered with a class. The browser is started before the server,
+   so its own start-up is not counted.
+
     python bench/startup.py [--repeats 3] [--json]
     python bench/startup.py --quick --json      # synthetic data, one app start, for CI
+    python bench/startup.py --space [--repeats 3] [--arrive-after 0] [--json]
 
-JSON keys: app_first_page_s, train_first_record_cold_s, train_first_record_warm_s, compile_cold_s,
+JSON keys (--space: space_first_page_s, space_photo_answer_s, space_upload_to_answer_s and samples): app_first_page_s,
+train_first_record_cold_s, train_first_record_warm_s, compile_cold_s,
 compile_warm_s, train_first_record_retuned_s, compile_retuned_s, plus the individual samples and the load average.
 """
 from __future__ import annotations
@@ -26,6 +35,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import _common
 from _common import emit_json, load_average, median, print_table
@@ -98,6 +108,76 @@ def app_first_page_seconds(home: Path, timeout: float = 120.0) -> float:
             process.kill()
 
 
+def space_first_visit(home: Path, browser: Any, arrive_after: float = 0.0) -> dict:
+    """{'first_page_s', 'photo_answer_s', 'upload_to_answer_s'} for a new Space container's first visitor, who
+    opens the page `arrive_after` seconds after the health check's first answer (the first two are counted from
+    the visitor's arrival)."""
+    docker_env, cmd = _common.dockerfile_start()
+    port = _free_port()
+    cmd = _common.with_option(_common.with_option(cmd, "--server.port", str(port)), "--server.address", "127.0.0.1")
+    env = {**os.environ, **docker_env, "PATH": os.environ["PATH"], "HOME": str(home), "SPACE_ID": "bench/studio",
+           "FMNIST_HOME": str(home / "fmnist-home")}
+    process = subprocess.Popen([sys.executable, "-m", *cmd], cwd=_common.REPO, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.perf_counter() + 180
+        while time.perf_counter() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"the app exited with status {process.returncode}")
+            try:
+                if _get(base + "/_stcore/health", timeout=1.0)[0] == 200:
+                    break
+            except OSError:
+                time.sleep(0.05)
+        time.sleep(arrive_after)
+        healthy = time.perf_counter()
+        page = browser.new_page(viewport={"width": 390, "height": 844})
+        page.set_default_timeout(120_000)
+        page.goto(base)
+        page.get_by_test_id("stFileUploaderDropzone").first.wait_for()
+        first_page = time.perf_counter() - healthy
+        uploaded = time.perf_counter()
+        page.locator("input[type='file']").first.set_input_files(str(_common.REPO / "samples" / "t-shirt.jpg"))
+        page.get_by_text("t-shirt.jpg →").first.wait_for()
+        answered = time.perf_counter()
+        page.close()
+        return {"first_page_s": first_page, "photo_answer_s": answered - healthy, "upload_to_answer_s": answered - uploaded}
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def space_main(repeats: int, as_json: bool, arrive_after: float) -> None:
+    """The --space measurement: `repeats` new containers, each with its own fresh workspace."""
+    from playwright.sync_api import sync_playwright
+
+    load_before = load_average()
+    with sync_playwright() as playwright, tempfile.TemporaryDirectory(prefix="fmnist-space-") as tmp:
+        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        samples = [space_first_visit(Path(tmp) / f"container-{i}", browser, arrive_after) for i in range(repeats)]
+        browser.close()
+    pages, answers = [s["first_page_s"] for s in samples], [s["photo_answer_s"] for s in samples]
+    uploads = [s["upload_to_answer_s"] for s in samples]
+    result = {"space_first_page_s": round(median(pages), 2), "space_photo_answer_s": round(median(answers), 2),
+              "space_upload_to_answer_s": round(median(uploads), 2), "arrive_after_s": arrive_after,
+              "space_first_page_samples_s": [round(v, 2) for v in pages],
+              "space_photo_answer_samples_s": [round(v, 2) for v in answers],
+              "load_average": [load_before, load_average()]}
+    print(f"a new Space container's first visitor ({os.cpu_count()} cores), arriving {arrive_after:g} s after the "
+          f"health check's first answer; seconds from that arrival")
+    print_table(["what", "median s", "samples"], [
+        ["first page: the photo uploader drawn", result["space_first_page_s"], ", ".join(f"{v:.2f}" for v in pages)],
+        ["a phone photo answered with a class", result["space_photo_answer_s"], ", ".join(f"{v:.2f}" for v in answers)],
+        ["  of which: upload -> answer", result["space_upload_to_answer_s"], ", ".join(f"{v:.2f}" for v in uploads)]])
+    if as_json:
+        emit_json(result)
+
+
 def first_record(home: Path, preset: str, quick: bool, retuned: bool = False) -> dict:
     """{'first_record_s', 'compile_s'} of a fresh process training with `home` as its workspace (and compile cache);
     `retuned`: 3 epochs at learning rate 3e-3 on 2,000 images (or 300, quick) instead of 1 epoch at 1e-3 on all."""
@@ -117,7 +197,14 @@ def main() -> None:
     parser.add_argument("--preset", default="fast")
     parser.add_argument("--quick", action="store_true", help="synthetic data, one app start, for CI")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    parser.add_argument("--space", action="store_true",
+                        help="a new Space container's first visitor: first page and first photo answer, in Chromium")
+    parser.add_argument("--arrive-after", type=float, default=0.0,
+                        help="--space: seconds between the health check's first answer and the visitor's arrival")
     args = parser.parse_args()
+    if args.space:
+        space_main(args.repeats, args.json, args.arrive_after)
+        return
     repeats = 1 if args.quick else args.repeats
     load_before = load_average()
 

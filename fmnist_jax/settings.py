@@ -5,13 +5,40 @@ import os
 from pathlib import Path
 
 DEFAULT_HOME = Path.home() / ".fmnist_jax"
+# A Hugging Face Space's optional persistent storage is mounted here; the rest of a Space's disk is wiped by
+# every restart and rebuild.
+SPACE_STORAGE = Path("/data")
+
+
+def space_storage() -> Path | None:
+    """The Space's persistent storage when this runs on a Space that has it (a writable /data), else None."""
+    if not os.environ.get("SPACE_ID"):
+        return None
+    return SPACE_STORAGE if SPACE_STORAGE.is_dir() and os.access(SPACE_STORAGE, os.W_OK | os.X_OK) else None
+
+
+def default_home() -> Path:
+    """Where the workspace goes when nothing names it: `FMNIST_HOME`; else, on a Space with persistent storage,
+    /data/fmnist-home, so projects outlive restarts; else ~/.fmnist_jax."""
+    if os.environ.get("FMNIST_HOME"):
+        return Path(os.environ["FMNIST_HOME"]).expanduser()
+    storage = space_storage()
+    return storage / "fmnist-home" if storage else DEFAULT_HOME
 
 
 def home_dir(home: str | os.PathLike | None = None) -> Path:
-    """The workspace folder (`FMNIST_HOME`, default ~/.fmnist_jax), created on first use."""
-    path = Path(home or os.environ.get("FMNIST_HOME") or DEFAULT_HOME).expanduser()
+    """The workspace folder (`home`, else default_home()), created on first use."""
+    path = Path(home).expanduser() if home else default_home()
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def storage_is_ephemeral() -> bool:
+    """True on a Space whose workspace is not on its persistent storage: a restart or rebuild deletes it."""
+    if not os.environ.get("SPACE_ID"):
+        return False
+    home = default_home().resolve()
+    return not home.is_relative_to(SPACE_STORAGE.resolve()) or space_storage() is None
 
 
 def data_dir(data_dir: str | os.PathLike | None = None) -> Path | None:

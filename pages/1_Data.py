@@ -20,7 +20,7 @@ from fmnist_jax.studio import projects as proj
 
 UPLOAD = "upload"
 
-ui.frame()
+ui.frame("data")
 ui.page_title("1", "Data", "Choose the images, how they are split into train / validation / test, "
                            "and how training batches are augmented.")
 project = ui.require_project()

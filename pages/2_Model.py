@@ -16,7 +16,7 @@ from fmnist_jax.studio import projects as proj
 
 DRAFT = "model-draft"
 
-ui.frame()
+ui.frame("model")
 ui.page_title("2", "Model", "Stack layers into a network. Every change is checked at once: shapes, parameters and "
                             "compute update as you edit, and only a valid model is saved for training.")
 project = ui.require_project()

@@ -23,7 +23,7 @@ SCHEDULE_LABELS = {"constant": "Constant", "cosine": "Cosine decay", "warmup_cos
 BATCH_SIZES = [8, 16, 32, 64, 96, 128, 192, 256, 384, 512, 1024, 2048]
 LR_STOPS = [float(f"{m}e{e}") for e in range(-6, 0) for m in (1, 2, 3, 5)] + [1.0]  # 1e-6, 2e-6, 3e-6, 5e-6 ... 1
 
-ui.frame()
+ui.frame("hyper")
 ui.page_title("3", "Hyperparameters", "How the model learns. Change the settings and press Save; invalid combinations "
                                       "are explained before training can start.")
 project = ui.require_project()

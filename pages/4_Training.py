@@ -22,7 +22,7 @@ STATUS_LABELS = {"queued": ":orange-badge[:material/hourglass_top: queued]",
                  "cancelled": ":gray-badge[:material/cancel: cancelled]",
                  "failed": ":red-badge[:material/error: failed]"}
 
-ui.frame()
+ui.frame("training")
 ui.page_title("4", "Training", "Train the model in the background and watch it learn. You can switch pages or "
                                "refresh: the run keeps going and this page picks it up again.")
 project = ui.require_project()
@@ -231,7 +231,7 @@ st.fragment(live_panel, run_every=1.0 if is_active else None)()
 # ----------------------------------------------------------------------------- history
 
 st.subheader("Run history")
-runs = tasks.runs_table(ws, pid)
+runs = tasks.runs_table(ws, pid, registry)
 if not runs:
     st.info("Finished, stopped and failed runs of this project will be listed here.", icon=":material/history:")
     st.stop()
@@ -246,11 +246,11 @@ st.dataframe(table, hide_index=True, width="stretch", column_config={
     "status": st.column_config.TextColumn(width="medium"),  # "completed" was cut to "completec"
     "test acc.": st.column_config.ProgressColumn(format="percent", min_value=0.0, max_value=1.0)})
 
-resumable = [r for r in runs if r["status"] in ("stopped", "failed", "running") and
+resumable = [r for r in runs if r["status"] in tasks.RESUMABLE and
              not (current and current["status"] in ("queued", "running") and current["name"] == r["id"])]
 if resumable and not is_active:
     a, b = st.columns([3, 1], vertical_alignment="bottom")
-    choice = a.selectbox("Resume a stopped run", [r["id"] for r in resumable], key=f"resume-{pid}",
+    choice = a.selectbox("Resume a stopped or interrupted run", [r["id"] for r in resumable], key=f"resume-{pid}",
                          help="Continue from the run's last checkpoint with the run's own settings.")
     if b.button("Resume", icon=":material/resume:", width="stretch"):
         _resume(choice)

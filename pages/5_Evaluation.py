@@ -17,7 +17,7 @@ from fmnist_jax.studio import charts, estimates, tasks
 GALLERY_LIMIT = 48
 PERCENT = "%.2f%%"
 
-ui.frame()
+ui.frame("evaluation")
 ui.page_title("5", "Evaluation", "How well a trained run does on test images it never saw, and where it goes wrong.")
 project = ui.require_project()
 pid = project["id"]

@@ -16,7 +16,7 @@ from fmnist_jax.studio import tasks
 
 DEMO = "demo"
 
-ui.frame()
+ui.frame("deploy")
 ui.page_title("6", "Deploy", "Try a model on your own photos. Each photo goes through the same preparation as the "
                              "model's training images (described under the model you choose), then the model answers.")
 project = ui.require_project()

@@ -75,7 +75,7 @@ def real_home(shared_home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 # Tests that start a server, a browser or many sessions and hold them to time limits: pytest-xdist runs them one
 # after another in one worker ("servers"), so two of them never compete for the cores; every other module stays
 # whole on one worker (its module-scoped fixtures, such as a trained model, are built once).
-SERVER_MODULES = {"test_browser.py", "test_docs_offline.py", "test_load_ui.py", "test_hosted_api.py", "test_load.py", "test_serve.py"}
+SERVER_MODULES = {"test_browser.py", "test_docs_offline.py", "test_space_browser.py", "test_restart.py", "test_load_ui.py", "test_hosted_api.py", "test_load.py", "test_serve.py"}
 SERVER_BENCHES = ("test_load_test_", "test_startup_")
 
 

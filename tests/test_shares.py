@@ -48,7 +48,14 @@ def test_bad_tokens_deleted_models_and_missing_weights(owner, tmp_path: Path) ->
                                 home=home)["source"] == "demo"
 
 
-def test_share_urls_point_at_the_home_page_only() -> None:
+def test_share_urls_point_at_the_home_page_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fmnist_jax.studio import space
+
     token = "A" * 22
-    assert shares.share_url("https://x.hf.space/Deploy?w=secret&project=p", token) == f"https://x.hf.space/?share={token}"
-    assert shares.share_url("http://localhost:8501/", token) == f"http://localhost:8501/?share={token}"
+    monkeypatch.delenv("SPACE_ID", raising=False)
+    assert space.links("http://localhost:8501", {"share": token}) == [
+        {"label": "The app on its own", "url": f"http://localhost:8501/?share={token}"}]
+    monkeypatch.setenv("SPACE_ID", "owner/studio")
+    monkeypatch.setenv("SPACE_HOST", "owner-studio.hf.space")
+    assert [link["url"] for link in space.links("http://10.0.0.1:8501", {"share": token})] == [
+        f"https://huggingface.co/spaces/owner/studio?share={token}", f"https://owner-studio.hf.space/?share={token}"]

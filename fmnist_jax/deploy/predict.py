@@ -2,6 +2,10 @@
 """
 from __future__ import annotations
 
+import io
+import logging
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +16,10 @@ from fmnist_jax.photos.pipeline import preprocess_photo
 from fmnist_jax.photos.pipeline_params import resolve_preprocess
 
 DEMO_DIR = Path(__file__).resolve().parents[2] / "models" / "demo"
+_LOG = logging.getLogger(__name__)
+_DEMO: Any = None
+_DEMO_LOCK = threading.Lock()
+_WARMING: threading.Thread | None = None
 
 
 # ----------------------------------------------------------------------------- models and prediction
@@ -50,6 +58,59 @@ def load_model(source: str, home: str | Path | None = None) -> Any:
     if path.is_dir() and (path / "model.json").is_file():
         return bundle.load_model_dir(path)
     raise ValueError(f"{source!r} is not a model: give a run folder (with run.json), an exported bundle (.zip) or 'demo'")
+
+
+def demo_model() -> Any:
+    """The shipped demo model, loaded once per process and shared read-only (its weights never change)."""
+    global _DEMO
+    with _DEMO_LOCK:
+        if _DEMO is None:
+            _DEMO = load_model("demo")
+        return _DEMO
+
+
+def _warm_photo() -> bytes:
+    """A 640x480 JPEG of a dark garment-like shape on a light floor: the photo pipeline's whole path (decode,
+    segmentation, crop) runs on it, as on a visitor's phone photo."""
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (640, 480), (205, 200, 190))
+    ImageDraw.Draw(image).polygon([(250, 90), (390, 90), (470, 170), (420, 200), (410, 400), (230, 400), (220, 200),
+                                   (170, 170)], fill=(40, 60, 120))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def warm_demo() -> float:
+    """Everything the first page does with a visitor's photo, done once ahead: load the demo model, run a photo
+    through the pipeline and the model, and draw its saliency map, so their compilation is not the first
+    visitor's wait. Returns the seconds it took."""
+    from fmnist_jax.deploy import explain
+
+    start = time.perf_counter()
+    model = demo_model()
+    photo = preprocess_photo(_warm_photo(), model.preprocess, model.input_shape)
+    predict_files(model, [("warm-up.jpg", _warm_photo())])
+    explain.explain(model, photo.model_input[None])
+    return time.perf_counter() - start
+
+
+def warm_demo_in_background() -> None:
+    """Start warm_demo in a daemon thread, once per process (the server's start); a failure is logged, and the
+    first visitor then simply loads the model themselves."""
+    global _WARMING
+
+    def work() -> None:
+        try:
+            _LOG.info("demo model warm in %.1f s", warm_demo())
+        except Exception:  # never the server's problem: the page loads the model itself if this failed
+            _LOG.exception("warming the demo model failed")
+
+    with _DEMO_LOCK:
+        if _WARMING is None:
+            _WARMING = threading.Thread(target=work, name="warm-demo", daemon=True)
+            _WARMING.start()
 
 
 def _record(name: str, probs: np.ndarray, class_names: tuple[str, ...], steps: list, unsure: bool) -> dict:

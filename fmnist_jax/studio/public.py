@@ -46,7 +46,8 @@ class PublicLimits(Settings):
     max_job_tflop: Real = Field(300.0, gt=0, title="compute per job (TFLOP)")
     max_job_minutes: Real = Field(60.0, gt=0, title="minutes per job")  # then the job stops, its checkpoint kept
     workspace_mb: Whole = Field(1024, gt=0, title="disk per workspace (MB)")  # uploads, runs and checkpoints
-    disk_gb: Real = Field(30.0, gt=0, title="disk for all workspaces (GB)")  # a free Space has 50 GB
+    # All workspaces together; unset: what the workspace's disk has free, less DISK_RESERVE (check_disk).
+    disk_gb: Real | None = Field(None, gt=0, title="disk for all workspaces (GB)")
     upload_cap_mb: Whole = Field(100, gt=0, title="upload size (MB)")  # also STREAMLIT_SERVER_MAX_UPLOAD_SIZE (Dockerfile)
     idle_hours: Real = Field(24.0, gt=0, title="idle hours")  # workspaces untouched this long are deleted
 
@@ -194,6 +195,12 @@ def disk_bytes(folder: Path) -> int:
     return total
 
 
+# Without FMNIST_PUBLIC_DISK_GB, visitors may fill the disk up to this much left free (the larger of the two),
+# for the server's own caches, logs and the running jobs' next checkpoints.
+DISK_RESERVE_BYTES = 2 * 2**30
+DISK_RESERVE_SHARE = 0.05
+
+
 def check_disk(workspace: Path, adding_bytes: int = 0, caps: PublicLimits | None = None,
                home: str | os.PathLike | None = None) -> None:
     """ValueError when writing `adding_bytes` more would take a visitor's workspace, or all of them together,
@@ -204,10 +211,17 @@ def check_disk(workspace: Path, adding_bytes: int = 0, caps: PublicLimits | None
         raise ValueError(f"your workspace uses {used / 2**20:,.0f} MB of its {caps.workspace_mb:,} MB and this needs "
                          f"about {adding_bytes / 2**20:,.0f} MB more; delete runs (Training page) or uploaded datasets "
                          f"(Data page) first")
+    later = "try again later, when idle workspaces have been cleaned up, or run the studio on your own machine"
+    if caps.disk_gb is None:  # the disk itself is the cap: a Space's disk size depends on its hardware
+        disk = shutil.disk_usage(visitors_root(home))
+        reserve = max(DISK_RESERVE_BYTES, DISK_RESERVE_SHARE * disk.total)
+        if adding_bytes > disk.free - reserve:
+            raise ValueError(f"this Space's disk is full ({disk.free / 2**30:,.1f} GB free, {reserve / 2**30:,.1f} GB "
+                             f"of it kept for the server); {later}")
+        return
     everyone = disk_bytes(visitors_root(home))
     if everyone + adding_bytes > caps.disk_gb * 2**30:
-        raise ValueError(f"this Space's disk is full ({everyone / 2**30:,.1f} of {caps.disk_gb:g} GB); try again "
-                         f"later, when idle workspaces have been cleaned up, or run the studio on your own machine")
+        raise ValueError(f"this Space's disk is full ({everyone / 2**30:,.1f} of {caps.disk_gb:g} GB); {later}")
 
 
 def run_bytes(params: int) -> int:

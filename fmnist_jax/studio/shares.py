@@ -87,9 +87,3 @@ def revoke_share(workspace: store.Workspace, token: str, home: str | os.PathLike
     if owner != str(workspace.home):
         raise ValueError("this share link is not one of yours")
     path.unlink(missing_ok=True)
-
-
-def share_url(base_url: str, token: str) -> str:
-    """The link to give away: the studio's home page with the token (no workspace key, no project)."""
-    root = re.sub(r"/(Data|Model|Hyperparameters|Training|Evaluation|Deploy)/?$", "", base_url.split("?")[0].rstrip("/"))
-    return f"{root}/?share={token}"

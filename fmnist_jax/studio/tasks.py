@@ -154,12 +154,17 @@ def warm_up(ws: store.Workspace, project: dict) -> tuple[str, Callable[[Progress
     return key, work
 
 
+# Run statuses a run can continue from: stopped by its owner or a time limit, failed, or interrupted (run.json
+# still says "running" because the server stopped mid-run; runs_table shows it as "interrupted").
+RESUMABLE = ("stopped", "failed", "running", "interrupted")
+
+
 def resume_training(ws: store.Workspace, project: dict, run_id: str, registry: Any = None) -> dict:
     """Queue a job that continues a stopped run from its last checkpoint, with the run's own settings."""
     registry = registry or get_registry()
     run_dir = store.safe_child(ws.runs_dir(project["id"]), run_id)
     run = store.read_json(run_dir / "run.json")
-    if run.get("status") not in ("stopped", "failed", "running"):
+    if run.get("status") not in RESUMABLE:
         raise ValueError(f"run {run_id} is {run.get('status')}; only a stopped or interrupted run can be resumed")
     store.load_latest_checkpoint(run_dir)  # StoreError with the reason if nothing usable is there
     cfg = TrainConfig.from_dict(run["config"])
@@ -276,12 +281,18 @@ def starting_model(ws: store.Workspace, project: dict, spec: list) -> str:
     return source
 
 
-def runs_table(ws: store.Workspace, project_id: str) -> list[dict]:
-    """The run history rows (newest first) with elapsed time and weights availability."""
+def runs_table(ws: store.Workspace, project_id: str, registry: Any = None) -> list[dict]:
+    """The run history rows (newest first) with elapsed time and weights availability. A run whose run.json
+    still says "running" while no job of this server trains it was cut off (the server stopped or died): it is
+    "interrupted", and resumable from its last checkpoint."""
+    registry = registry or get_registry()
+    training = {job["name"] for job in registry.queue()
+                if job["project_id"] == project_id and job["owner"] == owner_of(ws)}
     rows = []
     for run in ws.list_runs(project_id):
         path = Path(run.get("path", ""))
-        rows.append({**run, "has_weights": (path / "model.msgpack").exists()})
+        status = "interrupted" if run.get("status") == "running" and run.get("id") not in training else run.get("status")
+        rows.append({**run, "status": status, "has_weights": (path / "model.msgpack").exists()})
     return rows
 
 
