@@ -77,6 +77,14 @@ def _get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
         return response.status, response.read()
 
 
+def _stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
 def app_first_page_seconds(home: Path, timeout: float = 120.0) -> float:
     """Seconds from launching `streamlit run app.py` to a healthy server that served the home page HTML."""
     port = _free_port()
@@ -101,11 +109,7 @@ def app_first_page_seconds(home: Path, timeout: float = 120.0) -> float:
             time.sleep(0.05)
         raise RuntimeError(f"the app did not serve its first page within {timeout:.0f} s")
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        _stop(process)
 
 
 def space_first_visit(home: Path, browser: Any, arrive_after: float = 0.0) -> dict:
@@ -144,11 +148,7 @@ def space_first_visit(home: Path, browser: Any, arrive_after: float = 0.0) -> di
         page.close()
         return {"first_page_s": first_page, "photo_answer_s": answered - healthy, "upload_to_answer_s": answered - uploaded}
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        _stop(process)
 
 
 def space_main(repeats: int, as_json: bool, arrive_after: float) -> None:

@@ -78,14 +78,19 @@ def studio(workspace: Path):
         wait_for_health(url, process)
         yield url
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+        stop_server(process)
         log.close()
         ARTIFACTS.mkdir(exist_ok=True)
         shutil.copy(workspace / "streamlit.log", ARTIFACTS / "streamlit.log")
+
+
+def stop_server(process: subprocess.Popen) -> None:
+    """SIGTERM to a server's whole process group (started with start_new_session), SIGKILL if it lingers."""
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
 
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]

@@ -21,7 +21,7 @@ from fmnist_jax.model import presets
 from fmnist_jax.studio import projects as proj
 from fmnist_jax.studio import shares
 from fmnist_jax.training import config
-from test_browser import ARTIFACTS, CHROMIUM, CHROMIUM_FLAGS, free_port, wait_for_health
+from test_browser import ARTIFACTS, CHROMIUM, CHROMIUM_FLAGS, free_port, stop_server, wait_for_health
 
 pytestmark = [
     pytest.mark.slow,
@@ -118,5 +118,4 @@ def test_a_restart_keeps_projects_runs_and_share_links_and_resumes_the_cut_off_r
         assert not list(home.rglob("*.tmp"))  # no half-written file anywhere
     finally:
         if server.poll() is None:
-            os.killpg(server.pid, signal.SIGTERM)
-            server.wait(timeout=30)
+            stop_server(server)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import http.server
 import os
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -20,7 +19,7 @@ from conftest import REPO, real_data_dir
 
 sys.path.insert(0, str(REPO / "bench"))
 from _common import dockerfile_start, with_option  # noqa: E402  (the Dockerfile's ENV and CMD, as the bench reads them)
-from test_browser import ARTIFACTS, CHROMIUM, CHROMIUM_FLAGS, free_port, wait_for_health
+from test_browser import ARTIFACTS, CHROMIUM, CHROMIUM_FLAGS, free_port, stop_server, wait_for_health
 from upload_samples import folder_zip
 
 pytestmark = [
@@ -84,11 +83,7 @@ def space_app(tmp_path: Path):
         yield app_url, parent_url
     finally:
         parent.shutdown()
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
+        stop_server(server)
         log.close()
         ARTIFACTS.mkdir(exist_ok=True)
         (ARTIFACTS / "space.log").write_text((tmp_path / "space.log").read_text())
