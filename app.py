@@ -11,7 +11,7 @@ from fmnist_jax import settings, store
 from fmnist_jax.data.uploads import limits as upload_limits
 from fmnist_jax.studio import archive
 from fmnist_jax.studio import projects as proj
-from fmnist_jax.studio import public
+from fmnist_jax.studio import public, tasks
 
 HOW_IT_WORKS = [
     (":material/dataset:", "Data", "Split Fashion-MNIST's 70,000 garment images into train, validation and test; "
@@ -165,7 +165,7 @@ def _manage_project(project: dict) -> None:
             yes, no = st.columns(2)
             if yes.button("Yes, delete", key=f"yes-delete-{pid}", type="primary"):
                 active = ui.registry().for_project(pid, ui.owner())
-                if active and active["status"] in ("queued", "running"):
+                if active and active["status"] in tasks.ACTIVE:
                     st.error("Stop this project's training first.", icon=":material/error:")
                 else:
                     try:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -235,7 +234,7 @@ def warm_up(project: dict) -> None:
     """Prepare and compile the project's next training in the background (once per settings), so Start is
     quick; nothing happens when the project cannot train yet or is already training."""
     active = registry().for_project(project["id"], owner())
-    if active and active["status"] in ("queued", "running"):
+    if active and active["status"] in tasks.ACTIVE:
         return
     try:
         key, work = tasks.warm_up(workspace(), project)
@@ -255,7 +254,7 @@ def background() -> Any:
 def watch_task(snap: dict, on_done: Callable[[Any], None] | None = None) -> None:
     """Show a background task where the page calls this: its progress and a Cancel button while it runs (redrawn
     every second, on its own), then its result (`on_done`, once), its error, or that it was cancelled."""
-    if snap["status"] in ("queued", "running"):
+    if snap["status"] in tasks.ACTIVE:
         st.fragment(_task_progress, run_every=1.0)(snap["id"])
     elif snap["status"] == "done":
         if on_done is not None:
@@ -283,7 +282,7 @@ def in_fragment_run() -> bool:
 
 def _task_progress(task_id: int) -> None:
     snap = background().get(task_id)
-    if snap is None or snap["status"] not in ("queued", "running"):
+    if snap is None or snap["status"] not in tasks.ACTIVE:
         if in_fragment_run():
             st.rerun(scope="app")  # ended: the whole page shows the outcome
         return
@@ -583,9 +582,7 @@ def shared_model_page(token: str) -> None:
     st.title(":material/checkroom: What garment is this?")
     st.caption(f"A model shared from Fashion-MNIST Studio (*{plain(share['label'])}*). Upload photos of garments or "
                "take one to see what it predicts; this link lets you predict with this model only.")
-    weights = Path(share["source"]) / "model.msgpack"
-    stamp = str(weights.stat().st_mtime_ns) if share["source"] != "demo" and weights.exists() else "demo"
-    try_a_photo(share["source"], stamp, key=f"share-{token}")
+    try_a_photo(share["source"], store.weights_stamp(share["source"]), key=f"share-{token}")
     st.divider()
     st.page_link("app.py", label="Train your own model in the studio", icon=":material/model_training:")
     st.stop()

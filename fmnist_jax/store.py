@@ -108,6 +108,28 @@ def atomic_write_json(path: Path, value: Any) -> None:
     atomic_write_bytes(path, json.dumps(value, indent=2, sort_keys=False, default=_json_default).encode())
 
 
+def weights_stamp(source: str | os.PathLike) -> str:
+    """The cache key of a model's weights: "demo" for the shipped model (it never changes), "" where a folder has no
+    model.msgpack yet, else the file's modification time and size, which change whenever training rewrites it."""
+    if str(source) == "demo":
+        return "demo"
+    try:
+        info = (Path(source) / "model.msgpack").stat()
+    except OSError:
+        return ""
+    return f"{info.st_mtime_ns}-{info.st_size}"
+
+
+def update_run(run_dir: str | os.PathLike, **changes: Any) -> dict:
+    """Change fields of a run's run.json in one atomic write (the one way every module changes it); returns it."""
+    path = Path(run_dir) / "run.json"
+    record = read_json(path)
+    record.pop("schema", None)
+    record.update(changes)
+    atomic_write_json(path, record)
+    return record
+
+
 def _json_default(value: Any) -> Any:
     if hasattr(value, "item"):
         return value.item()

@@ -8,7 +8,7 @@ import studio_ui as ui
 from fmnist_jax import checks
 from fmnist_jax.data import catalogue
 from fmnist_jax.model import layer_specs, presets
-from fmnist_jax.studio import charts, estimates, sweeps
+from fmnist_jax.studio import charts, estimates, sweeps, tasks
 from fmnist_jax.studio import projects as proj
 from fmnist_jax.training import config, optim
 
@@ -269,7 +269,7 @@ st.caption("Try many settings without babysitting: each combination trains as a 
            "training queue, one after another, until they are done or the budget is spent. The best is chosen on "
            "validation accuracy.")
 sweep_task = next(iter(ui.background().owned(ui.owner(), "sweep", pid)), None)
-if sweep_task is None or sweep_task["status"] not in ("queued", "running"):
+if sweep_task is None or sweep_task["status"] not in tasks.ACTIVE:
     with st.form(f"sweep-form-{pid}"):
         a, b, c = st.columns(3)
         chosen_presets = a.multiselect("Presets", list(presets.PRESETS), default=[proj.preset_of(project) or "fast"])

@@ -130,7 +130,7 @@ def live_panel() -> None:
 
 
 def _live_panel(snap: dict | None) -> None:
-    active = bool(snap and snap["status"] in ("queued", "running"))
+    active = bool(snap and snap["status"] in tasks.ACTIVE)
     controls = st.columns([3, 1, 1], vertical_alignment="bottom")
     controls[0].text_input("Run name (optional)", key=f"run-name-{pid}", max_chars=60, disabled=active,
                            placeholder="e.g. adam-cosine-5ep", help="Names the run's folder; default: the start time.")
@@ -220,7 +220,7 @@ def _live_panel(snap: dict | None) -> None:
 
 
 current = registry.for_project(pid, ui.owner())
-is_active = bool(current and current["status"] in ("queued", "running"))
+is_active = bool(current and current["status"] in tasks.ACTIVE)
 if not is_active and problem is None:
     ui.warm_up(ui.workspace().get_project(pid))  # compile now, so Start only has to load the program
 if is_active:
@@ -247,7 +247,7 @@ st.dataframe(table, hide_index=True, width="stretch", column_config={
     "test acc.": st.column_config.ProgressColumn(format="percent", min_value=0.0, max_value=1.0)})
 
 resumable = [r for r in runs if r["status"] in tasks.RESUMABLE and
-             not (current and current["status"] in ("queued", "running") and current["name"] == r["id"])]
+             not (current and current["status"] in tasks.ACTIVE and current["name"] == r["id"])]
 if resumable and not is_active:
     a, b = st.columns([3, 1], vertical_alignment="bottom")
     choice = a.selectbox("Resume a stopped or interrupted run", [r["id"] for r in resumable], key=f"resume-{pid}",

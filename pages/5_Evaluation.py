@@ -2,7 +2,6 @@
 most-confused pairs and a filterable gallery of misclassified test images."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -37,8 +36,7 @@ run_id = st.selectbox("Run", list(labels), index=list(labels).index(best["id"]),
 run = next(r for r in runs if r["id"] == run_id)
 
 # The test-set pass runs in the background (cached in the run folder afterwards): it goes on if the page does not.
-weights = Path(run["path"]) / "model.msgpack"
-stamp = weights.stat().st_mtime_ns if weights.exists() else 0
+stamp = store.weights_stamp(run["path"])
 
 
 def _evaluate(progress: Any) -> dict:
@@ -165,7 +163,7 @@ looked = st.toggle("Show where the model looked", key=f"eval-explain-{pid}",
 shown = selected[first:first + GALLERY_LIMIT]
 tiles = {i: estimates.upscale(test_images[i], 4) for i in shown}
 if looked and shown:
-    model = ui.cached_model(run["path"], str(stamp))
+    model = ui.cached_model(run["path"], stamp)
     maps = explain.explain(model, test_images[shown])[0]
     tiles = {i: estimates.upscale(explain.overlay(test_images[i], m), 4) for i, m in zip(shown, maps)}
 # Fixed-size tiles in a wrapping row: eight or so across on a desktop, three on a phone (columns would stack

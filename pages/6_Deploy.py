@@ -3,7 +3,6 @@ each one what the pipeline did, the 28x28 image the model sees and the predicted
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 from typing import Any, Callable
 
 import streamlit as st
@@ -92,8 +91,7 @@ with left:
                           help="The model that answers here and behind the share link. Any run with trained weights "
                                "can be deployed; the demo model works before you have trained anything.")
     source = DEMO if choice == DEMO else runs[choice]["path"]
-    weights = None if choice == DEMO else Path(source) / "model.msgpack"
-    stamp = str(weights.stat().st_mtime_ns) if weights is not None and weights.exists() else "demo"
+    stamp = store.weights_stamp(source)
     try:
         with st.spinner("Loading the model…"):
             model = ui.cached_model(source, stamp)

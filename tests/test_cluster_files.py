@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import re
 import shlex
-from pathlib import Path
 
 import yaml
 from conftest import REPO
 
 from fmnist_jax.cli import main as cli
-from fmnist_jax.cli.train import cmd_train
+from fmnist_jax.cli.main import cmd_train
 from fmnist_jax.model import presets
 
 CLUSTER = REPO / "cluster"

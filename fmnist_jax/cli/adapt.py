@@ -75,10 +75,7 @@ def _calibrate(run_dir: Path, splits: Any, calibration_from: str | None) -> dict
     else:
         model = TrainedModel.from_run(run_dir)
         calibration = calibrate(model.predict_logits(splits.val_images), splits.val_labels)
-    record = store.read_json(run_dir / "run.json")
-    record.pop("schema", None)
-    record["calibration"] = calibration
-    store.atomic_write_json(run_dir / "run.json", record)
+    store.update_run(run_dir, calibration=calibration)
     return calibration
 
 

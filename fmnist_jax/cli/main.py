@@ -10,7 +10,7 @@ import sys
 from typing import Any, Sequence
 
 from fmnist_jax.cli.common import EXIT_USAGE, CliError, Parser, print_json
-from fmnist_jax.cli.train import cmd_evaluate, cmd_train
+from fmnist_jax.cli.train import cmd_evaluate, cmd_train_plain, join_processes
 
 # ----------------------------------------------------------------------------- presets
 
@@ -84,6 +84,20 @@ def _add_train_parser(sub: Any) -> None:
     p.add_argument("--process-id", type=int, metavar="I", help="--distributed: this process's rank, 0 to N-1")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     p.set_defaults(func=cmd_train)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """`train`: a plain run, or with --init-from / --photos the transfer-learning path (cli/adapt.py), which builds
+    on cli/train.py's helpers; routing here keeps the two modules from importing each other."""
+    from fmnist_jax.training.program import enable_compile_cache
+
+    join_processes(args)
+    enable_compile_cache()
+    if args.photos or args.init_from:
+        from fmnist_jax.cli.adapt import cmd_adapt
+
+        return cmd_adapt(args)
+    return cmd_train_plain(args)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -198,18 +198,6 @@ def is_lead_process() -> bool:
     return jax.process_index() == 0
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from fmnist_jax.training.program import enable_compile_cache
-
-    join_processes(args)
-    enable_compile_cache()
-    if args.photos or args.init_from:
-        from fmnist_jax.cli.adapt import cmd_adapt
-
-        return cmd_adapt(args)
-    return cmd_train_plain(args)
-
-
 def cmd_train_plain(args: argparse.Namespace, spec: list | None = None, init_weights: dict | None = None,
                     meta: dict | None = None) -> int:
     """Train a preset, a spec file, or (transfer learning) `spec` starting from `init_weights`."""

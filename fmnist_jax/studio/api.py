@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from pathlib import Path
 from typing import Any
 
 from fastapi import File, Header, HTTPException, Query, Request, UploadFile
 from fastapi.responses import JSONResponse
 
-from fmnist_jax import __version__, settings
+from fmnist_jax import __version__, settings, store
 from fmnist_jax.deploy import predict, serve
 from fmnist_jax.photos import decode
 from fmnist_jax.studio import public, shares
@@ -33,8 +32,7 @@ _MODELS_LOCK = threading.Lock()
 
 def _model(source: str) -> Any:
     """A loaded model, kept for the next request (the few most recently used); reloaded when its weights change."""
-    weights = Path(source) / "model.msgpack"
-    key = (source, str(weights.stat().st_mtime_ns) if source != shares.DEMO and weights.exists() else "")
+    key = (source, store.weights_stamp(source))
     with _MODELS_LOCK:
         if key in _MODELS:
             _MODELS.move_to_end(key)

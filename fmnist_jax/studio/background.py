@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 from fmnist_jax import store
 
+# The statuses of a job or task still to finish, in both registries (training jobs here and in jobs.py).
 ACTIVE = ("queued", "running")
 KEEP_FINISHED = 200
 KEEP_FINISHED_SECONDS = 1800.0

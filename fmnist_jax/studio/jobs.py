@@ -19,13 +19,12 @@ from fmnist_jax import store
 from fmnist_jax.data.splitting import Splits
 from fmnist_jax.deploy import predict
 from fmnist_jax.evaluate import metrics_from_probs
-from fmnist_jax.studio.background import poll_until
+from fmnist_jax.studio.background import ACTIVE, poll_until
 from fmnist_jax.training.config import TrainConfig
 from fmnist_jax.training.events import EventLog
 from fmnist_jax.training.loop import TrainingError, train
 from fmnist_jax.training.trained import TrainedModel
 
-ACTIVE = ("queued", "running")
 MAX_CHUNK_RECORDS = 5000
 FINISHED_CHUNK_RECORDS = 200   # a finished job keeps this many live-chart points (its epochs stay whole)
 KEEP_FINISHED = 100            # finished jobs the registry keeps (newest first); their runs stay on disk
@@ -61,10 +60,7 @@ def train_and_test(spec: Any, cfg: TrainConfig, splits: Splits, run_dir: str | P
             log = EventLog(Path(run_dir))
             log.test(metrics["accuracy"], metrics["loss"], done["epochs_completed"])
             log.close()
-            record = store.read_json(Path(run_dir) / "run.json")
-            record.pop("schema", None)
-            record.update(test_accuracy=metrics["accuracy"], test_loss=metrics["loss"], finished=time.time())
-            store.atomic_write_json(Path(run_dir) / "run.json", record)
+            store.update_run(run_dir, test_accuracy=metrics["accuracy"], test_loss=metrics["loss"], finished=time.time())
             store.atomic_write_json(Path(run_dir) / "evaluation-test.json",
                                     {k: v for k, v in metrics.items() if k != "predicted"})
     yield done
@@ -295,10 +291,7 @@ class JobRegistry:
             job.status, job.error, job.finished = "failed", message, time.time()
         try:
             if (job.run_dir / "run.json").exists():
-                record = store.read_json(job.run_dir / "run.json")
-                record.pop("schema", None)
-                record.update(status="failed", error=message)
-                store.atomic_write_json(job.run_dir / "run.json", record)
+                store.update_run(job.run_dir, status="failed", error=message)
         except store.StoreError:
             pass
 

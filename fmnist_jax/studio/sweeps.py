@@ -17,6 +17,7 @@ from pydantic import Field, field_validator
 
 from fmnist_jax.checks import Real, Settings, Whole, choice
 from fmnist_jax.model import presets
+from fmnist_jax.studio.background import ACTIVE
 from fmnist_jax.training.config import TrainConfig
 
 MODES = ("grid", "random")
@@ -154,7 +155,7 @@ def studio_sweep(ws: Any, project: dict, spec: SweepSpec, registry: Any, num_cla
                 job = start_training(ws, trial, f"{sweep_id}-{number:02d}", registry)
             except (ValueError, store.StoreError) as error:  # refused (a cap on a Space, a bad value): said, skipped
                 return {"val_accuracy": None, "error": str(error)}
-            while (snap := registry.get(job["id"])) and snap["status"] in ("queued", "running"):
+            while (snap := registry.get(job["id"])) and snap["status"] in ACTIVE:
                 try:
                     progress((number - 1 + job_progress(snap)["fraction"]) / len(planned),
                              f"trial {number} of {len(planned)} ({values['preset']}, lr {values['learning_rate']:g})")

@@ -13,6 +13,7 @@ from fmnist_jax import settings, store
 from fmnist_jax.data import catalogue, splitting
 from fmnist_jax.deploy import predict
 from fmnist_jax.model import layer_specs
+from fmnist_jax.studio.background import ACTIVE
 from fmnist_jax.studio.projects import (
     EVALUATION_FILE,
     Progress,
@@ -73,7 +74,7 @@ def start_training(ws: store.Workspace, project: dict, run_name: str | None = No
         public.check_job(figures)
         public.check_disk(ws.home, public.run_bytes(figures["params"]))
     active = registry.for_project(project["id"], owner_of(ws))
-    if active and active["status"] in ("queued", "running"):
+    if active and active["status"] in ACTIVE:
         raise ValueError("this project already has a training job queued or running; stop it or wait for it to finish")
     init_from = starting_model(ws, project, spec) if project.get("init_from") else None
     run_dir = ws.new_run_dir(project["id"], run_name or None)
@@ -313,7 +314,7 @@ def evaluate_run(ws: store.Workspace, project_id: str, run_id: str, progress: Pr
     weights = run_dir / "model.msgpack"
     if not weights.exists():
         raise store.StoreError(f"run {run_id} has no trained weights yet (still running, or it failed)")
-    stamp = [weights.stat().st_mtime_ns, weights.stat().st_size]
+    stamp = store.weights_stamp(run_dir)
     run = store.read_json(run_dir / "run.json")
     cache = run_dir / EVALUATION_FILE
     if cache.exists():

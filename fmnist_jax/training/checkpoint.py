@@ -70,8 +70,3 @@ def _write_run(run_path: Path, spec: list, cfg: TrainConfig, splits: Splits, run
     store.atomic_write_json(run_path / "run.json", record)
 
 
-def _update_run(run_path: Path, **changes: Any) -> None:
-    record = store.read_json(run_path / "run.json")
-    record.pop("schema", None)
-    record.update(changes)
-    store.atomic_write_json(run_path / "run.json", record)

@@ -10,7 +10,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Generator, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -24,7 +24,6 @@ from fmnist_jax.training.best import BestTracker
 from fmnist_jax.training.checkpoint import (
     _checkpoint,
     _jsonl,
-    _update_run,
     _write_run,
     state_from_bytes,
     state_to_bytes,
@@ -70,7 +69,7 @@ class RunWriter:
         """run.json at the start, with the start-up times (the Hyperparameters page's estimate reads them)."""
         if self.run_path is not None:
             _write_run(self.run_path, spec, cfg, splits, run_meta, status="running", history=history)
-            _update_run(self.run_path, setup_seconds=start["setup_seconds"], compile_seconds=start["compile_seconds"])
+            store.update_run(self.run_path, setup_seconds=start["setup_seconds"], compile_seconds=start["compile_seconds"])
 
     def mid_epoch(self, state: dict, epoch: int, step: int, sums: np.ndarray, best: BestTracker) -> None:
         """A checkpoint inside an epoch, at most every `checkpoint_seconds`."""
@@ -82,7 +81,7 @@ class RunWriter:
         """A checkpoint where a stop request cut the epoch; returns the run's status, "stopped"."""
         if self.run_path is not None:
             _checkpoint(self.run_path, state, epoch, step, sums, best.as_meta())
-            _update_run(self.run_path, status="stopped", epochs_completed=epochs_done)
+            store.update_run(self.run_path, status="stopped", epochs_completed=epochs_done)
         self.events.close()
         return "stopped"
 
@@ -95,19 +94,19 @@ class RunWriter:
             store.atomic_write_bytes(self.run_path / "best.msgpack", best.state)
         _checkpoint(self.run_path, state, record["epoch"], 0, np.zeros(3), best.as_meta())
         self.last_checkpoint = time.perf_counter()  # the next mid-epoch one comes checkpoint_seconds after this
-        _update_run(self.run_path, epochs_completed=epochs_done, best_val_accuracy=best.val_accuracy,
+        store.update_run(self.run_path, epochs_completed=epochs_done, best_val_accuracy=best.val_accuracy,
                     best_epoch=best.epoch, seconds=record["elapsed"])
 
     def failed(self, message: str) -> None:
         self.events.close()
         if self.run_path is not None:
-            _update_run(self.run_path, status="failed", error=message)
+            store.update_run(self.run_path, status="failed", error=message)
 
     def finished(self, final: dict, status: str, epochs_done: int) -> None:
         self.events.close()
         if self.run_path is not None:
             store.atomic_write_bytes(self.run_path / "model.msgpack", state_to_bytes(final))
-            _update_run(self.run_path, status=status, epochs_completed=epochs_done)
+            store.update_run(self.run_path, status=status, epochs_completed=epochs_done)
 
 
 def _resume(run_path: Path | None, state: Any, best: BestTracker) -> tuple[Any, int, int, np.ndarray, list, list]:
@@ -190,33 +189,31 @@ def _not_finite_message(loss: float, epoch: int, cfg: TrainConfig) -> str:
             f"lower the learning rate (now {cfg.learning_rate:g}) or enable gradient clipping")
 
 
-def _epoch_chunks(loop: _Loop, box: dict, epoch: int, step: int, sums: np.ndarray, stop: threading.Event,
-                  writer: RunWriter, best: BestTracker) -> Iterator[dict]:
-    """Run one epoch's chunks from `step`, yielding 'chunk' records; `box` carries the state and the outcome
-    ("ok", "stopped" or an error message) back to the caller."""
+def _epoch_chunks(loop: _Loop, state: dict, epoch: int, step: int, sums: np.ndarray, stop: threading.Event,
+                  writer: RunWriter, best: BestTracker) -> Generator[dict, None, tuple[dict, str, int]]:
+    """Run one epoch's chunks from `step`, yielding 'chunk' records; returns (state, outcome, step) with the
+    outcome "ok", "stopped" (at `step`) or an error message (`yield from` hands it to the caller)."""
     perm, epoch_key = loop.epoch_inputs(epoch)
     images, labels = loop.epoch_data(epoch, perm)
     while step < loop.steps_per_epoch:
         chunk_t0 = time.perf_counter()
-        box["state"], chunk_sums = loop.compiled(box["state"], images, labels, perm, epoch_key, jnp.int32(step), loop.plan)
+        state, chunk_sums = loop.compiled(state, images, labels, perm, epoch_key, jnp.int32(step), loop.plan)
         chunk_sums = np.asarray(chunk_sums, dtype=np.float64)
         step = min(step + loop.chunk_len, loop.steps_per_epoch)
         chunk_seconds = time.perf_counter() - chunk_t0
         if not np.isfinite(chunk_sums[0]):
-            box["outcome"] = _not_finite_message(chunk_sums[0], epoch, loop.cfg)
-            return
+            return state, _not_finite_message(chunk_sums[0], epoch, loop.cfg), step
         sums += chunk_sums
         if step < loop.steps_per_epoch:
             # mid-epoch checkpoint before reporting: a crash or kill -9 loses at most the chunk in flight
-            writer.mid_epoch(box["state"], epoch, step, sums, best)
+            writer.mid_epoch(state, epoch, step, sums, best)
         yield {"kind": "chunk", "epoch": epoch + 1, "step": epoch * loop.steps_per_epoch + step,
                "epoch_progress": step / loop.steps_per_epoch, "loss": float(sums[0] / sums[2]),
                "accuracy": float(sums[1] / sums[2]), "images_per_s": float(chunk_sums[2] / max(chunk_seconds, 1e-9)),
                "elapsed": loop.elapsed()}
         if stop.is_set() and step < loop.steps_per_epoch:
-            box["outcome"], box["step"] = "stopped", step
-            return
-    box["outcome"] = "ok"
+            return state, "stopped", step
+    return state, "ok", step
 
 
 def _epoch_record(loop: _Loop, state: dict, epoch: int, sums: np.ndarray, first_step: int, epoch_start: float,
@@ -338,11 +335,11 @@ def _train(spec: Any, cfg: TrainConfig, splits: Splits, *, run_dir: str | Path |
     if resume:
         state, start_epoch, start_step, carried, history, warnings = _resume(run_path, state, best)
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()) if mesh else jax.devices()[0]
-    box = {"state": jax.device_put(state, replicated)}
+    state = jax.device_put(state, replicated)
     loop = _make_loop(cfg, splits, steps_per_epoch, eval_fn, mesh, replicated)
     compile_start = time.perf_counter()
     perm0, key0 = loop.epoch_inputs(start_epoch)
-    loop.compiled = chunk_fn.lower(box["state"], *loop.epoch_data(start_epoch, perm0), perm0, key0, jnp.int32(0),
+    loop.compiled = chunk_fn.lower(state, *loop.epoch_data(start_epoch, perm0), perm0, key0, jnp.int32(0),
                                    loop.plan, length=cfg.chunk_steps).compile()  # the loop ends at the epoch's end
     start = _start_record(loop, cfg, mesh, (compile_start - entered, time.perf_counter() - compile_start),
                           {"epoch": start_epoch, "step_in_epoch": start_step} if resume else None, warnings)
@@ -355,26 +352,26 @@ def _train(spec: Any, cfg: TrainConfig, splits: Splits, *, run_dir: str | Path |
     for epoch in range(start_epoch, cfg.epochs):
         epoch_start, first_step = time.perf_counter(), (start_step if epoch == start_epoch else 0)
         sums = carried if epoch == start_epoch else np.zeros(3)
-        yield from _epoch_chunks(loop, box, epoch, first_step, sums, stop, writer, best)
-        if box["outcome"] == "stopped":
-            status = writer.stopped(box["state"], epoch, box["step"], sums, best, len(history))
+        state, outcome, step = yield from _epoch_chunks(loop, state, epoch, first_step, sums, stop, writer, best)
+        if outcome == "stopped":
+            status = writer.stopped(state, epoch, step, sums, best, len(history))
             break
-        if box["outcome"] != "ok":
-            writer.failed(box["outcome"])
-            yield {"kind": "error", "message": box["outcome"], "epoch": epoch + 1}
-            yield {"kind": "done", "status": "failed", "epochs_completed": len(history), "error": box["outcome"]}
+        if outcome != "ok":
+            writer.failed(outcome)
+            yield {"kind": "error", "message": outcome, "epoch": epoch + 1}
+            yield {"kind": "done", "status": "failed", "epochs_completed": len(history), "error": outcome}
             return
-        record = _epoch_record(loop, box["state"], epoch, sums, first_step, epoch_start, eval_test_each_epoch)
-        best.update(epoch + 1, record["val_loss"], record["val_accuracy"], box["state"])
+        record = _epoch_record(loop, state, epoch, sums, first_step, epoch_start, eval_test_each_epoch)
+        best.update(epoch + 1, record["val_loss"], record["val_accuracy"], state)
         record["best_epoch"], record["best_val_accuracy"] = best.epoch, best.val_accuracy
         history.append(record)
-        writer.epoch_done(record, box["state"], best, len(history))
+        writer.epoch_done(record, state, best, len(history))
         yield record
         if best.should_stop() or stop.is_set():
             status = "early_stopped" if best.should_stop() else "stopped"
             break
 
-    final = jax.device_get(eval_weights(box["state"]))
+    final = jax.device_get(eval_weights(state))
     if best.state is not None and status != "stopped":
         final = state_from_bytes(final, best.state)
     writer.finished(final, status, len(history))
