@@ -20,13 +20,14 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from . import settings
+from .errors import UserError
 
 SCHEMA_VERSION = 1
 MAX_NAME_LENGTH = 80
 KEEP_CHECKPOINTS = 2
 
 
-class StoreError(RuntimeError):
+class StoreError(UserError):
     """A workspace read or write failed (read-only or full disk, missing or corrupt file)."""
 
 

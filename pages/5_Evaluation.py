@@ -40,10 +40,8 @@ stamp = store.weights_stamp(run["path"])
 
 
 def _evaluate(progress: Any) -> dict:
-    try:
-        return tasks.evaluate_run(ws, pid, run_id, progress=progress)
-    except catalogue.DataUnavailable as error:  # the run's data is gone or its folder moved: the user can fix it
-        raise ValueError(str(error)) from None
+    # A run whose data is gone (DataUnavailable) is a UserError: the registry shows its message.
+    return tasks.evaluate_run(ws, pid, run_id, progress=progress)
 
 
 evaluation = ui.background().submit(ui.owner(), "evaluate", f"{pid}:{run_id}:{stamp}", _evaluate,

@@ -63,16 +63,13 @@ def _converted_export(kind: str, label: str, file_name: str, source: str, stamp:
                            icon=":material/file_download:", key=f"{kind}-dl-{pid}",
                            help=f"Input float32 (N, H, W, C) in [0, 1], calibrated probabilities out; checked "
                                 f"against JAX: within {difference:.1e}.")
-    elif task and task["status"] in ("queued", "running", "failed"):
+    elif task and task["status"] in (*tasks.ACTIVE, "failed"):
         ui.watch_task(task)
     elif st.button(f"Prepare {label} export", icon=":material/conversion_path:", key=f"{kind}-make-{pid}",
                    help="Converts the model and checks the result against JAX, in the background."):
         def work(progress: Any) -> tuple[bytes, float]:
             progress(0.05, f"converting to {label} and checking the result against JAX")
-            try:
-                return convert()
-            except bundle.ExportError as error:  # an unsupported layer: the user's model, said plainly
-                raise ValueError(str(error)) from None
+            return convert()  # an unsupported layer is an ExportError, a UserError: shown as its message
 
         ui.background().submit(ui.owner(), kind, f"{source}:{stamp}", work, label=f"{label} export")
         st.rerun()

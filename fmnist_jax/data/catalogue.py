@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from fmnist_jax import settings
+from fmnist_jax.errors import UserError
 
 LOG = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ DOWNLOAD_PROBE_SECONDS = 5.0  # how long to wait for a download server before sa
 Progress = Callable[[float, str], None]
 
 
-class DataUnavailable(RuntimeError):
+class DataUnavailable(UserError):
     """The dataset is not cached and could not be prepared (no local files, no network)."""
 
 

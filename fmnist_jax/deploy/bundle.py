@@ -18,6 +18,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+from fmnist_jax.errors import UserError
 from fmnist_jax.model import layer_specs
 from fmnist_jax.training.trained import TrainedModel
 
@@ -31,11 +32,11 @@ MAX_COMPRESSION_RATIO = 200
 ONNX_TOLERANCE = 1e-4
 
 
-class BundleError(ValueError):
+class BundleError(UserError):
     """A model folder or bundle that cannot be loaded; the message says why."""
 
 
-class ExportError(RuntimeError):
+class ExportError(UserError):
     """An export that failed its own check (e.g. ONNX probabilities differ from JAX)."""
 
 

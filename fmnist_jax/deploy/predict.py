@@ -46,11 +46,8 @@ def load_model(source: str, home: str | Path | None = None) -> Any:
     if path.is_file():
         return bundle.load_bundle(path)
     if path.is_dir() and (path / "run.json").is_file():
-        try:
-            model = TrainedModel.from_run(path)
-            run = store.read_json(path / "run.json")
-        except store.StoreError as error:
-            raise ValueError(str(error)) from None
+        model = TrainedModel.from_run(path)  # a StoreError, a ValueError, says what is wrong with the folder
+        run = store.read_json(path / "run.json")
         model.preprocess = resolve_preprocess(model.preprocess, model.input_shape)
         model.card.update({"source": "run", "run": path.name, "config": run.get("config"),
                            "dataset": run.get("dataset", "fashion_mnist"), "test_accuracy": run.get("test_accuracy")})

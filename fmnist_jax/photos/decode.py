@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from fmnist_jax.checks import PILLOW_ERRORS
+from fmnist_jax.errors import UserError
 from fmnist_jax.photos.pipeline_params import DEFAULT_PREPROCESS
 
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "webp", "avif", "bmp", "gif", "tif", "tiff"]
@@ -21,7 +22,7 @@ MIN_SIDE = 8
 MAX_ASPECT = 20
 
 
-class ImageError(ValueError):
+class ImageError(UserError):
     """An upload that cannot be used as a photo; the message says what to do instead."""
 
 

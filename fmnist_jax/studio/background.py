@@ -16,7 +16,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from fmnist_jax import store
+from fmnist_jax.errors import UserError
 
 # The statuses of a job or task still to finish, in both registries (training jobs here and in jobs.py).
 ACTIVE = ("queued", "running")
@@ -190,7 +190,9 @@ class TaskRegistry:
                 result = task.work(progress)
             except Cancelled:
                 outcome = {"status": "cancelled"}
-            except (ValueError, OSError, store.StoreError) as error:  # what a user's input can cause: said plainly
+            # What a user's input can cause, said plainly: a UserError (store, data, export, training errors and the
+            # settings checks), another ValueError from a check, or the disk (OSError).
+            except (UserError, ValueError, OSError) as error:
                 outcome = {"status": "failed", "error": str(error)}
             except Exception as error:  # a bug: logged in full, reported by type; the worker lives on
                 _LOG.error("background task %s failed\n%s", task.label, traceback.format_exc())

@@ -18,11 +18,12 @@ from typing import Any, Callable, Iterator
 from fmnist_jax import store
 from fmnist_jax.data.splitting import Splits
 from fmnist_jax.deploy import predict
+from fmnist_jax.errors import UserError
 from fmnist_jax.evaluate import metrics_from_probs
 from fmnist_jax.studio.background import ACTIVE, poll_until
 from fmnist_jax.training.config import TrainConfig
 from fmnist_jax.training.events import EventLog
-from fmnist_jax.training.loop import TrainingError, train
+from fmnist_jax.training.loop import train
 from fmnist_jax.training.trained import TrainedModel
 
 MAX_CHUNK_RECORDS = 5000
@@ -239,7 +240,7 @@ class JobRegistry:
                 for record in train_and_test(spec, cfg, splits, job.run_dir, job.stop_event, job.resume, job.run_meta,
                                              init_weights=init_weights):
                     self._record(job, record)
-            except (ValueError, TrainingError, store.StoreError) as error:
+            except (UserError, ValueError) as error:  # TrainingError, StoreError and the checks: said plainly
                 self._fail(job, str(error))
             except Exception as error:  # a crash must not take the registry down
                 self._fail(job, f"{type(error).__name__}: {error}")

@@ -18,6 +18,7 @@ import numpy as np
 
 from fmnist_jax import store
 from fmnist_jax.data.splitting import Splits
+from fmnist_jax.errors import UserError
 from fmnist_jax.model import layer_specs
 from fmnist_jax.training import members as ensemble
 from fmnist_jax.training.best import BestTracker
@@ -46,7 +47,7 @@ from fmnist_jax.training.program import (
 )
 
 
-class TrainingError(RuntimeError):
+class TrainingError(UserError):
     """Training cannot start (bad config for this data, unusable checkpoint)."""
 
 

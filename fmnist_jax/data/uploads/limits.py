@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Callable
 
 from fmnist_jax import settings
+from fmnist_jax.errors import UserError
 
 Progress = Callable[[float, str], None]
 
@@ -27,7 +28,7 @@ IDX_NAME = re.compile(r"(train|t10k|test)-(images|labels)[.-]idx([13])-ubyte(\.g
 MAX_SKIPPED_LISTED = 50
 
 
-class UploadError(ValueError):
+class UploadError(UserError):
     """An upload that cannot be used, with a message that says what to change."""
 
 
