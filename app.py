@@ -68,10 +68,14 @@ def _how_it_works() -> None:
 
 
 def _new_project_form() -> None:
-    with st.form("new-project", clear_on_submit=True, border=False):
+    # Cleared after a project is made, not on every submit: a refused name (a duplicate) stays there to correct.
+    if st.session_state.pop("new-project-made", False):
+        for key in ("new-project-name", "new-project-description"):
+            st.session_state.pop(key, None)
+    with st.form("new-project", border=False):
         name = st.text_input("Project name", max_chars=store.MAX_NAME_LENGTH, placeholder="e.g. Sneakers vs sandals",
-                             help="Up to 80 characters; must be unique in this workspace.")
-        description = st.text_area("Description (optional)", max_chars=2000, height=80,
+                             help="Up to 80 characters; must be unique in this workspace.", key="new-project-name")
+        description = st.text_area("Description (optional)", max_chars=2000, height=80, key="new-project-description",
                                    help="What you want to try in this project.")
         if st.form_submit_button("Create project", type="primary", icon=":material/add:"):
             try:
@@ -82,6 +86,7 @@ def _new_project_form() -> None:
             else:
                 ui.open_project(project["id"])
                 st.session_state["home-notice"] = f"Created **{project['name']}**. Continue with Data."
+                st.session_state["new-project-made"] = True
                 st.rerun()
 
 

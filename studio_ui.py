@@ -97,10 +97,10 @@ def own_links(page: str | None = None, **extra: str) -> list[dict]:
     if settings.public_mode():
         params["w"] = workspace().home.name
     path = PAGES[page][0].split("_", 1)[1].removesuffix(".py") if page else ""
-    return space.links(_origin(), params, page, path)
+    return space.links(origin(), params, page, path)
 
 
-def _origin() -> str:
+def origin() -> str:
     """The app's origin as the browser reached it (scheme, host and port), without a page path or query."""
     url = st.context.url or "http://localhost:8501"
     scheme, _, rest = url.partition("://")
@@ -504,10 +504,11 @@ def photo_files(uploads: list, camera: Any) -> list[tuple[str, bytes]]:
     return files
 
 
-def try_a_photo(source: str = "demo", stamp: str = "demo", key: str = "try") -> None:
+def try_a_photo(source: str = "demo", stamp: str = "demo", key: str = "try", introduce: bool = True) -> None:
     """Zero clicks to a prediction: upload photos or take one, answered by the shipped demo model (or the
-    model a share link names)."""
-    if source == "demo":
+    model a share link names). `introduce`: the heading and the demo model's one-line introduction (a share
+    page has its own)."""
+    if introduce and source == "demo":
         st.markdown("#### :material/checkroom: What garment is this?")
         st.caption("Upload photos of clothes or take one: the demo model answers at once, no project needed. "
                    "It knows T-shirts, trousers, pullovers, dresses, coats, sandals, shirts, sneakers, bags and "
@@ -553,7 +554,7 @@ def share_panel(project_id: str, choice: str, label: str) -> None:
     for share in shares.list_shares(ws, project_id):
         with st.container(border=True):
             st.markdown(f"{plain(share['label'])} · {stamp(share['created'])}")
-            for link in space.links(_origin(), {"share": share["token"]}):
+            for link in space.links(origin(), {"share": share["token"]}):
                 st.code(link["url"], language=None, wrap_lines=True)
             if st.button("Revoke", icon=":material/link_off:", key=f"share-revoke-{share['token']}",
                          help="The link stops working at once."):
@@ -582,7 +583,7 @@ def shared_model_page(token: str) -> None:
     st.title(":material/checkroom: What garment is this?")
     st.caption(f"A model shared from Fashion-MNIST Studio (*{plain(share['label'])}*). Upload photos of garments or "
                "take one to see what it predicts; this link lets you predict with this model only.")
-    try_a_photo(share["source"], store.weights_stamp(share["source"]), key=f"share-{token}")
+    try_a_photo(share["source"], store.weights_stamp(share["source"]), key=f"share-{token}", introduce=False)
     st.divider()
     st.page_link("app.py", label="Train your own model in the studio", icon=":material/model_training:")
     st.stop()

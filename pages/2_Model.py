@@ -207,7 +207,7 @@ with summary:
     spec_json = json.dumps({"layers": shown_spec, "input_shape": list(input_shape), "num_classes": num_classes}, indent=2)
     st.download_button("Export model JSON", spec_json, file_name=f"{pid}-model.json", mime="application/json",
                        icon=":material/file_download:", help="The layer list (the last valid model).")
-    upload = st.file_uploader("Import model JSON", type=["json"], key=f"import-{pid}",
+    upload = st.file_uploader("Import model JSON", type=["json"], key=f"import-{pid}", max_upload_size=1,
                               help="A JSON list of layers, or an object with a 'layers' list (as exported).")
     if upload is not None and st.session_state.get("model-imported") != upload.file_id:
         st.session_state["model-imported"] = upload.file_id

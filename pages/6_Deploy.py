@@ -8,10 +8,10 @@ from typing import Any, Callable
 import streamlit as st
 
 import studio_ui as ui
-from fmnist_jax import store
+from fmnist_jax import settings, store
 from fmnist_jax.deploy import bundle, onnx_export, predict, script_export, tflite_export
 from fmnist_jax.photos import decode, pipeline_params
-from fmnist_jax.studio import tasks
+from fmnist_jax.studio import space, tasks
 
 DEMO = "demo"
 
@@ -128,9 +128,14 @@ with st.expander("Use this model outside the studio", expanded=False):
     target = "demo" if choice == DEMO else source
     st.markdown("Command line (same pipeline, JSON output):")
     st.code(f"python -m fmnist_jax predict {target} photo.jpg --json", language="bash", wrap_lines=True)
-    st.markdown("REST API:")
-    st.code(f"python -m fmnist_jax serve {target} --port 8000\n"
-            "curl -F files=@photo.jpg http://127.0.0.1:8000/predict", language="bash", wrap_lines=True)
+    api = f"{space.direct_base(ui.origin())}/api"
+    st.markdown(f"REST API, on this server ([documentation]({api}/docs)):")
+    # Without a token the studio's API answers with the demo model, and only locally; a share token picks a model.
+    token = "" if choice == DEMO and not settings.public_mode() else "?share=TOKEN"
+    st.code(f"curl -F files=@photo.jpg '{api}/predict{token}'", language="bash", wrap_lines=True)
+    if token:
+        st.caption("TOKEN: the token of a predict-only link to this model (*Create a predict-only link* below).")
+    st.caption(f"Or serve the model on its own: `python -m fmnist_jax serve {target} --port 8000`.")
 
 st.caption(f"Photos for this model: {pipeline_params.describe(model.preprocess, model.input_shape)}")
 # No type filter: a file that is not a photo gets its reason in words below (the uploader would only mark it "!").

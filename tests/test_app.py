@@ -844,6 +844,58 @@ def test_a_share_link_predicts_with_one_model_and_opens_nothing_else(trained: di
     assert "This share link does not work" in texts(visitor, "error") and not visitor.file_uploader
 
 
+def test_a_shared_demo_model_page_has_one_heading_and_names_the_share(workspace: Path) -> None:
+    from fmnist_jax.studio import shares
+
+    ws = store.Workspace()
+    project = ws.create_project("Shop", dataset=proj.SYNTHETIC)
+    token = shares.create_share(ws, project["id"], "demo", "Our shop's garment finder")["token"]
+    visitor = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    visitor.query_params["share"] = token
+    visitor.run()
+    assert not visitor.exception
+    headings = [t.value for t in visitor.title] + [m.value for m in visitor.markdown]
+    assert sum("What garment is this?" in h for h in headings) == 1
+    captions = " ".join(c.value for c in visitor.caption)
+    assert "Our shop's garment finder" in captions and "the demo model answers" not in captions
+
+
+def test_the_deploy_page_points_at_this_servers_own_rest_api(seeded: dict) -> None:
+    at = open_app("pages/6_Deploy.py", seeded["id"])
+    assert not at.exception
+    codes = [c.value for c in at.code]
+    assert any(c.startswith("curl -F files=@photo.jpg '") and c.endswith("/api/predict'") for c in codes), codes
+    assert any("/api/docs" in m.value for m in at.markdown)
+    assert not any("serve demo --port 8000\ncurl" in c for c in codes)  # no second server to start first
+
+
+def test_a_refused_project_name_stays_in_the_form_to_correct(seeded: dict) -> None:
+    at = open_app()
+    at.text_input(key="new-project-name").input("Seeded")
+    next(b for b in at.button if b.label == "Create project").click().run()
+    assert "already" in texts(at, "error")
+    assert at.text_input(key="new-project-name").value == "Seeded"  # kept to correct, not cleared
+    at.text_input(key="new-project-name").input("Seeded two")
+    next(b for b in at.button if b.label == "Create project").click().run()
+    assert not at.exception and not at.error
+    assert {p["name"] for p in store.Workspace().list_projects()} == {"Seeded", "Seeded two"}
+    assert at.text_input(key="new-project-name").value == ""  # cleared once the project exists
+
+
+def test_the_model_json_import_states_its_own_1_mb_limit(seeded: dict) -> None:
+    at = open_app("pages/2_Model.py", seeded["id"])
+    uploader = at.get("file_uploader")[0]
+    assert uploader.label == "Import model JSON" and uploader.proto.max_upload_size_mb == 1
+
+
+def test_prediction_bars_are_drawn_highest_first() -> None:
+    from fmnist_jax.studio import charts
+
+    names = ["T-shirt", "Trouser", "Pullover", "Dress", "Coat"]
+    chart = charts.probabilities(names, [0.05, 0.12, 0.04, 0.10, 0.59], top=3).to_dict()
+    assert chart["layer"][0]["encoding"]["y"]["sort"] == ["Coat", "Trouser", "Dress"]
+
+
 def test_data_page_imports_a_folder_of_class_folders(seeded: dict) -> None:
     pid = seeded["id"]
     rng = np.random.default_rng(3)

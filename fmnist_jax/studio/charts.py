@@ -152,7 +152,9 @@ def probabilities(class_names: Sequence[str], probs: Sequence[float], top: int |
     frame = pd.DataFrame(pairs, columns=["class", "probability"])
     frame["best"] = frame.index == 0
     bars = alt.Chart(frame).mark_bar().encode(
-        y=alt.Y("class:N", sort=None, title=None),
+        # The order named outright: with sort=None, the layered bars and labels drew as "Trouser 12%, Coat 59%,
+        # Shirt 10%" (a layer's domains are merged, and an unsorted union need not keep the data's order).
+        y=alt.Y("class:N", sort=list(frame["class"]), title=None),
         x=alt.X("probability:Q", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format=".0%"), title=None),
         color=alt.condition(alt.datum.best, alt.value("#f58518"), alt.value("#4c78a8")),
         tooltip=["class", alt.Tooltip("probability:Q", format=".2%")],

@@ -39,18 +39,23 @@ def query_string(params: dict[str, str], page: str | None = None) -> str:
     return f"?{urlencode(carried)}" if carried else ""
 
 
-def links(direct_base: str, params: dict[str, str], page: str | None = None, page_path: str = "") -> list[dict]:
+def direct_base(browser_origin: str) -> str:
+    """The app's own address: on a Space its hf.space host (SPACE_HOST), else the origin the browser reached."""
+    host = os.environ.get("SPACE_HOST") if space_id() else None
+    return f"https://{host}" if host else browser_origin.rstrip("/")
+
+
+def links(origin: str, params: dict[str, str], page: str | None = None, page_path: str = "") -> list[dict]:
     """The addresses that open `params` (and `page`), best first: on a Space, the Space page's own address (what
     the visitor's address bar shows) and the app's direct one; elsewhere, the direct one only.
-    `direct_base` is the app's origin as the browser sees it; `page_path` is the page's path there (e.g. 'Deploy')."""
+    `origin` is the app's origin as the browser reached it; `page_path` is the page's path there (e.g. 'Deploy')."""
     query = query_string(params, page)
     found = []
     if space_id():
         found.append({"label": "This Space's page", "url": f"{HUB}/spaces/{space_id()}{query}"})
-        host = os.environ.get("SPACE_HOST")
-        direct_base = f"https://{host}" if host else direct_base
     direct_query = query_string(params)  # the direct address carries the page in its path
-    found.append({"label": "The app on its own", "url": f"{direct_base.rstrip('/')}/{page_path}{direct_query}"})
+    found.append({"label": "The app on its own",
+                  "url": f"{direct_base(origin)}/{page_path}{direct_query}"})
     return found
 
 
