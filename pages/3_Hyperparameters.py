@@ -54,17 +54,24 @@ if recommended is not None:
                 st.session_state[f"hp-version-{pid}"] = st.session_state.get(f"hp-version-{pid}", 0) + 1
                 st.rerun()
 
-with st.container(border=True):
-    st.markdown(f"**Best accuracy in 15 minutes.** {presets.BEST_RECIPE['note']}")
-    if proj.uses_best_recipe(project, dataset):
-        st.badge("In use", icon=":material/check:", color="green")
-    elif st.button("Use the 15-minute recipe", key=f"hp-best-{pid}", icon=":material/workspace_premium:",
-                   help=f"Sets the model to the {presets.BEST_RECIPE['preset']} preset, these training settings and "
-                        f"(with an official test set) a {presets.BEST_RECIPE['val_fraction']:.0%} validation share; "
-                        "your seed, precision and chunk size stay."):
-        if ui.save_project(project, **proj.best_recipe_changes(project, dataset)) is not None:
-            st.session_state[f"hp-version-{pid}"] = st.session_state.get(f"hp-version-{pid}", 0) + 1
-            st.rerun()
+
+def best_recipe_panel() -> None:
+    """The 15-minute recipe, in one click (offered on Fashion-MNIST only, where it was chosen and measured)."""
+    with st.container(border=True):
+        st.markdown(f"**Best accuracy in 15 minutes.** {presets.BEST_RECIPE['note']}")
+        if proj.uses_best_recipe(project, dataset):
+            st.badge("In use", icon=":material/check:", color="green")
+        elif st.button("Use the 15-minute recipe", key=f"hp-best-{pid}", icon=":material/workspace_premium:",
+                       help=f"Sets the model to the {presets.BEST_RECIPE['preset']} preset, these training settings "
+                            f"and (with an official test set) a {presets.BEST_RECIPE['val_fraction']:.0%} validation "
+                            "share; your seed, precision and chunk size stay."):
+            if ui.save_project(project, **proj.best_recipe_changes(project, dataset)) is not None:
+                st.session_state[f"hp-version-{pid}"] = st.session_state.get(f"hp-version-{pid}", 0) + 1
+                st.rerun()
+
+
+if proj.best_recipe_fits(dataset):
+    best_recipe_panel()
 
 version = st.session_state.get(f"hp-version-{pid}", 0)
 st.caption("The optimizer and schedule pickers sit above the form because they decide which fields it shows; "
@@ -219,6 +226,12 @@ try:
     cfg.validate(train_size=train_size)
 except ValueError as error:
     st.error(f"The saved settings cannot train yet: {ui.plain(error)}.", icon=":material/error:")
+    if cfg.batch_size > train_size:  # e.g. a new project's batch 128 on a 72-image upload: one click fixes it
+        fitting = proj.fitting_batch_size(train_size)
+        if st.button(f"Use batch size {fitting}", key=f"hp-fit-batch-{pid}", icon=":material/build:"):
+            ui.save_project(project, config=cfg.replace(batch_size=fitting).to_dict())
+            st.session_state[f"hp-version-{pid}"] = version + 1
+            st.rerun()
     st.stop()
 
 steps_per_epoch = max(1, train_size // cfg.batch_size)

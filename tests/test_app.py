@@ -1022,8 +1022,37 @@ def test_evaluation_pages_through_every_mistake_with_one_percent_format(trained:
     assert at.dataframe[0].value["precision"].max() > 1  # shares shown as percentages, not fractions
 
 
+def _as_fashion_mnist(pid: str) -> None:
+    """The project on "fashion_mnist", served from this test's cache by a small synthetic stand-in."""
+    import dataclasses
+
+    from fmnist_jax.data import catalogue
+
+    catalogue.save_cached(dataclasses.replace(catalogue.synthetic_dataset(num_train=1000, num_test=60),
+                                              name="fashion_mnist"))
+    store.Workspace().update_project(pid, dataset="fashion_mnist")
+
+
+def test_the_15_minute_recipe_is_offered_on_fashion_mnist_only(seeded: dict) -> None:
+    at = open_app("pages/3_Hyperparameters.py", seeded["id"])  # the synthetic dataset
+    assert not at.exception
+    assert "Best accuracy in 15 minutes." not in " ".join(m.value for m in at.markdown)
+    assert not any("bench/" in m.value for m in at.markdown)  # no developer file paths on the page
+
+
+def test_a_batch_larger_than_the_training_split_is_one_click_from_fitting(seeded: dict) -> None:
+    pid = seeded["id"]
+    store.Workspace().update_project(pid, train_limit=72, config={**seeded["config"], "batch_size": 128})
+    at = open_app("pages/3_Hyperparameters.py", pid)
+    assert "cannot train yet: batch size 128 is larger than the training split (72 examples)" in texts(at, "error")
+    at.button(key=f"hp-fit-batch-{pid}").click().run()
+    assert not at.exception and not at.error
+    assert proj.train_config(store.Workspace().get_project(pid)).batch_size == 64
+
+
 def test_hyperparameters_page_applies_the_15_minute_recipe_in_one_click(seeded: dict) -> None:
     pid = seeded["id"]  # an edited model with other settings
+    _as_fashion_mnist(pid)
     at = open_app("pages/3_Hyperparameters.py", pid)
     assert not at.exception
     assert "Best accuracy in 15 minutes." in " ".join(m.value for m in at.markdown)

@@ -154,4 +154,5 @@ def test_the_best_recipe_is_the_benchmarked_best_94_config() -> None:
     assert bench["preset"] == presets.BEST_RECIPE["preset"] and "layers" not in bench
     assert bench["val_fraction"] == presets.BEST_RECIPE["val_fraction"]
     assert TrainConfig.from_dict(bench["config"]).to_dict() == TrainConfig.from_dict(presets.BEST_RECIPE["config"]).to_dict()
-    assert "%" in presets.BEST_RECIPE["note"] and "bench/time_to_accuracy.py" in presets.BEST_RECIPE["note"]
+    assert "%" in presets.BEST_RECIPE["note"] and "bench/time_to_accuracy.py" in presets.BEST_RECIPE["measured_by"]
+    assert "bench/" not in presets.BEST_RECIPE["note"] and "bench/" not in presets.PRESETS["fast"].recipe_note

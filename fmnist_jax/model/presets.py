@@ -80,9 +80,10 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
            # accuracy by bench/sweep.py: see bench/NOTES.md, attempt 15
            {"epochs": 10, "batch_size": 32, "optimizer": "adam", "learning_rate": 3e-3, "schedule": "one_cycle",
             "label_smoothing": 0.1, "augment": {"flip": 0.5}},
+           # measured by bench/time_to_accuracy.py on a 2-core AMD EPYC, 2026-11-29 (293 s to 93.12%)
            "10 epochs of batch 32, Adam 3e-3 with a one-cycle schedule, label smoothing 0.1 and random "
-           "horizontal flips: chosen on validation accuracy; it reached 93.1% test accuracy in 293 s on a "
-           "2-core CPU (bench/time_to_accuracy.py, 2026-11-29)."),
+           "horizontal flips, chosen on validation accuracy: it reached 93.1% test accuracy in about 5 minutes "
+           "on a 2-core CPU."),
     Preset("fast256", "The fast model with a 256-unit dense layer (the 15-minute recipe's model until 2026-12-05)",
            _fast256),
     Preset("fastres", "fast256 with a residual block (two 64-filter convolutions and a shortcut) at 14 px: the "
@@ -101,15 +102,14 @@ BEST_RECIPE: dict = {
     "val_fraction": 0.02,
     "config": {"epochs": 21, "batch_size": 32, "optimizer": "adam", "learning_rate": 3e-3, "schedule": "one_cycle",
                "label_smoothing": 0.1, "ema_decay": 0.999, "tta_flip": True, "augment": {"flip": 0.5, "crop": 1}},
-    "note": ("The fastres model (the fast model with a residual block of two 64-filter convolutions at 14 px and a "
-             "256-unit dense layer) for 21 epochs of batch 32: Adam 3e-3 with a one-cycle schedule, label smoothing "
-             "0.1, random horizontal flips and 1-pixel random crops, weight averaging (EMA 0.999) and mirror "
-             "test-time augmentation, chosen on a 10% validation split (94.87% mean validation accuracy over three "
-             "seeds, against 94.65% without the residual block). The recipe keeps 2% of the training images for "
-             "validation (on a split with an official test set) and trains on the other 98%. On a 2-core Intel Xeon "
-             "with AVX-512 it reached 94% test accuracy at 10.3 minutes and 94.44% at the end of its 14.4 minutes "
-             "(bench/time_to_accuracy.py --config bench/configs/best_94.json, 2026-12-05); CPUs without AVX-512 "
-             "take up to twice as long, and the time estimate below is this machine's."),
+    "note": ("The fastres model (the fast model with a residual block at 14 px and a 256-unit dense layer) for 21 "
+             "epochs of batch 32: Adam with a one-cycle schedule, label smoothing, random flips and 1-pixel crops, "
+             "weight averaging and mirror test-time augmentation, all chosen on validation accuracy. It keeps 2% of "
+             "the training images for validation and trains on the rest. On a 2-core CPU with AVX-512 it reached "
+             "94% test accuracy after about 10 minutes and 94.4% at the end of its 14; CPUs without AVX-512 take up "
+             "to twice as long, and the time estimate below is this machine's."),
+    # Where the note's figures come from (for the docs and the tests, not the page).
+    "measured_by": "bench/time_to_accuracy.py --config bench/configs/best_94.json (2-core Intel Xeon, 2026-12-05)",
 }
 
 
