@@ -131,10 +131,17 @@ def _project_card(project: dict, is_open: bool) -> None:
         st.caption(f"Last run: {summary['last_run']} · data: {summary['dataset']} · updated {summary['updated']}")
         with st.expander("Rename, duplicate, export or delete"):
             _manage_project(project)
-            st.download_button("Export the project (.zip)", data=lambda: archive.export_project(ws, pid),
+            data_mb = archive.dataset_bytes(ws, pid) / 2**20
+            with_data = data_mb > 0 and st.checkbox(f"With its uploaded dataset ({data_mb:,.1f} MB)", value=True,
+                                                    key=f"export-data-{pid}",
+                                                    help="Without it, the zip imports only where that dataset "
+                                                         "has been uploaded too.")
+            st.download_button("Export the project (.zip)",
+                               data=lambda: archive.export_project(ws, pid, include_dataset=with_data),
                                file_name=f"{pid}.zip", mime="application/zip", icon=":material/archive:",
-                               key=f"export-{pid}", help="Its settings and all its runs (weights, checkpoints, "
-                                                         "histories) in one file; import it on another studio.")
+                               key=f"export-{pid}", help="Its settings, its uploaded dataset and all its runs "
+                                                         "(weights, checkpoints, histories) in one file; import it "
+                                                         "on another studio.")
 
 
 def _manage_project(project: dict) -> None:

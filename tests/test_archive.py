@@ -75,3 +75,35 @@ def test_bad_project_archives_are_refused_with_a_reason(payload: bytes, message:
     with pytest.raises(UploadError, match=message):
         archive.import_project(ws, payload)
     assert ws.list_projects() == []  # nothing half-imported
+
+
+def test_a_project_on_an_uploaded_dataset_carries_it_and_trains_and_evaluates_elsewhere(tmp_path: Path) -> None:
+    from upload_samples import folder_zip
+
+    from fmnist_jax.data.uploads import importer
+    from fmnist_jax.studio import tasks
+
+    mine = store.Workspace(tmp_path / "mine")
+    manifest = importer.import_upload(folder_zip(tmp_path / "garments.zip", {"boots": 14, "bags": 14, "hats": 14}),
+                                      home=mine.home)
+    cfg = TrainConfig(epochs=1, batch_size=8, chunk_steps=5)
+    project = mine.create_project("Own data", dataset=manifest["name"], upload_home=str(mine.home),
+                                  model=[{"type": "flatten"}, {"type": "dense", "units": 3}], config=cfg.to_dict())
+    payload = archive.export_project(mine, project["id"])
+    names = zipfile.ZipFile(io.BytesIO(payload)).namelist()
+    assert {"dataset/manifest.json", "dataset/meta.json", "dataset/train_images.npy"} <= set(names)
+    assert archive.dataset_bytes(mine, project["id"]) > 0
+    without = archive.export_project(mine, project["id"], include_dataset=False)
+    assert not any(n.startswith("dataset/") for n in zipfile.ZipFile(io.BytesIO(without)).namelist())
+
+    yours = store.Workspace(tmp_path / "yours")  # another studio: the upload is not there
+    imported = archive.import_project(yours, payload)
+    assert imported["dataset"] == manifest["name"] and imported["upload_home"] == str(yours.home)
+    assert [m["name"] for m in importer.list_uploads(home=yours.home)] == [manifest["name"]]
+    registry = tasks.get_registry()
+    job = tasks.start_training(yours, imported, registry=registry)
+    done = registry.wait(job["id"], timeout=300)
+    assert done["status"] == "completed", done.get("error")
+    (run,) = yours.list_runs(imported["id"])
+    evaluation = tasks.evaluate_run(yours, imported["id"], run["id"])
+    assert len(evaluation["confusion_matrix"]) == 3 and sum(map(sum, evaluation["confusion_matrix"])) > 0

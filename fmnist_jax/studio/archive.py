@@ -1,10 +1,12 @@
 """A whole project as one zip: its settings (data reference, split, model, hyperparameters) and its runs with
 their weights, checkpoints, histories and event files; imported back with the checks of any other upload.
 
-Layout: project.json at the top, then runs/<run id>/... Only those paths, only JSON, JSONL, msgpack and
-TensorBoard event files; names are checked before anything is extracted, sizes and counts are bound by the
-upload limits, and weights are msgpack (never pickle). The dataset itself is referenced, not copied: an
-imported project on an uploaded dataset needs that dataset uploaded to the new workspace too.
+Layout: project.json at the top, runs/<run id>/..., and, for a project on an uploaded dataset, dataset/ with that
+dataset's converted arrays (.npy, loaded without pickle) and its manifest, so the zip is whole: imported into
+another workspace it trains and evaluates with no missing file. Only those paths, only JSON, JSONL, msgpack,
+.npy and TensorBoard event files; names are checked before anything is extracted, sizes and counts are bound by
+the upload limits, and weights are msgpack (never pickle). TFDS datasets (Fashion-MNIST) are referenced, not
+copied: every studio prepares them itself.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import time
 import zipfile
 from typing import Any
 
-from fmnist_jax import store
+from fmnist_jax import settings, store
 from fmnist_jax.data.uploads.limits import UploadError, UploadLimits, browser_limits
 
 FORMAT = "fmnist-studio-project/1"
@@ -24,10 +26,12 @@ RUN_FILE = re.compile(r"runs/([A-Za-z0-9][A-Za-z0-9._-]{0,99})/((?:checkpoints/|
 ALLOWED_SUFFIXES = (".json", ".jsonl", ".msgpack")
 KEEP_OUT = {"id", "created", "updated", "schema", "upload_home", "deployed_run", "init_from", "data_dir"}  # machine-specific
 MAX_JSON_BYTES = 8 * 2**20
+# An uploaded dataset's cache folder, as the importer writes it: arrays, meta.json and manifest.json.
+DATASET_FILE = re.compile(r"dataset/(manifest\.json|meta\.json|(?:train|val|test)_(?:images|labels)\.npy)")
 
 
-def export_project(ws: store.Workspace, project_id: str) -> bytes:
-    """The project's zip (deflated), ready to download."""
+def export_project(ws: store.Workspace, project_id: str, include_dataset: bool = True) -> bytes:
+    """The project's zip (deflated), ready to download; with its uploaded dataset unless told to leave it out."""
     project = ws.get_project(project_id)
     record = {"format": FORMAT, "exported": time.time(),
               "project": {k: v for k, v in project.items() if k not in KEEP_OUT}}
@@ -39,7 +43,29 @@ def export_project(ws: store.Workspace, project_id: str) -> bytes:
             name = f"runs/{path.relative_to(runs).as_posix()}"
             if path.is_file() and _allowed(name):
                 archive.write(path, name)
+        for path in _dataset_files(project) if include_dataset else []:
+            archive.write(path, f"dataset/{path.name}")
     return buffer.getvalue()
+
+
+def _upload_folder(name: str, home: str | None) -> Any:
+    """The cache folder of an uploaded dataset "upload/<id>" in a workspace (StoreError for an unsafe id)."""
+    return store.safe_child(settings.home_dir(home) / "datasets", f"upload__{name[len('upload/'):]}")
+
+
+def _dataset_files(project: dict) -> list:
+    """The files of the project's uploaded dataset that travel in its zip (none for a TFDS dataset, or when the
+    upload was deleted: then the zip holds the settings and runs, and an import says the data is missing)."""
+    name = project.get("dataset") or ""
+    if not name.startswith("upload/"):
+        return []
+    folder = _upload_folder(name, project.get("upload_home"))
+    return sorted(p for p in folder.glob("*") if p.is_file() and DATASET_FILE.fullmatch(f"dataset/{p.name}"))
+
+
+def dataset_bytes(ws: store.Workspace, project_id: str) -> int:
+    """How much of a project's zip its uploaded dataset takes (uncompressed; 0 without one)."""
+    return sum(path.stat().st_size for path in _dataset_files(ws.get_project(project_id)))
 
 
 def _allowed(name: str) -> bool:
@@ -64,22 +90,42 @@ def import_project(ws: store.Workspace, payload: bytes, limits: UploadLimits | N
     if not isinstance(record, dict) or record.get("format") != FORMAT or not isinstance(record.get("project"), dict):
         raise UploadError("this zip is not a project exported by Fashion-MNIST Studio (project.json is missing or "
                           "of another format)")
-    settings = {k: v for k, v in record["project"].items() if k not in KEEP_OUT}
-    name = _free_name(ws, str(settings.pop("name", "Imported project")))
-    project = ws.create_project(name, str(settings.pop("description", "")), **settings)
+    fields = {k: v for k, v in record["project"].items() if k not in KEEP_OUT}
+    dataset = [m for m in members if m.filename.startswith("dataset/")]
+    if dataset:  # the project's own uploaded dataset travels with it, into this workspace
+        if not str(fields.get("dataset", "")).startswith("upload/"):
+            raise UploadError("this project archive holds a dataset/ folder but its project is not on an upload")
+        fields["upload_home"] = str(ws.home)
+    name = _free_name(ws, str(fields.pop("name", "Imported project")))
+    project = ws.create_project(name, str(fields.pop("description", "")), **fields)
     runs = ws.runs_dir(project["id"])
     try:
         for member in members:
-            if member.filename == "project.json":
-                continue
-            target = runs / member.filename[len("runs/"):]
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with archive.open(member) as source, open(target, "wb") as out:
-                out.write(source.read(member.file_size + 1)[:member.file_size])
+            if member.filename.startswith("runs/"):
+                _extract(archive, member, runs / member.filename[len("runs/"):])
+        if dataset:
+            _import_dataset(archive, dataset, _upload_folder(fields["dataset"], str(ws.home)))
     except (OSError, zipfile.BadZipFile) as error:
         ws.delete_project(project["id"])
         raise UploadError(f"the project archive is damaged: {error}") from None
     return ws.get_project(project["id"])
+
+
+def _extract(archive: zipfile.ZipFile, member: zipfile.ZipInfo, target: Any) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with archive.open(member) as source, open(target, "wb") as out:
+        out.write(source.read(member.file_size + 1)[:member.file_size])
+
+
+def _import_dataset(archive: zipfile.ZipFile, members: list[zipfile.ZipInfo], folder: Any) -> None:
+    """Write the zip's dataset/ files as the upload's cache folder, unless this workspace has that upload already
+    (the same id is the same content: ids are digests of what was imported). Staged, then renamed into place."""
+    if (folder / "manifest.json").exists():
+        return
+    staging = folder.with_name(f".import-{folder.name}-{time.monotonic_ns()}")
+    for member in members:
+        _extract(archive, member, staging / member.filename[len("dataset/"):])
+    staging.replace(folder)
 
 
 def _check_members(members: list[zipfile.ZipInfo], limits: UploadLimits) -> None:
@@ -87,7 +133,8 @@ def _check_members(members: list[zipfile.ZipInfo], limits: UploadLimits) -> None
         raise UploadError(f"the archive holds {len(members):,} files; the limit is {limits.max_files:,}")
     total = 0
     for member in members:
-        if member.filename != "project.json" and not _allowed(member.filename):
+        if member.filename != "project.json" and not _allowed(member.filename) and not DATASET_FILE.fullmatch(
+                member.filename):
             raise UploadError(f"unexpected file in a project archive: {member.filename[:120]!r}")
         if member.file_size > limits.max_member_bytes:
             raise UploadError(f"{member.filename} is {member.file_size / 2**20:,.0f} MB; the limit per file is "
