@@ -161,6 +161,20 @@ def test_inside_a_cross_site_frame_uploads_the_camera_an_import_and_the_address_
             frame.get_by_text(f"huggingface.co/spaces/owner/studio?w={workspace}", exact=False).first.wait_for()
             page.wait_for_timeout(1000)
             page.screenshot(path=str(ARTIFACTS / f"space-frame-reloaded-{width}.png"))
+
+            # A share link, made on Deploy inside the frame, opens from the Space page and answers a photo there.
+            page.goto(remembered.replace("page=data", "page=deploy"))
+            frame = page.frame_locator("#app")
+            frame.get_by_role("heading", name="6 · Deploy").wait_for()
+            frame.get_by_role("button", name="Create a predict-only link").click()
+            link = frame.get_by_text("huggingface.co/spaces/owner/studio?share=", exact=False).first
+            link.wait_for()
+            token = re.search(r"share=([\w-]+)", link.inner_text()).group(1)
+            page.goto(f"{parent_url}/spaces/owner/studio?share={token}")
+            frame = page.frame_locator("#app")
+            frame.get_by_text("A model shared from Fashion-MNIST Studio", exact=False).wait_for()
+            frame.locator("input[type='file']").first.set_input_files(str(REPO / "samples" / "shoe.jpg"))
+            frame.get_by_text("shoe.jpg →").first.wait_for()
             context.close()
         browser.close()
 
