@@ -420,3 +420,27 @@ def test_the_best_recipe_narrows_validation_only_where_every_split_keeps_a_class
     assert "split" not in proj.best_recipe_changes(project, small)  # 2% of 300 is 6 images for 10 classes
     applied = {**project, **changes}
     assert proj.uses_best_recipe(applied, large) and not proj.uses_best_recipe(project, large)
+
+
+def test_start_with_a_starting_model_checks_its_description_and_leaves_the_weights_to_the_job(
+        ws: store.Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    from fmnist_jax.model import presets
+
+    project = ws.create_project("From the demo", dataset=proj.SYNTHETIC, model=presets.preset("fast", 10),
+                                model_preset="fast", init_from=tasks.DEMO_CHOICE,
+                                config=config.TrainConfig(epochs=1, batch_size=50, chunk_steps=4).to_dict())
+    caller = threading.current_thread()
+    real_load = predict.load_model
+
+    def load(source: str, *args, **kwargs):
+        assert threading.current_thread() is not caller, "Start waited for the starting model's weights"
+        return real_load(source, *args, **kwargs)
+
+    monkeypatch.setattr(predict, "load_model", load)
+    registry = proj.get_registry()
+    job = tasks.start_training(ws, project, registry=registry)
+    final = registry.wait(job["id"], timeout=240)
+    assert final["status"] == "completed", final["error"]
+    assert store.read_json(Path(job["run_dir"]) / "run.json")["init_from"] == tasks.DEMO_CHOICE

@@ -260,6 +260,18 @@ def starting_models(ws: store.Workspace, project: dict, spec: list, num_classes:
     return choices
 
 
+def _described_model(source: str) -> tuple[list, int]:
+    """(layers, ensemble members) of a starting model from its small JSON files: the weights are loaded by the
+    job's own thread, so pressing Start never waits for them (the page had frozen on it)."""
+    if source == DEMO_CHOICE:
+        folder = predict.DEMO_DIR
+        return store.read_json(folder / "model.json")["spec"], int(store.read_json(folder / "config.json").get("ensemble", 1))
+    if not (Path(source) / "model.msgpack").is_file():
+        raise store.StoreError("it has no trained weights")
+    record = store.read_json(Path(source) / "run.json")
+    return record["spec"], int((record.get("config") or {}).get("ensemble", 1))
+
+
 def starting_model(ws: store.Workspace, project: dict, spec: list) -> str:
     """The model source (demo or a run folder) the project's next run starts from; ValueError if it no longer fits."""
     choice = project["init_from"]
@@ -268,16 +280,16 @@ def starting_model(ws: store.Workspace, project: dict, spec: list) -> str:
     else:
         source = str(store.safe_child(ws.runs_dir(project["id"]), choice))
     try:
-        model = predict.load_model(source)
-    except ValueError as error:
+        their_spec, their_members = _described_model(source)
+    except (ValueError, KeyError, TypeError) as error:
         raise ValueError(f"the starting model {choice} cannot be loaded ({error}); choose another or start from scratch") from None
-    if model.spec != layer_specs.normalize_spec(spec):
+    if layer_specs.normalize_spec(their_spec) != layer_specs.normalize_spec(spec):
         raise ValueError(f"the starting model {choice} has different layers from this project's model; "
                          f"choose a model with the same layers or start from scratch")
     members = train_config(project).ensemble
-    if model.members not in (1, members):
-        raise ValueError(f"the starting model {choice} is an ensemble of {model.members} and this project trains "
-                         f"{members} member{'s' if members != 1 else ''}; set Ensemble members to {model.members}, "
+    if their_members not in (1, members):
+        raise ValueError(f"the starting model {choice} is an ensemble of {their_members} and this project trains "
+                         f"{members} member{'s' if members != 1 else ''}; set Ensemble members to {their_members}, "
                          f"choose another model or start from scratch")
     return source
 
