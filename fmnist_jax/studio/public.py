@@ -16,86 +16,16 @@ import shutil
 import threading
 import time
 from pathlib import Path
-from typing import Any, ClassVar, Iterable, Mapping
-
-from pydantic import ConfigDict, Field
+from typing import Any, Iterable
 
 from fmnist_jax import settings
-from fmnist_jax.checks import Real, Settings, Whole
+# The caps live at the settings floor, where the upload limits read them too; public.limits() etc. stay the names
+# the studio uses.
+from fmnist_jax.public_limits import PublicLimits, count_text, limits, upload_cap_bytes  # noqa: F401
 
 WORKSPACE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{15,63}")
 MARKER = ".last_used"
 LOCAL_COMMAND = "pip install -r requirements.txt && python -m fmnist_jax train --epochs N"
-
-
-class PublicLimits(Settings):
-    """Caps that keep a shared public Space responsive."""
-
-    model_config = ConfigDict(frozen=True)
-    kind: ClassVar[str] = "public limit"
-
-    max_jobs_per_visitor: Whole = Field(1, gt=0, title="jobs per visitor")  # queued or running, per workspace
-    max_jobs_total: Whole = Field(6, gt=0, title="jobs in total")  # queued or running, all visitors together
-    max_running: Whole = Field(1, gt=0, title="trainings at a time")  # the rest wait in the queue
-    # Epochs x training images per job: 10 epochs of Fashion-MNIST's 60,000.
-    max_epoch_images: Whole = Field(600_000, gt=0, title="training images per job")
-    # Model and job size, checked before anything is allocated; the defaults admit every preset's recipe
-    # (the largest, 'wide': 0.56 M parameters, ~0.5 GiB at batch 128, 283 TFLOP for its 10 epochs).
-    max_params: Whole = Field(5_000_000, gt=0, title="parameters")
-    max_memory_mb: Whole = Field(2048, gt=0, title="training memory (MiB)")
-    max_job_tflop: Real = Field(300.0, gt=0, title="compute per job (TFLOP)")
-    max_job_minutes: Real = Field(60.0, gt=0, title="minutes per job")  # then the job stops, its checkpoint kept
-    workspace_mb: Whole = Field(1024, gt=0, title="disk per workspace (MB)")  # uploads, runs and checkpoints
-    # All workspaces together; unset: what the workspace's disk has free, less DISK_RESERVE (check_disk).
-    disk_gb: Real | None = Field(None, gt=0, title="disk for all workspaces (GB)")
-    upload_cap_mb: Whole = Field(100, gt=0, title="upload size (MB)")  # also STREAMLIT_SERVER_MAX_UPLOAD_SIZE (Dockerfile)
-    idle_hours: Real = Field(24.0, gt=0, title="idle hours")  # workspaces untouched this long are deleted
-
-    ENV: ClassVar[dict[str, str]] = {
-        "max_jobs_per_visitor": "FMNIST_PUBLIC_MAX_JOBS_PER_VISITOR", "max_jobs_total": "FMNIST_PUBLIC_MAX_JOBS",
-        "max_running": "FMNIST_PUBLIC_MAX_RUNNING", "max_epoch_images": "FMNIST_PUBLIC_MAX_EPOCH_IMAGES",
-        "upload_cap_mb": "FMNIST_PUBLIC_UPLOAD_MB", "idle_hours": "FMNIST_PUBLIC_IDLE_HOURS",
-        "max_params": "FMNIST_PUBLIC_MAX_PARAMS", "max_memory_mb": "FMNIST_PUBLIC_MAX_MEMORY_MB",
-        "max_job_tflop": "FMNIST_PUBLIC_MAX_JOB_TFLOP", "max_job_minutes": "FMNIST_PUBLIC_MAX_JOB_MINUTES",
-        "workspace_mb": "FMNIST_PUBLIC_WORKSPACE_MB", "disk_gb": "FMNIST_PUBLIC_DISK_GB"}
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> "PublicLimits":
-        """Defaults overridden by FMNIST_PUBLIC_* variables (ValueError naming a bad one)."""
-        environ = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for field_name, variable in cls.ENV.items():
-            raw = environ.get(variable)
-            if raw is None or not raw.strip():
-                continue
-            try:
-                value = float(raw)
-                cls(**{field_name: int(value) if value.is_integer() else value})
-            except ValueError:
-                what = "a number" if field_name == "idle_hours" else "a whole number"
-                raise ValueError(f"{variable} must be {what} above 0, got {raw!r}") from None
-            values[field_name] = int(value) if value.is_integer() else value
-        return cls(**values)
-
-    def describe(self) -> list[str]:
-        """Lines for the app's 'public Space limits' note."""
-        return [f"{self.max_jobs_per_visitor} training job(s) per visitor, {self.max_jobs_total} queued in total, "
-                f"{self.max_running} running at a time",
-                f"at most {self.max_epoch_images:,} training images per job (epochs x training set size)",
-                f"models up to {_count(self.max_params)} parameters and {self.max_memory_mb:,} MiB of training memory, "
-                f"{self.max_job_tflop:g} TFLOP and {self.max_job_minutes:g} minutes per job",
-                f"uploads up to {self.upload_cap_mb} MB; {self.workspace_mb:,} MB of disk per visitor",
-                f"workspaces idle for {self.idle_hours:g} hours are deleted"]
-
-
-def limits() -> PublicLimits:
-    """The public-mode caps in force (from the environment)."""
-    return PublicLimits.from_env()
-
-
-def upload_cap_bytes() -> int:
-    """The upload size cap of public mode, in bytes."""
-    return int(limits().upload_cap_mb) * 2**20
 
 
 # ----------------------------------------------------------------------------- workspaces
@@ -232,14 +162,6 @@ def run_bytes(params: int) -> int:
 
 # ----------------------------------------------------------------------------- job caps
 
-def _count(value: float) -> str:
-    """1.6 billion, 5 million, 241,770."""
-    for size, word in ((1e9, "billion"), (1e6, "million")):
-        if value >= size:
-            return f"{value / size:.2g} {word}" if value / size < 10 else f"{value / size:,.0f} {word}"
-    return f"{int(value):,}"
-
-
 def job_figures(spec: Any, input_shape: tuple, num_classes: int, batch_size: int, epochs: int, train_size: int,
                 members: int = 1) -> dict:
     """What a training job would take, from the layer list alone (nothing is allocated): parameters, training
@@ -267,8 +189,8 @@ def check_job(figures: dict, caps: PublicLimits | None = None) -> None:
     model = f"this ensemble of {members} models" if members > 1 else "this model"
     fewer = " or fewer ensemble members" if members > 1 else ""
     if figures["params"] > caps.max_params:
-        raise ValueError(f"{model} has {_count(figures['params'])} parameters; this Space allows "
-                         f"{_count(caps.max_params)}. Use fewer or smaller layers{fewer}{local}")
+        raise ValueError(f"{model} has {count_text(figures['params'])} parameters; this Space allows "
+                         f"{count_text(caps.max_params)}. Use fewer or smaller layers{fewer}{local}")
     if figures["memory_mb"] > caps.max_memory_mb:
         raise ValueError(f"training {model} at this batch size needs about {figures['memory_mb']:,.0f} MiB; this "
                          f"Space allows {caps.max_memory_mb:,} MiB per job. Lower the batch size or the "
@@ -286,7 +208,7 @@ def check_job(figures: dict, caps: PublicLimits | None = None) -> None:
 def usage_lines(figures: dict, caps: PublicLimits | None = None) -> list[str]:
     """The Model and Hyperparameters pages' figures against the Space's limits, before Start is pressed."""
     caps = caps or limits()
-    return [f"parameters {_count(figures['params'])} of {_count(caps.max_params)}",
+    return [f"parameters {count_text(figures['params'])} of {count_text(caps.max_params)}",
             f"training memory {figures['memory_mb']:,.0f} of {caps.max_memory_mb:,} MiB",
             f"compute {figures['job_tflop']:,.1f} of {caps.max_job_tflop:g} TFLOP",
             f"images {figures['epoch_images']:,} of {caps.max_epoch_images:,} (epochs x training set)"]

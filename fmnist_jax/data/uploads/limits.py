@@ -6,7 +6,7 @@ import re
 from dataclasses import asdict, dataclass, replace
 from typing import Callable
 
-from fmnist_jax import settings
+from fmnist_jax import public_limits, settings
 from fmnist_jax.errors import UserError
 
 Progress = Callable[[float, str], None]
@@ -84,9 +84,7 @@ def limits_for_mode(public: bool | None = None) -> UploadLimits:
         public = settings.public_mode()
     if not public:
         return LOCAL_LIMITS
-    from fmnist_jax.studio import public as public_mode
-
-    return replace(PUBLIC_LIMITS, max_archive_bytes=min(PUBLIC_LIMITS.max_archive_bytes, public_mode.upload_cap_bytes()))
+    return replace(PUBLIC_LIMITS, max_archive_bytes=min(PUBLIC_LIMITS.max_archive_bytes, public_limits.upload_cap_bytes()))
 
 
 def browser_upload_mb(public: bool | None = None) -> int:
@@ -95,9 +93,7 @@ def browser_upload_mb(public: bool | None = None) -> int:
         public = settings.public_mode()
     if not public:
         return BROWSER_UPLOAD_MB
-    from fmnist_jax.studio import public as public_mode
-
-    return int(public_mode.limits().upload_cap_mb)
+    return int(public_limits.limits().upload_cap_mb)
 
 
 def browser_limits(public: bool | None = None) -> UploadLimits:
