@@ -515,6 +515,7 @@ def try_a_photo(source: str = "demo", stamp: str = "demo", key: str = "try", int
                    "ankle boots, and says *not sure* for other things.")
     upload_col, camera_col = st.columns([3, 2])
     uploads = upload_col.file_uploader("Photos of garments", type=decode.UPLOAD_TYPES, accept_multiple_files=True,
+                                       max_upload_size=decode.MAX_UPLOAD_BYTES // 2**20,  # said as "20MB per file"
                                        key=f"{key}-upload", label_visibility="collapsed")
     with camera_col:
         use_camera = st.toggle("Use the camera", key=f"{key}-camera-on", help="Take a photo with this device's camera.")

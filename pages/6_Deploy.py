@@ -139,7 +139,7 @@ with st.expander("Use this model outside the studio", expanded=False):
 
 st.caption(f"Photos for this model: {pipeline_params.describe(model.preprocess, model.input_shape)}")
 # No type filter: a file that is not a photo gets its reason in words below (the uploader would only mark it "!").
-uploads = st.file_uploader("Upload photos", accept_multiple_files=True,
+uploads = st.file_uploader("Upload photos", accept_multiple_files=True, max_upload_size=decode.MAX_UPLOAD_BYTES // 2**20,
                            key=f"deploy-upload-{pid}",
                            help="One or many images (" + ", ".join(decode.UPLOAD_TYPES) + f"), up to "
                                 f"{decode.MAX_UPLOAD_BYTES // 2**20} MB each. A garment on a plain background works "

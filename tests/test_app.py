@@ -882,10 +882,17 @@ def test_a_refused_project_name_stays_in_the_form_to_correct(seeded: dict) -> No
     assert at.text_input(key="new-project-name").value == ""  # cleared once the project exists
 
 
-def test_the_model_json_import_states_its_own_1_mb_limit(seeded: dict) -> None:
+def test_uploaders_state_their_own_limits(seeded: dict) -> None:
+    from fmnist_jax.photos import decode
+
     at = open_app("pages/2_Model.py", seeded["id"])
     uploader = at.get("file_uploader")[0]
     assert uploader.label == "Import model JSON" and uploader.proto.max_upload_size_mb == 1
+    photo_mb = decode.MAX_UPLOAD_BYTES // 2**20
+    at.switch_page("pages/6_Deploy.py").run()
+    assert [u.proto.max_upload_size_mb for u in at.get("file_uploader") if u.label == "Upload photos"] == [photo_mb]
+    at.switch_page("app.py").run()
+    assert [u.proto.max_upload_size_mb for u in at.get("file_uploader") if u.label == "Photos of garments"] == [photo_mb]
 
 
 def test_prediction_bars_are_drawn_highest_first() -> None:
