@@ -184,7 +184,7 @@ controls, counts_column = st.columns([3, 2], gap="large")
 with controls:
     mode = st.radio("Split mode", ["official", "pooled"], index=["official", "pooled"].index(saved.mode),
                     key=f"split-mode-{pid}", horizontal=True,
-                    format_func=lambda m: {"official": "Official test set + validation", "pooled": "Pool everything, cut by fractions"}[m],
+                    format_func=splitting.mode_labels(dataset).get,
                     help="Official keeps Zalando's 10,000 test images and carves validation out of the 60,000 "
                          "training images (comparable with published results). Pooled mixes all 70,000 and cuts "
                          "them by your fractions (80/10/10 as in the seed article).")
@@ -206,8 +206,12 @@ with controls:
         chosen["val"] = b.slider("Validation %", 1, val_max, min(val_max, shown["val"]), key=val_key,
                                  help="Share used to pick the best epoch and tune settings. The rest is the test set.")
     else:
-        chosen["val_fraction"] = st.slider("Validation % of the training images", 1, 50, shown["val_fraction"],
-                                           key=f"split-valfrac-{pid}", help="Carved out of the official training images.")
+        own_test = len(dataset.test_labels) > 0
+        chosen["val_fraction"] = st.slider(
+            "Validation % of the training images" if own_test else "Validation % (and test %) of the training images",
+            1, 50, shown["val_fraction"], key=f"split-valfrac-{pid}",
+            help="Carved out of the training images." if own_test else
+                 "This share of the training images becomes the validation set, and as many again the test set.")
     a, b = st.columns(2)
     chosen["seed"] = int(a.number_input("Shuffle seed", 0, 2**31 - 1, saved.seed, key=f"split-seed-{pid}",
                                         help="The same seed gives the same split, image for image."))

@@ -113,3 +113,15 @@ def test_edits_are_only_the_values_a_widget_changed() -> None:
 def test_a_layer_spec_stored_without_defaults_is_not_rewritten_normalised(edge_project: dict) -> None:
     stored = store.Workspace().get_project(edge_project["id"])["model"]
     assert stored != layer_specs.normalize_spec(stored)  # the precondition that makes the page test meaningful
+
+
+def test_a_dataset_without_a_test_set_is_not_offered_an_official_one() -> None:
+    from fmnist_jax.data import catalogue
+
+    with_test = catalogue.synthetic_dataset(num_train=100, num_test=20)
+    without = catalogue.Dataset("upload/x", with_test.train_images, with_test.train_labels,
+                                with_test.train_images[:0], with_test.train_labels[:0], with_test.class_names)
+    assert splitting.mode_labels(with_test)["official"] == "Official test set + validation"
+    assert "has no test set of its own" in splitting.mode_labels(without)["official"]
+    counts = splitting.split_counts(without, splitting.SplitSpec(mode="official", val_fraction=0.2))
+    assert counts == {"train": 60, "validation": 20, "test": 20}  # what the label says: both carved

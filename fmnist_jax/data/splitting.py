@@ -139,6 +139,14 @@ def default_spec(dataset: Dataset) -> SplitSpec:
     return SplitSpec()
 
 
+def mode_labels(dataset: Dataset) -> dict[str, str]:
+    """What each split mode means for this dataset, in the Data page's words: "official" keeps the source's own
+    test set, or, for an upload without one, carves test images from the training images as it does validation."""
+    official = ("Official test set + validation" if len(dataset.test_labels) else
+                "Carve validation and test from the training images (this dataset has no test set of its own)")
+    return {"official": official, "pooled": "Pool everything, cut by fractions"}
+
+
 def edited_spec(saved: SplitSpec, changes: dict) -> SplitSpec:
     """The spec after the Data page's edits: `changes` holds only what the user moved (mode, seed, stratify, and the
     whole percents train, val and val_fraction); every other field keeps its stored value exactly. Not validated
