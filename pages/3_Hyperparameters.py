@@ -12,12 +12,6 @@ from fmnist_jax.studio import charts, estimates, sweeps, tasks
 from fmnist_jax.studio import projects as proj
 from fmnist_jax.training import config, optim
 
-OPTIMIZER_LABELS = {"sgd": "SGD", "rmsprop": "RMSprop", "adadelta": "Adadelta", "adagrad": "Adagrad",
-                    "adamax": "Adamax", "adam": "Adam", "nadam": "Nadam", "adamw": "AdamW"}
-OPTIMIZER_PARAMS = {"sgd": ("momentum", "nesterov"), "rmsprop": ("rho", "momentum", "epsilon"),
-                    "adadelta": ("rho", "epsilon"), "adagrad": ("epsilon",), "adamax": ("beta1", "beta2", "epsilon"),
-                    "adam": ("beta1", "beta2", "epsilon"), "nadam": ("beta1", "beta2", "epsilon"),
-                    "adamw": ("beta1", "beta2", "epsilon")}
 SCHEDULE_LABELS = {"constant": "Constant", "cosine": "Cosine decay", "warmup_cosine": "Warm-up, then cosine decay",
                    "one_cycle": "One-cycle", "step": "Step decay"}
 BATCH_SIZES = [8, 16, 32, 64, 96, 128, 192, 256, 384, 512, 1024, 2048]
@@ -78,7 +72,8 @@ st.caption("The optimizer and schedule pickers sit above the form because they d
            "they are saved together with the form.")
 top = st.columns(2)
 optimizer = top[0].selectbox("Optimizer", config.OPTIMIZERS, index=config.OPTIMIZERS.index(cfg.optimizer),
-                             format_func=OPTIMIZER_LABELS.get, key=f"hp-opt-{pid}-{version}",
+                             format_func=lambda name: config.OPTIMIZER_KINDS[name].label,
+                             key=f"hp-opt-{pid}-{version}",
                              help="Adam is a robust default; SGD with momentum can generalise slightly better "
                                   "with a tuned schedule.")
 schedule = top[1].selectbox("Learning-rate schedule", config.SCHEDULES, index=config.SCHEDULES.index(cfg.schedule),
@@ -99,13 +94,13 @@ with st.form(f"hyperparameters-{pid}", border=True):
                                       help="Train the last N epochs on the images as they are, with the Data page's "
                                            "augmentation off, as evaluation sees them. 0: augment every epoch."))
 
-    st.markdown(f"**Optimizer · {OPTIMIZER_LABELS[optimizer]}**")
+    st.markdown(f"**Optimizer · {config.OPTIMIZER_KINDS[optimizer].label}**")
     a, b, c, d = st.columns(4)
     learning_rate = a.select_slider("Learning rate (log scale)", sorted({*LR_STOPS, cfg.learning_rate}), value=cfg.learning_rate,
                                     format_func=lambda v: f"{v:.0e}",
                                     help="Step size, on a log scale from 1e-6 to 1 (1-2-5 steps per decade). "
                                          "1e-3 suits Adam; SGD usually wants 1e-2 to 1e-1.")
-    used = OPTIMIZER_PARAMS[optimizer]
+    used = config.OPTIMIZER_KINDS[optimizer].fields()
     values = {"momentum": cfg.momentum, "nesterov": cfg.nesterov, "beta1": cfg.beta1, "beta2": cfg.beta2,
               "rho": cfg.rho, "epsilon": cfg.epsilon}
     slots = iter([b, c, d, a])

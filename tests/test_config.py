@@ -154,3 +154,24 @@ def test_a_shortened_recipe_keeps_its_clean_last_epochs_within_the_new_length() 
     short = recipe.with_epochs(1, batch_size=64)
     assert (short.epochs, short.clean_epochs, short.batch_size) == (1, 1, 64)
     short.validate()  # would refuse 7 clean epochs in a 1-epoch run
+
+
+def test_one_optimizer_table_serves_training_the_page_and_the_script() -> None:
+    import jax.numpy as jnp
+    import numpy as np
+    import optax
+
+    from fmnist_jax.deploy import script_export
+    from fmnist_jax.training.config import OPTIMIZER_KINDS, OPTIMIZERS
+
+    assert OPTIMIZERS == tuple(OPTIMIZER_KINDS)
+    table = script_export._optimizer_table()
+    for name, kind in OPTIMIZER_KINDS.items():
+        assert callable(getattr(optax, kind.optax_name))
+        assert all(field in TrainConfig.model_fields for _, field in kind.arguments)
+        assert "weight_decay" not in kind.fields()  # shown with the regularisation settings instead
+        assert f'"{name}": lambda: optax.{kind.optax_name}(lr, ' in table
+        tx = optim.make_optimizer(TrainConfig(optimizer=name, weight_decay=0.01), steps_per_epoch=10)
+        params = {"w": jnp.ones(3)}
+        updates, _ = tx.update({"w": jnp.full(3, 0.5)}, tx.init(params), params)
+        assert np.all(np.isfinite(updates["w"])) and np.any(updates["w"] != 0), name

@@ -11,6 +11,7 @@ import pprint
 from typing import Any
 
 from fmnist_jax.model import layer_specs
+from fmnist_jax.training.config import OPTIMIZER_KINDS, ZERO_MEANS_NONE
 
 ACTIVATION_CODE = {"relu": "jax.nn.relu(x)", "gelu": "jax.nn.gelu(x)", "elu": "jax.nn.elu(x)",
                    "leaky_relu": "jax.nn.leaky_relu(x, 0.01)", "tanh": "jnp.tanh(x)", "sigmoid": "jax.nn.sigmoid(x)"}
@@ -90,7 +91,19 @@ def training_script(spec: list, config: Any, input_shape: tuple, class_names: tu
         shape=tuple(int(v) for v in input_shape), init="\n".join(f"        {line}" for line in init_lines) or "        pass",
         call="\n".join(f"        {line}" for line in call_lines),
         blocks=RESIDUAL_CODE if any(layer["type"] == "residual" for layer in spec) else "",
+        optimizers=_optimizer_table(),
         omitted=(f"# Not included: the studio's {', '.join(omitted)} (flip, shift and crop augmentation are).\n" if omitted else ""))
+
+
+def _optimizer_table() -> str:
+    """The script's optimizer table, written from the studio's own (training/config.OPTIMIZER_KINDS), so an
+    optimizer added there trains the same in the script."""
+    lines = []
+    for name, kind in OPTIMIZER_KINDS.items():
+        arguments = ", ".join(f'{keyword}=s["{field}"]' + (" or None" if field in ZERO_MEANS_NONE else "")
+                              for keyword, field in kind.arguments)
+        lines.append(f'        "{name}": lambda: optax.{kind.optax_name}(lr, {arguments}),')
+    return "\n".join(lines)
 
 
 def model_script(model: Any, title: str = "model") -> str:
@@ -206,14 +219,7 @@ def schedule(steps_per_epoch):
 def optimizer(steps_per_epoch):
     s, lr = SETTINGS, schedule(steps_per_epoch)
     base = {{
-        "sgd": lambda: optax.sgd(lr, momentum=s["momentum"] or None, nesterov=s["nesterov"]),
-        "rmsprop": lambda: optax.rmsprop(lr, decay=s["rho"], eps=s["epsilon"], momentum=s["momentum"] or None),
-        "adadelta": lambda: optax.adadelta(lr, rho=s["rho"], eps=s["epsilon"]),
-        "adagrad": lambda: optax.adagrad(lr, eps=s["epsilon"]),
-        "adamax": lambda: optax.adamax(lr, b1=s["beta1"], b2=s["beta2"], eps=s["epsilon"]),
-        "adam": lambda: optax.adam(lr, b1=s["beta1"], b2=s["beta2"], eps=s["epsilon"]),
-        "nadam": lambda: optax.nadam(lr, b1=s["beta1"], b2=s["beta2"], eps=s["epsilon"]),
-        "adamw": lambda: optax.adamw(lr, b1=s["beta1"], b2=s["beta2"], eps=s["epsilon"], weight_decay=s["weight_decay"]),
+{optimizers}
     }}[s["optimizer"]]()
     chain = []
     if s["grad_clip"]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from pydantic import Field, StrictBool
@@ -11,7 +12,37 @@ from fmnist_jax.checks import Real, Settings, Whole, choice
 from fmnist_jax.data.augment import AugmentConfig
 from fmnist_jax.model.cpu_ops import CONV_IMPLS
 
-OPTIMIZERS = ("sgd", "rmsprop", "adadelta", "adagrad", "adamax", "adam", "nadam", "adamw")
+
+
+@dataclass(frozen=True)
+class OptimizerKind:
+    """One optimizer, in the one table that make_optimizer, the Hyperparameters page and the exported training
+    script all read: its label, its Optax function, and which TrainConfig field feeds each of that function's
+    keyword arguments (in the order the page shows them)."""
+
+    label: str
+    optax_name: str
+    arguments: tuple[tuple[str, str], ...]  # (Optax keyword, TrainConfig field)
+
+    def fields(self) -> tuple[str, ...]:
+        """The settings the Hyperparameters page shows for it (weight decay has its own place there)."""
+        return tuple(field for _, field in self.arguments if field != "weight_decay")
+
+
+_ADAM_LIKE = (("b1", "beta1"), ("b2", "beta2"), ("eps", "epsilon"))
+OPTIMIZER_KINDS: dict[str, OptimizerKind] = {
+    "sgd": OptimizerKind("SGD", "sgd", (("momentum", "momentum"), ("nesterov", "nesterov"))),
+    "rmsprop": OptimizerKind("RMSprop", "rmsprop", (("decay", "rho"), ("momentum", "momentum"), ("eps", "epsilon"))),
+    "adadelta": OptimizerKind("Adadelta", "adadelta", (("rho", "rho"), ("eps", "epsilon"))),
+    "adagrad": OptimizerKind("Adagrad", "adagrad", (("eps", "epsilon"),)),
+    "adamax": OptimizerKind("Adamax", "adamax", _ADAM_LIKE),
+    "adam": OptimizerKind("Adam", "adam", _ADAM_LIKE),
+    "nadam": OptimizerKind("Nadam", "nadam", _ADAM_LIKE),
+    "adamw": OptimizerKind("AdamW", "adamw", (*_ADAM_LIKE, ("weight_decay", "weight_decay"))),
+}
+OPTIMIZERS = tuple(OPTIMIZER_KINDS)
+# Settings whose 0 means "none" to Optax (a momentum of 0 is plain SGD, not a zero-momentum trace).
+ZERO_MEANS_NONE = ("momentum",)
 SCHEDULES = ("constant", "cosine", "warmup_cosine", "one_cycle", "step")
 LOSSES = ("cross_entropy", "focal")
 MONITORS = ("val_accuracy", "val_loss")

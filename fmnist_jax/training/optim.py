@@ -13,7 +13,7 @@ import numpy as np
 import optax
 
 from fmnist_jax.data.label_sets import acceptable_mask
-from fmnist_jax.training.config import TrainConfig
+from fmnist_jax.training.config import OPTIMIZER_KINDS, ZERO_MEANS_NONE, TrainConfig
 
 # ----------------------------------------------------------------------------- optimizer and loss
 
@@ -109,24 +109,12 @@ def make_optimizer(cfg: TrainConfig, steps_per_epoch: int, rate: RunTimeRate | N
     learning rate is the one the training step gives it (RunTimeRate)."""
     lr = rate or _traceable_schedule(cfg, steps_per_epoch)
     name = cfg.optimizer
-    if name == "sgd":
-        base = optax.sgd(lr, momentum=cfg.momentum or None, nesterov=cfg.nesterov)
-    elif name == "rmsprop":
-        base = optax.rmsprop(lr, decay=cfg.rho, eps=cfg.epsilon, momentum=cfg.momentum or None)
-    elif name == "adadelta":
-        base = optax.adadelta(lr, rho=cfg.rho, eps=cfg.epsilon)
-    elif name == "adagrad":
-        base = optax.adagrad(lr, eps=cfg.epsilon)
-    elif name == "adamax":
-        base = optax.adamax(lr, b1=cfg.beta1, b2=cfg.beta2, eps=cfg.epsilon)
-    elif name == "adam":
-        base = optax.adam(lr, b1=cfg.beta1, b2=cfg.beta2, eps=cfg.epsilon)
-    elif name == "nadam":
-        base = optax.nadam(lr, b1=cfg.beta1, b2=cfg.beta2, eps=cfg.epsilon)
-    elif name == "adamw":
-        base = optax.adamw(lr, b1=cfg.beta1, b2=cfg.beta2, eps=cfg.epsilon, weight_decay=cfg.weight_decay)
-    else:
+    if name not in OPTIMIZER_KINDS:
         raise ValueError(f"unknown optimizer {name!r}")
+    kind = OPTIMIZER_KINDS[name]
+    base = getattr(optax, kind.optax_name)(lr, **{
+        keyword: (getattr(cfg, field) or None) if field in ZERO_MEANS_NONE else getattr(cfg, field)
+        for keyword, field in kind.arguments})
     chain = []
     if cfg.freeze_layers:
         chain.append(_freeze_first_layers(cfg.freeze_layers))
