@@ -25,7 +25,7 @@ from throughput import jax_runner
 
 from fmnist_jax.data import catalogue, splitting
 from fmnist_jax.model import presets
-from fmnist_jax.studio.jobs import train_and_test
+from fmnist_jax.train_and_test import train_and_test
 from fmnist_jax.training import program
 from fmnist_jax.training.config import TrainConfig
 

@@ -23,7 +23,7 @@ import _common
 from _common import emit_json, fashion_splits, load_average, print_table
 
 from fmnist_jax.model import presets
-from fmnist_jax.studio.jobs import train_and_test
+from fmnist_jax.train_and_test import train_and_test
 from fmnist_jax.training import program
 from fmnist_jax.training.config import TrainConfig
 

@@ -9,7 +9,7 @@ from conftest import load_script
 
 from fmnist_jax.data import splitting
 from fmnist_jax.data.augment import AugmentConfig
-from fmnist_jax.studio.jobs import train_and_test
+from fmnist_jax.train_and_test import train_and_test
 from fmnist_jax.training import loop, members, program
 from fmnist_jax.training.config import TrainConfig
 from fmnist_jax.training.trained import TrainedModel

@@ -60,8 +60,8 @@ MAX_FUNCTION_LINES = 60
 LONG_FUNCTION_MARK = "# long:"  # a comment on the def line (or the line above) that says why a function must be longer
 # Stages in pipeline order: a module may import its own stage and the ones to its left, never the ones to its right.
 # data/uploads is a floor of its own above photos: uploaded images go through the photo pipeline's plain-resize mode.
-STAGES = ["errors", "checks", "settings", "public_limits", "store", "data", "model", "training", "evaluate", "photos",
-          "uploads", "deploy", "studio", "cli"]
+STAGES = ["errors", "checks", "settings", "public_limits", "store", "data", "model", "training", "evaluate",
+          "train_and_test", "photos", "uploads", "deploy", "studio", "cli"]
 
 
 def module_name(path: Path) -> str:

@@ -11,7 +11,8 @@ import pytest
 from fmnist_jax import store
 from fmnist_jax.data import catalogue, splitting
 from fmnist_jax.data.augment import AugmentConfig
-from fmnist_jax.studio.jobs import JobRegistry, train_and_test
+from fmnist_jax.studio.jobs import JobRegistry
+from fmnist_jax.train_and_test import train_and_test
 from fmnist_jax.training import checkpoint, loop, program, trained
 from fmnist_jax.training.config import TrainConfig
 
@@ -157,16 +158,16 @@ def test_job_registry_queues_runs_and_survives_a_crash(tiny_splits: splitting.Sp
 
 def test_a_stopped_job_shows_it_is_stopped_before_its_test_pass(tiny_splits: splitting.Splits, tmp_path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    from fmnist_jax.studio import jobs
+    from fmnist_jax.training.trained import TrainedModel
     testing, release = threading.Event(), threading.Event()
-    original = jobs.TrainedModel.predict_proba
+    original = TrainedModel.predict_proba
 
     def slow_test_pass(self, *args, **kwargs):
         testing.set()
         assert release.wait(60)
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(jobs.TrainedModel, "predict_proba", slow_test_pass)
+    monkeypatch.setattr(TrainedModel, "predict_proba", slow_test_pass)
     registry = JobRegistry(max_running=1)
     job = registry.submit("p", tmp_path / "run", lambda: (TINY, TrainConfig(epochs=50, batch_size=16, chunk_steps=2),
                                                           tiny_splits))

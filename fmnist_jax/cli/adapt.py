@@ -82,7 +82,7 @@ def _calibrate(run_dir: Path, splits: Any, calibration_from: str | None) -> dict
 def cmd_adapt(args: argparse.Namespace) -> int:
     """Transfer learning from --init-from; with --photos, adaptation to real photos plus calibration."""
     from fmnist_jax.photos.pipeline_params import GRABCUT_PREPROCESS, resolve_preprocess
-    from fmnist_jax.studio.jobs import train_and_test
+    from fmnist_jax.train_and_test import train_and_test
     from fmnist_jax.training.loop import TrainingError
 
     if args.resume or args.model or args.preset:

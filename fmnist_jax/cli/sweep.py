@@ -26,7 +26,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from fmnist_jax.data.splitting import SplitSpec
     from fmnist_jax.model import presets
     from fmnist_jax.studio import sweeps
-    from fmnist_jax.studio.jobs import train_and_test
+    from fmnist_jax.train_and_test import train_and_test
     from fmnist_jax.training.loop import run_to_completion
 
     spec = sweeps.SweepSpec(presets=[p for p in args.preset.split(",") if p], mode=args.mode, trials=args.trials,

@@ -202,7 +202,7 @@ def cmd_train_plain(args: argparse.Namespace, spec: list | None = None, init_wei
                     meta: dict | None = None) -> int:
     """Train a preset, a spec file, or (transfer learning) `spec` starting from `init_weights`."""
     from fmnist_jax.model import layer_specs, presets
-    from fmnist_jax.studio.jobs import train_and_test
+    from fmnist_jax.train_and_test import train_and_test
     from fmnist_jax.training.loop import TrainingError, run_to_completion
 
     resuming = bool(args.resume)

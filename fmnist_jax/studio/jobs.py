@@ -13,58 +13,20 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from fmnist_jax import store
 from fmnist_jax.data.splitting import Splits
 from fmnist_jax.deploy import predict
 from fmnist_jax.errors import UserError
-from fmnist_jax.evaluate import metrics_from_probs
 from fmnist_jax.studio.background import ACTIVE, poll_until
+from fmnist_jax.train_and_test import train_and_test
 from fmnist_jax.training.config import TrainConfig
-from fmnist_jax.training.events import EventLog
-from fmnist_jax.training.loop import train
-from fmnist_jax.training.trained import TrainedModel
 
 MAX_CHUNK_RECORDS = 5000
 FINISHED_CHUNK_RECORDS = 200   # a finished job keeps this many live-chart points (its epochs stay whole)
 KEEP_FINISHED = 100            # finished jobs the registry keeps (newest first); their runs stay on disk
 KEEP_FINISHED_SECONDS = 3600.0  # and for at most this long after they ended
-
-
-def train_and_test(spec: Any, cfg: TrainConfig, splits: Splits, run_dir: str | Path | None = None,
-                   stop: threading.Event | None = None, resume: bool = False, run_meta: dict | None = None,
-                   eval_test_each_epoch: bool = False, init_weights: dict | None = None) -> Iterator[dict]:
-    """Training records, then one 'test' record with test-set loss and accuracy, then the final 'done'.
-
-    The shared path of the CLI, the background jobs and the benchmarks.
-    """
-    done = None
-    for record in train(spec, cfg, splits, run_dir=run_dir, stop=stop, resume=resume, run_meta=run_meta,
-                        eval_test_each_epoch=eval_test_each_epoch, init_weights=init_weights):
-        if record["kind"] == "done":
-            done = record
-            break
-        yield record
-    assert done is not None
-    # Training is over (completed, stopped or early-stopped, and saved): say so before the test-set pass.
-    yield {"kind": "trained", "status": done["status"], "epochs_completed": done["epochs_completed"]}
-    weights = done.pop("weights", None)
-    if weights is not None and (done["epochs_completed"] > 0 or done["status"] == "stopped"):
-        model = TrainedModel(spec, splits.input_shape, splits.class_names, weights, conv_impl=cfg.conv_impl,
-                             tta_flip=cfg.tta_flip, members=cfg.ensemble)
-        probs = model.predict_proba(splits.test_images, batch=cfg.eval_batch_size)
-        metrics = metrics_from_probs(probs, splits.test_labels, splits.class_names)
-        done.update(test_accuracy=metrics["accuracy"], test_loss=metrics["loss"])
-        yield {"kind": "test", "test_accuracy": metrics["accuracy"], "test_loss": metrics["loss"]}
-        if run_dir is not None:
-            log = EventLog(Path(run_dir))
-            log.test(metrics["accuracy"], metrics["loss"], done["epochs_completed"])
-            log.close()
-            store.update_run(run_dir, test_accuracy=metrics["accuracy"], test_loss=metrics["loss"], finished=time.time())
-            store.atomic_write_json(Path(run_dir) / "evaluation-test.json",
-                                    {k: v for k, v in metrics.items() if k != "predicted"})
-    yield done
 
 
 @dataclass
