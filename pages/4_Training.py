@@ -164,12 +164,13 @@ def _live_panel(snap: dict | None) -> None:
     if snap.get("time_limited"):
         st.info("Stopped at this Space's time limit per job; the run is saved and can be resumed below.",
                 icon=":material/timer_off:")
-    if active and snap.get("phase") == "testing":
+    if snap.get("phase") == "testing":
         ended = snap["result"].get("training_status")
         done = snap["result"].get("epochs_completed", 0)
         st.info(f"{'Stopped' if ended == 'stopped' else 'Training finished'} after {done} full epoch(s); the run is "
                 "saved. Measuring test accuracy…", icon=":material/stop_circle:" if ended == "stopped" else
                 ":material/hourglass_bottom:")
+        st.progress(snap["result"].get("test_progress", 0.0), text="test set")
     elif snap["stop_requested"] and active:
         st.warning("Stopping: the current chunk of steps ends, then the run is saved…", icon=":material/stop_circle:")
     if snap["chunks"] or snap["epochs"]:
@@ -213,6 +214,12 @@ def _live_panel(snap: dict | None) -> None:
             st.rerun()
         elif not is_active:
             st.session_state["training-active-job"] = None
+    # a stopped run's test pass that just ended: redraw the whole page once, so the history shows its test accuracy
+    if snap.get("phase") == "testing":
+        st.session_state["training-testing-job"] = snap["id"]
+    elif st.session_state.get("training-testing-job") == snap["id"] and ui.in_fragment_run():
+        st.session_state["training-testing-job"] = None
+        st.rerun()
     # a job that just started: redraw the whole page so this panel refreshes itself every second
     if active and st.session_state.get("training-active-job") != snap["id"]:
         st.session_state["training-active-job"] = snap["id"]
@@ -221,12 +228,13 @@ def _live_panel(snap: dict | None) -> None:
 
 current = registry.for_project(pid, ui.owner())
 is_active = bool(current and current["status"] in tasks.ACTIVE)
+is_live = is_active or bool(current and current["phase"] == "testing")  # a stopped run's test pass is still drawn
 if not is_active and problem is None:
     ui.warm_up(ui.workspace().get_project(pid))  # compile now, so Start only has to load the program
 if is_active:
     st.session_state["training-active-job"] = current["id"]
     ui.hide_run_indicator()  # the panel redraws every second; Streamlit's "Running… Stop" would blink with it
-st.fragment(live_panel, run_every=1.0 if is_active else None)()
+st.fragment(live_panel, run_every=1.0 if is_live else None)()
 
 # ----------------------------------------------------------------------------- history
 

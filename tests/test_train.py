@@ -178,11 +178,23 @@ def test_a_stopped_job_shows_it_is_stopped_before_its_test_pass(tiny_splits: spl
     registry.stop(job["id"])
     assert testing.wait(60)
     during = registry.get(job["id"])  # the page reads this: stopped and saved, the test pass still to come
-    assert during["status"] == "running" and during["phase"] == "testing"
+    assert during["status"] == "stopped" and during["phase"] == "testing" and during["finished"] is not None
     assert during["result"]["training_status"] == "stopped" and "test_accuracy" not in during["result"]
+    assert during["result"]["test_progress"] == 0.0
+    assert registry.queue() == []  # ended for the queue: the project may start again at once
+    # the next job does not wait for the stopped job's test pass: the one worker has moved on
+    second = registry.submit("p", tmp_path / "run2", lambda: (TINY, TrainConfig(epochs=1, batch_size=16), tiny_splits))
+    deadline = time.time() + 60
+    while registry.get(second["id"])["status"] == "queued" and time.time() < deadline:
+        time.sleep(0.05)
+    assert registry.get(second["id"])["status"] != "queued"
+    assert registry.get(job["id"])["phase"] == "testing"
     release.set()
     final = registry.wait(job["id"], timeout=60)
-    assert final["status"] == "stopped" and final["result"]["test_accuracy"] is not None
+    assert final["status"] == "stopped" and final["phase"] == "done" and final["result"]["test_accuracy"] is not None
+    assert final["result"]["test_progress"] == 1.0
+    assert store.read_json(tmp_path / "run" / "run.json")["test_accuracy"] == final["result"]["test_accuracy"]
+    assert registry.wait(second["id"], timeout=120)["status"] == "completed"
 
 
 def test_a_resumed_job_shows_the_epochs_from_before_the_stop(tiny_splits: splitting.Splits, tmp_path) -> None:

@@ -7,13 +7,14 @@ a page switch or a server restart loses at most the current chunk.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import threading
 import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from fmnist_jax import store
 from fmnist_jax.data.splitting import Splits
@@ -43,7 +44,7 @@ class Job:
     run_meta: dict = field(default_factory=dict)
     init_from: str | None = None   # transfer learning: the model (demo, run folder, bundle) whose weights start the run
     status: str = "queued"
-    phase: str = "training"   # then "testing" between the end of training and the final status
+    phase: str = "training"   # then "testing" (the test-set pass after training), then "done"
     time_limited: bool = False  # stopped by the registry's time limit, not by its owner
     created: float = field(default_factory=time.time)
     started: float | None = None
@@ -167,11 +168,11 @@ class JobRegistry:
             return [j.snapshot() for j in self._jobs.values() if j.status not in ACTIVE]
 
     def wait(self, job_id: int, timeout: float | None = None) -> dict | None:
-        """Block until a job leaves the queue/running state (for tests and the CLI)."""
+        """Block until a job has ended, its test-set pass included (for tests and the CLI)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             snap = self.get(job_id)
-            if snap is None or snap["status"] not in ACTIVE:
+            if snap is None or (snap["status"] not in ACTIVE and snap["phase"] != "testing"):
                 return snap
             if deadline is not None and time.monotonic() > deadline:
                 return snap
@@ -196,12 +197,22 @@ class JobRegistry:
             if timer is not None:
                 timer.daemon = True
                 timer.start()
+            handed_off = False
             try:
+                self._wait_for_test_pass(job)
                 spec, cfg, splits = job.prepare()
                 init_weights = predict.load_model(job.init_from).weights if job.init_from and not job.resume else None
-                for record in train_and_test(spec, cfg, splits, job.run_dir, job.stop_event, job.resume, job.run_meta,
-                                             init_weights=init_weights):
+                records = train_and_test(spec, cfg, splits, job.run_dir, job.stop_event, job.resume, job.run_meta,
+                                         init_weights=init_weights, test_progress=functools.partial(self._tested, job))
+                for record in records:
                     self._record(job, record)
+                    if record["kind"] == "trained" and record["status"] == "stopped":
+                        # stopped and saved: the job has ended for its owner and for the queue; the test-set pass
+                        # goes on in a thread of its own, so the next queued job need not wait for it
+                        threading.Thread(target=self._test_after_stop, args=(job, records), daemon=True,
+                                         name=f"fmnist-test-{job.id}").start()
+                        handed_off = True
+                        break
             except (UserError, ValueError) as error:  # TrainingError, StoreError and the checks: said plainly
                 self._fail(job, str(error))
             except Exception as error:  # a crash must not take the registry down
@@ -214,8 +225,36 @@ class JobRegistry:
                     job.prepare = _released  # drop references to data and model
                     if job.status in ACTIVE:
                         job.status = "failed"
+                    if not handed_off:
+                        job.phase = "done"
                     job.finished = job.finished or time.time()
                     self._prune()
+
+    def _test_after_stop(self, job: Job, records: Iterator[dict]) -> None:
+        """Finish a stopped job's test-set pass: its 'test' and 'done' records reach the job as they come."""
+        try:
+            for record in records:
+                self._record(job, record)
+        except Exception as error:  # the run is saved and stopped: a failed test pass is said, not a failed run
+            with self._lock:
+                job.result["test_error"] = f"{type(error).__name__}: {error}"
+            traceback.print_exc()
+        finally:
+            with self._lock:
+                job.phase = "done"
+
+    def _wait_for_test_pass(self, job: Job) -> None:
+        """A run resumed straight after its stop waits for that stop's test pass, which still writes to the run's
+        folder: the two never write run.json at once."""
+        def measured() -> bool:
+            with self._lock:
+                return not any(j.run_dir == job.run_dir and j.phase == "testing" and j is not job
+                               for j in self._jobs.values())
+        poll_until(measured, timeout=600.0)
+
+    def _tested(self, job: Job, fraction: float) -> None:
+        with self._lock:
+            job.result["test_progress"] = fraction
 
     def _time_up(self, job: Job) -> None:
         with self._lock:
@@ -241,11 +280,15 @@ class JobRegistry:
             elif kind == "trained":
                 job.phase = "testing"
                 job.result.update(training_status=record["status"], epochs_completed=record["epochs_completed"])
+                if record["status"] == "stopped":  # "stopped" at once: the test pass after it is the run's own step
+                    job.status, job.finished = "stopped", time.time()
+                    self._prune()
             elif kind == "test":
                 job.result.update(record)
             elif kind == "done":
                 job.result.update({k: v for k, v in record.items() if isinstance(v, (int, float, str, type(None)))})
-                job.status, job.finished = record["status"], time.time()
+                job.status, job.phase = record["status"], "done"
+                job.finished = job.finished if job.status == "stopped" and job.finished else time.time()
                 del job.chunks[: max(0, len(job.chunks) - FINISHED_CHUNK_RECORDS)]
                 self._prune()
 
