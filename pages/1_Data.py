@@ -199,12 +199,22 @@ with controls:
         chosen["train"] = a.slider("Train %", 10, 97, shown["train"], key=f"split-train-{pid}",
                                    help="Share of all images used to fit the weights.")
         # The three shares add up by construction: validation can take at most what train leaves, minus 1% for test.
-        val_max = min(50, 99 - chosen["train"])
-        val_key = f"split-val-{pid}"
-        if st.session_state.get(val_key, 0) > val_max:
-            st.session_state[val_key] = val_max
-        chosen["val"] = b.slider("Validation %", 1, val_max, min(val_max, shown["val"]), key=val_key,
+        # The validation % the user asked for is kept apart from the slider, so a train % raised and lowered again
+        # gives it back, and a cut is said, not silent.
+        val_max, val_key, wanted_key = min(50, 99 - chosen["train"]), f"split-val-{pid}", f"split-val-wanted-{pid}"
+        wanted = st.session_state.setdefault(wanted_key, shown["val"])  # as first shown, until the user moves it
+        if val_key in st.session_state and st.session_state[val_key] != min(val_max, wanted):
+            st.session_state[val_key] = st.session_state[f"{val_key}-set"] = min(val_max, wanted)
+
+        def _val_moved() -> None:  # a move of the user's, not the value the page set just above
+            if st.session_state[val_key] != st.session_state.pop(f"{val_key}-set", None):
+                st.session_state[wanted_key] = st.session_state[val_key]
+
+        chosen["val"] = b.slider("Validation %", 1, val_max, min(val_max, wanted), key=val_key, on_change=_val_moved,
                                  help="Share used to pick the best epoch and tune settings. The rest is the test set.")
+        if wanted > val_max:
+            b.caption(f":orange[Validation is {val_max}% while Train is {chosen['train']}% (you set {wanted}%): at "
+                      "least 1% stays for test. Lower Train % to get it back.]")
     else:
         own_test = len(dataset.test_labels) > 0
         chosen["val_fraction"] = st.slider(

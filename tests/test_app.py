@@ -156,6 +156,10 @@ def test_pooled_shares_always_add_up(seeded: dict) -> None:
     assert at.slider(key=f"split-val-{pid}").value == 4 and at.slider(key=f"split-val-{pid}").max == 4
     assert "Test: **1%**" in texts(at, "caption")
     assert metric_values(at)["Test"] == "12"  # the rest of the page is still there
+    assert "you set 10%" in texts(at, "caption")  # the cut is said, not silent
+    at.slider(key=f"split-train-{pid}").set_value(80).run()  # and lowering Train % gives the 10% back
+    assert at.slider(key=f"split-val-{pid}").value == 10 and "you set" not in texts(at, "caption")
+    assert proj.split_spec(store.Workspace().get_project(pid)).fractions == pytest.approx((0.8, 0.1, 0.1))
 
 
 def test_data_augmentation_preview_uses_the_saved_settings(seeded: dict) -> None:
