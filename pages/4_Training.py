@@ -12,6 +12,7 @@ from fmnist_jax import store
 from fmnist_jax.data import catalogue
 from fmnist_jax.model import layer_specs
 from fmnist_jax.studio import charts, estimates, tasks
+from fmnist_jax.studio import figures as figures_html
 from fmnist_jax.studio import projects as proj
 
 STATUS_LABELS = {"queued": ":orange-badge[:material/hourglass_top: queued]",
@@ -178,22 +179,22 @@ def _live_panel(snap: dict | None) -> None:
         st.progress(fraction, text=f"epoch {figures['epoch']}/{figures['epochs']} · {fraction:.0%}")
         memory = estimates.memory_in_use()
         start = snap["start"]
-        m = st.columns(7)
-        m[0].metric("Images/s", f"{figures['images_per_s']:,.0f}" if figures["images_per_s"] else "–")
-        m[1].metric("s/epoch", ui.seconds_text(figures["seconds_per_epoch"]))
-        m[2].metric("Elapsed", ui.seconds_text(figures["elapsed"]), help="Since the job started, including data "
-                                                                          "preparation and compilation.")
         eta = ("done" if not active else "stopping" if snap["stop_requested"] else
                "soon" if figures["fraction"] >= 1.0 else ui.seconds_text(figures["eta"]))
-        m[3].metric("ETA", eta, help="Time left for the remaining training steps (then a validation pass and the "
-                                     "test-set evaluation).")
-        m[4].metric("Best epoch", figures["best_epoch"] or "–",
-                    f"{figures['best_val_accuracy']:.2%} val." if figures["best_epoch"] else None,
-                    delta_color="off", delta_arrow="off", help="The epoch with the highest validation accuracy so far.")
-        m[5].metric("Device", f"{start.get('platform', '?').upper()} × {start.get('devices', 1)}",
-                    help=f"{start.get('device', '')}; compiled in {start.get('compile_seconds', 0):.1f} s")
-        m[6].metric("Memory", ui.bytes_text(memory["device_bytes"] or memory["process_bytes"]),
-                    help="Accelerator memory in use" if memory["device_bytes"] else "Server process memory (RSS)")
+        st.html(figures_html.metric_grid_html([
+            ("Images/s", f"{figures['images_per_s']:,.0f}" if figures["images_per_s"] else "–", None, None),
+            ("s/epoch", ui.seconds_text(figures["seconds_per_epoch"]), None, None),
+            ("Elapsed", ui.seconds_text(figures["elapsed"]), None,
+             "Since the job started, including data preparation and compilation."),
+            ("ETA", eta, None, "Time left for the remaining training steps (then a validation pass and the test-set "
+                               "evaluation)."),
+            ("Best epoch", str(figures["best_epoch"] or "–"),
+             f"{figures['best_val_accuracy']:.2%} val." if figures["best_epoch"] else None,
+             "The epoch with the highest validation accuracy so far."),
+            ("Device", f"{start.get('platform', '?').upper()} × {start.get('devices', 1)}", None,
+             f"{start.get('device', '')}; compiled in {start.get('compile_seconds', 0):.1f} s"),
+            ("Memory", ui.bytes_text(memory["device_bytes"] or memory["process_bytes"]), None,
+             "Accelerator memory in use" if memory["device_bytes"] else "Server process memory (RSS)")]))
         rows = charts.learning_curve_rows(snap["chunks"], snap["epochs"])
         with st.container(key="live-curves"):
             left, right = st.columns(2)

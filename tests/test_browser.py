@@ -416,3 +416,58 @@ def test_a_residual_block_on_the_model_page_shows_its_settings_and_diagram(studi
             assert "Residual" in diagram.inner_text() and "7×7×64" in diagram.inner_text()
             page.screenshot(path=str(ARTIFACTS / f"model-residual-diagram-{width}.png"), full_page=False)
         browser.close()
+
+
+def test_start_shows_the_run_at_once_and_stop_says_stopped_within_5_seconds(studio: str, workspace: Path) -> None:
+    """Issue 46: Start -> a visible run state (queued, preparing or running) <= 1 s; Stop -> "stopped" <= 5 s, the
+    test-set pass after it shown with its own progress, and Start usable again. Timings go to
+    test-artifacts/flow-timings.json and are printed."""
+    import re
+
+    from playwright.sync_api import sync_playwright
+
+    from fmnist_jax import store
+    from fmnist_jax.studio import tasks
+
+    ws = store.Workspace(workspace)
+    project = ws.create_project("Flow timings", dataset="synthetic")
+    ws.update_project(project["id"], config={"epochs": 60})
+    timings: dict[str, float] = {}
+    header = re.compile(r"run-\d{8}-\d{6}\s*(\S+\s*)?(queued|running|stopped)")
+    with sync_playwright() as playwright:
+        browser = launch(playwright)
+        for width, page in phone_and_desktop_pages(browser, f"{studio}/Training?project={project['id']}"):
+            start = page.get_by_role("button", name="Start")
+            expect_enabled(start)
+            clicked = time.perf_counter()
+            start.click()
+            while (found := header.search(page.inner_text("body"))) is None or found.group(2) == "stopped":
+                assert time.perf_counter() - clicked < 30, "Start showed no run state in 30 s"
+                time.sleep(0.02)
+            timings[f"start_to_visible_state_{width}"] = time.perf_counter() - clicked
+            page.get_by_text("Images/s").first.wait_for()
+            timings[f"start_to_first_figures_{width}"] = time.perf_counter() - clicked
+            page.screenshot(path=str(ARTIFACTS / f"flow-training-{width}.png"), full_page=True)
+            clicked = time.perf_counter()
+            page.get_by_role("button", name="Stop").click()
+            while (found := header.search(page.inner_text("body"))) is None or found.group(2) != "stopped":
+                assert time.perf_counter() - clicked < 30, "Stop did not reach 'stopped' in 30 s"
+                time.sleep(0.02)
+            timings[f"stop_to_stopped_{width}"] = time.perf_counter() - clicked
+            expect_enabled(page.get_by_role("button", name="Start"))  # the project may train again at once
+        browser.close()
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "flow-timings.json").write_text(json.dumps({k: round(v, 2) for k, v in timings.items()}, indent=2))
+    print("flow timings (s):", json.dumps({k: round(v, 2) for k, v in timings.items()}))
+    runs = tasks.runs_table(ws, project["id"])
+    assert len(runs) == 2 and {r["status"] for r in runs} == {"stopped"}
+    assert all(timings[f"stop_to_stopped_{w}"] <= 5.0 for w in (390, 1400))
+    assert all(timings[f"start_to_visible_state_{w}"] <= 1.0 for w in (390, 1400))
+
+
+def expect_enabled(button, timeout: float = 60.0) -> None:
+    """Wait until a button is enabled (Streamlit re-enables Start when the project has no active run)."""
+    deadline = time.monotonic() + timeout
+    while not button.is_enabled():
+        assert time.monotonic() < deadline, "the button stayed disabled"
+        time.sleep(0.05)
