@@ -117,7 +117,7 @@ def confusion_matrix(matrix: Sequence[Sequence[int]], class_names: Sequence[str]
     order = list(class_names)
     base = alt.Chart(frame).encode(
         x=alt.X("predicted:N", sort=order, title="predicted class",
-                axis=alt.Axis(labelAngle=-35, orient="top", labelOverlap=False)),
+                axis=alt.Axis(labelAngle=-90, orient="top", labelOverlap=False, labelLimit=90)),  # upright: readable at 390 px
         y=alt.Y("true:N", sort=order, title="true class"),
     )
     cells = base.mark_rect().encode(

@@ -63,7 +63,7 @@ def check_trainable(project: dict, dataset: catalogue.Dataset | None = None) -> 
 
 def start_training(ws: store.Workspace, project: dict, run_name: str | None = None, registry: Any = None) -> dict:
     """Validate the project's settings and queue a training job; returns the job snapshot (ValueError if refused)."""
-    registry = registry or get_registry()
+    registry = registry if registry is not None else get_registry()  # an empty registry is falsy (len 0)
     dataset = load_dataset(project)
     spec, cfg, train_size = check_trainable(project, dataset)
     if settings.public_mode():
@@ -162,7 +162,7 @@ RESUMABLE = ("stopped", "failed", "running", "interrupted")
 
 def resume_training(ws: store.Workspace, project: dict, run_id: str, registry: Any = None) -> dict:
     """Queue a job that continues a stopped run from its last checkpoint, with the run's own settings."""
-    registry = registry or get_registry()
+    registry = registry if registry is not None else get_registry()  # an empty registry is falsy (len 0)
     run_dir = store.safe_child(ws.runs_dir(project["id"]), run_id)
     run = store.read_json(run_dir / "run.json")
     if run.get("status") not in RESUMABLE:
@@ -298,7 +298,7 @@ def runs_table(ws: store.Workspace, project_id: str, registry: Any = None) -> li
     """The run history rows (newest first) with elapsed time and weights availability. A run whose run.json
     still says "running" while no job of this server trains it was cut off (the server stopped or died): it is
     "interrupted", and resumable from its last checkpoint."""
-    registry = registry or get_registry()
+    registry = registry if registry is not None else get_registry()  # an empty registry is falsy (len 0)
     training = {job["name"] for job in registry.queue()
                 if job["project_id"] == project_id and job["owner"] == owner_of(ws)}
     rows = []
