@@ -288,7 +288,7 @@ class JobRegistry:
             elif kind == "done":
                 job.result.update({k: v for k, v in record.items() if isinstance(v, (int, float, str, type(None)))})
                 job.status, job.phase = record["status"], "done"
-                job.finished = job.finished if job.status == "stopped" and job.finished else time.time()
+                job.finished = job.finished or time.time()  # a stopped job ended when its run was saved
                 del job.chunks[: max(0, len(job.chunks) - FINISHED_CHUNK_RECORDS)]
                 self._prune()
 
