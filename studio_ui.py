@@ -4,6 +4,7 @@ guards for missing prerequisites and small formatting helpers. No jax/flax/optax
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 import time
 from typing import Any, Callable
@@ -199,7 +200,13 @@ def require_project() -> dict:
                 icon=":material/folder_open:")
         st.page_link(HOME_PAGE, label="Go to Projects", icon=":material/arrow_forward:")
         st.stop()
+    st.caption(f":material/folder_open: Project **{markdown_text(project['name'])}** · change it in the sidebar")
     return project
+
+
+def markdown_text(text: str) -> str:
+    """A user's text (a project's name) shown literally inside Streamlit markdown: its markup characters escaped."""
+    return re.sub(r"([\\`*_{}\[\]()#+\-.!|~<>$:])", r"\\\1", str(text))
 
 
 def page_title(step: str | None, title: str, caption: str) -> None:
@@ -347,8 +354,8 @@ def progress_callback(bar: Any):
 
 # ----------------------------------------------------------------------------- sidebar
 
-def _switch_project() -> None:
-    open_project(st.session_state["sidebar-project"])
+def _switch_project(key: str) -> None:
+    open_project(st.session_state[key])
 
 
 def sidebar(project: dict | None) -> None:
@@ -363,11 +370,13 @@ def sidebar(project: dict | None) -> None:
             ids = [p["id"] for p in projects]
             names = {p["id"]: p["name"] for p in projects}
             current = project["id"] if project and project["id"] in ids else None
-            if st.session_state.get("sidebar-project") != current:
-                st.session_state["sidebar-project"] = current
-            st.selectbox("Current project", ids, format_func=lambda i: names.get(i, i), key="sidebar-project",
-                         placeholder="Choose a project",
-                         on_change=_switch_project, help="Every page works on this project; it is saved as you go.")
+            # The open project is the one source: the picker is made for it (its key names it), so a page switch
+            # or a ?project= link can never leave the picker showing a widget state of another page or project.
+            key = f"sidebar-project-{current}"
+            st.selectbox("Current project", ids, index=ids.index(current) if current else None,
+                         format_func=lambda i: names.get(i, i), key=key, placeholder="Choose a project",
+                         on_change=_switch_project, args=(key,),
+                         help="Every page works on this project; it is saved as you go.")
         else:
             st.caption("No projects yet.")
         info = device()

@@ -21,6 +21,7 @@ from fmnist_jax.model import layer_specs, presets
 from fmnist_jax.studio import projects as proj
 from fmnist_jax.studio import tasks
 from fmnist_jax.training import config
+import studio_ui as ui
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 PAGES = ["pages/1_Data.py", "pages/2_Model.py", "pages/3_Hyperparameters.py", "pages/4_Training.py",
@@ -1083,3 +1084,50 @@ def test_hyperparameters_page_applies_the_15_minute_recipe_in_one_click(seeded: 
     assert _form_widget(at.slider, "Epochs").value == recipe.epochs
     assert _form_widget(at.select_slider, "Weight averaging (EMA decay)").value == recipe.ema_decay
     assert not [b for b in at.button if b.key == f"hp-best-{pid}"]  # marked "In use" instead
+
+
+def test_the_sidebar_the_page_and_the_address_name_the_same_project_on_every_page(workspace: Path) -> None:
+    # Issue 46 item 2: a ?project= link to the sample, with another project updated more recently, edited the sample
+    # while the sidebar's picker said the other one. All three must agree after any page switch and any link.
+    ws = store.Workspace()
+    sample = ws.create_project("Fashion-MNIST sample", dataset=proj.SYNTHETIC, split=None,
+                               model=layer_specs.normalize_spec(TINY_SPEC), config=config.TrainConfig(epochs=1).to_dict())
+    time.sleep(0.01)
+    blank = ws.create_project("Blank test", dataset=proj.SYNTHETIC, split=None,
+                              model=layer_specs.normalize_spec(TINY_SPEC), config=config.TrainConfig(epochs=1).to_dict())
+    assert ws.list_projects()[0]["id"] == blank["id"]  # the one a page would open with no link
+
+    def picker(at: AppTest):
+        return next(box for box in at.sidebar.selectbox if box.label == "Current project")
+
+    def named(at: AppTest) -> str:
+        picker_value = picker(at).value
+        headings = [c.value for c in at.caption if "Project **" in c.value]
+        return f"{picker_value}|{at.query_params.get('project')}|{headings}"
+
+    def expect(project: dict) -> str:
+        heading = f":material/folder_open: Project **{ui.markdown_text(project['name'])}** · change it in the sidebar"
+        return f"{project['id']}|{project['id']}|{[heading]}"
+
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.query_params["project"] = sample["id"]
+    at.run()
+    assert picker(at).value == sample["id"]
+    for page in PAGES + PAGES[::-1]:
+        at.switch_page(page).run()
+        assert not at.exception, page
+        assert named(at) == expect(sample), page
+
+    # The picker switches every page, and the address follows.
+    picker(at).select(blank["id"]).run()
+    assert named(at) == expect(blank)
+    for page in PAGES:
+        at.switch_page(page).run()
+        assert named(at) == expect(blank), page
+
+    # A link to the sample opened in the same session wins over the session's project.
+    at.query_params["project"] = sample["id"]
+    at.switch_page("pages/2_Model.py").run()
+    assert named(at) == expect(sample)
+    at.switch_page("pages/1_Data.py").run()
+    assert named(at) == expect(sample)

@@ -139,6 +139,7 @@ def test_inside_a_cross_site_frame_uploads_the_camera_an_import_and_the_address_
             frame.get_by_text("Created", exact=False).first.wait_for()
             page.wait_for_function("() => window.received.some(q => q.includes('project='))")
             frame.get_by_role("link", name="Continue").first.click()  # the open project's card: on to Data
+            _shown_or_explained(page, frame, "1 · Data", f"data-{width}")
             frame.get_by_text("Upload your own images").click()
             frame.locator("[data-testid='stFileUploader'] input[type='file']").first.set_input_files(str(dataset_zip))
             frame.get_by_role("button", name="Import the file").click()
@@ -177,6 +178,18 @@ def test_inside_a_cross_site_frame_uploads_the_camera_an_import_and_the_address_
             frame.get_by_text("shoe.jpg →").first.wait_for()
             context.close()
         browser.close()
+
+
+def _shown_or_explained(page, frame, heading: str, name: str, timeout_ms: int = 120_000) -> None:
+    """Wait for a page's heading in the frame; when it never shows, fail with what the frame shows instead (its
+    text and a screenshot in test-artifacts/), so a failure on a loaded CI machine says where the flow stopped."""
+    try:
+        frame.get_by_role("heading", name=heading).wait_for(timeout=timeout_ms)
+    except Exception as error:  # Playwright's TimeoutError
+        page.screenshot(path=str(ARTIFACTS / f"space-frame-stuck-{name}.png"))
+        shown = frame.locator("body").inner_text(timeout=10_000)
+        raise AssertionError(f"{heading!r} did not show in {timeout_ms / 1000:.0f} s; the frame shows: "
+                             f"{' '.join(shown.split())[:1500]}") from error
 
 
 def test_the_rest_api_and_share_links_answer_beside_the_frame(space_app: tuple[str, str]) -> None:

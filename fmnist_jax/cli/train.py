@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from pathlib import Path
@@ -82,12 +83,51 @@ def _import_if_path(args: argparse.Namespace) -> str:
                                progress=None if args.json else _progress_bar).name
 
 
-def _progress_bar(fraction: float, message: str) -> None:
-    filled = int(30 * min(1.0, fraction))
-    sys.stderr.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] {message[:60]:<60}")
-    if fraction >= 1.0:
-        sys.stderr.write("\n")
-    sys.stderr.flush()
+class _ProgressBar:
+    """One progress line on stderr.
+
+    On a terminal it redraws in place when its text changes, at most five times a second. Captured or piped
+    (CI logs, a test), it writes a plain line only when the stage changes or every 10 s, so a slow machine's log
+    stays short: a redraw every 0.25 s is 100 characters each.
+    """
+
+    def __init__(self) -> None:
+        self._last_text = ""
+        self._last_stage = ""
+        self._last_time = 0.0
+        self._drawn = False
+
+    def __call__(self, fraction: float, message: str) -> None:
+        filled = int(30 * min(1.0, fraction))
+        text = f"[{'#' * filled}{'.' * (30 - filled)}] {message[:60]}"
+        stage = re.sub(r"[\d.,:%]+", "", message)  # the words, without the counters that change every call
+        now = time.monotonic()
+        finished = fraction >= 1.0
+        changed_stage = stage != self._last_stage
+        if sys.stderr.isatty():
+            if text == self._last_text or (not changed_stage and not finished and now - self._last_time < 0.2):
+                return
+            sys.stderr.write(f"\r{text:<92}")
+            if finished:
+                sys.stderr.write("\n")
+            self._drawn = not finished
+        else:
+            if not (changed_stage or finished or now - self._last_time >= 10.0) or text == self._last_text:
+                return
+            sys.stderr.write(text + "\n")
+        sys.stderr.flush()
+        self._last_text, self._last_stage, self._last_time = text, stage, now
+
+    def clear(self) -> None:
+        """Wipe a line drawn in place, before a table row is printed under it."""
+        if self._drawn and sys.stderr.isatty():
+            sys.stderr.write("\r" + " " * 100 + "\r")
+            sys.stderr.flush()
+        self._drawn = False
+        self._last_text = ""
+
+
+_progress_bar = _ProgressBar()
 
 
 def _plan_resume(args: argparse.Namespace, resume_dir: Path) -> dict:
@@ -157,7 +197,7 @@ def _show_records(records: Any, args: argparse.Namespace, epochs: int) -> tuple[
                           f"{record['images_per_s']:,.0f} img/s")
         elif kind == "epoch":
             if not args.json:
-                sys.stderr.write("\r" + " " * 100 + "\r")
+                _progress_bar.clear()
             print(f"{record['epoch']:>5} {record['loss']:>7.4f} {record['accuracy']:>7.4f} {record['val_loss']:>8.4f} "
                   f"{record['val_accuracy']:>7.4f} {record['seconds']:>6.1f} {record['images_per_s']:>7,.0f}", flush=True)
         elif kind == "error":
