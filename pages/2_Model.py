@@ -15,6 +15,7 @@ from fmnist_jax.studio import charts
 from fmnist_jax.studio import projects as proj
 
 DRAFT = "model-draft"
+EDITING = "model-editing"  # the uid of the one layer whose settings are open
 
 ui.frame("model")
 ui.page_title("2", "Model", "Stack layers into a network. Every change is checked at once: shapes, parameters and "
@@ -69,6 +70,12 @@ def _add_layer(position_key: str) -> None:
     position = max(0, min(int(st.session_state[position_key]), len(draft["layers"])))
     draft["layers"].insert(position, layer_specs.normalize_layer({"type": kind}, position))
     draft["uids"].insert(position, _new_uid())
+    st.session_state[EDITING] = draft["uids"][position]  # a new layer opens, ready to set
+
+
+def _edit_layer(uid: int) -> None:
+    """Open one layer's settings (the others fold to their one-line summary); pressed again, it folds."""
+    st.session_state[EDITING] = None if st.session_state.get(EDITING) == uid else uid
 
 
 def _remove_layer(index: int) -> None:
@@ -126,17 +133,28 @@ st.caption(f"Saved model: **{current_preset or 'custom'}** · input {'×'.join(m
 
 # ----------------------------------------------------------------------------- editor
 
-editor, summary = st.columns([5, 4], gap="large")
+# On a phone the columns stack: the summary and diagram come first there, the layers (one line each) after them.
+st.html("<style>@media (max-width: 640px) { .st-key-model-workbench [data-testid='stHorizontalBlock'] "
+        "{ flex-direction: column-reverse; } .st-key-model-workbench [data-testid='stHorizontalBlock'] "
+        "[data-testid='stHorizontalBlock'] { flex-direction: row; } }</style>")
+with st.container(key="model-workbench"):
+    editor, summary = st.columns([5, 4], gap="large")
 with editor:
     st.subheader(f"Layers ({len(draft['layers'])})")
+    st.caption("Each layer is one line; **Edit** opens its settings.")
     new_layers: list[dict] = []
     edited = []
+    editing = st.session_state.get(EDITING)
     for index, (layer, uid) in enumerate(zip(draft["layers"], draft["uids"])):
         layer_type = layer_specs.REGISTRY[layer["type"]]
+        is_open = uid == editing
         with st.container(border=True, key=f"layer-box-{uid}"):
             title = st.empty()  # filled below from the widgets' values, so it never lags one change behind
             # the buttons get a row of their own: beside the title they wrapped around it in a narrow column
             with st.container(horizontal=True, gap="small"):
+                st.button("Done" if is_open else "Edit", icon=":material/expand_less:" if is_open else ":material/tune:",
+                          key=f"edit-{uid}", on_click=_edit_layer, args=(uid,), type="tertiary",
+                          help=f"{'Fold' if is_open else 'Open'} the settings of layer {index}")
                 st.button("Up", icon=":material/arrow_upward:", key=f"up-{uid}", on_click=_move_layer, args=(index, -1),
                           disabled=index == 0, help=f"Move layer {index} up", type="tertiary")
                 st.button("Down", icon=":material/arrow_downward:", key=f"down-{uid}", on_click=_move_layer, args=(index, 1),
@@ -144,11 +162,14 @@ with editor:
                 st.button("Remove", icon=":material/delete:", key=f"remove-{uid}", on_click=_remove_layer, args=(index,),
                           help=f"Remove layer {index}", type="tertiary")
             values = {"type": layer["type"]}
-            for row_start in range(0, len(layer_type.params), 3):
-                columns = st.columns(3)
-                for column, param in zip(columns, layer_type.params[row_start:row_start + 3]):
-                    with column:
-                        values[param.name] = _param_widget(param, layer[param.name], f"p-{uid}-{param.name}")
+            if is_open:
+                for row_start in range(0, len(layer_type.params), 3):
+                    columns = st.columns(3)
+                    for column, param in zip(columns, layer_type.params[row_start:row_start + 3]):
+                        with column:
+                            values[param.name] = _param_widget(param, layer[param.name], f"p-{uid}-{param.name}")
+            else:  # folded: its settings stay as they are
+                values.update({param.name: layer[param.name] for param in layer_type.params})
             title.markdown(f"**{index} · {layer_type.label}** &nbsp; :gray[{charts.layer_summary(values)}]",
                            help=layer_type.description)
             new_layers.append(values)
@@ -203,7 +224,9 @@ with summary:
         "MFLOPs": st.column_config.NumberColumn(format="%.2f")})
     st.graphviz_chart(charts.network_dot(info, shown_spec), width="stretch")
 
-    st.subheader("Import / export")
+    import_export = st.expander("Import / export the layers as JSON", icon=":material/data_object:",
+                                expanded=st.session_state.get(f"import-{pid}") is not None)
+with import_export:
     spec_json = json.dumps({"layers": shown_spec, "input_shape": list(input_shape), "num_classes": num_classes}, indent=2)
     st.download_button("Export model JSON", spec_json, file_name=f"{pid}-model.json", mime="application/json",
                        icon=":material/file_download:", help="The layer list (the last valid model).")

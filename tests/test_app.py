@@ -1131,3 +1131,24 @@ def test_the_sidebar_the_page_and_the_address_name_the_same_project_on_every_pag
     assert named(at) == expect(sample)
     at.switch_page("pages/1_Data.py").run()
     assert named(at) == expect(sample)
+
+
+def test_model_page_folds_layers_to_one_line_and_opens_the_one_being_edited(seeded: dict) -> None:
+    # Issue 46 item 9: on a phone the page was 19 screens of settings; now only the layer being edited shows them.
+    pid = seeded["id"]
+    store.Workspace().update_project(pid, model=layer_specs.normalize_spec(
+        [{"type": "flatten"}, {"type": "dense", "units": 32}, {"type": "dense", "units": 10}]))
+    at = open_app("pages/2_Model.py", pid)
+    assert not [w for w in at.number_input if (w.key or "").startswith("p-")]  # every layer folded
+    edit = [b for b in at.button if (b.key or "").startswith("edit-")]
+    assert [b.label for b in edit] == ["Edit", "Edit", "Edit"]
+    edit[1].click().run()
+    units = [w for w in at.number_input if (w.key or "").endswith("-units")]
+    assert len(units) == 1 and units[0].value == 32  # the first Dense layer's settings, and only those
+    units[0].set_value(12).run()
+    assert "12 units" in " ".join(m.value for m in at.markdown if m.value.startswith("**1 · Dense"))
+    next(b for b in at.button if (b.key or "").startswith("edit-") and b.label == "Done").click().run()
+    assert not [w for w in at.number_input if (w.key or "").startswith("p-")]
+    saved = store.Workspace().get_project(pid)["model"]
+    assert saved[1]["units"] == 12  # folding keeps what was set
+    assert "12 units" in " ".join(m.value for m in at.markdown if m.value.startswith("**1 · Dense"))

@@ -405,6 +405,11 @@ def test_a_residual_block_on_the_model_page_shows_its_settings_and_diagram(studi
             page.get_by_test_id("stMetricValue").first.wait_for()
             time.sleep(2.0)  # the page settles: no skeletons in the screenshot
             assert page.get_by_text("64 filters, two 3×3 convolutions + shortcut, stride 2").count() >= 1
+            # layers are one line each; Edit opens the residual block's settings, whose labels must fit too
+            page.get_by_role("button", name="Edit").nth(5).click()
+            page.get_by_role("button", name="Done").wait_for()
+            page.locator("[data-testid=stMain] [data-testid=stWidgetLabel]", has_text="stride").first.wait_for()
+            time.sleep(1.0)
             labels = page.locator("[data-testid=stMain] [data-testid=stWidgetLabel]").evaluate_all(CUT)
             assert labels == [], f"labels cut at {width}px: {labels}"
             title.scroll_into_view_if_needed()
