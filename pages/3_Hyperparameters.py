@@ -68,8 +68,7 @@ if proj.best_recipe_fits(dataset):
     best_recipe_panel()
 
 version = st.session_state.get(f"hp-version-{pid}", 0)
-st.caption("The optimizer and schedule pickers sit above the form because they decide which fields it shows; "
-           "they are saved together with the form.")
+st.caption("The optimizer and schedule decide which settings the form below shows; they are saved with it.")
 top = st.columns(2)
 optimizer = top[0].selectbox("Optimizer", config.OPTIMIZERS, index=config.OPTIMIZERS.index(cfg.optimizer),
                              format_func=lambda name: config.OPTIMIZER_KINDS[name].label,
@@ -80,104 +79,120 @@ schedule = top[1].selectbox("Learning-rate schedule", config.SCHEDULES, index=co
                             format_func=SCHEDULE_LABELS.get, key=f"hp-sched-{pid}-{version}",
                             help="How the learning rate changes over the planned steps (see the preview).")
 
+
+
+def regularisation_summary(c: config.TrainConfig) -> str:
+    """The folded group's one line: what is on."""
+    parts = [f"weight decay {c.weight_decay:g}" if c.weight_decay else "",
+             f"label smoothing {c.label_smoothing:g}" if c.label_smoothing else "",
+             "focal loss" if c.loss == "focal" else "", f"clip {c.grad_clip:g}" if c.grad_clip else "",
+             f"EMA {c.ema_decay:g}" if c.ema_decay else "", "mirror TTA" if c.tta_flip else "",
+             f"ensemble of {c.ensemble}" if c.ensemble > 1 else ""]
+    return ", ".join(p for p in parts if p) or "none"
+
+
+def early_stopping_summary(c: config.TrainConfig) -> str:
+    return f"on, patience {c.patience}" if c.early_stopping else "off"
+
+
 with st.form(f"hyperparameters-{pid}", border=True):
-    st.markdown("**Training length**")
-    a, b, c, d = st.columns([3, 3, 3, 2])
-    epochs = a.slider("Epochs", 1, max(100, cfg.epochs), cfg.epochs, help="Full passes over the training split.")
-    batch_size = b.select_slider("Batch size", BATCH_SIZES + ([cfg.batch_size] if cfg.batch_size not in BATCH_SIZES else []),
-                                 value=cfg.batch_size, help="Images per optimizer step. Larger is faster per image "
-                                                            "on a GPU; smaller often generalises a little better.")
-    limit_value = c.number_input("Training images (0 = all)", 0, max(counts["train"], limit or 0), int(limit or 0), step=100,
-                                 help=f"Train on only the first N of the {counts['train']:,} training images: "
-                                      "for quick experiments.")
-    clean_epochs = int(d.number_input("Clean last epochs", 0, max(100, cfg.clean_epochs), cfg.clean_epochs, 1,
-                                      help="Train the last N epochs on the images as they are, with the Data page's "
-                                           "augmentation off, as evaluation sees them. 0: augment every epoch."))
+    with st.expander(f"**Training length** · {cfg.epochs} epochs, batch {cfg.batch_size}", expanded=True, icon=":material/timer:"):
+        a, b, c, d = st.columns([3, 3, 3, 2])
+        epochs = a.slider("Epochs", 1, max(100, cfg.epochs), cfg.epochs, help="Full passes over the training split.")
+        batch_size = b.select_slider("Batch size", BATCH_SIZES + ([cfg.batch_size] if cfg.batch_size not in BATCH_SIZES else []),
+                                     value=cfg.batch_size, help="Images per optimizer step. Larger is faster per image "
+                                                                "on a GPU; smaller often generalises a little better.")
+        limit_value = c.number_input("Training images (0 = all)", 0, max(counts["train"], limit or 0), int(limit or 0), step=100,
+                                     help=f"Train on only the first N of the {counts['train']:,} training images: "
+                                          "for quick experiments.")
+        clean_epochs = int(d.number_input("Clean last epochs", 0, max(100, cfg.clean_epochs), cfg.clean_epochs, 1,
+                                          help="Train the last N epochs on the images as they are, with the Data page's "
+                                               "augmentation off, as evaluation sees them. 0: augment every epoch."))
 
-    st.markdown(f"**Optimizer · {config.OPTIMIZER_KINDS[optimizer].label}**")
-    a, b, c, d = st.columns(4)
-    learning_rate = a.select_slider("Learning rate (log scale)", sorted({*LR_STOPS, cfg.learning_rate}), value=cfg.learning_rate,
-                                    format_func=lambda v: f"{v:.0e}",
-                                    help="Step size, on a log scale from 1e-6 to 1 (1-2-5 steps per decade). "
-                                         "1e-3 suits Adam; SGD usually wants 1e-2 to 1e-1.")
-    used = config.OPTIMIZER_KINDS[optimizer].fields()
-    values = {"momentum": cfg.momentum, "nesterov": cfg.nesterov, "beta1": cfg.beta1, "beta2": cfg.beta2,
-              "rho": cfg.rho, "epsilon": cfg.epsilon}
-    slots = iter([b, c, d, a])
-    for name in used:
-        column = next(slots)
-        if name == "momentum":
-            values[name] = column.number_input("Momentum", 0.0, 0.9999, float(cfg.momentum), 0.01, format="%g",
-                                               help="Share of the previous update kept (0 = plain SGD).")
-        elif name == "nesterov":
-            column.write("")
-            values[name] = column.checkbox("Nesterov momentum", cfg.nesterov, help="Look-ahead momentum.")
-        elif name == "beta1":
-            values[name] = column.number_input("β1", 0.0, 0.9999, float(cfg.beta1), 0.01, format="%g",
-                                               help="Decay of the running mean of gradients.")
-        elif name == "beta2":
-            values[name] = column.number_input("β2", 0.0, 0.99999, float(cfg.beta2), 0.001, format="%g",
-                                               help="Decay of the running mean of squared gradients.")
-        elif name == "rho":
-            values[name] = column.number_input("ρ (rho)", 0.0, 0.9999, float(cfg.rho), 0.01, format="%g",
-                                               help="Decay of the running average of squared gradients.")
-        elif name == "epsilon":
-            values[name] = column.number_input("ε (epsilon)", min(1e-10, cfg.epsilon), 1.0, float(cfg.epsilon), 1e-7, format="%.1e",
-                                               help="Added to denominators for numerical stability.")
+    with st.expander(f"**Optimizer · {config.OPTIMIZER_KINDS[optimizer].label}** · learning rate {cfg.learning_rate:g}", expanded=True, icon=":material/speed:"):
+        a, b, c, d = st.columns(4)
+        learning_rate = a.select_slider("Learning rate (log scale)", sorted({*LR_STOPS, cfg.learning_rate}), value=cfg.learning_rate,
+                                        format_func=lambda v: f"{v:.0e}",
+                                        help="Step size, on a log scale from 1e-6 to 1 (1-2-5 steps per decade). "
+                                             "1e-3 suits Adam; SGD usually wants 1e-2 to 1e-1.")
+        used = config.OPTIMIZER_KINDS[optimizer].fields()
+        values = {"momentum": cfg.momentum, "nesterov": cfg.nesterov, "beta1": cfg.beta1, "beta2": cfg.beta2,
+                  "rho": cfg.rho, "epsilon": cfg.epsilon}
+        slots = iter([b, c, d, a])
+        for name in used:
+            column = next(slots)
+            if name == "momentum":
+                values[name] = column.number_input("Momentum", 0.0, 0.9999, float(cfg.momentum), 0.01, format="%g",
+                                                   help="Share of the previous update kept (0 = plain SGD).")
+            elif name == "nesterov":
+                column.write("")
+                values[name] = column.checkbox("Nesterov momentum", cfg.nesterov, help="Look-ahead momentum.")
+            elif name == "beta1":
+                values[name] = column.number_input("β1", 0.0, 0.9999, float(cfg.beta1), 0.01, format="%g",
+                                                   help="Decay of the running mean of gradients.")
+            elif name == "beta2":
+                values[name] = column.number_input("β2", 0.0, 0.99999, float(cfg.beta2), 0.001, format="%g",
+                                                   help="Decay of the running mean of squared gradients.")
+            elif name == "rho":
+                values[name] = column.number_input("ρ (rho)", 0.0, 0.9999, float(cfg.rho), 0.01, format="%g",
+                                                   help="Decay of the running average of squared gradients.")
+            elif name == "epsilon":
+                values[name] = column.number_input("ε (epsilon)", min(1e-10, cfg.epsilon), 1.0, float(cfg.epsilon), 1e-7, format="%.1e",
+                                                   help="Added to denominators for numerical stability.")
 
-    st.markdown(f"**Schedule · {SCHEDULE_LABELS[schedule]}**")
-    a, b, c, _ = st.columns(4)
-    warmup_epochs, step_every, step_factor = cfg.warmup_epochs, cfg.step_every_epochs, cfg.step_factor
-    if schedule == "warmup_cosine":
-        warmup_epochs = a.number_input("Warm-up epochs", 0.0, max(100.0, cfg.warmup_epochs), float(cfg.warmup_epochs), 0.5, format="%g",
-                                       help="Rise linearly from 0 to the learning rate over this many epochs.")
-    elif schedule == "step":
-        step_every = int(a.number_input("Decay every (epochs)", 1, max(1000, cfg.step_every_epochs), cfg.step_every_epochs, 1))
-        step_factor = b.number_input("Multiply by", min(0.01, cfg.step_factor), 1.0, float(cfg.step_factor), 0.05, format="%g",
-                                     help="Factor applied at each decay step.")
-    else:
-        a.caption({"constant": "The same rate for every step.", "cosine": "Falls smoothly to 0 by the last step.",
-                   "one_cycle": "Rises to the learning rate, then anneals far below it."}[schedule])
+    with st.expander(f"**Schedule · {SCHEDULE_LABELS[schedule]}**", icon=":material/show_chart:"):
+        a, b, c, _ = st.columns(4)
+        warmup_epochs, step_every, step_factor = cfg.warmup_epochs, cfg.step_every_epochs, cfg.step_factor
+        if schedule == "warmup_cosine":
+            warmup_epochs = a.number_input("Warm-up epochs", 0.0, max(100.0, cfg.warmup_epochs), float(cfg.warmup_epochs), 0.5, format="%g",
+                                           help="Rise linearly from 0 to the learning rate over this many epochs.")
+        elif schedule == "step":
+            step_every = int(a.number_input("Decay every (epochs)", 1, max(1000, cfg.step_every_epochs), cfg.step_every_epochs, 1))
+            step_factor = b.number_input("Multiply by", min(0.01, cfg.step_factor), 1.0, float(cfg.step_factor), 0.05, format="%g",
+                                         help="Factor applied at each decay step.")
+        else:
+            a.caption({"constant": "The same rate for every step.", "cosine": "Falls smoothly to 0 by the last step.",
+                       "one_cycle": "Rises to the learning rate, then anneals far below it."}[schedule])
 
-    st.markdown("**Regularisation and loss**")
-    a, b, c, d = st.columns(4)
-    weight_decay = a.number_input("Weight decay", 0.0, 1.0, float(cfg.weight_decay), 1e-4, format="%g",
-                                  help="Shrinks weights each step (decoupled for AdamW).")
-    label_smoothing = b.slider("Label smoothing", 0.0, 0.5, float(cfg.label_smoothing), 0.01,
-                               help="Soften one-hot targets; reduces over-confidence.")
-    loss = c.selectbox("Loss", config.LOSSES, index=config.LOSSES.index(cfg.loss),
-                       format_func={"cross_entropy": "Cross-entropy", "focal": "Focal"}.get,
-                       help="Focal loss down-weights easy examples.")
-    grad_clip = d.number_input("Gradient clipping (0 = off)", 0.0, max(1000.0, cfg.grad_clip), float(cfg.grad_clip), 0.5, format="%g",
-                               help="Clip the global gradient norm; helps against divergence.")
-    # Their own row of two: in a quarter-width column the toggle's label was cut to "Mirror test-time augme..."
-    a, b = st.columns(2)
-    ema_choices = sorted({0.0, 0.99, 0.995, 0.999, 0.9995, 0.9999, float(cfg.ema_decay)})
-    ema_decay = a.select_slider("Weight averaging (EMA decay)", ema_choices, value=float(cfg.ema_decay),
-                                format_func=lambda v: "off" if v == 0 else f"{v:g}",
-                                help="Evaluate and keep a moving average of the weights: steadier and often more "
-                                     "accurate at the end of training. 0.999 averages over about the last 1,000 steps.")
-    tta_flip = b.toggle("Mirror test-time augmentation", cfg.tta_flip,
-                        help="Predict from the mean of each image's and its mirror image's answer: in evaluation, "
-                             "on the Deploy page, in the REST API and in exported models. Costs a second forward pass.")
-    a, b = st.columns(2)
-    ensemble = int(a.number_input("Ensemble members", 1, config.MAX_ENSEMBLE, int(cfg.ensemble), 1,
-                                  help="Train this many copies of the model side by side, each from its own seed "
-                                       "(weights, order, augmentation), and predict with the mean of their answers: "
-                                       "usually more accurate than one, and each epoch takes about as many times "
-                                       "as long. Exports (ONNX, TFLite, the script) keep every member."))
+    with st.expander(f"**Regularisation and loss** · {regularisation_summary(cfg)}", icon=":material/tune:"):
+        a, b, c, d = st.columns(4)
+        weight_decay = a.number_input("Weight decay", 0.0, 1.0, float(cfg.weight_decay), 1e-4, format="%g",
+                                      help="Shrinks weights each step (decoupled for AdamW).")
+        label_smoothing = b.slider("Label smoothing", 0.0, 0.5, float(cfg.label_smoothing), 0.01,
+                                   help="Soften one-hot targets; reduces over-confidence.")
+        loss = c.selectbox("Loss", config.LOSSES, index=config.LOSSES.index(cfg.loss),
+                           format_func={"cross_entropy": "Cross-entropy", "focal": "Focal"}.get,
+                           help="Focal loss down-weights easy examples.")
+        grad_clip = d.number_input("Gradient clipping (0 = off)", 0.0, max(1000.0, cfg.grad_clip), float(cfg.grad_clip), 0.5, format="%g",
+                                   help="Clip the global gradient norm; helps against divergence.")
+        # Their own row of two: in a quarter-width column the toggle's label was cut to "Mirror test-time augme..."
+        a, b = st.columns(2)
+        ema_choices = sorted({0.0, 0.99, 0.995, 0.999, 0.9995, 0.9999, float(cfg.ema_decay)})
+        ema_decay = a.select_slider("Weight averaging (EMA decay)", ema_choices, value=float(cfg.ema_decay),
+                                    format_func=lambda v: "off" if v == 0 else f"{v:g}",
+                                    help="Evaluate and keep a moving average of the weights: steadier and often more "
+                                         "accurate at the end of training. 0.999 averages over about the last 1,000 steps.")
+        tta_flip = b.toggle("Mirror test-time augmentation", cfg.tta_flip,
+                            help="Predict from the mean of each image's and its mirror image's answer: in evaluation, "
+                                 "on the Deploy page, in the REST API and in exported models. Costs a second forward pass.")
+        a, b = st.columns(2)
+        ensemble = int(a.number_input("Ensemble members", 1, config.MAX_ENSEMBLE, int(cfg.ensemble), 1,
+                                      help="Train this many copies of the model side by side, each from its own seed "
+                                           "(weights, order, augmentation), and predict with the mean of their answers: "
+                                           "usually more accurate than one, and each epoch takes about as many times "
+                                           "as long. Exports (ONNX, TFLite, the script) keep every member."))
 
-    st.markdown("**Early stopping**")
-    a, b, c, d = st.columns(4)
-    early_stopping = a.toggle("Enabled", cfg.early_stopping,
-                              help="Stop after `patience` epochs without improvement of the monitored metric.")
-    monitor = b.selectbox("Monitor", config.MONITORS, index=config.MONITORS.index(cfg.monitor),
-                          format_func={"val_accuracy": "validation accuracy", "val_loss": "validation loss"}.get)
-    patience = int(c.number_input("Patience (epochs)", 1, max(1000, cfg.patience), cfg.patience, 1))
-    restore_best = d.checkbox("Restore best", cfg.restore_best,
-                              help="At the end, restore the weights of the best epoch.")
+    with st.expander(f"**Early stopping** · {early_stopping_summary(cfg)}", icon=":material/front_hand:"):
+        a, b, c, d = st.columns(4)
+        early_stopping = a.toggle("Enabled", cfg.early_stopping,
+                                  help="Stop after `patience` epochs without improvement of the monitored metric.")
+        monitor = b.selectbox("Monitor", config.MONITORS, index=config.MONITORS.index(cfg.monitor),
+                              format_func={"val_accuracy": "validation accuracy", "val_loss": "validation loss"}.get)
+        patience = int(c.number_input("Patience (epochs)", 1, max(1000, cfg.patience), cfg.patience, 1))
+        restore_best = d.checkbox("Restore best", cfg.restore_best,
+                                  help="At the end, restore the weights of the best epoch.")
 
-    with st.expander("Reproducibility and precision"):
+    with st.expander(f"**Reproducibility and precision** · seed {cfg.seed}, {cfg.precision}", icon=":material/lock:"):
         a, b, c = st.columns(3)
         seed = int(a.number_input("Seed", 0, 2**31 - 1, int(cfg.seed), 1,
                                   help="Feeds initialisation, shuffling, dropout and augmentation."))
