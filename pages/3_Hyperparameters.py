@@ -293,23 +293,32 @@ st.caption("Try many settings without babysitting: each combination trains as a 
            "validation accuracy.")
 sweep_task = next(iter(ui.background().owned(ui.owner(), "sweep", pid)), None)
 if sweep_task is None or sweep_task["status"] not in tasks.ACTIVE:
+    # The form starts from the project's last sweep (the form is not drawn while a sweep runs, so its widgets
+    # would otherwise come back with the defaults), else from the project's own settings.
+    last = sweeps.last_spec(ui.workspace(), pid)
+    options = {"presets": list(presets.PRESETS), "rates": sorted({1e-4, 3e-4, 1e-3, 3e-3, 1e-2, *last.get("learning_rates", [])}),
+               "batches": sorted({32, 64, 128, 256, *last.get("batch_sizes", [])}),
+               "epochs": sorted({1, 2, 3, 5, 10, 15, 20, *last.get("epochs", [])}),
+               "augment": sorted({0.0, 0.25, 0.5, 1.0, *last.get("augment", [])})}
     with st.form(f"sweep-form-{pid}"):
         a, b, c = st.columns(3)
-        chosen_presets = a.multiselect("Presets", list(presets.PRESETS), default=[proj.preset_of(project) or "fast"])
-        rates = b.multiselect("Learning rates", [1e-4, 3e-4, 1e-3, 3e-3, 1e-2], default=[3e-4, 1e-3, 3e-3],
+        chosen_presets = a.multiselect("Presets", options["presets"],
+                                       default=last.get("presets") or [proj.preset_of(project) or "fast"])
+        rates = b.multiselect("Learning rates", options["rates"], default=last.get("learning_rates") or [3e-4, 1e-3, 3e-3],
                               format_func=lambda v: f"{v:g}")
-        batches = c.multiselect("Batch sizes", [32, 64, 128, 256], default=[cfg.batch_size] if cfg.batch_size in
-                                (32, 64, 128, 256) else [128])
+        batches = c.multiselect("Batch sizes", options["batches"], default=last.get("batch_sizes") or (
+            [cfg.batch_size] if cfg.batch_size in (32, 64, 128, 256) else [128]))
         a, b, c = st.columns(3)
-        epoch_counts = a.multiselect("Epochs", [1, 2, 3, 5, 10, 15, 20], default=[2])
-        strengths = b.multiselect("Augmentation strength", [0.0, 0.25, 0.5, 1.0], default=[0.0, 0.5],
+        epoch_counts = a.multiselect("Epochs", options["epochs"], default=last.get("epochs") or [2])
+        strengths = b.multiselect("Augmentation strength", options["augment"], default=last.get("augment") or [0.0, 0.5],
                                   help="0 is none; 1 is flip 0.5, shift 0.1, rotation 10°, zoom 0.1, erasing 0.5.")
-        mode = c.radio("Combine", ["grid", "random"], horizontal=True,
-                       help="grid: every combination; random: a sample of them.")
+        mode = c.radio("Combine", ["grid", "random"], index=["grid", "random"].index(last.get("mode", "grid")),
+                       horizontal=True, help="grid: every combination; random: a sample of them.")
         a, b = st.columns(2)
-        count = a.number_input("Random trials", 1, sweeps.MAX_TRIALS, 6,
+        count = a.number_input("Random trials", 1, sweeps.MAX_TRIALS, int(last.get("trials", 6)),
                                help="How many combinations random mode draws (grid mode runs them all).")
-        budget = b.slider("Budget (minutes)", 1, 240, 20, help="No new trial starts after this long.")
+        budget = b.slider("Budget (minutes)", 1, 240, min(240, max(1, int(round(last.get("budget_minutes", 20))))),
+                          help="No new trial starts after this long.")
         if st.form_submit_button("Start the sweep", icon=":material/science:", type="primary"):
             try:
                 sweep_spec = sweeps.SweepSpec(presets=chosen_presets, learning_rates=rates, batch_sizes=batches,

@@ -959,6 +959,11 @@ def test_a_sweep_runs_through_the_queue_and_its_best_settings_are_one_click_away
     assert len([r for r in runs if r["id"].startswith("sweep-")]) == 2  # each trial an ordinary run of the project
     table = at.dataframe[-1].value
     assert list(table["learning rate"]) in ([1e-3, 3e-3], [3e-3, 1e-3]) and len(at.get("vega_lite_chart")) >= 1
+    # the form comes back with what was tried, not its defaults (issue 46: it reset after a sweep)
+    picker = {m.label: m for m in at.multiselect}
+    assert picker["Presets"].value == ["lenet"] and picker["Learning rates"].value == [1e-3, 3e-3]
+    assert picker["Batch sizes"].value == [32] and picker["Epochs"].value == [1]
+    assert picker["Augmentation strength"].value == [0.0]
     at.button(key=f"sweep-best-{pid}").click().run()
     saved = store.Workspace().get_project(pid)
     best_rate = float(table["learning rate"].iloc[0])  # the table is sorted best first

@@ -256,10 +256,12 @@ def parallel_coordinates(rows: Sequence[dict], axes: Sequence[str], colour: str 
             scaled[axis] = frame[axis].astype(str).map(codes) / max(1, len(codes) - 1)
     long = scaled.reset_index().melt(id_vars=["index"], value_vars=list(axes), var_name="setting", value_name="position")
     long["value"] = frame.reset_index().melt(id_vars=["index"], value_vars=list(axes))["value"].astype(str)
-    long[colour] = long["index"].map(frame[colour])
+    # A plain field name for the colour: Vega-Lite reads a dot in a field name ("val. accuracy") as a nested
+    # field, found nothing, dropped every point as invalid and drew a blank chart.
+    long["score"] = long["index"].map(pd.to_numeric(frame[colour], errors="coerce"))
     return alt.Chart(long).mark_line(point=True, opacity=0.8).encode(
         x=alt.X("setting:N", sort=list(axes), title=None, axis=alt.Axis(labelAngle=0)),
         y=alt.Y("position:Q", title=None, axis=None),
         detail="index:N",
-        color=alt.Color(f"{colour}:Q", scale=alt.Scale(scheme="viridis"), title=colour),
-        tooltip=["setting", "value", alt.Tooltip(f"{colour}:Q", format=".2%")]).properties(height=280)
+        color=alt.Color("score:Q", scale=alt.Scale(scheme="viridis"), title=colour),
+        tooltip=["setting", "value", alt.Tooltip("score:Q", format=".2%", title=colour)]).properties(height=280)

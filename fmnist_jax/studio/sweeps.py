@@ -178,6 +178,16 @@ def studio_sweep(ws: Any, project: dict, spec: SweepSpec, registry: Any, num_cla
 FOLDER = "sweeps"
 
 
+def last_spec(ws: Any, project_id: str) -> dict:
+    """What the project's most recent sweep tried (SweepSpec fields), to start the next one's form from; {} if none
+    or if it no longer validates (a preset removed since)."""
+    report = latest_sweep(ws, project_id)
+    try:
+        return SweepSpec(**report["spec"]).to_dict() if report and report.get("spec") else {}
+    except ValueError:
+        return {}
+
+
 def latest_sweep(ws: Any, project_id: str) -> dict | None:
     """The project's most recent sweep report (as far as it has run), or None."""
     from fmnist_jax import store
