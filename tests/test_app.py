@@ -1157,3 +1157,44 @@ def test_model_page_folds_layers_to_one_line_and_opens_the_one_being_edited(seed
     saved = store.Workspace().get_project(pid)["model"]
     assert saved[1]["units"] == 12  # folding keeps what was set
     assert "12 units" in " ".join(m.value for m in at.markdown if m.value.startswith("**1 · Dense"))
+
+
+def test_start_from_a_trained_model_shows_the_run_at_once_while_its_weights_load(
+        seeded: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Issue 46 item 1: after choosing "Start from a trained model", Start left the page greyed out with "Running..."
+    # for over 2 minutes, showing the previous run, while the new one trained unseen. Here the starting weights take
+    # as long as the test decides: a page that waits for them runs past AppTest's 20 s timeout and fails.
+    from fmnist_jax.studio import jobs
+
+    pid = seeded["id"]
+    demo = store.read_json(predict.DEMO_DIR / "model.json")
+    store.Workspace().update_project(pid, model=layer_specs.normalize_spec(demo["spec"]), init_from=tasks.DEMO_CHOICE)
+    release, loading = threading.Event(), threading.Event()
+    real_load = predict.load_model
+
+    def slow_load(source, *args, **kwargs):
+        loading.set()
+        release.wait(120)
+        return real_load(source, *args, **kwargs)
+
+    monkeypatch.setattr(jobs.predict, "load_model", slow_load)
+    at = AppTest.from_file(APP, default_timeout=20)
+    at.session_state["project_id"] = pid
+    at.run()
+    at.switch_page("pages/4_Training.py").run()
+    try:
+        clicked = time.monotonic()
+        at.button(key="start-training").click().run()  # raises if the page is still running after 20 s
+        shown = time.monotonic() - clicked
+        assert not at.exception and not at.error, texts(at, "error")
+        assert loading.wait(30)  # the job's own thread is the one waiting for the weights
+        snapshot = proj.get_registry().for_project(pid, proj.owner_of(store.Workspace()))
+        assert snapshot["status"] in ("queued", "running")
+        at.run()
+        assert at.button(key="start-training").disabled  # no duplicate while this one prepares
+        assert snapshot["name"] in " ".join(m.value for m in at.markdown) + " ".join(c.value for c in at.caption)
+        assert shown < 20
+    finally:
+        release.set()
+    done = _wait_for(pid, lambda s: s["status"] not in ("queued", "running"))
+    assert done["status"] == "completed", done.get("error")
