@@ -257,7 +257,8 @@ with right:
     spec = proj.model_spec(project, dataset.num_classes)
     try:
         estimate = estimates.estimate_epoch_seconds(ui.workspace(), pid, spec, dataset.input_shape, dataset.num_classes,
-                                               steps_per_epoch * cfg.batch_size, counts["validation"], cfg.ensemble)
+                                               steps_per_epoch * cfg.batch_size, counts["validation"], cfg.ensemble,
+                                               batch_size=cfg.batch_size)
     except ValueError as error:
         st.info(f"No estimate: the model is not valid ({ui.plain(error)}).", icon=":material/info:")
     else:

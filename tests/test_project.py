@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -139,6 +140,34 @@ def test_estimate_uses_the_measured_rate_then_a_previous_run(ws: store.Workspace
                                                    "class_names": list(catalogue.CLASS_NAMES), "config": {"ensemble": 2}})
     after_ensemble = estimates.estimate_epoch_seconds(ws, tiny_project["id"], spec, (28, 28, 1), 10, 1000, 100)
     assert after_ensemble["seconds"] == pytest.approx(1.0)
+
+
+def test_estimate_takes_the_speed_and_start_up_of_the_closest_run_not_the_newest(ws: store.Workspace,
+                                                                                  tiny_project: dict) -> None:
+    # Issue 46 item 3: after a sweep the estimate said "1 min 39 s per epoch" for a 10-step run: the newest run (a
+    # trial of another preset and batch) was scaled by FLOPs to this model. A run of these very settings wins now.
+    spec = proj.model_spec(tiny_project)
+    other = [{"type": "conv2d", "filters": 8, "kernel": 3}, {"type": "flatten"}, {"type": "dense", "units": 10}]
+
+    def run(name: str, layers: list, batch: int, images_per_s: float, startup: float) -> None:
+        run_dir = ws.new_run_dir(tiny_project["id"], name)
+        store.atomic_write_json(run_dir / "run.json", {
+            "name": name, "spec": layers, "input_shape": [28, 28, 1], "class_names": list(catalogue.CLASS_NAMES),
+            "config": {"batch_size": batch}, "compile_seconds": startup, "setup_seconds": 1.0})
+        store.append_jsonl(run_dir / "history.jsonl", {"kind": "epoch", "epoch": 1, "images_per_s": images_per_s})
+        time.sleep(0.01)
+
+    run("same-settings", spec, 32, 500.0, 4.0)
+    run("same-layers-batch-128", spec, 128, 2000.0, 6.0)
+    run("sweep-trial", other, 256, 50.0, 90.0)  # the newest
+    exact = estimates.estimate_epoch_seconds(ws, tiny_project["id"], spec, (28, 28, 1), 10, 1000, 100, batch_size=32)
+    assert exact["source"] == "speed of run same-settings" and exact["seconds"] == pytest.approx(2.0)
+    assert exact["startup"] == {"seconds": 5.0, "run": "same-settings"}
+    layers_only = estimates.estimate_epoch_seconds(ws, tiny_project["id"], spec, (28, 28, 1), 10, 1000, 100, batch_size=64)
+    assert layers_only["source"] == "speed of run same-layers-batch-128"  # the newest run of these layers
+    other_model = estimates.estimate_epoch_seconds(ws, tiny_project["id"], other, (28, 28, 1), 10, 1000, 100,
+                                                   batch_size=256)
+    assert other_model["source"] == "speed of run sweep-trial" and other_model["startup"]["seconds"] == 91.0
 
 
 def test_estimate_includes_the_start_up_a_real_run_measured(ws: store.Workspace, tiny_project: dict) -> None:

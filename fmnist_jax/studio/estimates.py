@@ -172,7 +172,7 @@ def _run_records(ws: store.Workspace, project_id: str) -> list[tuple[dict, dict]
 
 
 def estimate_epoch_seconds(ws: store.Workspace, project_id: str, spec: list, input_shape: tuple, num_classes: int,
-                           train_size: int, val_size: int = 0, members: int = 1) -> dict:
+                           train_size: int, val_size: int = 0, members: int = 1, batch_size: int | None = None) -> dict:
     """Estimated seconds per epoch (training plus the validation pass) from the model's FLOPs and a throughput,
     and the start-up before the first epoch (putting the data on the device, compiling).
 
@@ -181,11 +181,28 @@ def estimate_epoch_seconds(ws: store.Workspace, project_id: str, spec: list, inp
     times CONV_EFFICIENCY. The start-up is the most recent run's measured one ("startup": None before
     any run has recorded it; runs made before it was recorded count as none). An ensemble of `members` networks
     costs `members` times the FLOPs of one (its runs' images/s count each image once for all its members).
+
+    Runs are taken by how closely they match, then newest first: the same layers, batch size and ensemble
+    (their speed is this job's, measured), then the same layers, then any. A sweep's trial of another preset or
+    batch no longer sets the figure for this one when a closer run exists.
     """
     info = layer_specs.describe(spec, input_shape, num_classes)
     flops_per_image = info["train_flops_per_image"] * members
     epoch_flops = train_size * flops_per_image + val_size * info["forward_flops"] * members
-    runs = _run_records(ws, project_id)
+    wanted = layer_specs.normalize_spec(spec)
+
+    def closeness(pair: tuple[dict, dict]) -> int:
+        record = pair[1]
+        try:
+            same_layers = layer_specs.normalize_spec(record["spec"]) == wanted
+        except (KeyError, ValueError, TypeError):
+            return 2
+        run_config = record.get("config") or {}
+        same_job = (batch_size is None or run_config.get("batch_size") == batch_size) and \
+            int(run_config.get("ensemble", 1)) == members
+        return 0 if same_layers and same_job else 1 if same_layers else 2
+
+    runs = sorted(_run_records(ws, project_id), key=closeness)  # stable: newest first within each rank
     startup = next(({"seconds": record["setup_seconds"] + record["compile_seconds"], "run": run["name"]}
                     for run, record in runs if "compile_seconds" in record and "setup_seconds" in record), None)
     for run, run_record in runs:
