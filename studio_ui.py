@@ -4,7 +4,6 @@ guards for missing prerequisites and small formatting helpers. No jax/flax/optax
 from __future__ import annotations
 
 import logging
-import re
 import secrets
 import time
 from typing import Any, Callable
@@ -200,13 +199,8 @@ def require_project() -> dict:
                 icon=":material/folder_open:")
         st.page_link(HOME_PAGE, label="Go to Projects", icon=":material/arrow_forward:")
         st.stop()
-    st.caption(f":material/folder_open: Project **{markdown_text(project['name'])}** · change it in the sidebar")
+    st.caption(f":material/folder_open: Project **{plain(project['name'])}** · change it in the sidebar")
     return project
-
-
-def markdown_text(text: str) -> str:
-    """A user's text (a project's name) shown literally inside Streamlit markdown: its markup characters escaped."""
-    return re.sub(r"([\\`*_{}\[\]()#+\-.!|~<>$:])", r"\\\1", str(text))
 
 
 def page_title(step: str | None, title: str, caption: str) -> None:

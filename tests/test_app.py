@@ -1111,7 +1111,7 @@ def test_the_sidebar_the_page_and_the_address_name_the_same_project_on_every_pag
         return f"{picker_value}|{at.query_params.get('project')}|{headings}"
 
     def expect(project: dict) -> str:
-        heading = f":material/folder_open: Project **{ui.markdown_text(project['name'])}** · change it in the sidebar"
+        heading = f":material/folder_open: Project **{ui.plain(project['name'])}** · change it in the sidebar"
         return f"{project['id']}|{project['id']}|{[heading]}"
 
     at = AppTest.from_file(APP, default_timeout=TIMEOUT)
