@@ -266,7 +266,7 @@ def test_a_phone_visitor_gets_an_answer_from_the_camera_with_zero_clicks(studio:
         assert page.get_by_text("Use the camera").bounding_box()["y"] < 844
         page.get_by_text("Use the camera").click()
         page.get_by_test_id("stCameraInput").wait_for()
-        take = page.get_by_role("button", name="Take Photo")
+        take = page.get_by_role("button", name="Take Photo", exact=True)
         take.wait_for()
         page.wait_for_function(  # the fake device streams: a click before its first frame takes no picture
             "() => { const v = document.querySelector(\"[data-testid='stCameraInput'] video\");"
@@ -320,7 +320,7 @@ def test_hyperparameters_labels_and_figures_are_not_cut_on_a_phone_or_a_desktop(
     with playwright_api.sync_playwright() as playwright:
         browser = launch(playwright)
         for width, page in phone_and_desktop_pages(browser, f"{studio}/Hyperparameters?project={project['id']}"):
-            button = page.get_by_role("button", name="Use these settings")
+            button = page.get_by_role("button", name="Use these settings", exact=True)
             button.wait_for()
             page.get_by_test_id("stMetricValue").first.wait_for()
             time.sleep(2.0)
@@ -328,7 +328,7 @@ def test_hyperparameters_labels_and_figures_are_not_cut_on_a_phone_or_a_desktop(
                                      "|| e.getBoundingClientRect().right > b.getBoundingClientRect().right + 1).length")
             assert inside == 0, f"button label cut at {width}px"
             assert page.get_by_test_id("stMetricValue").evaluate_all(CUT) == [], f"figures cut at {width}px"
-            best = page.get_by_role("button", name="Use the 15-minute recipe")
+            best = page.get_by_role("button", name="Use the 15-minute recipe", exact=True)
             assert best.evaluate("b => [b, ...b.querySelectorAll('*')].filter(e => e.scrollWidth > e.clientWidth + 1).length") == 0
             # the toggle's label sat in a quarter-width column and was cut to "Mirror test-time augme..."
             toggle = page.get_by_text("Mirror test-time augmentation", exact=True)
@@ -406,8 +406,8 @@ def test_a_residual_block_on_the_model_page_shows_its_settings_and_diagram(studi
             time.sleep(2.0)  # the page settles: no skeletons in the screenshot
             assert page.get_by_text("64 filters, two 3×3 convolutions + shortcut, stride 2").count() >= 1
             # layers are one line each; Edit opens the residual block's settings, whose labels must fit too
-            page.get_by_role("button", name="Edit").nth(5).click()
-            page.get_by_role("button", name="Done").wait_for()
+            page.get_by_role("button", name="Edit", exact=True).nth(5).click()
+            page.get_by_role("button", name="Done", exact=True).wait_for()
             page.locator("[data-testid=stMain] [data-testid=stWidgetLabel]", has_text="stride").first.wait_for()
             time.sleep(1.0)
             labels = page.locator("[data-testid=stMain] [data-testid=stWidgetLabel]").evaluate_all(CUT)
@@ -442,7 +442,7 @@ def test_start_shows_the_run_at_once_and_stop_says_stopped_within_5_seconds(stud
     with sync_playwright() as playwright:
         browser = launch(playwright)
         for width, page in phone_and_desktop_pages(browser, f"{studio}/Training?project={project['id']}"):
-            start = page.get_by_role("button", name="Start")
+            start = page.get_by_role("button", name="Start", exact=True)
             expect_enabled(start)
             clicked = time.perf_counter()
             start.click()
@@ -454,12 +454,12 @@ def test_start_shows_the_run_at_once_and_stop_says_stopped_within_5_seconds(stud
             timings[f"start_to_first_figures_{width}"] = time.perf_counter() - clicked
             page.screenshot(path=str(ARTIFACTS / f"flow-training-{width}.png"), full_page=True)
             clicked = time.perf_counter()
-            page.get_by_role("button", name="Stop").click()
+            page.get_by_role("button", name="Stop", exact=True).click()
             while (found := header.search(page.inner_text("body"))) is None or found.group(2) != "stopped":
                 assert time.perf_counter() - clicked < 30, "Stop did not reach 'stopped' in 30 s"
                 time.sleep(0.02)
             timings[f"stop_to_stopped_{width}"] = time.perf_counter() - clicked
-            expect_enabled(page.get_by_role("button", name="Start"))  # the project may train again at once
+            expect_enabled(page.get_by_role("button", name="Start", exact=True))  # the project may train again at once
         browser.close()
     ARTIFACTS.mkdir(exist_ok=True)
     (ARTIFACTS / "flow-timings.json").write_text(json.dumps({k: round(v, 2) for k, v in timings.items()}, indent=2))

@@ -127,7 +127,7 @@ def test_inside_a_cross_site_frame_uploads_the_camera_an_import_and_the_address_
 
             # The fake camera, inside the frame.
             frame.get_by_text("Use the camera").click()
-            take = frame.get_by_role("button", name="Take Photo")
+            take = frame.get_by_role("button", name="Take Photo", exact=True)
             take.wait_for()
             frame.locator("[data-testid='stCameraInput'] video").wait_for()
             page.wait_for_timeout(1500)  # the fake device's first frames
@@ -135,14 +135,14 @@ def test_inside_a_cross_site_frame_uploads_the_camera_an_import_and_the_address_
             frame.get_by_text("camera photo →").first.wait_for()
 
             # A project, then a dataset zip imported on the Data page, inside the frame.
-            frame.get_by_role("button", name="Create the sample project").click()
+            frame.get_by_role("button", name="Create the sample project", exact=True).click()
             frame.get_by_text("Created", exact=False).first.wait_for()
             page.wait_for_function("() => window.received.some(q => q.includes('project='))")
             frame.get_by_role("link", name="Continue").first.click()  # the open project's card: on to Data
             _shown_or_explained(page, frame, "1 · Data", f"data-{width}")
             frame.get_by_text("Upload your own images").click()
             frame.locator("[data-testid='stFileUploader'] input[type='file']").first.set_input_files(str(dataset_zip))
-            frame.get_by_role("button", name="Import the file").click()
+            frame.get_by_role("button", name="Import the file", exact=True).click()
             frame.get_by_text("3 classes").first.wait_for()  # the imported dataset's picker entry
             page.wait_for_timeout(1000)
             page.screenshot(path=str(ARTIFACTS / f"space-frame-import-{width}.png"))
@@ -167,7 +167,7 @@ def test_inside_a_cross_site_frame_uploads_the_camera_an_import_and_the_address_
             page.goto(remembered.replace("page=data", "page=deploy"))
             frame = page.frame_locator("#app")
             frame.get_by_role("heading", name="6 · Deploy").wait_for()
-            frame.get_by_role("button", name="Create a predict-only link").click()
+            frame.get_by_role("button", name="Create a predict-only link", exact=True).click()
             link = frame.get_by_text("huggingface.co/spaces/owner/studio?share=", exact=False).first
             link.wait_for()
             token = re.search(r"share=([\w-]+)", link.inner_text()).group(1)
