@@ -8,6 +8,7 @@ API send it; "naive" squashes the photo to 28x28 grey instead (what an app witho
 
     python bench/real_photos.py ../shared/data/real-photos --model demo
     python bench/real_photos.py ../shared/data/real-photos --model demo --json --sheet failures.png
+    python bench/real_photos.py ../shared/data/real-photos-train --held-out 0.2   # the demo's held-out photos
 """
 from __future__ import annotations
 
@@ -128,6 +129,11 @@ def main() -> None:
     parser.add_argument("--preprocess", help="JSON object of photo-pipeline settings to override (ablations)")
     parser.add_argument("--unsure-threshold", type=float, help="override the model's 'not sure' threshold (0: never)")
     parser.add_argument("--sheet", type=Path, help="write a contact sheet of the failures to this PNG")
+    parser.add_argument("--held-out", type=float, default=0.0,
+                        help="score only the share of each folder that `train --photos` holds out (0.2 for the demo's "
+                             "real-photos-train): photos the model never trained on, for choices made off the "
+                             "development set")
+    parser.add_argument("--seed", type=int, default=0, help="the held-out cut's seed (train --photos uses 0)")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     args = parser.parse_args()
 
@@ -139,6 +145,8 @@ def main() -> None:
     if args.unsure_threshold is not None:
         model.calibration = check_calibration({**model.calibration, "unsure_threshold": args.unsure_threshold})
     photo_folder = folders.read_photo_folder(args.folder, model.class_names)
+    if args.held_out:
+        photo_folder = folders.held_out_part(photo_folder, args.held_out, args.seed)
     rows = score(model, photo_folder)["rows"]
     result = summarise(model, photo_folder, rows)
     result.update(model=args.model, pipeline=model.preprocess.get("mode"), temperature=model.temperature,

@@ -170,6 +170,25 @@ def test_load_test_short_mode_public_space_stays_up_and_refuses_the_hostile_jobs
     assert all(r["message"].startswith("error: this model has") for r in out["hostile_cli"])
 
 
+def test_load_test_of_photo_serving_posts_distinct_photos_and_counts_every_answer(tmp_path: Path) -> None:
+    """bench/photo_load.py --quick: a real `serve demo` answers each client's own photos, re-encoded at 640 px."""
+    from PIL import Image, ImageDraw
+
+    for number in range(24):  # garment-like shapes on light floors, in two subfolders as a photo dataset has
+        folder = tmp_path / ("tops" if number % 2 else "other")
+        folder.mkdir(exist_ok=True)
+        image = Image.new("RGB", (1280, 960), (200 + number, 196, 188 - number))
+        ImageDraw.Draw(image).polygon([(500, 180), (780, 180), (940, 340), (840, 400), (820, 800), (460, 800), (440, 400),
+                                       (340, 340)], fill=(30 + 5 * number, 60, 120))
+        image.save(folder / f"{number:02d}.jpg", quality=90)
+    out = _run("photo_load.py", str(tmp_path))
+    assert out["photos"] == 24 and out["cores"] >= 1
+    (row,) = out["rows"]
+    assert row["target"] == "serve" and row["clients"] == 4 and row["errors"] == 0
+    assert row["answers"] >= 8 and row["photos_per_s"] == pytest.approx(row["answers"] / row["seconds"], rel=0.05)
+    assert 0 < row["p50_ms"] <= row["p95_ms"] <= row["max_ms"] and row["server_cpu_ms_per_answer"] > 0
+
+
 def _write_idx(path: Path, array: np.ndarray) -> None:
     """An IDX file as Zalando ships them: magic (0x08 = unsigned byte, number of dims), big-endian sizes, gzip."""
     header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in array.shape)

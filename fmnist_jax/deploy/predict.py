@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from fmnist_jax.photos import pool
 from fmnist_jax.photos.decode import ImageError, PhotoResult
 from fmnist_jax.photos.pipeline import preprocess_photo
 from fmnist_jax.photos.pipeline_params import resolve_preprocess
@@ -123,9 +124,10 @@ def predict_files(model: Any, files: list[tuple[str, bytes]]) -> list[dict]:
     """Predict each (name, bytes) upload; a file that fails gets {"file", "error"} and the others still predict."""
     results: list[dict | None] = [None] * len(files)
     ready: list[tuple[int, PhotoResult]] = []
-    for position, (name, payload) in enumerate(files):
+    queued = [pool.submit(preprocess_photo, payload, model.preprocess, model.input_shape) for _, payload in files]
+    for position, ((name, _), photo) in enumerate(zip(files, queued)):
         try:
-            ready.append((position, preprocess_photo(payload, model.preprocess, model.input_shape)))
+            ready.append((position, photo.result()))
         except ImageError as error:
             results[position] = {"file": name, "error": str(error)}
     if ready:

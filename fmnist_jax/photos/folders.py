@@ -123,7 +123,18 @@ def photo_inputs(folder: PhotoFolder, preprocess: dict, input_shape: tuple[int, 
 
 def split_photos(inputs: PhotoInputs, held_out: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(train indices, held-out indices): a per-folder stratified cut, the same for the same seed."""
-    folder_ids = np.unique(np.asarray(inputs.folders), return_inverse=True)[1]
+    return _split_folders(inputs.folders, held_out, seed)
+
+
+def held_out_part(folder: PhotoFolder, held_out: float, seed: int = 0) -> PhotoFolder:
+    """The photos `train --photos` with this held-out share and seed kept out of training (when the pipeline
+    skipped none of the folder's photos): what a model adapted on the folder can be measured on."""
+    _, held = _split_folders([name for name, _ in folder.files], held_out, seed)
+    return PhotoFolder(folder.root, folder.class_names, folder.acceptable, [folder.files[i] for i in held])
+
+
+def _split_folders(names: list[str], held_out: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    folder_ids = np.unique(np.asarray(names), return_inverse=True)[1]
     held = int(round(held_out * len(folder_ids)))
     train, rest = _cut(folder_ids, (len(folder_ids) - held, held), np.random.default_rng(seed), True)
     return np.sort(train), np.sort(rest)

@@ -51,14 +51,22 @@ class PhotoParams(Settings):
     # GrabCut: the starting rectangle is the photo minus this fraction of each side.
     margin: Real = _p(0.03, "margin", ge=0, le=0.3)
     iterations: Whole = _p(5, "iterations", ge=1, le=20)  # GrabCut: rounds of GrabCut
+    # GrabCut: longest side (px) the cut runs at, its mask scaled back to work_size (0: at work_size itself).
+    segment_size: Whole = _p(0, "segment_size", ge=0, le=1024)
+    # GrabCut: the first round runs at this longest side and starts the others from its mask (0: all at
+    # segment_size). The first round from a rectangle costs twice a later one; coarse, it costs a quarter.
+    coarse_size: Whole = _p(0, "coarse_size", ge=0, le=1024)
     # GrabCut: a garment smaller than this fraction of the photo falls back to the rectangle.
     min_fraction: Real = _p(0.01, "min_fraction", ge=0, le=0.5)
 
 
 DEFAULT_PREPROCESS: dict[str, Any] = PhotoParams().to_dict()
-# The real-photo mode, as models adapted to phone photos use it (chosen with bench/real_photos.py on photos
-# held out of real-photos-train; 200 px segments as well as 256 px, faster; sharpening cost accuracy).
-GRABCUT_PREPROCESS: dict[str, Any] = {"mode": "grabcut", "work_size": 200, "sharpen": 0.0}
+# The real-photo mode, as models adapted to phone photos use it, chosen with bench/real_photos.py --held-out 0.2
+# on the demo's held-out photos of real-photos-train: 200 px segments as well as 256 px; sharpening cost
+# accuracy; and (issue 45) GrabCut's three rounds at 140 px, the first at 90 px, in a 160 px photo score as
+# five rounds at 200 px did, at a third of the time (bench/NOTES.md, "Photo serving").
+GRABCUT_PREPROCESS: dict[str, Any] = {"mode": "grabcut", "work_size": 160, "segment_size": 140, "coarse_size": 90,
+                                      "iterations": 3, "sharpen": 0.0}
 
 
 # ----------------------------------------------------------------------------- parameters
