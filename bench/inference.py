@@ -4,13 +4,17 @@
   set (median of repeats; synthetic images of the same shape when the data files are not set up);
 - predict latency (decode + photo pipeline + model, one file per call) for a 12-megapixel JPEG and a 28x28 PNG;
 - REST latency over N sequential requests to a real `serve` process (uvicorn on a free localhost port);
-- ONNX parity: max |p_onnx - p_jax| over Fashion-MNIST test images (the 50 shipped samples without the data).
+- ONNX parity: max |p_onnx - p_jax| over Fashion-MNIST test images (the 50 shipped samples without the data);
+- where a photo's time goes (decode and resize, GrabCut, the rest of the pipeline, the model, and the REST
+  request around them), median ms per photo over real phone photos re-encoded at 640 px (--photos FOLDER,
+  by default ../shared/data/real-photos-train when it is there) and over the 12 MP JPEG.
 
     python bench/inference.py [demo|RUN_DIR|BUNDLE] [--repeats 30] [--requests 100] [--json]
     python bench/inference.py --quick --json     # few repeats, no data files needed, for CI
 
 JSON keys: eval_img_s, predict_28_p50_ms, predict_28_p95_ms, predict_12mp_p50_ms, predict_12mp_p95_ms,
-rest_28_p50_ms, rest_12mp_p50_ms, onnx_max_abs_diff, plus the detailed tables and the load average.
+rest_28_p50_ms, rest_12mp_p50_ms, onnx_max_abs_diff, stages (ms per stage and input), plus the detailed tables
+and the load average.
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import _common
 import numpy as np
@@ -153,12 +158,47 @@ def onnx_parity(model: object, images: np.ndarray) -> dict:
             "onnx_bytes": len(payload), "export_seconds": round(export_seconds, 1)}
 
 
+def _median_ms(function, items: list) -> float:
+    times = []
+    for item in items:
+        start = time.perf_counter()
+        function(item)
+        times.append((time.perf_counter() - start) * 1000)
+    return round(float(np.median(times)), 2)
+
+
+def pipeline_stages(model: object, payloads: list[bytes]) -> dict[str, float]:
+    """Median ms per photo of each stage of a prediction, one photo at a time on one thread."""
+    from fmnist_jax.photos import decode, grabcut, pipeline
+
+    params, shape = model.preprocess, model.input_shape
+    decoded = [decode.decode_image(data, params["work_size"])[0] for data in payloads]
+    inputs = [pipeline.preprocess_photo(data, params, shape).model_input[None] for data in payloads]
+    stages = {"decode and resize": _median_ms(lambda data: decode.decode_image(data, params["work_size"]), payloads)}
+    if params["mode"] == "grabcut":
+        stages["GrabCut"] = _median_ms(lambda rgb: grabcut.grabcut_mask(rgb, params, []), decoded)
+    whole = _median_ms(lambda data: pipeline.preprocess_photo(data, params, shape), payloads)
+    stages["rest of the pipeline"] = round(max(0.0, whole - sum(stages.values())), 2)
+    stages["model"] = _median_ms(model.predict_proba, inputs)
+    return stages
+
+
+def _real_photos(folder: str | None, count: int) -> tuple[list[bytes], str]:
+    from photo_load import phone_photos
+
+    root = Path(folder) if folder else REPO.parent / "shared" / "data" / "real-photos-train"
+    if not root.is_dir():
+        return [], f"no real photos at {root}"
+    return [data for _, data in phone_photos(root, count)], f"{count} real photos of {root.name} at 640 px"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", nargs="?", default="demo", help="'demo', a run folder or a bundle")
     parser.add_argument("--repeats", type=int, default=30, help="predict calls per input (after one warm-up)")
     parser.add_argument("--eval-repeats", type=int, default=5, help="passes over the test set")
     parser.add_argument("--requests", type=int, default=100, help="sequential REST requests per input")
+    parser.add_argument("--photos", help="folder of real photos for the stage breakdown")
     parser.add_argument("--quick", action="store_true", help="few repeats on synthetic data, for CI")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     args = parser.parse_args()
@@ -177,6 +217,13 @@ def main() -> None:
     rest = rest_latency(args.model, inputs, args.requests)
     onnx = {**onnx_parity(model, images), "set": described}
     big, small = "12 MP JPEG (4000x3000)", "28x28 PNG"
+    photos, photos_described = _real_photos(args.photos, 10 if args.quick else 60)
+    stages = {big: pipeline_stages(model, [inputs[big]] * max(3, args.repeats // 3))}
+    if photos:
+        stages[photos_described] = pipeline_stages(model, photos)
+    for name, row in stages.items():  # REST p50 - predict p50: the 12 MP upload's, or the small PNG's for a 640 px photo
+        sent = big if name == big else small
+        row["REST request around it"] = round(max(0.0, rest[sent]["p50_ms"] - latency[sent]["p50_ms"]), 2)
 
     print(f"inference of {args.model!r}, load average {load_before} -> {load_average()}")
     print(f"evaluation: {evaluation['img_s']:,.0f} img/s over {eval_described}"
@@ -186,8 +233,12 @@ def main() -> None:
                   f"{rest[name]['p50_ms']:.1f}", f"{rest[name]['p95_ms']:.1f}", rest[name]["errors"]] for name in inputs])
     print(f"ONNX parity on {described}: max |p_onnx - p_jax| = {onnx['max_abs_diff']:.2e}, "
           f"argmax agreement {onnx['argmax_agreement']:.4f}, {onnx['onnx_bytes']:,} bytes")
+    names = list(next(iter(stages.values())))
+    print(f"\nwhere a photo's time goes, median ms per photo, one at a time ({photos_described if not photos else 'both inputs'}; "
+          "the REST request around a 640 px photo is taken from the small PNG's):")
+    print_table(["input", *names], [[name, *(row.get(stage, "-") for stage in names)] for name, row in stages.items()])
     if args.json:
-        emit_json({"eval_img_s": evaluation["img_s"],
+        emit_json({"eval_img_s": evaluation["img_s"], "stages": stages,
                    "predict_28_p50_ms": latency[small]["p50_ms"], "predict_28_p95_ms": latency[small]["p95_ms"],
                    "predict_12mp_p50_ms": latency[big]["p50_ms"], "predict_12mp_p95_ms": latency[big]["p95_ms"],
                    "rest_28_p50_ms": rest[small]["p50_ms"], "rest_12mp_p50_ms": rest[big]["p50_ms"],

@@ -122,6 +122,9 @@ def test_inference_quick() -> None:
     assert out["rest"]["28x28 PNG"]["errors"] == 0 and out["rest"]["12 MP JPEG (4000x3000)"]["errors"] == 0
     assert out["onnx_max_abs_diff"] < 1e-4 and out["onnx"]["argmax_agreement"] == 1.0
     assert out["evaluation"]["images"] == 1000
+    stages = out["stages"]["12 MP JPEG (4000x3000)"]  # where the time goes: each stage timed, none negative
+    assert set(stages) >= {"decode and resize", "GrabCut", "rest of the pipeline", "model", "REST request around it"}
+    assert all(value >= 0 for value in stages.values()) and stages["GrabCut"] > stages["model"]
 
 
 def test_sweep_quick() -> None:
