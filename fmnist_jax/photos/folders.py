@@ -20,12 +20,13 @@ import numpy as np
 from fmnist_jax import settings, store
 from fmnist_jax.data import label_sets
 from fmnist_jax.data.splitting import _cut
-from fmnist_jax.photos import pipeline
+from fmnist_jax.photos import pipeline, pool
 from fmnist_jax.photos.decode import ImageError
 
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 MAX_PHOTOS = 50_000
 CACHE_VERSION = 1
+PIPELINE_WINDOW = 48  # photos in the pipeline's workers at once (one per core runs; the rest wait, bounded in memory)
 Progress = Callable[[float, str], None]
 
 
@@ -100,18 +101,21 @@ def photo_inputs(folder: PhotoFolder, preprocess: dict, input_shape: tuple[int, 
         arrays = np.load(cache / "arrays.npz", allow_pickle=False)
         return PhotoInputs(arrays["images"], arrays["labels"], meta["folders"], meta["files"], meta["skipped"])
     images, labels, folders, files, skipped = [], [], [], [], []
-    for position, (name, path) in enumerate(folder.files):
-        if progress and position % 50 == 0:
-            progress(position / len(folder.files), f"Photo pipeline: {position:,} of {len(folder.files):,} photos")
-        try:
-            result = pipeline.preprocess_photo(path.read_bytes(), preprocess, input_shape)
-        except ImageError as error:
-            skipped.append({"file": f"{name}/{path.name}", "reason": str(error)})
-            continue
-        images.append(result.model_input)
-        labels.append(folder.label_of(name))
-        folders.append(name)
-        files.append(f"{name}/{path.name}")
+    for start in range(0, len(folder.files), PIPELINE_WINDOW):
+        if progress:
+            progress(start / len(folder.files), f"Photo pipeline: {start:,} of {len(folder.files):,} photos")
+        window = folder.files[start:start + PIPELINE_WINDOW]
+        queued = [pool.submit(pipeline.preprocess_photo, path.read_bytes(), preprocess, input_shape) for _, path in window]
+        for (name, path), photo in zip(window, queued):
+            try:
+                model_input = photo.result().model_input
+            except ImageError as error:
+                skipped.append({"file": f"{name}/{path.name}", "reason": str(error)})
+                continue
+            images.append(model_input)
+            labels.append(folder.label_of(name))
+            folders.append(name)
+            files.append(f"{name}/{path.name}")
     inputs = PhotoInputs(np.stack(images), np.asarray(labels, np.int32), folders, files, skipped)
     buffer = io.BytesIO()
     np.savez(buffer, images=inputs.images, labels=inputs.labels)
