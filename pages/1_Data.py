@@ -9,6 +9,7 @@ from typing import Any, Callable
 import numpy as np
 import streamlit as st
 
+import studio_labels as labels
 import studio_ui as ui
 from fmnist_jax import checks, settings, store
 from fmnist_jax.data import catalogue, splitting
@@ -271,6 +272,12 @@ gallery = splitting.sample_gallery(splits.train_images, splits.train_labels, per
 with st.container(horizontal=True, gap="small"):
     for label, images in gallery.items():
         st.image(estimates.montage(images, columns=1, factor=3, gap=4), caption=splits.class_names[label], width=88)
+
+# ----------------------------------------------------------------------------- label check
+
+with st.expander(f"Label check · find likely mislabelled images · training uses the "
+                 f"{labels.version_caption(project)}", icon=":material/fact_check:"):
+    labels.section(project, proj.load_dataset(project, labels=False))
 
 # ----------------------------------------------------------------------------- augmentation
 

@@ -249,6 +249,8 @@ table = pd.DataFrame([{
     "lr": r["learning_rate"], "epochs": f"{r['epochs']}/{r['planned_epochs'] or '?'}",
     "best val. acc.": r["best_val_accuracy"], "test acc.": r["test_accuracy"], "time": ui.seconds_text(r["seconds"]),
     "started": ui.stamp(r["created"])} for r in runs])
+if any(r["labels"] != "original labels" for r in runs):  # a cleaned label version: which labels each run learnt
+    table.insert(3, "labels", [r["labels"].replace(" labels", "").replace("labels ", "") for r in runs])
 st.dataframe(table, hide_index=True, width="stretch", column_config={
     "lr": st.column_config.NumberColumn(format="%.1e"),
     "best val. acc.": st.column_config.ProgressColumn(format="percent", min_value=0.0, max_value=1.0),

@@ -192,6 +192,14 @@ def test_load_test_of_photo_serving_posts_distinct_photos_and_counts_every_answe
     assert 0 < row["p50_ms"] <= row["p95_ms"] <= row["max_ms"] and row["server_cpu_ms_per_answer"] > 0
 
 
+def test_label_issues_bench_finds_flipped_labels_through_the_cli() -> None:
+    """bench/label_issues.py --quick: 5% of 1,200 synthetic labels flipped, `label-issues` trains 2 fold models."""
+    out = _run("label_issues.py")
+    assert out["n"] == 1200 and out["flipped"] == 60 and out["folds"] == 2
+    assert out["precision"] >= 0.6 and out["recall"] >= 0.6, out  # the issue's bounds, on learnable synthetic data
+    assert out["suggested_is_original"] >= 0.7 and out["seconds"] > out["check_seconds"] > 0
+
+
 def _write_idx(path: Path, array: np.ndarray) -> None:
     """An IDX file as Zalando ships them: magic (0x08 = unsigned byte, number of dims), big-endian sizes, gzip."""
     header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in array.shape)

@@ -268,9 +268,16 @@ def test_a_phone_visitor_gets_an_answer_from_the_camera_with_zero_clicks(studio:
         page.get_by_test_id("stCameraInput").wait_for()
         take = page.get_by_role("button", name="Take Photo", exact=True)
         take.wait_for()
-        page.wait_for_function(  # the fake device streams: a click before its first frame takes no picture
+        # The fake device streams: a click before its first frame takes no picture, and its very first frames can be
+        # one flat colour, which the photo pipeline rightly refuses. Wait until the frame has a picture in it.
+        page.wait_for_function(
             "() => { const v = document.querySelector(\"[data-testid='stCameraInput'] video\");"
-            " return !!v && v.readyState >= 2 && v.videoWidth > 0; }")
+            " if (!v || v.readyState < 2 || !v.videoWidth) return false;"
+            " const c = document.createElement('canvas'); c.width = 64; c.height = 48;"
+            " const g = c.getContext('2d'); g.drawImage(v, 0, 0, 64, 48);"
+            " const d = g.getImageData(0, 0, 64, 48).data; let lo = 255, hi = 0;"
+            " for (let i = 0; i < d.length; i += 4) { lo = Math.min(lo, d[i + 1]); hi = Math.max(hi, d[i + 1]); }"
+            " return hi - lo > 40; }")
         take.click()
         answer = page.get_by_text("camera photo →")
         answer.wait_for(timeout=120_000)
@@ -479,3 +486,50 @@ def expect_enabled(button, timeout: float = 60.0) -> None:
     while not button.is_enabled():
         assert time.monotonic() < deadline, "the button stayed disabled"
         time.sleep(0.05)
+
+
+def test_label_check_gallery_excludes_and_relabels_and_saves_a_version_on_a_phone_and_a_desktop(studio, workspace, monkeypatch) -> None:
+    """The Data page's Label check in Chromium: each flag's choice on its card, "Save as a new label version",
+    and the project trains on that version (its run record's data), at 390x844 and then 1400x1000."""
+    from playwright.sync_api import sync_playwright
+
+    from fmnist_jax import label_issues, store
+    from fmnist_jax.studio import label_check, tasks
+    from fmnist_jax.studio import projects as proj
+
+    ws = store.Workspace(workspace)
+    project = ws.create_project("Label gallery", dataset="synthetic")
+    source = proj.load_dataset(project, labels=False)
+    rows = [3, 8, 15, 21]
+    monkeypatch.setattr(label_issues, "find_issues", lambda dataset, check, files=None, progress=None, stop=None: {
+        "n": len(dataset.train_labels), "folds": 2, "seconds": 1.0, "out_of_fold_accuracy": 0.9,
+        "issues": [{"index": r, "given": int(dataset.train_labels[r]), "suggested": (int(dataset.train_labels[r]) + 1) % 10,
+                    "quality": 0.01} for r in rows]})
+    label_check.run_check(ws, project, source, label_issues.LabelCheck(folds=2), lambda fraction, message: None)
+    with sync_playwright() as playwright:
+        browser = launch(playwright)
+        for width, page in phone_and_desktop_pages(browser, f"{studio}/Data?project={project['id']}"):
+            page.get_by_text("Label check · find likely").first.click()
+            page.get_by_text("4 likely label issues").first.wait_for()
+            def card(row: int):
+                return page.locator(f".st-key-label-choice-{project['id']}-{row}")
+
+            card(rows[0]).get_by_text("exclude", exact=True).click()
+            page.get_by_text("0 relabelled and 1 excluded so far").wait_for()
+            card(rows[1]).get_by_text("relabel", exact=True).click()
+            page.get_by_text("1 relabelled and 1 excluded so far").wait_for()
+            page.get_by_text("1 relabelled and 1 excluded so far").scroll_into_view_if_needed()
+            page.screenshot(path=str(ARTIFACTS / f"label-gallery-{width}.png"))
+            page.get_by_role("button", name="Save as a new label version", exact=True).click()
+            page.get_by_text("training uses the labels v", exact=False).first.wait_for()
+            saved = ws.get_project(project["id"])
+            number = saved["label_version"]
+            edits, _ = label_check.overlay(saved)
+            assert number == len(saved["label_versions"]) and edits.exclude == {rows[0]}
+            assert edits.relabel == {rows[1]: (int(source.train_labels[rows[1]]) + 1) % 10}
+            record = tasks._data_record(saved, proj.load_dataset(saved))  # what Start hands the training job
+            assert record["label_version"] == number
+            splits = proj.load_splits(record)
+            assert len(splits.train_labels) + len(splits.val_labels) == len(source.train_labels) - 1
+            label_check.select_version(ws, saved, 0)  # the desktop pass starts from the original labels again
+        browser.close()

@@ -1,4 +1,4 @@
-"""Command line: presets, train, evaluate, sweep, predict, explain, serve, export. Same library calls as the UI.
+"""Command line: presets, train, evaluate, sweep, label-issues, predict, explain, serve, export. Same library calls as the UI.
 
 Errors print one line to stderr and exit with status 2; there are no tracebacks for user mistakes.
 
@@ -123,9 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_deploy_commands(sub: Any) -> None:
-    from fmnist_jax.cli import deploy, sweep
+    from fmnist_jax.cli import deploy, labels, sweep
 
     sweep.add_commands(sub)
+    labels.add_command(sub)
     deploy.add_commands(sub)
 
 

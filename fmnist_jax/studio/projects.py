@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import atexit
 import copy
+import json
 import os
 import threading
 import time
@@ -246,12 +247,31 @@ def synthetic_dataset() -> catalogue.Dataset:
 
 
 def load_dataset(project_or_run: dict, progress: Progress | None = None,
-                 home: str | os.PathLike | None = None) -> catalogue.Dataset:
-    """The dataset a project (or run record) names, loaded once per process and shared read-only.
+                 home: str | os.PathLike | None = None, labels: bool = True) -> catalogue.Dataset:
+    """The dataset a project (or run record) names, loaded once per process and shared read-only, with the
+    record's label version applied (studio/label_check.py; `labels=False`: as its source has it).
 
     TFDS datasets live in the server's workspace; an upload lives in the workspace it was uploaded to
     (the record's upload_home: a visitor's own folder in public mode).
     """
+    source = _source_dataset(project_or_run, progress, home)
+    if not labels or not project_or_run.get("label_version"):
+        return source
+    from fmnist_jax.studio import label_check
+
+    key = (source.name, id(source), json.dumps(label_check.run_fields(project_or_run), sort_keys=True))
+    with _SPLITS_LOCK:
+        if key in _VERSIONED:
+            return _VERSIONED[key]
+    versioned = label_check.apply(source, project_or_run)
+    with _SPLITS_LOCK:
+        _VERSIONED[key] = versioned
+        while len(_VERSIONED) > _SPLITS_KEEP:
+            _VERSIONED.popitem(last=False)
+    return versioned
+
+
+def _source_dataset(project_or_run: dict, progress: Progress | None, home: str | os.PathLike | None) -> catalogue.Dataset:
     name = project_or_run.get("dataset") or "fashion_mnist"
     if name == SYNTHETIC:
         return synthetic_dataset()
@@ -264,6 +284,7 @@ def load_dataset(project_or_run: dict, progress: Progress | None = None,
 
 
 _SPLITS: OrderedDict[tuple, splitting.Splits] = OrderedDict()
+_VERSIONED: OrderedDict[tuple, catalogue.Dataset] = OrderedDict()  # datasets with a label version applied
 _SPLITS_LOCK = threading.Lock()
 _SPLITS_KEEP = 3
 

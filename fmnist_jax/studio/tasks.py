@@ -13,6 +13,7 @@ from fmnist_jax import settings, store
 from fmnist_jax.data import catalogue, splitting
 from fmnist_jax.deploy import predict
 from fmnist_jax.model import layer_specs
+from fmnist_jax.studio import label_check
 from fmnist_jax.studio.background import ACTIVE
 from fmnist_jax.studio.projects import (
     EVALUATION_FILE,
@@ -82,7 +83,7 @@ def start_training(ws: store.Workspace, project: dict, run_name: str | None = No
     run_meta = {"preset": preset_of(project), "dataset": record["dataset"], "data_dir": record["data_dir"],
                 "limit": train_limit(project), "source": "studio", "project_id": project["id"],
                 **({"upload_home": record["upload_home"]} if record["upload_home"] else {}),
-                **({"init_from": project["init_from"]} if init_from else {})}
+                **({"init_from": project["init_from"]} if init_from else {}), **label_check.run_fields(project)}
     warming = _warming(ws, project, spec, cfg, dataset, train_size)
     try:
         return registry.submit(project["id"], run_dir, _prepare_for(record, spec, cfg, train_limit(project), warming),
@@ -96,7 +97,8 @@ def start_training(ws: store.Workspace, project: dict, run_name: str | None = No
 def _data_record(project: dict, dataset: catalogue.Dataset) -> dict:
     """Where a job's data comes from (dataset, folder, split), as its run records it."""
     return {"dataset": project.get("dataset") or "fashion_mnist", "data_dir": data_folder(project),
-            "split": split_spec(project, dataset).to_dict(), "upload_home": project.get("upload_home")}
+            "split": split_spec(project, dataset).to_dict(), "upload_home": project.get("upload_home"),
+            **label_check.run_fields(project)}
 
 
 def _warm_key(spec: list, cfg: TrainConfig, dataset: catalogue.Dataset, train_size: int) -> str:
@@ -305,7 +307,8 @@ def runs_table(ws: store.Workspace, project_id: str, registry: Any = None) -> li
     for run in ws.list_runs(project_id):
         path = Path(run.get("path", ""))
         status = "interrupted" if run.get("status") == "running" and run.get("id") not in training else run.get("status")
-        rows.append({**run, "status": status, "has_weights": (path / "model.msgpack").exists()})
+        rows.append({**run, "status": status, "has_weights": (path / "model.msgpack").exists(),
+                     "labels": label_check.version_label(run)})
     return rows
 
 

@@ -149,6 +149,7 @@ class Parts:
     color: str
     skipped: list[dict]
     format: str = ""
+    train_files: list[str] | None = None  # image uploads: the file of each training row, in row order
 
 
 def _default_options(shapes: list[tuple[int, ...]], image_size: int | None, color: str | None,

@@ -134,6 +134,7 @@ def _convert_image_members(source: Source, labelled: dict[str, list[tuple[Member
     _check_output(len(all_headers), size, color, limits)
     channels = 1 if color == "gray" else 3
     out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    train_files: list[str] = []
     done = 0
     for part, items in headers.items():
         images = np.empty((len(items), size, size, channels), np.uint8)
@@ -150,10 +151,13 @@ def _convert_image_members(source: Source, labelled: dict[str, list[tuple[Member
                 continue
             labels[kept] = label
             kept += 1
+            if part == "train":
+                train_files.append(member.name)
             if done % 200 == 0:
                 progress(0.15 + 0.8 * done / len(all_headers), f"converting images {done:,}/{len(all_headers):,}")
         if kept:
             out[part] = (images[:kept], labels[:kept])
     if "train" not in out:
         raise UploadError("no training image could be decoded" + (f" (first: {skipped[0]['file']}: {skipped[0]['reason']})" if skipped else ""))
-    return Parts(out["train"], out.get("validation"), out.get("test"), names, size, color, skipped)
+    return Parts(out["train"], out.get("validation"), out.get("test"), names, size, color, skipped,
+                 train_files=train_files)

@@ -133,6 +133,8 @@ def import_upload(path: str | os.PathLike, image_size: int | None = None, color:
         "created": time.time(), "seconds": round(time.perf_counter() - started, 3),
         "limits": limits.to_dict(),
     }
+    if parts.train_files is not None:  # which file each training row came from (the label check names them)
+        manifest["train_files"] = parts.train_files
     progress(0.96, "saving arrays")
     _save_atomically(dataset, manifest, final)
     catalogue.forget_shared(name, home)
