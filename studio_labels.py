@@ -69,7 +69,7 @@ def _check_form(project: dict, source: catalogue.Dataset, found: dict | None) ->
                "learning (cleanlab) then flags the images whose label those predictions contradict.")
     a, b, c = st.columns(3)
     folds = a.slider("Folds", 2, 10, 4, key=f"label-folds-{pid}", help="Models trained; each skips one fold.")
-    epochs = b.slider("Epochs per model", 1, 10, 4, key=f"label-epochs-{pid}")
+    epochs = b.slider("Epochs per model", 1, 20, label_issues.LabelCheck.epochs, key=f"label-epochs-{pid}")
     preset = c.selectbox("Model", list(presets.PRESETS), index=list(presets.PRESETS).index("fast"),
                          key=f"label-preset-{pid}")
     check = label_issues.LabelCheck(folds=folds, preset=preset, epochs=epochs)

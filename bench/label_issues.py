@@ -1,7 +1,7 @@
 """How well `label-issues` finds flipped labels: a Fashion-MNIST .npz with a known share of labels flipped to
 another class, checked by the CLI itself, scored against the flips.
 
-    python bench/label_issues.py                    # 12,000 training images, 5% flipped, 4 folds x 4 epochs
+    python bench/label_issues.py                    # 12,000 training images, 5% flipped, 4 folds x 10 epochs
     python bench/label_issues.py --quick --json     # CI: 1,200 synthetic images, 2 folds x 1 epoch
 
 It writes the .npz (x_train, y_train with the flips, x_test, y_test, class_names), runs
@@ -82,7 +82,7 @@ def main() -> None:
     parser.add_argument("--share", type=float, default=0.05, help="share of labels flipped to another class")
     parser.add_argument("--seed", type=int, default=0, help="which labels flip, and to what")
     parser.add_argument("--folds", type=int, default=4)
-    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--preset", default="fast")
     parser.add_argument("--sheet", type=Path, help="draw the flagged images that were not flipped to this PNG")
     parser.add_argument("--quick", action="store_true", help="1,200 synthetic images, 2 folds of 1 epoch (CI)")

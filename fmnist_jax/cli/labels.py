@@ -60,7 +60,7 @@ def add_command(sub: Any) -> None:
     p.add_argument("--limit", type=int, help="check only the first N training images")
     p.add_argument("--folds", type=int, default=4, help="out-of-fold models to train (2-20; default 4)")
     p.add_argument("--preset", default="fast", help="model preset of the fold models (default fast)")
-    p.add_argument("--epochs", type=int, default=4, help="epochs per fold model (default 4)")
+    p.add_argument("--epochs", type=int, default=10, help="epochs per fold model (default 10)")
     p.add_argument("--seed", type=int, default=0, help="fold assignment and training seed")
     p.add_argument("--json", action="store_true", help="print {n, folds, seconds, issues: [...]} as one JSON object")
     p.set_defaults(func=cmd_label_issues)
