@@ -38,33 +38,29 @@ def _versions(project: dict, source: catalogue.Dataset) -> None:
                                        for v in entries}
     current = int(project.get("label_version") or 0)
     chosen = st.selectbox("Labels training uses", list(labels), index=list(labels).index(current),
-                          format_func=labels.get, key=f"label-version-{pid_of(project)}-{current}",
+                          format_func=labels.get, key=f"label-version-{project['id']}-{current}",
                           help="A version changes no image: it relabels or leaves out rows of the training part. "
                                "The original labels stay as they are, and each run records the version it learnt.")
     if chosen != current:
         ui.save_project(project, label_version=int(chosen))
-        st.session_state.pop(f"label-choices-{pid_of(project)}", None)
+        st.session_state.pop(f"label-choices-{project['id']}", None)
         st.rerun()
     if current:
         edits, _ = label_check.overlay(project)
         left, right = st.columns(2)
         left.download_button("Download the corrections (CSV)", label_versions.corrected_csv(
             source, edits, label_check.upload_files(project)), file_name=f"labels-v{current}.csv", mime="text/csv",
-            icon=":material/download:", key=f"label-csv-{pid_of(project)}")
-        if right.button(f"Delete v{current}", icon=":material/delete:", key=f"label-delete-{pid_of(project)}",
+            icon=":material/download:", key=f"label-csv-{project['id']}")
+        if right.button(f"Delete v{current}", icon=":material/delete:", key=f"label-delete-{project['id']}",
                         help="Back to the original labels; runs that trained on it keep their own copy of its edits."):
             label_check.delete_version(ui.workspace(), project, current)
-            st.session_state.pop(f"label-choices-{pid_of(project)}", None)
+            st.session_state.pop(f"label-choices-{project['id']}", None)
             st.rerun()
-
-
-def pid_of(project: dict) -> str:
-    return project["id"]
 
 
 def _check_form(project: dict, source: catalogue.Dataset, found: dict | None) -> None:
     """The check's settings and its background task (progress, cancel, then its findings)."""
-    pid = pid_of(project)
+    pid = project["id"]
     st.caption("Each of K models trains on all folds but one and predicts the fold it never saw; confident "
                "learning (cleanlab) then flags the images whose label those predictions contradict.")
     a, b, c = st.columns(3)
@@ -108,7 +104,7 @@ def _checked(pid: str) -> None:
 
 def _choices(project: dict) -> dict[int, tuple[str, int | None]]:
     """The gallery's choices (row -> (choice, class)), starting from the selected version's edits."""
-    key = f"label-choices-{pid_of(project)}"
+    key = f"label-choices-{project['id']}"
     if key not in st.session_state:
         edits, _ = label_check.overlay(project)
         st.session_state[key] = {**{row: ("relabel", cls) for row, cls in edits.relabel.items()},
@@ -118,7 +114,7 @@ def _choices(project: dict) -> dict[int, tuple[str, int | None]]:
 
 def _gallery(project: dict, source: catalogue.Dataset, found: dict) -> None:
     """A paged gallery of the flagged images with keep / relabel / exclude, and "Save as a new version"."""
-    pid, names, issues = pid_of(project), source.class_names, found["issues"]
+    pid, names, issues = project["id"], source.class_names, found["issues"]
     st.markdown(f"**{len(issues):,} likely label issue{'' if len(issues) == 1 else 's'}** among {found['n']:,} training images · out-of-fold "
                 f"accuracy {found['out_of_fold_accuracy']:.1%} · {found['folds']} models, {found['seconds']:.0f} s, "
                 f"{time.strftime('%d %b %H:%M', time.localtime(found['finished']))}")
@@ -174,9 +170,4 @@ def _card(pid: str, source: catalogue.Dataset, issue: dict, choices: dict, names
         choices.pop(row, None)
     else:
         choices[row] = (chosen, cls if chosen == "relabel" else None)
-
-
-def version_caption(project: dict) -> str:
-    """A short line naming the labels training uses, for the page's split section."""
-    return label_check.version_label(project)
 

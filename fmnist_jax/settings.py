@@ -53,3 +53,10 @@ def public_mode() -> bool:
     if explicit is not None:
         return explicit.strip().lower() in {"1", "true", "yes", "on"}
     return bool(os.environ.get("SPACE_ID"))
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity where the OS tells it)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)

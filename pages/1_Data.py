@@ -16,7 +16,7 @@ from fmnist_jax.data import catalogue, splitting
 from fmnist_jax.data.augment import AugmentConfig
 from fmnist_jax.data.uploads import importer
 from fmnist_jax.data.uploads import limits as upload_limits
-from fmnist_jax.studio import charts, estimates
+from fmnist_jax.studio import charts, estimates, label_check
 from fmnist_jax.studio import projects as proj
 
 UPLOAD = "upload"
@@ -276,7 +276,7 @@ with st.container(horizontal=True, gap="small"):
 # ----------------------------------------------------------------------------- label check
 
 with st.expander(f"Label check · find likely mislabelled images · training uses the "
-                 f"{labels.version_caption(project)}", icon=":material/fact_check:"):
+                 f"{label_check.version_label(project)}", icon=":material/fact_check:"):
     labels.section(project, proj.load_dataset(project, labels=False))
 
 # ----------------------------------------------------------------------------- augmentation

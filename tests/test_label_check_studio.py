@@ -11,21 +11,17 @@ from streamlit.testing.v1 import AppTest
 
 from fmnist_jax import label_issues, store
 from fmnist_jax.data.label_versions import LabelEditError, LabelEdits
-from fmnist_jax.model import layer_specs
 from fmnist_jax.studio import label_check, tasks
 from fmnist_jax.studio import projects as proj
-from fmnist_jax.training import config
+from test_app import seeded  # noqa: F401  (the fixture)
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
-TINY_SPEC = [{"type": "flatten"}, {"type": "dense", "units": 10}]
 
 
 @pytest.fixture
-def project(workspace: Path) -> dict:
-    cfg = config.TrainConfig(epochs=1, batch_size=32, chunk_steps=5, learning_rate=0.01)
-    return store.Workspace().create_project("Labels", "", dataset=proj.SYNTHETIC, split=None,
-                                            model=layer_specs.normalize_spec(TINY_SPEC), model_preset="fast",
-                                            config=cfg.to_dict())
+def project(seeded: dict) -> dict:  # noqa: F811  (the fixture imported above)
+    """test_app's seeded project: synthetic data, a one-layer model, one epoch."""
+    return seeded
 
 
 def _findings(monkeypatch, project: dict, rows: dict[int, int]) -> dict:

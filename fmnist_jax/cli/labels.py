@@ -3,11 +3,11 @@ learning on out-of-fold predictions (fmnist_jax/label_issues.py)."""
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
 from fmnist_jax.cli.common import print_json
+from fmnist_jax.cli.train import _progress_bar  # the CLI's one progress line (short when stderr is captured)
 
 TABLE_ROWS = 30
 
@@ -30,16 +30,11 @@ def cmd_label_issues(args: argparse.Namespace) -> int:
     check = label_issues.LabelCheck(folds=args.folds, preset=args.preset, epochs=args.epochs, limit=args.limit,
                                     seed=args.seed).validate()
     dataset, files = _dataset(args.dataset, args.data_dir)
-
-    def progress(fraction: float, message: str) -> None:
-        if not args.json:
-            print(f"\r[{'#' * int(30 * fraction):<30}] {message:<50}", end="", file=sys.stderr, flush=True)
-
-    result = label_issues.find_issues(dataset, check, files, progress)
+    result = label_issues.find_issues(dataset, check, files, None if args.json else _progress_bar)
     if args.json:
         print_json(result)
         return 0
-    print(file=sys.stderr)
+    _progress_bar.clear()
     names = dataset.class_names
     print(f"{'index':>7}  {'given':<14} {'suggested':<14} {'quality':>7}  file")
     for issue in result["issues"][:TABLE_ROWS]:

@@ -17,16 +17,16 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable
 
+from fmnist_jax import settings
+
 PRIORITY_STEP = 8  # nice levels: CFS weight 172 against a training thread's 1024
 _POOL: ThreadPoolExecutor | None = None
 _POOL_LOCK = threading.Lock()
 
 
 def cores() -> int:
-    """Cores this process may run on (its CPU affinity where the OS tells it)."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return max(1, os.cpu_count() or 1)
+    """Workers in the pool: one per core this process may run on."""
+    return settings.usable_cores()
 
 
 def _lower_priority() -> None:

@@ -260,15 +260,7 @@ def load_dataset(project_or_run: dict, progress: Progress | None = None,
     from fmnist_jax.studio import label_check
 
     key = (source.name, id(source), json.dumps(label_check.run_fields(project_or_run), sort_keys=True))
-    with _SPLITS_LOCK:
-        if key in _VERSIONED:
-            return _VERSIONED[key]
-    versioned = label_check.apply(source, project_or_run)
-    with _SPLITS_LOCK:
-        _VERSIONED[key] = versioned
-        while len(_VERSIONED) > _SPLITS_KEEP:
-            _VERSIONED.popitem(last=False)
-    return versioned
+    return _remembered(_VERSIONED, key, lambda: label_check.apply(source, project_or_run))
 
 
 def _source_dataset(project_or_run: dict, progress: Progress | None, home: str | os.PathLike | None) -> catalogue.Dataset:
@@ -292,16 +284,21 @@ _SPLITS_KEEP = 3
 def make_splits(dataset: catalogue.Dataset, spec: splitting.SplitSpec) -> splitting.Splits:
     """data.make_splits, remembering the last few results (the pages redraw often; training reuses them)."""
     key = (dataset.name, id(dataset), tuple(sorted((k, str(v)) for k, v in spec.to_dict().items())))
+    return _remembered(_SPLITS, key, lambda: splitting.make_splits(dataset, spec))
+
+
+def _remembered(cache: OrderedDict, key: tuple, make: Callable[[], Any]) -> Any:
+    """cache[key], made (outside the lock) when missing; the _SPLITS_KEEP most recently used entries stay."""
     with _SPLITS_LOCK:
-        if key in _SPLITS:
-            _SPLITS.move_to_end(key)
-            return _SPLITS[key]
-    splits = splitting.make_splits(dataset, spec)
+        if key in cache:
+            cache.move_to_end(key)
+            return cache[key]
+    value = make()
     with _SPLITS_LOCK:
-        _SPLITS[key] = splits
-        while len(_SPLITS) > _SPLITS_KEEP:
-            _SPLITS.popitem(last=False)
-    return splits
+        cache[key] = value
+        while len(cache) > _SPLITS_KEEP:
+            cache.popitem(last=False)
+    return value
 
 
 def load_splits(project_or_run: dict, progress: Progress | None = None) -> splitting.Splits:

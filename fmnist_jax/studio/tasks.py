@@ -83,7 +83,8 @@ def start_training(ws: store.Workspace, project: dict, run_name: str | None = No
     run_meta = {"preset": preset_of(project), "dataset": record["dataset"], "data_dir": record["data_dir"],
                 "limit": train_limit(project), "source": "studio", "project_id": project["id"],
                 **({"upload_home": record["upload_home"]} if record["upload_home"] else {}),
-                **({"init_from": project["init_from"]} if init_from else {}), **label_check.run_fields(project)}
+                **({"init_from": project["init_from"]} if init_from else {}),
+                **{k: record[k] for k in ("label_version", "label_edits") if k in record}}
     warming = _warming(ws, project, spec, cfg, dataset, train_size)
     try:
         return registry.submit(project["id"], run_dir, _prepare_for(record, spec, cfg, train_limit(project), warming),

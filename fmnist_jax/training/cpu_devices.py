@@ -22,6 +22,8 @@ from typing import Any, Callable
 
 import jax
 
+from fmnist_jax import settings
+
 SETTING = "FMNIST_CPU_DEVICES"
 MOST_AUTO_DEVICES = 4  # measured on 2 cores only; more devices than this are left to the setting
 
@@ -31,8 +33,7 @@ def wanted_count(value: str | None = None) -> int:
     default ("auto") one per usable core, at most MOST_AUTO_DEVICES."""
     text = (os.environ.get(SETTING, "auto") if value is None else value).strip().lower()
     if text in ("", "auto"):
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        return max(1, min(cores, MOST_AUTO_DEVICES))
+        return max(1, min(settings.usable_cores(), MOST_AUTO_DEVICES))
     try:
         count = int(text)
     except ValueError:
