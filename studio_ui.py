@@ -466,7 +466,7 @@ def prediction_card(result: dict, model: Any, show_all: bool = False) -> None:
         pictures, bars = st.columns([1, 1], vertical_alignment="center")
         pictures.image(estimates.side_by_side([steps["original"], steps["model input"], explain.overlay(seen, saliency)]),
                        caption=f"{STEP_TITLES['original']} · {STEP_TITLES['model input'].lower()} · where it looked "
-                               f"({'Grad-CAM' if explain.default_method(model) == 'gradcam' else 'occlusion'})")
+                               f"({explain.TITLES[explain.default_method(model)]})")
         with bars:
             st.altair_chart(charts.probabilities(model.class_names, result["probs"], None if show_all else 3),
                             width="stretch")

@@ -156,8 +156,9 @@ first = (page - 1) * GALLERY_LIMIT
 caption_column.caption(f"{len(selected):,} of {len(mistakes):,} mistakes match; showing {first + 1:,}-"
                        f"{min(first + GALLERY_LIMIT, len(selected)):,}" + (f" (page {page} of {pages})." if pages > 1 else "."))
 looked = st.toggle("Show where the model looked", key=f"eval-explain-{pid}",
-                   help="Each mistake with its saliency map: Grad-CAM on the last convolution (occlusion for models "
-                        "without one). Warm colours are the pixels the wrong answer rests on.")
+                   help="Each mistake with its saliency map (integrated gradients: the pixels whose value, against a "
+                        "black and a blurred copy of the image, raised the wrong answer most). Warm colours are "
+                        "the pixels the wrong answer rests on.")
 shown = selected[first:first + GALLERY_LIMIT]
 tiles = {i: estimates.upscale(test_images[i], 4) for i in shown}
 if looked and shown:

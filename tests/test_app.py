@@ -516,7 +516,7 @@ def test_deploy_page_predicts_each_upload_and_explains_a_bad_file(trained: dict)
     assert "broken.png" in texts(at, "error") and "notes.txt" in texts(at, "error")  # the reason, in words
     assert any("garment.png" in m.value and "→" in m.value for m in at.markdown)
     assert any("1 of 3 images predicted" in c.value for c in at.caption)
-    assert any("where it looked (occlusion)" in str(img.proto) for img in at.get("image"))  # no conv: occlusion
+    assert any("where it looked (integrated gradients)" in str(img.proto) for img in at.get("image"))
     assert len(at.get("vega_lite_chart")) == 1  # the probability bars of the one good file
 
 

@@ -200,6 +200,16 @@ def test_label_issues_bench_finds_flipped_labels_through_the_cli() -> None:
     assert out["suggested_is_original"] >= 0.7 and out["seconds"] > out["check_seconds"] > 0
 
 
+def test_explanations_bench_scores_every_method_and_the_cli() -> None:
+    """bench/explanations.py --quick: the deletion test on the 50 shipped test images, for every method."""
+    out = _run("explanations.py")
+    assert out["images"] == 50 and out["default"] == "integrated" and out["cli"]["method"] == ["integrated"]
+    assert set(out["methods"]) == {"integrated", "hirescam", "gradinput", "gradcam", "occlusion"}
+    best = out["methods"]["integrated"]
+    assert best["beats_random"] and best["on_garment"] >= 0.8 and out["cli"]["on_garment"] >= 0.8
+    assert best["salient_area"] < out["methods"]["gradcam"]["salient_area"] and best["ms_per_image"] > 0
+
+
 def _write_idx(path: Path, array: np.ndarray) -> None:
     """An IDX file as Zalando ships them: magic (0x08 = unsigned byte, number of dims), big-endian sizes, gzip."""
     header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in array.shape)

@@ -255,7 +255,7 @@ def test_grad_cam_reads_the_last_residual_block(residual_model: TrainedModel) ->
     from fmnist_jax.deploy import explain
 
     assert explain.gradcam_layer(SMALL) == 3
-    assert explain.default_method(residual_model) == "gradcam"
+    assert explain.default_method(residual_model) == "integrated"
     maps, chosen = explain.explain(residual_model, _images(4), "gradcam")
     assert maps.shape == (4, 28, 28) and maps.min() >= 0 and maps.max() <= 1 and maps.max() > 0
     assert set(chosen.tolist()) <= set(range(10))

@@ -9,6 +9,8 @@ from typing import Any
 
 from fmnist_jax.cli.common import EXIT_USAGE, CliError, print_json
 
+# explain.METHODS, written out so that --help does not import JAX (a test keeps the two equal)
+METHODS_SHOWN = ("integrated", "hirescam", "gradinput", "gradcam", "occlusion")
 MODEL_HELP = "a run folder, an exported bundle (.zip), or 'demo' (the shipped model)"
 
 
@@ -92,8 +94,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
     images_given(args)
     model = _load(args.model)
     method = args.method or explain.default_method(model)
-    if method == "gradcam" and explain.gradcam_layer(model.spec) is None:
-        raise CliError("Grad-CAM needs a convolution layer and this model has none; use --method occlusion")
+    if method in explain.NEEDS_CONV and explain.gradcam_layer(model.spec) is None:
+        raise CliError(f"{explain.TITLES[method]} needs a convolution layer and this model has none; "
+                       f"use --method integrated or occlusion")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise CliError(f"--out {out} is a file; give a folder for the heatmaps")
@@ -216,8 +219,10 @@ def add_commands(sub: Any) -> None:
     p.add_argument("images", nargs="*", help="image files (PNG, JPEG, WebP, BMP, GIF, TIFF)")
     p.add_argument("--out", required=True, help="folder for the heatmap PNGs (grayscale, the model input's size, "
                                                 "white = most important)")
-    p.add_argument("--method", choices=("gradcam", "occlusion"),
-                   help="gradcam (the last convolution block; default for conv models) or occlusion (any model)")
+    p.add_argument("--method", choices=METHODS_SHOWN,
+                   help="integrated (integrated gradients from a black and a blurred baseline; the default, the "
+                        "most faithful by the deletion test), hirescam or gradcam (the last convolution block), "
+                        "gradinput (gradient x input) or occlusion (a sliding blank patch)")
     p.add_argument("--json", action="store_true", help="print a JSON list: file, label, index, method, heatmap")
     p.set_defaults(func=cmd_explain)
 
