@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _common import emit_json, load_average, print_table  # noqa: E402
 
-from fmnist_jax.deploy import predict  # noqa: E402
+from fmnist_jax.deploy import exported, predict  # noqa: E402
 from fmnist_jax.photos import folders, pipeline, pipeline_params  # noqa: E402
 from fmnist_jax.photos.decode import ImageError  # noqa: E402
 from fmnist_jax.training.trained import check_calibration  # noqa: E402
@@ -60,6 +60,24 @@ def score(model, photo_folder: folders.PhotoFolder) -> dict:
         for row, p, unsure in zip(good, probs, model.is_unsure(probs)):
             row[out], row[out + "_unsure"] = p, bool(unsure)
     return {"rows": rows}
+
+
+def load(source: str):
+    """A studio model, or an exported .onnx / .tflite file in its own runtime."""
+    if Path(source).suffix.lower() in exported.SUFFIXES:
+        return exported.ExportedModel(source)
+    return predict.load_model(source)
+
+
+def answer(row: dict) -> str:
+    return "not sure" if row["probs_unsure"] else str(int(np.argmax(row["probs"])))
+
+
+def same_answers(rows: list[dict], other: list[dict]) -> dict:
+    """Per photo, whether two models' answers (class, or "not sure") through their pipelines are the same."""
+    pairs = [(a, b) for a, b in zip(rows, other) if "probs" in a and "probs" in b]
+    same = sum(answer(a) == answer(b) for a, b in pairs)
+    return {"photos": len(pairs), "same": same, "agreement": same / max(len(pairs), 1)}
 
 
 def summarise(model, photo_folder: folders.PhotoFolder, rows: list[dict]) -> dict:
@@ -125,7 +143,10 @@ def contact_sheet(model, rows: list[dict], photo_folder: folders.PhotoFolder, pa
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder", help="photo folder with class subfolders and classes.json")
-    parser.add_argument("--model", default="demo", help="run folder, bundle (.zip), model folder or 'demo'")
+    parser.add_argument("--model", default="demo", help="run folder, bundle (.zip), model folder, 'demo', or an "
+                                                         "exported .onnx / .tflite file (float or int8)")
+    parser.add_argument("--against", help="a second model (same kinds): how often the two give the same answer "
+                                          "(class, or 'not sure') per photo, e.g. an int8 export against its float model")
     parser.add_argument("--preprocess", help="JSON object of photo-pipeline settings to override (ablations)")
     parser.add_argument("--unsure-threshold", type=float, help="override the model's 'not sure' threshold (0: never)")
     parser.add_argument("--sheet", type=Path, help="write a contact sheet of the failures to this PNG")
@@ -138,7 +159,7 @@ def main() -> None:
     args = parser.parse_args()
 
     start = time.perf_counter()
-    model = predict.load_model(args.model)
+    model = load(args.model)
     if args.preprocess:
         model.preprocess = pipeline_params.resolve_preprocess({**model.preprocess, **json.loads(args.preprocess)},
                                                               model.input_shape)
@@ -149,6 +170,8 @@ def main() -> None:
         photo_folder = folders.held_out_part(photo_folder, args.held_out, args.seed)
     rows = score(model, photo_folder)["rows"]
     result = summarise(model, photo_folder, rows)
+    if args.against:
+        result["against"] = {"model": args.against, **same_answers(rows, score(load(args.against), photo_folder)["rows"])}
     result.update(model=args.model, pipeline=model.preprocess.get("mode"), temperature=model.temperature,
                   unsure_threshold=model.unsure_threshold, seconds=round(time.perf_counter() - start, 1),
                   load_average=load_average())
@@ -165,13 +188,17 @@ def main() -> None:
           f"{result['naive_accuracy']:.3f}; 'not sure' on {result['unsure_known']:.1%} of known and "
           f"{result['unsure_unknown']:.1%} of other garments ({result['n']} photos, model {args.model}, "
           f"pipeline {result['pipeline']}, {result['seconds']} s)")
+    if args.against:
+        print(f"same answer as {args.against} (class, or 'not sure') on {result['against']['same']}/"
+              f"{result['against']['photos']} photos ({result['against']['agreement']:.1%})")
     if args.sheet:
         drawn = contact_sheet(model, rows, photo_folder, args.sheet)
         print(f"contact sheet of {drawn} failures: {args.sheet}")
     if args.json:
         emit_json({k: result[k] for k in ("accuracy", "naive_accuracy", "per_folder", "unsure_known", "unsure_unknown",
                                           "n", "accuracy_interval", "model", "pipeline", "temperature",
-                                          "unsure_threshold", "seconds", "load_average")})
+                                          "unsure_threshold", "seconds", "load_average")}
+                  | ({"against": result["against"]} if args.against else {}))
 
 
 if __name__ == "__main__":

@@ -47,6 +47,17 @@ def data_dir(data_dir: str | os.PathLike | None = None) -> Path | None:
     return Path(value).expanduser().resolve() if value else None
 
 
+def photos_dir(photos_dir: str | os.PathLike | None = None) -> Path | None:
+    """Labelled real garment photos to calibrate int8 exports of photo models on (`FMNIST_PHOTOS_DIR`): by
+    default the `real-photos-train` folder beside the Fashion-MNIST data folder, when there is one."""
+    value = photos_dir or os.environ.get("FMNIST_PHOTOS_DIR")
+    if value:
+        return Path(value).expanduser().resolve()
+    data = data_dir()
+    beside = data.parent / "real-photos-train" if data is not None else None
+    return beside if beside is not None and (beside / "classes.json").is_file() else None
+
+
 def public_mode() -> bool:
     """True when running as a public deployment (a Hugging Face Space, or FMNIST_PUBLIC=1)."""
     explicit = os.environ.get("FMNIST_PUBLIC")

@@ -7,6 +7,7 @@ from typing import Any, Callable
 
 import streamlit as st
 
+import studio_exports
 import studio_ui as ui
 from fmnist_jax import settings, store
 from fmnist_jax.deploy import bundle, onnx_export, predict, script_export, tflite_export
@@ -121,6 +122,7 @@ with st.expander("Use this model outside the studio", expanded=False):
     with c:
         _converted_export("tflite", "TensorFlow Lite", f"{stem}.tflite", source, stamp,
                           lambda: tflite_export.tflite_bytes(model, onnx_export.check_images(model)))
+    studio_exports.int8_exports(pid, model, DEMO if choice == DEMO else source, source, stamp, stem)
     st.download_button("Training script (.py)", data=lambda: script_export.model_script(model, stem),
                        file_name=f"train_{stem.replace('-', '_')}.py", mime="text/x-python", icon=":material/code:",
                        key=f"script-{pid}", help="The model as code: one standalone Flax NNX + Optax script that "

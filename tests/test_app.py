@@ -731,6 +731,18 @@ def test_deploy_page_offers_the_bundle_and_a_checked_onnx_export(trained: dict) 
     assert not again.error, texts(again, "error")
 
 
+def test_deploy_page_prepares_an_int8_export_with_its_check_against_float(trained: dict) -> None:
+    pid = trained["id"]
+    at = open_app("pages/6_Deploy.py", pid)
+    at.selectbox(key=f"deploy-model-{pid}").set_value("trained").run()
+    at.button(key=f"onnx-int8-make-{pid}").click().run()
+    _until(at, lambda: any(b.label == "Download ONNX int8" for b in at.get("download_button")) or bool(at.error))
+    assert not at.exception and not at.error, texts(at, "error")
+    table = at.dataframe[0].value
+    assert list(table["file"]) == ["int8", "float32"] and table["accuracy"][0].endswith("%")
+    assert any("the run's test split" in c.value and "the run's training split" in c.value for c in at.caption)
+
+
 def test_training_page_starts_a_run_from_a_trained_model_with_frozen_layers(seeded: dict) -> None:
     pid = seeded["id"]
     at = open_app("pages/4_Training.py", pid)

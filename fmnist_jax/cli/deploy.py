@@ -151,7 +151,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     if out.is_dir():
         suffix = {"bundle": "zip", "onnx": "onnx", "script": "py", "tflite": "tflite"}[args.format]
         raise CliError(f"--out {out} is a folder; give a file name such as model.{suffix}")
+    if args.quantize == "int8" and args.format not in ("tflite", "onnx"):
+        raise CliError(f"--quantize int8 is for --format tflite or onnx, not {args.format}")
+    if args.calibration_data and args.quantize != "int8":
+        raise CliError("--calibration-data is for --quantize int8")
     try:
+        if args.quantize == "int8":
+            return _export_int8(args, model, out)
         if args.format == "tflite":
             from fmnist_jax.deploy import tflite_export
 
@@ -183,6 +189,31 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(f"wrote {out} ({result['bytes']:,} bytes); {checker} matches JAX within {result['max_abs_diff']:.1e}")
     else:
         print(f"wrote {out} ({result['bytes']:,} bytes)")
+    return 0
+
+
+def _export_int8(args: argparse.Namespace, model: Any, out: Path) -> int:
+    from fmnist_jax import store
+    from fmnist_jax.deploy import quantize
+
+    calibration = quantize.calibration_set(model, args.model, args.calibration_data, args.data_dir)
+    test = quantize.test_set(model, args.model, args.data_dir)
+    payload, report = quantize.export_int8(model, args.format, calibration.images, test.images, test.labels,
+                                           calibration.source, test.source)
+    store.atomic_write_bytes(out, payload)
+    result = {**report, "out": str(out)}
+    if "warning" in result:
+        print(f"warning: {result['warning']}", file=sys.stderr)
+    if args.json:
+        print_json(result)
+        return 0
+    runtime = "onnxruntime" if args.format == "onnx" else "the TFLite interpreter"
+    accuracy = (f"accuracy {result['accuracy']:.2%} (float {result['float_accuracy']:.2%}) on "
+                if result["accuracy"] is not None else "checked on ")
+    print(f"wrote {out} ({result['bytes']:,} bytes, {result['bytes'] / result['float_bytes']:.0%} of float); "
+          f"in {runtime}: {accuracy}{result['test_images']:,} images of {result['test_source']}, same answer as the "
+          f"float model on {result['agreement']:.2%}; calibrated on {result['calibration_images']} images "
+          f"({result['calibration_source']})")
     return 0
 
 
@@ -240,6 +271,15 @@ def add_commands(sub: Any) -> None:
                    help="bundle (zip for predict/serve), onnx, tflite (float32 (N,H,W,C) in [0,1] -> probabilities), or "
                         "script (a standalone Flax NNX + Optax training script)")
     p.add_argument("--out", required=True, help="output file (.zip, .onnx, .tflite or .py)")
+    p.add_argument("--quantize", choices=("none", "int8"), default="none",
+                   help="tflite/onnx: int8 writes a full-integer TFLite or a statically quantized ONNX model, "
+                        "calibrated and then checked against the float model in its own runtime (--json: accuracy, "
+                        "float_accuracy, agreement, bytes, float_bytes)")
+    p.add_argument("--calibration-data", metavar="NAME|PATH",
+                   help="int8: the images to calibrate on (a dataset name, an uploaded dataset file, or a photo "
+                        "folder with classes.json); default: a run's training split, or Fashion-MNIST training "
+                        "images plus real photos (FMNIST_PHOTOS_DIR) for the demo and bundles")
+    p.add_argument("--data-dir", help="the folder with the Fashion-MNIST files (default: FMNIST_DATA_DIR)")
     p.add_argument("--with-tflite", action="store_true",
                    help="bundle: also put the checked TensorFlow Lite model (model.tflite) in the zip")
     p.add_argument("--json", action="store_true", help="print one JSON object")

@@ -126,9 +126,8 @@ def _plain(tree: Any) -> Any:
     return np.asarray(tree[...] if isinstance(tree, nnx.Variable) else tree, np.float32)
 
 
-def tflite_bytes(model: Any, check_images: np.ndarray) -> tuple[bytes, float]:
-    """(the .tflite file, largest probability difference from JAX on `check_images` uint8 (N, H, W, C));
-    ExportError when a layer cannot be converted or the difference exceeds TOLERANCE."""
+def keras_network(model: Any) -> Any:
+    """The model as a Keras model with its trained weights: float32 images in [0, 1] -> calibrated probabilities."""
     import tensorflow as tf
 
     keras = tf.keras
@@ -148,14 +147,66 @@ def tflite_bytes(model: Any, check_images: np.ndarray) -> tuple[bytes, float]:
         outputs += branches
     x = outputs[0] if len(outputs) == 1 else keras.layers.Average(name="flip_average")(outputs)
     scaled = keras.layers.Rescaling(1.0 / model.temperature, name="temperature")(x)
-    network = keras.Model(inputs, keras.layers.Softmax(name="probabilities")(scaled), name="fmnist_model")
+    return keras.Model(inputs, keras.layers.Softmax(name="probabilities")(scaled), name="fmnist_model")
+
+
+def convert(model: Any, setup: Any = None) -> bytes:
+    """The TFLite file of keras_network(model); `setup(converter)` may ask for quantization first."""
+    import tensorflow as tf
+
     # From the Keras model: the converter freezes its weights into constants (from a tf.function's concrete
     # function they stayed resource variables, and the interpreter answered NaN).
-    converter = tf.lite.TFLiteConverter.from_keras_model(network)
+    converter = tf.lite.TFLiteConverter.from_keras_model(keras_network(model))
+    if setup is not None:
+        setup(converter)
     try:
         payload = converter.convert()
     except Exception as error:  # the converter reports unsupported graphs with many exception types
         raise ExportError(f"TensorFlow Lite could not convert this model: {type(error).__name__}: {error}") from None
+    return with_metadata(payload, model)
+
+
+METADATA_NAME = "fmnist_studio"
+
+
+def with_metadata(payload: bytes, model: Any) -> bytes:
+    """The file with the studio's metadata (classes, calibration, photo pipeline; the ONNX export's fields) as a
+    TFLite metadata entry, which interpreters ignore and `read_metadata` reads back."""
+    import json
+
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    from fmnist_jax.deploy.onnx_export import metadata
+
+    tree = flatbuffer_utils.convert_bytearray_to_object(bytearray(payload))
+    buffer = schema.BufferT()
+    buffer.data = np.frombuffer(json.dumps(metadata(model)).encode(), np.uint8)
+    tree.buffers.append(buffer)
+    entry = schema.MetadataT()
+    entry.name, entry.buffer = METADATA_NAME, len(tree.buffers) - 1
+    tree.metadata = [*(tree.metadata or []), entry]
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(tree))
+
+
+def read_metadata(payload: bytes) -> dict[str, str]:
+    """The studio's metadata of a TFLite file written here ({} for a file from elsewhere)."""
+    import json
+
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    tree = flatbuffer_utils.convert_bytearray_to_object(bytearray(payload))
+    for entry in tree.metadata or []:
+        name = entry.name.decode() if isinstance(entry.name, bytes) else entry.name
+        if name == METADATA_NAME:
+            return json.loads(bytes(tree.buffers[entry.buffer].data).decode())
+    return {}
+
+
+def tflite_bytes(model: Any, check_images: np.ndarray) -> tuple[bytes, float]:
+    """(the .tflite file, largest probability difference from JAX on `check_images` uint8 (N, H, W, C));
+    ExportError when a layer cannot be converted or the difference exceeds TOLERANCE."""
+    payload = convert(model)
     difference = _check(payload, model, check_images)
     if not difference <= TOLERANCE:
         raise ExportError(f"the TFLite model's probabilities differ from JAX's by {difference:.2e} "
@@ -163,16 +214,26 @@ def tflite_bytes(model: Any, check_images: np.ndarray) -> tuple[bytes, float]:
     return payload, difference
 
 
-def _check(payload: bytes, model: Any, images: np.ndarray) -> float:
-    # LiteRT's interpreter: tf.lite.Interpreter is deprecated (scheduled for deletion in TF 2.20) in its favour.
+def run(payload: bytes, images: np.ndarray, batch: int = 500) -> np.ndarray:
+    """Probabilities of uint8 images (N, H, W, C) in LiteRT's interpreter (tf.lite.Interpreter is deprecated in
+    its favour), `batch` at a time."""
     from ai_edge_litert.interpreter import Interpreter
 
     interpreter = Interpreter(model_content=payload)
-    batch = np.asarray(images, np.float32) / 255.0
     detail = interpreter.get_input_details()[0]
-    interpreter.resize_tensor_input(detail["index"], batch.shape)
-    interpreter.allocate_tensors()
-    interpreter.set_tensor(detail["index"], batch)
-    interpreter.invoke()
-    got = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    out, shape = [], None
+    for start in range(0, len(images), batch):
+        part = np.asarray(images[start:start + batch], np.float32) / 255.0
+        if part.shape != shape:
+            interpreter.resize_tensor_input(detail["index"], part.shape)
+            interpreter.allocate_tensors()
+            shape = part.shape
+        interpreter.set_tensor(detail["index"], part)
+        interpreter.invoke()
+        out.append(np.array(interpreter.get_tensor(interpreter.get_output_details()[0]["index"])))
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def _check(payload: bytes, model: Any, images: np.ndarray) -> float:
+    got = run(payload, images)
     return float(np.max(np.abs(got - model.predict_proba(np.asarray(images, np.uint8)))))
