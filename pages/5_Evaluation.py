@@ -7,6 +7,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
+import studio_map
 import studio_ui as ui
 from fmnist_jax import store
 from fmnist_jax.data import catalogue
@@ -136,43 +137,45 @@ predicted = metrics["predicted"]
 confidence = dict(zip(mistakes, metrics["mistake_confidence"]))
 if not mistakes:
     st.success("The model got every test image right.", icon=":material/celebration:")
-    st.stop()
-a, b, c = st.columns([2, 2, 1])
-true_filter = a.multiselect("True class", class_names, key=f"eval-true-{pid}", placeholder="any",
-                            help="Show only mistakes on these classes.")
-pred_filter = b.multiselect("Predicted class", class_names, key=f"eval-pred-{pid}", placeholder="any",
-                            help="Show only mistakes the model labelled as these classes.")
-order = c.selectbox("Order", ["most confident first", "least confident first"], key=f"eval-order-{pid}")
-selected = [i for i in mistakes
-            if (not true_filter or class_names[int(test_labels[i])] in true_filter)
-            and (not pred_filter or class_names[predicted[i]] in pred_filter)]
-if order == "least confident first":
-    selected = selected[::-1]
-pages = max(1, -(-len(selected) // GALLERY_LIMIT))
-page_column, caption_column = st.columns([1, 4], vertical_alignment="bottom")
-page = page_column.number_input("Page", 1, pages, 1, key=f"eval-page-{pid}-{len(selected)}",
-                                help=f"{GALLERY_LIMIT} mistakes per page.") if pages > 1 else 1
-first = (page - 1) * GALLERY_LIMIT
-caption_column.caption(f"{len(selected):,} of {len(mistakes):,} mistakes match; showing {first + 1:,}-"
-                       f"{min(first + GALLERY_LIMIT, len(selected)):,}" + (f" (page {page} of {pages})." if pages > 1 else "."))
-looked = st.toggle("Show where the model looked", key=f"eval-explain-{pid}",
-                   help="Each mistake with its saliency map (integrated gradients: the pixels whose value, against a "
-                        "black and a blurred copy of the image, raised the wrong answer most). Warm colours are "
-                        "the pixels the wrong answer rests on.")
-shown = selected[first:first + GALLERY_LIMIT]
-tiles = {i: estimates.upscale(test_images[i], 4) for i in shown}
-if looked and shown:
-    model = ui.cached_model(run["path"], stamp)
-    maps = explain.explain(model, test_images[shown])[0]
-    tiles = {i: estimates.upscale(explain.overlay(test_images[i], m), 4) for i, m in zip(shown, maps)}
-# Fixed-size tiles in a wrapping row: eight or so across on a desktop, three on a phone (columns would stack
-# them one per screen width there).
-with st.container(horizontal=True, gap="small"):
-    for index in shown:
-        with st.container(width=96):
-            st.image(tiles[index], width=96)
-            st.caption(f"**{class_names[int(test_labels[index])]}** → {class_names[predicted[index]]} "
-                       f"({confidence[index]:.0%})")
+else:
+    a, b, c = st.columns([2, 2, 1])
+    true_filter = a.multiselect("True class", class_names, key=f"eval-true-{pid}", placeholder="any",
+                                help="Show only mistakes on these classes.")
+    pred_filter = b.multiselect("Predicted class", class_names, key=f"eval-pred-{pid}", placeholder="any",
+                                help="Show only mistakes the model labelled as these classes.")
+    order = c.selectbox("Order", ["most confident first", "least confident first"], key=f"eval-order-{pid}")
+    selected = [i for i in mistakes
+                if (not true_filter or class_names[int(test_labels[i])] in true_filter)
+                and (not pred_filter or class_names[predicted[i]] in pred_filter)]
+    if order == "least confident first":
+        selected = selected[::-1]
+    pages = max(1, -(-len(selected) // GALLERY_LIMIT))
+    page_column, caption_column = st.columns([1, 4], vertical_alignment="bottom")
+    page = page_column.number_input("Page", 1, pages, 1, key=f"eval-page-{pid}-{len(selected)}",
+                                    help=f"{GALLERY_LIMIT} mistakes per page.") if pages > 1 else 1
+    first = (page - 1) * GALLERY_LIMIT
+    caption_column.caption(f"{len(selected):,} of {len(mistakes):,} mistakes match; showing {first + 1:,}-"
+                           f"{min(first + GALLERY_LIMIT, len(selected)):,}" + (f" (page {page} of {pages})." if pages > 1 else "."))
+    looked = st.toggle("Show where the model looked", key=f"eval-explain-{pid}",
+                       help="Each mistake with its saliency map (integrated gradients: the pixels whose value, against a "
+                            "black and a blurred copy of the image, raised the wrong answer most). Warm colours are "
+                            "the pixels the wrong answer rests on.")
+    shown = selected[first:first + GALLERY_LIMIT]
+    tiles = {i: estimates.upscale(test_images[i], 4) for i in shown}
+    if looked and shown:
+        model = ui.cached_model(run["path"], stamp)
+        maps = explain.explain(model, test_images[shown])[0]
+        tiles = {i: estimates.upscale(explain.overlay(test_images[i], m), 4) for i, m in zip(shown, maps)}
+    # Fixed-size tiles in a wrapping row: eight or so across on a desktop, three on a phone (columns would stack
+    # them one per screen width there).
+    with st.container(horizontal=True, gap="small"):
+        for index in shown:
+            with st.container(width=96):
+                st.image(tiles[index], width=96)
+                st.caption(f"**{class_names[int(test_labels[index])]}** → {class_names[predicted[index]]} "
+                           f"({confidence[index]:.0%})")
 
+st.divider()
+studio_map.map_section(ws, project, run, run_record, lambda: ui.cached_model(run["path"], stamp))
 st.divider()
 ui.link("deploy", "Next: deploy")

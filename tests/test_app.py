@@ -731,6 +731,23 @@ def test_deploy_page_offers_the_bundle_and_a_checked_onnx_export(trained: dict) 
     assert not again.error, texts(again, "error")
 
 
+def test_evaluation_page_draws_the_dataset_map_in_the_background_and_caches_it(trained: dict) -> None:
+    pid = trained["id"]
+    at = open_app("pages/5_Evaluation.py", pid)
+    _until(at, lambda: "Test accuracy" in metric_values(at) or bool(at.error))
+    assert not at.error, texts(at, "error")
+    at.button(key=f"map-make-{pid}-validation").click().run()
+    _until(at, lambda: any("validation images (" in c.value for c in at.caption) or bool(at.error))
+    assert not at.exception and not at.error, texts(at, "error")
+    maps = [c for c in at.get("vega_lite_chart") if "pick" in str(c.proto.spec)]
+    assert len(maps) == 1
+    run_dir = tasks.run_dir_of(store.Workspace(), pid, "trained")
+    assert (run_dir / "maps" / "validation-coords.npy").is_file()
+    again = open_app("pages/5_Evaluation.py", pid)  # cached: drawn at once, no button
+    _until(again, lambda: any("validation images (" in c.value for c in again.caption) or bool(again.error))
+    assert not any(b.key == f"map-make-{pid}-validation" for b in again.button)
+
+
 def test_deploy_page_prepares_an_int8_export_with_its_check_against_float(trained: dict) -> None:
     pid = trained["id"]
     at = open_app("pages/6_Deploy.py", pid)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-UI_FILES = sorted([REPO / "app.py", REPO / "studio_ui.py", REPO / "studio_labels.py", REPO / "studio_exports.py", *(REPO / "pages").glob("*.py")])
+UI_FILES = sorted([REPO / "app.py", REPO / "studio_ui.py", REPO / "studio_labels.py", REPO / "studio_exports.py", REPO / "studio_map.py", *(REPO / "pages").glob("*.py")])
 LIBRARY_FILES = sorted((REPO / "fmnist_jax").rglob("*.py"))
 ML_PACKAGES = {"jax", "jaxlib", "flax", "optax"}
 

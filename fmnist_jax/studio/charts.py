@@ -4,6 +4,7 @@ and the DOT text of the network diagram. Inputs are plain lists and dicts, so th
 """
 from __future__ import annotations
 
+import json
 from typing import Sequence
 
 import altair as alt
@@ -265,3 +266,29 @@ def parallel_coordinates(rows: Sequence[dict], axes: Sequence[str], colour: str 
         detail="index:N",
         color=alt.Color("score:Q", scale=alt.Scale(scheme="viridis"), title=colour),
         tooltip=["setting", "value", alt.Tooltip("score:Q", format=".2%", title=colour)]).properties(height=280)
+
+
+MAP_SELECTION = "pick"
+MAP_KINDS = ["right", "mistake", "flagged label"]
+
+
+def dataset_map(x: Sequence[float], y: Sequence[float], classes: Sequence[int], kinds: Sequence[int],
+                class_names: Sequence[str]) -> alt.Chart:
+    """The dataset map: one point per image at its 2-D position, coloured by true class; mistakes are crosses
+    and flagged labels diamonds. Dragging a rectangle selects points (the selection "pick": {"x": [a, b],
+    "y": [c, d]}); each point carries its position "p" in the map. Kept lean for 10,000 points: short
+    integer fields, the class names and kinds looked up in the browser, coordinates to 3 decimals."""
+    frame = pd.DataFrame({"x": [round(float(v), 3) for v in x], "y": [round(float(v), 3) for v in y],
+                          "c": [int(v) for v in classes], "k": [int(v) for v in kinds]})
+    frame["p"] = range(len(frame))
+    brush = alt.selection_interval(name=MAP_SELECTION, encodings=["x", "y"])
+    return alt.Chart(frame).transform_calculate(  # Vega array literals, indexed in the browser
+        cls=f"{json.dumps(list(class_names))}[datum.c]", kind=f"{json.dumps(MAP_KINDS)}[datum.k]",
+    ).mark_point(filled=True, size=22, opacity=0.75).encode(
+        x=alt.X("x:Q", axis=None), y=alt.Y("y:Q", axis=None),
+        color=alt.Color("cls:N", title=None, sort=list(class_names), legend=alt.Legend(orient="top", columns=5)),
+        shape=alt.Shape("kind:N", scale=alt.Scale(domain=MAP_KINDS, range=["circle", "cross", "diamond"]),
+                        legend=alt.Legend(orient="bottom", title=None)),
+        size=alt.condition("datum.k > 0", alt.value(70), alt.value(22)),
+        tooltip=[alt.Tooltip("cls:N", title="class"), alt.Tooltip("kind:N", title="")],
+    ).add_params(brush).properties(height=460)
